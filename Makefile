@@ -1,0 +1,38 @@
+# Tenantry — run `make help` for the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export UV_PYTHON_DOWNLOADS := never
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+PYTHON ?= python3
+
+.PHONY: help uv install lint format test dev stop
+
+help: ## Show the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+uv: ## Install uv (from PyPI) when it is missing
+	@command -v $(UV) >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
+	@command -v $(UV) >/dev/null 2>&1 || { echo "uv is not installed and could not be installed with pip"; exit 1; }
+
+install: uv ## Create .venv with every workspace package and the dev tools
+	@$(UV) sync --frozen --all-packages --python $(PYTHON) --quiet
+
+lint: install ## ruff (lint + format check) and mypy --strict
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy libs/common/src libs/devtools/src services/tenant-service/src
+
+format: install ## Apply ruff's fixes and formatting
+	$(UV) run ruff check --fix .
+	$(UV) run ruff format .
+
+test: install ## All tests, against real PostgreSQL and Redis
+	@$(UV) run python -c "from tenantry_devtools import ensure_binaries; ensure_binaries(install=True)" \
+		|| [ -n "$$TEST_DATABASE_URL" ]
+	$(UV) run pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+dev: install ## Run the platform locally (state in .run/; Ctrl-C stops it)
+	@$(UV) run python -m tenantry_devtools.dev up
+
+stop: ## Stop what `make dev` started
+	@$(UV) run python -m tenantry_devtools.dev stop

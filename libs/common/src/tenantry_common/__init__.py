@@ -1,0 +1,1 @@
+"""Code shared by every Tenantry service: one home for each fact."""

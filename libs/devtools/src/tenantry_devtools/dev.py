@@ -1,0 +1,245 @@
+"""``make dev``: a running platform from a fresh clone, with all state under ``.run/``.
+
+Starts throw-away PostgreSQL and Redis (or uses ``DATABASE_URL`` / ``REDIS_URL``), migrates, starts the
+services as child processes, prints how to reach them, and on Ctrl-C (or ``make stop``) stops everything it
+started. Secrets generated on the first run are kept in ``.run/dev.env`` so a restart resumes the same
+platform; an explicitly exported variable always wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+from tenantry_devtools.servers import LocalPostgres, LocalRedis, ensure_binaries
+
+ROOT: Final = Path(__file__).resolve().parents[4]
+RUN: Final = ROOT / ".run"
+ENV_FILE: Final = RUN / "dev.env"
+PIDS: Final = RUN / "pids"
+LOGS: Final = RUN / "logs"
+MASTER_DB: Final = "tenantry"
+
+
+def _say(message: str) -> None:
+    print(f"[dev] {message}", flush=True)
+
+
+def _load_env_file() -> dict[str, str]:
+    values: dict[str, str] = {}
+    if ENV_FILE.exists():
+        for line in ENV_FILE.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not line.startswith("#"):
+                values[key.strip()] = value.strip()
+    return values
+
+
+def _secrets() -> dict[str, str]:
+    """Generated once, kept in .run/dev.env; exported variables override."""
+    saved = _load_env_file()
+    generated = {
+        "ADMIN_TOKEN": saved.get("ADMIN_TOKEN") or "adm_" + secrets.token_urlsafe(24),
+        "SERVICE_TOKEN": saved.get("SERVICE_TOKEN") or "svc_" + secrets.token_urlsafe(24),
+        "ENCRYPTION_KEYS": saved.get("ENCRYPTION_KEYS")
+        or "k1:" + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),
+        "API_KEY_HASH_SECRET": saved.get("API_KEY_HASH_SECRET") or secrets.token_urlsafe(32),
+    }
+    ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in generated.items()))
+    ENV_FILE.chmod(0o600)
+    return {k: os.environ.get(k) or v for k, v in generated.items()}
+
+
+def _port(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+def _with_db(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def _ensure_master_db(admin_url: str) -> None:
+    check = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", _CREATE_DB, admin_url, MASTER_DB], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        raise SystemExit(f"could not create the registry database: {check.stderr.strip()[-500:]}")
+
+
+_CREATE_DB = """
+import asyncio, sys, asyncpg
+async def main(url, name):
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise SystemExit(f"{url} exited early; last log lines:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback URL we built
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout:.0f}s; see {log}")
+
+
+def _start(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = LOGS / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+    (PIDS / f"{name}.pid").write_text(str(proc.pid))
+    return proc
+
+
+def _stop_services() -> None:
+    if not PIDS.exists():
+        return
+    for pidfile in PIDS.glob("*.pid"):
+        try:
+            pid = int(pidfile.read_text())
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass
+        pidfile.unlink(missing_ok=True)
+
+
+def _local_servers() -> tuple[LocalPostgres, LocalRedis]:
+    return (
+        LocalPostgres(RUN / "postgres", port=_port("DEV_PG_PORT", 5433), log_file=LOGS / "postgres.log"),
+        LocalRedis(RUN / "redis", port=_port("DEV_REDIS_PORT", 6380), log_file=LOGS / "redis.log"),
+    )
+
+
+def stop() -> None:
+    """Stop the services and the throw-away servers started by ``make dev``."""
+    _stop_services()
+    pg, redis = _local_servers()
+    if pg.is_running():
+        pg.stop()
+    if redis.is_running():
+        redis.stop()
+    _say("stopped")
+
+
+def up() -> None:
+    """Bring the platform up and keep it in the foreground until interrupted."""
+    for folder in (RUN, PIDS, LOGS):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+    _stop_services()
+    use_local_pg = not os.environ.get("DATABASE_URL")
+    use_local_redis = not os.environ.get("REDIS_URL")
+    ensure_binaries(install=True, postgres=use_local_pg, redis=use_local_redis)
+    pg, redis = _local_servers()
+    if use_local_pg:
+        pg.start()
+        admin_url = pg.url
+        _say(f"PostgreSQL on 127.0.0.1:{pg.port} (data in .run/postgres)")
+    else:
+        admin_url = os.environ.get("TENANT_DATABASE_URL") or os.environ["DATABASE_URL"]
+    if use_local_redis:
+        redis.start()
+        _say(f"Redis on 127.0.0.1:{redis.port}")
+    database_url = os.environ.get("DATABASE_URL") or _with_db(admin_url, MASTER_DB)
+    if use_local_pg:
+        _ensure_master_db(admin_url)
+    service_port = _port("TENANT_SERVICE_PORT", 8001)
+    env = {
+        **os.environ,
+        **_secrets(),
+        "DATABASE_URL": database_url,
+        "TENANT_DATABASE_URL": os.environ.get("TENANT_DATABASE_URL") or admin_url,
+        "REDIS_URL": os.environ.get("REDIS_URL") or redis.url,
+        "BASE_DOMAIN": os.environ.get("BASE_DOMAIN", "localhost"),
+        "UPSTREAM_ALLOWLIST": os.environ.get("UPSTREAM_ALLOWLIST", "127.0.0.0/8,::1/128,localhost"),
+        "TENANT_SERVICE_PORT": str(service_port),
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
+    }
+    migrate = subprocess.run(
+        [sys.executable, "-m", "tenant_service", "migrate"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if migrate.returncode != 0:
+        raise SystemExit(f"migration failed:\n{migrate.stderr[-2000:]}")
+    _say(migrate.stdout.strip().splitlines()[-1])
+    service = _start("tenant-service", ["-m", "tenant_service", "serve"], env)
+    base = f"http://127.0.0.1:{service_port}"
+    _wait_http(base + "/healthz", 60, service, LOGS / "tenant-service.log")
+    token = env["ADMIN_TOKEN"]
+    print(
+        f"""
+Tenantry is running (logs in .run/logs/, stop with Ctrl-C or `make stop`)
+
+  tenant-service   {base}          (OpenAPI: {base}/schema)
+
+  admin token      {token}
+  service token    {env["SERVICE_TOKEN"]}
+
+Create a tenant:
+
+  curl -s -X POST {base}/admin/tenants \\
+    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
+    -d '{{"slug": "acme", "name": "Acme Corp"}}'
+""",
+        flush=True,
+    )
+
+    def shutdown(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        while service.poll() is None:
+            time.sleep(0.5)
+        _say(f"tenant-service exited with {service.returncode}; see .run/logs/tenant-service.log")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
+def main() -> None:
+    """``python -m tenantry_devtools.dev [up|stop]``."""
+    parser = argparse.ArgumentParser(prog="tenantry-dev")
+    parser.add_argument("command", choices=["up", "stop"], nargs="?", default="up")
+    args = parser.parse_args()
+    if args.command == "stop":
+        stop()
+    else:
+        up()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Tenantry tenant-service: the tenant registry, database-per-tenant provisioning and the admin API."""

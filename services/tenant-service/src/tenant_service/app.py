@@ -1,0 +1,130 @@
+"""Assembly of the tenant-service's HTTP app."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from litestar import Litestar
+from litestar.datastructures import MutableScopeHeaders, State
+from litestar.di import Provide
+from litestar.enums import ScopeType
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from tenant_service.apikeys.controllers import ApiKeyController
+from tenant_service.audit.controllers import AuditController
+from tenant_service.background import BackgroundWork
+from tenant_service.config import Settings
+from tenant_service.context import AppContext
+from tenant_service.health import healthz, readyz
+from tenant_service.internal.controllers import InternalController
+from tenant_service.plans.controllers import PlanController
+from tenant_service.tenants.controllers import TenantController
+from tenantry_common.litestar_problems import problem_exception_handlers
+from tenantry_common.logging import configure_logging
+
+_access = structlog.get_logger("tenantry.access")
+
+
+def request_context_middleware(app: ASGIApp) -> ASGIApp:
+    """Bind a request id (the client's, if sane, else new) to logs and echo it; write one access log line."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isascii() else uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableScopeHeaders.from_message(message)["X-Request-ID"] = request_id
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            _access.info(
+                "request",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+
+    return middleware
+
+
+def _provide_ctx(state: State) -> AppContext:
+    ctx: AppContext = state.ctx
+    return ctx
+
+
+class _Metrics(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False
+
+
+def create_app(ctx: AppContext | None = None, *, run_background: bool = True) -> Litestar:
+    """The Litestar app; builds its context from the environment unless one is given."""
+    if ctx is None:
+        settings = Settings.from_env()
+        configure_logging("tenant-service", fmt=settings.log_format, level=settings.log_level)
+        ctx = AppContext.build(settings)
+    app_ctx = ctx
+    background = BackgroundWork(app_ctx)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if run_background:
+            background.start_reconciler()
+        try:
+            yield
+        finally:
+            await background.stop()
+            await app_ctx.close()
+
+    prometheus = PrometheusConfig(app_name="tenant_service", prefix="tenantry", group_path=True)
+    return Litestar(
+        route_handlers=[
+            TenantController,
+            ApiKeyController,
+            PlanController,
+            AuditController,
+            InternalController,
+            healthz,
+            readyz,
+            _Metrics,
+        ],
+        dependencies={"ctx": Provide(_provide_ctx, sync_to_thread=False)},
+        state=State({"ctx": app_ctx, "background": background}),
+        exception_handlers=problem_exception_handlers(),
+        middleware=[request_context_middleware, prometheus.middleware],
+        lifespan=[lifespan],
+        request_max_body_size=app_ctx.settings.http.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Tenantry tenant-service",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin()],
+        ),
+        logging_config=None,
+    )
+
+
+def asgi_factory() -> Any:
+    """Entry point for ``uvicorn --factory``."""
+    return create_app()

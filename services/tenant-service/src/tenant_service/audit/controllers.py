@@ -1,0 +1,79 @@
+"""HTTP endpoint ``/admin/audit``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get
+from litestar.params import QueryParameter
+
+from tenant_service.audit.service import list_entries
+from tenant_service.auth import admin_guard
+from tenant_service.deps import Ctx
+from tenant_service.tenants.lookup import find_tenant
+from tenantry_common.problems import FieldError, InvalidInputError
+
+
+class AuditView(msgspec.Struct):
+    """One audit entry."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    tenant_id: str | None
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    request_id: str | None
+
+
+class AuditPage(msgspec.Struct):
+    """A page of audit entries, newest first."""
+
+    items: list[AuditView]
+    next_cursor: str | None
+
+
+class AuditController(Controller):
+    """Who changed what, when."""
+
+    path = "/admin/audit"
+    guards = [admin_guard]  # noqa: RUF012
+    tags = ["audit"]  # noqa: RUF012
+
+    @get("/", summary="Audit log")
+    async def list_audit(
+        self,
+        ctx: Ctx,
+        tenant: Annotated[str | None, QueryParameter(required=False, max_length=64)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, QueryParameter(required=False, max_length=32)] = None,
+    ) -> AuditPage:
+        """Entries newest first, optionally of one tenant (by id or slug, while it exists)."""
+        before_id = None
+        if cursor is not None:
+            if not cursor.isdigit():
+                raise InvalidInputError("invalid cursor", errors=[FieldError(field="cursor", message="not a cursor")])
+            before_id = int(cursor)
+        async with ctx.sessions() as session:
+            tenant_id = (await find_tenant(session, tenant)).id if tenant else None
+            rows = await list_entries(session, tenant_id=tenant_id, limit=limit + 1, before_id=before_id)
+        page = rows[:limit]
+        items = [
+            AuditView(
+                id=r.id,
+                at=r.at,
+                actor=r.actor,
+                action=r.action,
+                tenant_id=str(r.tenant_id) if r.tenant_id else None,
+                target=r.target,
+                before=r.before,
+                after=r.after,
+                request_id=r.request_id,
+            )
+            for r in page
+        ]
+        return AuditPage(items=items, next_cursor=str(page[-1].id) if len(rows) > limit else None)

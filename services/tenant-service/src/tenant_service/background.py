@@ -1,0 +1,51 @@
+"""Background work of one process: the periodic reconciler and async provisioning jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import structlog
+
+from tenant_service.context import AppContext
+from tenant_service.provisioning.provisioner import Provisioner
+from tenant_service.provisioning.reconciler import Reconciler
+
+_log = structlog.get_logger("tenantry.background")
+
+
+class BackgroundWork:
+    """Owns the tasks so they are kept alive while running and cancelled on shutdown."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    def _keep(self, task: asyncio.Task[object]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def start_reconciler(self) -> None:
+        """Run a reconcile pass now and then every ``RECONCILE_INTERVAL_SECONDS``."""
+        interval = self._ctx.settings.lifecycle.reconcile_interval_seconds
+        self._keep(asyncio.create_task(Reconciler(self._ctx).run_forever(interval), name="reconciler"))
+
+    def spawn_provisioning(self, tenant_id: str) -> None:
+        """Provision a tenant created with ``Prefer: respond-async``."""
+
+        async def run() -> None:
+            try:
+                await Provisioner(self._ctx).provision(uuid.UUID(tenant_id))
+            except Exception as exc:  # noqa: BLE001 - the reconciler retries; the failure is logged here
+                _log.warning("async_provisioning_error", tenant_id=tenant_id, error=type(exc).__name__)
+
+        self._keep(asyncio.create_task(run(), name=f"provision-{tenant_id}"))
+
+    async def stop(self) -> None:
+        """Cancel everything and wait for it to finish."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,262 @@
+"""``tenantctl``: the tenant-service's command line, on the same wiring as the HTTP app."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+import msgspec
+
+from tenant_service.apikeys.schemas import ApiKeyCreate
+from tenant_service.apikeys.service import ApiKeyService
+from tenant_service.config import Settings
+from tenant_service.context import AppContext, open_context
+from tenant_service.db.migrate import upgrade_registry
+from tenant_service.provisioning.fleet import migrate_fleet, migrate_template
+from tenant_service.provisioning.provisioner import password_context
+from tenant_service.provisioning.reconciler import Reconciler
+from tenant_service.secretbox import generate_key
+from tenant_service.tenants.schemas import TenantCreate
+from tenant_service.tenants.service import TenantService
+from tenantry_common.logging import configure_logging
+from tenantry_common.problems import ProblemError
+from tenantry_common.settings import ConfigError
+
+T = TypeVar("T")
+_ACTOR = f"cli:{getpass.getuser()}"
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(msgspec.to_builtins(value), indent=2, default=str))
+
+
+def _run(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """Run an async command in a fresh context; print problems as one clean line and exit 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        async def main() -> T:
+            settings = Settings.from_env()
+            configure_logging("tenantctl", fmt=settings.log_format, level=settings.log_level)
+            async with open_context(settings) as ctx:
+                return await fn(ctx, *args, **kwargs)
+
+        try:
+            return asyncio.run(main())
+        except ProblemError as exc:
+            click.echo(f"error: {exc.code}: {exc.detail or exc.code}", err=True)
+            sys.exit(1)
+        except ConfigError as exc:
+            click.echo(f"configuration error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+def main() -> None:
+    """Manage the Tenantry tenant registry and tenant databases."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Listen address (default TENANT_SERVICE_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default TENANT_SERVICE_PORT or 8001).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the HTTP API (and the background reconciler)."""
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    settings = Settings.from_env()
+    uvicorn.run(
+        "tenant_service.app:asgi_factory",
+        factory=True,
+        host=host or settings.http.host,
+        port=port if port is not None else settings.http.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+
+
+@main.command()
+@_run
+async def migrate(ctx: AppContext) -> None:
+    """Upgrade the registry schema and the template database (safe to run concurrently)."""
+    await upgrade_registry(ctx.engine)
+    version = await migrate_template(ctx)
+    click.echo(f"registry migrated; template {ctx.cluster.template} at schema version {version}")
+
+
+@main.command("migrate-tenants")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
+@_run
+async def migrate_tenants(ctx: AppContext, concurrency: int) -> None:
+    """Bring every tenant database to the template's schema head; resumable after failures."""
+    from rich.progress import Progress  # noqa: PLC0415 - only this command draws progress
+
+    with Progress(console=None, transient=False, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("migrating tenants", total=None)
+
+        def start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def advance(_slug: str, _ok: bool) -> None:
+            progress.advance(task)
+
+        report = await migrate_fleet(ctx, concurrency=concurrency, on_progress=advance, on_start=start)
+    click.echo(
+        f"schema head {report.head}: {len(report.migrated)} migrated, {len(report.up_to_date)} already up to date, "
+        f"{len(report.failed)} failed"
+    )
+    for slug, reason in sorted(report.failed.items()):
+        click.echo(f"FAILED {slug}: {reason}")
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
+@_run
+async def reconcile(ctx: AppContext) -> None:
+    """One reconciler pass: finish or undo half-done work, drop orphans."""
+    report = await Reconciler(ctx).run_once()
+    _echo_json(dict(report.__dict__))
+
+
+@main.command("rotate-encryption")
+@_run
+async def rotate_encryption(ctx: AppContext) -> None:
+    """Re-encrypt every stored secret with the primary key of ENCRYPTION_KEYS (old keys can then be removed)."""
+    from sqlalchemy import select  # noqa: PLC0415
+
+    from tenant_service.db.models import Tenant  # noqa: PLC0415
+
+    count = 0
+    async with ctx.sessions() as session, session.begin():
+        for tenant in (await session.execute(select(Tenant).with_for_update())).scalars():
+            if ctx.box.needs_rotation(tenant.db_password_enc):
+                context = password_context(tenant.id)
+                tenant.db_password_enc = ctx.box.encrypt(ctx.box.decrypt(tenant.db_password_enc, context), context)
+                count += 1
+    click.echo(f"re-encrypted {count} secret(s) with key {ctx.box.primary_kid}")
+
+
+@main.command("generate-key")
+@click.option("--kid", default="k1", show_default=True)
+def generate_key_cmd(kid: str) -> None:
+    """Print a new ENCRYPTION_KEYS entry."""
+    click.echo(f"{kid}:{generate_key()}")
+
+
+@main.group()
+def tenants() -> None:
+    """Tenant lifecycle."""
+
+
+@tenants.command("create")
+@click.argument("slug")
+@click.option("--name", required=True)
+@click.option("--plan", default=None)
+@click.option("--domain", "domains", multiple=True)
+@_run
+async def tenants_create(ctx: AppContext, slug: str, name: str, plan: str | None, domains: tuple[str, ...]) -> None:
+    """Create and provision a tenant; prints it with its first API key (shown once)."""
+    created = await TenantService(ctx).create(
+        TenantCreate(slug=slug, name=name, plan=plan, domains=list(domains)), actor=_ACTOR
+    )
+    _echo_json({"tenant": created.view, "api_key": created.api_key})
+
+
+@tenants.command("list")
+@click.option("--status", default=None)
+@click.option("--plan", default=None)
+@click.option("--q", default=None)
+@click.option("--limit", type=click.IntRange(1, 200), default=50)
+@_run
+async def tenants_list(ctx: AppContext, status: str | None, plan: str | None, q: str | None, limit: int) -> None:
+    """List tenants."""
+    page = await TenantService(ctx).list(status=status, plan=plan, q=q, limit=limit)
+    for t in page.items:
+        click.echo(f"{t.id}  {t.slug:<32} {t.status:<12} {t.plan:<12} {t.database.name}")
+
+
+@tenants.command("show")
+@click.argument("ref")
+@_run
+async def tenants_show(ctx: AppContext, ref: str) -> None:
+    """Show one tenant."""
+    _echo_json(await TenantService(ctx).get(ref))
+
+
+def _transition_command(action: str, help_text: str) -> None:
+    @tenants.command(action, help=help_text)
+    @click.argument("ref")
+    @_run
+    async def command(ctx: AppContext, ref: str) -> None:
+        _echo_json(await TenantService(ctx).transition(ref, action, actor=_ACTOR))
+
+
+_transition_command("suspend", "Suspend a tenant.")
+_transition_command("resume", "Resume a suspended tenant.")
+_transition_command("restore", "Restore a soft-deleted tenant.")
+
+
+@tenants.command("delete")
+@click.argument("ref")
+@click.option("--purge", is_flag=True, help="Drop the database and role now.")
+@_run
+async def tenants_delete(ctx: AppContext, ref: str, purge: bool) -> None:
+    """Soft-delete a tenant (or purge it)."""
+    service = TenantService(ctx)
+    view = await (service.purge(ref, actor=_ACTOR) if purge else service.transition(ref, "delete", actor=_ACTOR))
+    _echo_json(view)
+
+
+@main.group("api-keys")
+def api_keys() -> None:
+    """Tenant API keys."""
+
+
+@api_keys.command("create")
+@click.argument("ref")
+@click.option("--name", required=True)
+@click.option("--scope", "scopes", multiple=True)
+@click.option("--expires-at", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z"]), default=None)
+@_run
+async def api_keys_create(
+    ctx: AppContext, ref: str, name: str, scopes: tuple[str, ...], expires_at: datetime | None
+) -> None:
+    """Create a key; its secret is printed once."""
+    _echo_json(
+        await ApiKeyService(ctx).create(
+            ref, ApiKeyCreate(name=name, scopes=list(scopes), expires_at=expires_at), actor=_ACTOR
+        )
+    )
+
+
+@api_keys.command("revoke")
+@click.argument("ref")
+@click.argument("key_id")
+@_run
+async def api_keys_revoke(ctx: AppContext, ref: str, key_id: str) -> None:
+    """Revoke a key."""
+    await ApiKeyService(ctx).revoke(ref, key_id, actor=_ACTOR)
+    click.echo("revoked")
+
+
+@api_keys.command("rotate")
+@click.argument("ref")
+@click.argument("key_id")
+@click.option("--grace-seconds", type=click.IntRange(0, 30 * 86400), default=None)
+@_run
+async def api_keys_rotate(ctx: AppContext, ref: str, key_id: str, grace_seconds: int | None) -> None:
+    """Replace a key; the old one keeps working for the grace period."""
+    _echo_json(await ApiKeyService(ctx).rotate(ref, key_id, grace_seconds, actor=_ACTOR))

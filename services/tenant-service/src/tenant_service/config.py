@@ -1,0 +1,184 @@
+"""Settings of the tenant-service, one small dataclass per concern, all read from the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from tenantry_common.settings import (
+    ConfigError,
+    env_float,
+    env_int,
+    env_list,
+    env_opt,
+    env_str,
+    load_dotenv,
+    named_tokens,
+)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A plain ``postgresql://`` DSN for asyncpg, whatever driver suffix the URL carries."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.startswith(("postgres", "postgresql")):
+        raise ConfigError("database URLs must start with postgresql://")
+    return "postgresql://" + rest
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same URL with the ``postgresql+asyncpg`` driver, for SQLAlchemy."""
+    return "postgresql+asyncpg://" + asyncpg_dsn(url).partition("://")[2]
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Where the registry lives and where tenant databases are created."""
+
+    url: str
+    """Registry (master) database URL."""
+    tenant_cluster_url: str
+    """Admin URL of the cluster that hosts the template and the tenant databases (needs CREATEDB, CREATEROLE)."""
+    tenant_host: str
+    """Host name handed to tenant apps for their database (may differ from the admin URL's host)."""
+    tenant_port: int
+    """Port handed to tenant apps."""
+    template_name: str = "tenantry_template"
+    """The template database every tenant database is cloned from."""
+    tenant_db_prefix: str = "tenant_"
+    """Prefix of tenant database and role names."""
+    pool_size: int = 10
+    """Registry connection pool size."""
+    connect_timeout: float = 5.0
+    """Seconds to wait for a new Postgres connection."""
+    statement_timeout_ms: int = 30_000
+    """Statement timeout on registry connections."""
+    create_database_attempts: int = 5
+    """Tries of CREATE DATABASE while the template is briefly in use."""
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Tokens and keys."""
+
+    admin_tokens: dict[str, str]
+    """Admin bearer tokens by actor name."""
+    service_tokens: dict[str, str]
+    """Internal-API bearer tokens by app name."""
+    encryption_keys: str
+    """``kid:base64key,...``; the first is used to encrypt, all are tried to decrypt."""
+    api_key_hash_secret: bytes
+    """Server secret of the API keys' keyed hash (shared with the gateways)."""
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    """Tenant lifecycle policy."""
+
+    delete_retention_seconds: int = 30 * 86400
+    """How long a soft-deleted tenant's database is kept before it is purged."""
+    reconcile_interval_seconds: float = 30.0
+    """Period of the background reconciler."""
+    default_plan: str = "free"
+    """Plan of a tenant created without one."""
+    default_key_grace_seconds: int = 86400
+    """How long a rotated API key keeps working."""
+    upstream_allowlist: tuple[str, ...] = ()
+    """Hosts and CIDRs an ``upstream_url`` may point at."""
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP server."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8001
+    """Port to listen on."""
+    max_body_bytes: int = 64 * 1024
+    """Largest accepted request body."""
+    base_domain: str = "localhost"
+    """Base domain of tenant subdomains (for display and checks)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of the tenant-service."""
+
+    database: DatabaseSettings
+    security: SecuritySettings
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    redis_url: str | None = None
+    """Redis, for change events and quota counters; optional for the registry itself."""
+    redis_timeout: float = 0.5
+    """Seconds for any Redis call."""
+    log_format: str = "auto"
+    """json, console or auto."""
+    log_level: str = "INFO"
+    """Minimum log level."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read every setting from the environment (and a ``.env`` file that never overrides it)."""
+        load_dotenv()
+        url = env_str("DATABASE_URL", required=True)
+        cluster = env_opt("TENANT_DATABASE_URL") or url
+        parts = urlsplit(asyncpg_dsn(cluster))
+        admin_tokens = named_tokens("ADMIN_TOKENS", "ADMIN_TOKEN", "admin")
+        if not admin_tokens:
+            raise ConfigError("ADMIN_TOKEN (or ADMIN_TOKENS=name:token,...) is required")
+        for name, token in admin_tokens.items():
+            if len(token) < 16:
+                raise ConfigError(f"admin token {name!r} is shorter than 16 characters")
+        prefix = env_str("TENANT_DB_PREFIX", "tenant_")
+        if not prefix.replace("_", "").isalnum() or not prefix[0].isalpha() or prefix.lower() != prefix:
+            raise ConfigError("TENANT_DB_PREFIX must be lowercase letters, digits and '_'")
+        allowlist = env_list("UPSTREAM_ALLOWLIST")
+        for entry in allowlist:
+            _validate_allow_entry(entry)
+        return cls(
+            database=DatabaseSettings(
+                url=url,
+                tenant_cluster_url=cluster,
+                tenant_host=env_opt("TENANT_DB_HOST") or parts.hostname or "127.0.0.1",
+                tenant_port=env_int("TENANT_DB_PORT", parts.port or 5432, minimum=1, maximum=65535),
+                template_name=env_str("TEMPLATE_DATABASE", "tenantry_template"),
+                tenant_db_prefix=prefix,
+                pool_size=env_int("DB_POOL_SIZE", 10, minimum=1, maximum=200),
+                connect_timeout=env_float("DB_CONNECT_TIMEOUT", 5.0),
+                statement_timeout_ms=env_int("DB_STATEMENT_TIMEOUT_MS", 30_000, minimum=100),
+                create_database_attempts=env_int("CREATE_DATABASE_ATTEMPTS", 5, minimum=1, maximum=50),
+            ),
+            security=SecuritySettings(
+                admin_tokens=admin_tokens,
+                service_tokens=named_tokens("SERVICE_TOKENS", "SERVICE_TOKEN", "app"),
+                encryption_keys=env_str("ENCRYPTION_KEYS", required=True),
+                api_key_hash_secret=env_str("API_KEY_HASH_SECRET", required=True).encode(),
+            ),
+            lifecycle=LifecycleSettings(
+                delete_retention_seconds=env_int("DELETE_RETENTION_SECONDS", 30 * 86400, minimum=0),
+                reconcile_interval_seconds=env_float("RECONCILE_INTERVAL_SECONDS", 30.0, minimum=0.1),
+                default_plan=env_str("DEFAULT_PLAN", "free"),
+                default_key_grace_seconds=env_int("API_KEY_GRACE_SECONDS", 86400, minimum=0),
+                upstream_allowlist=allowlist,
+            ),
+            http=HttpSettings(
+                host=env_str("TENANT_SERVICE_HOST", "127.0.0.1"),
+                port=env_int("TENANT_SERVICE_PORT", 8001, minimum=0, maximum=65535),
+                max_body_bytes=env_int("MAX_REQUEST_BODY_BYTES", 64 * 1024, minimum=1024),
+                base_domain=env_str("BASE_DOMAIN", "localhost"),
+            ),
+            redis_url=env_opt("REDIS_URL"),
+            redis_timeout=env_float("REDIS_TIMEOUT", 0.5, minimum=0.01),
+            log_format=env_str("LOG_FORMAT", "auto"),
+            log_level=env_str("LOG_LEVEL", "INFO"),
+        )
+
+
+def _validate_allow_entry(entry: str) -> None:
+    if "/" in entry:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"UPSTREAM_ALLOWLIST entry {entry!r} is not a valid CIDR") from None

@@ -1,0 +1,85 @@
+"""The service's wiring, built once and shared by the HTTP app, the reconciler and the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from tenant_service.config import Settings
+from tenant_service.db.engine import make_engine, make_sessionmaker
+from tenant_service.db.models import Installation
+from tenant_service.events import EventPublisher
+from tenant_service.provisioning.cluster import TenantCluster
+from tenant_service.provisioning.schema import DEFAULT_MIGRATIONS_DIR, SchemaMigration, load_migrations
+from tenant_service.secretbox import SecretBox
+
+
+@dataclass
+class AppContext:
+    """Everything a request handler, a background task or a CLI command needs."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    cluster: TenantCluster
+    box: SecretBox
+    redis: redis.Redis | None
+    events: EventPublisher
+    migrations: list[SchemaMigration]
+    _installation_id: uuid.UUID | None = field(default=None)
+
+    @classmethod
+    def build(cls, settings: Settings, migrations_dir: Path = DEFAULT_MIGRATIONS_DIR) -> AppContext:
+        """Create the engine, clients and key ring (no I/O yet)."""
+        engine = make_engine(settings.database)
+        client = (
+            redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=settings.redis_timeout,
+                socket_connect_timeout=settings.redis_timeout,
+            )
+            if settings.redis_url
+            else None
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            cluster=TenantCluster(settings.database),
+            box=SecretBox.from_config(settings.security.encryption_keys),
+            redis=client,
+            events=EventPublisher(client),
+            migrations=load_migrations(migrations_dir),
+        )
+
+    async def installation_id(self) -> uuid.UUID:
+        """This registry's identity (read once)."""
+        if self._installation_id is None:
+            async with self.sessions() as session:
+                row = (await session.execute(select(Installation.installation_id))).scalar_one()
+            self._installation_id = row
+        return self._installation_id
+
+    async def close(self) -> None:
+        """Release pools and clients."""
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+        await self.engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def open_context(settings: Settings | None = None) -> AsyncIterator[AppContext]:
+    """An :class:`AppContext` for the duration of a block (CLI commands, tests)."""
+    ctx = AppContext.build(settings or Settings.from_env())
+    try:
+        yield ctx
+    finally:
+        await ctx.close()

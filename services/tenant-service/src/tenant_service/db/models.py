@@ -1,0 +1,142 @@
+"""Registry tables (the master database)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Sequence,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+TENANT_STATUSES: Final = ("provisioning", "active", "suspended", "failed", "deleting", "deleted")
+
+#: Every change to a tenant, its keys, domains or plan takes a new value; gateways sync on it.
+revision_seq = Sequence("tenant_revision_seq")
+
+_naming = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with stable constraint names (so migrations can name them)."""
+
+    metadata = MetaData(naming_convention=_naming)
+
+
+class Installation(Base):
+    """One row: this registry's identity, used to mark the Postgres objects it owns."""
+
+    __tablename__ = "installation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installation_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    template_version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Plan(Base):
+    """A named set of limits."""
+
+    __tablename__ = "plans"
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    limits: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Tenant(Base):
+    """A tenant and the state of its database."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("status in ('provisioning','active','suspended','failed','deleting','deleted')", name="status"),
+        Index("ix_tenants_created", "created_at", "id"),
+        Index("ix_tenants_status", "status"),
+        Index("ix_tenants_revision", "revision"),
+    )
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    slug: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    plan: Mapped[str] = mapped_column(Text, ForeignKey("plans.name"), nullable=False)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    limits: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    upstream_url: Mapped[str | None] = mapped_column(Text)
+    db_name: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    db_role: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    db_host: Mapped[str] = mapped_column(Text, nullable=False)
+    db_port: Mapped[int] = mapped_column(Integer, nullable=False)
+    db_password_enc: Mapped[str] = mapped_column(Text, nullable=False)
+    template_version: Mapped[int | None] = mapped_column(Integer)
+    schema_version: Mapped[int | None] = mapped_column(Integer)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    provisioning_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    revision: Mapped[int] = mapped_column(BigInteger, revision_seq, server_default=revision_seq.next_value())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    purge_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TenantDomain(Base):
+    """A custom domain that routes to a tenant."""
+
+    __tablename__ = "tenant_domains"
+    domain: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKey(Base):
+    """A tenant API key; only its keyed hash is stored."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    prefix: Mapped[str] = mapped_column(Text, nullable=False)
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary, nullable=False, unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rotated_to: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+
+
+class AuditEntry(Base):
+    """One admin change or credential vend. Kept after a tenant is purged."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_tenant", "tenant_id", "id"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    actor: Mapped[str] = mapped_column(Text, nullable=False)
+    action: Mapped[str] = mapped_column(Text, nullable=False)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    target: Mapped[str] = mapped_column(Text, nullable=False)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    request_id: Mapped[str | None] = mapped_column(Text)

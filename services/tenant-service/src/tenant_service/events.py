@@ -1,0 +1,42 @@
+"""Change events for gateways, published on Redis after each committed change.
+
+Publishing is best-effort with a short timeout: gateways also refresh on a timer, so a lost event delays a
+change by at most one refresh period and never blocks an admin request.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+import redis.asyncio as redis
+import structlog
+
+from tenantry_common.redis_keys import EVENTS_CHANNEL
+
+_log = structlog.get_logger("tenantry.events")
+
+
+class ChangeEvent(msgspec.Struct, frozen=True):
+    """Something about a tenant (or a plan) changed; gateways re-read it."""
+
+    kind: str
+    tenant_id: str | None = None
+    plan: str | None = None
+
+
+class EventPublisher:
+    """Publishes :class:`ChangeEvent` on the platform events channel."""
+
+    def __init__(self, client: redis.Redis | None) -> None:
+        self._client = client
+
+    async def publish(self, kind: str, *, tenant_id: uuid.UUID | None = None, plan: str | None = None) -> None:
+        """Publish one event; failures are logged, never raised."""
+        if self._client is None:
+            return
+        event = ChangeEvent(kind=kind, tenant_id=str(tenant_id) if tenant_id else None, plan=plan)
+        try:
+            await self._client.publish(EVENTS_CHANNEL, msgspec.json.encode(event))
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            _log.warning("event_publish_failed", kind=kind, error=type(exc).__name__)

@@ -1,0 +1,1 @@
+"""The internal API for tenant apps: credential vending with service tokens."""

@@ -1,0 +1,49 @@
+"""Vending one tenant's database credentials to a tenant app, audited."""
+
+from __future__ import annotations
+
+import msgspec
+
+from tenant_service.audit.service import record
+from tenant_service.context import AppContext
+from tenant_service.provisioning.provisioner import password_context
+from tenant_service.tenants.lookup import find_tenant
+from tenantry_common.problems import ForbiddenError, NotFoundError, UnavailableError
+
+
+class DatabaseCredentials(msgspec.Struct):
+    """What a tenant app needs to connect to one tenant's database, as that tenant's own role."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str
+
+
+async def vend_credentials(ctx: AppContext, ref: str, *, actor: str) -> DatabaseCredentials:
+    """The credentials of an active tenant's database.
+
+    Raises:
+        NotFoundError: unknown or deleted tenant.
+        ForbiddenError: suspended tenant.
+        UnavailableError: the tenant's database is not ready (provisioning or failed).
+    """
+    async with ctx.sessions() as session, session.begin():
+        tenant = await find_tenant(session, ref)
+        if tenant.status in ("deleted", "deleting"):
+            raise NotFoundError("no such tenant", code="tenant_not_found")
+        if tenant.status == "suspended":
+            raise ForbiddenError("the tenant is suspended", code="tenant_suspended")
+        if tenant.status != "active":
+            raise UnavailableError(
+                f"the tenant is {tenant.status}", code="tenant_unavailable", headers={"Retry-After": "5"}
+            )
+        record(session, actor=actor, action="credentials.vend", target=tenant.slug, tenant_id=tenant.id)
+    return DatabaseCredentials(
+        host=tenant.db_host,
+        port=tenant.db_port,
+        database=tenant.db_name,
+        user=tenant.db_role,
+        password=ctx.box.decrypt(tenant.db_password_enc, password_context(tenant.id)),
+    )

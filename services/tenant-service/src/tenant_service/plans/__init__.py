@@ -1,0 +1,1 @@
+"""Plans: named sets of limits that tenants reference."""

@@ -1,0 +1,36 @@
+"""HTTP endpoints under ``/admin/plans``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get, put
+from litestar.params import JSONBody, PathParameter
+
+from tenant_service.auth import actor, admin_guard
+from tenant_service.deps import Ctx
+from tenant_service.plans.service import PlanPage, PlanPut, PlanService, PlanView
+
+
+class PlanController(Controller):
+    """Plans and their limits."""
+
+    path = "/admin/plans"
+    guards = [admin_guard]  # noqa: RUF012
+    tags = ["plans"]  # noqa: RUF012
+
+    @get("/", summary="List plans")
+    async def list_plans(self, ctx: Ctx) -> PlanPage:
+        """Every plan."""
+        return await PlanService(ctx).list()
+
+    @put("/{name:str}", status_code=200, summary="Create or replace a plan")
+    async def put_plan(
+        self,
+        request: Request[Any, Any, Any],
+        ctx: Ctx,
+        name: Annotated[str, PathParameter(max_length=64)],
+        data: JSONBody[PlanPut],
+    ) -> PlanView:
+        """Tenants on the plan get the new limits within seconds."""
+        return await PlanService(ctx).put(name, data, actor=actor(request))

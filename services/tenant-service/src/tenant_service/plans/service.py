@@ -1,0 +1,103 @@
+"""Plan operations: list, create or replace."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from sqlalchemy import select, update
+
+from tenant_service.audit.service import record
+from tenant_service.context import AppContext
+from tenant_service.db.models import Plan, Tenant, revision_seq
+from tenant_service.provisioning.provisioner import connection_limit
+from tenant_service.tenants.schemas import ConnectionLimit, Count
+from tenantry_common.problems import FieldError, InvalidInputError
+from tenantry_common.timeutil import utcnow
+
+_PLAN_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")
+
+
+class PlanLimits(msgspec.Struct, forbid_unknown_fields=True):
+    """A plan's limits; both request limits are required."""
+
+    requests_per_minute: Count
+    requests_per_day: Count
+    max_connections: ConnectionLimit = 5
+
+
+class PlanPut(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``PUT /admin/plans/{name}``."""
+
+    limits: PlanLimits
+
+
+class PlanView(msgspec.Struct):
+    """A plan."""
+
+    name: str
+    limits: dict[str, int]
+    created_at: datetime
+    updated_at: datetime
+
+
+class PlanPage(msgspec.Struct):
+    """All plans."""
+
+    items: list[PlanView]
+    next_cursor: Annotated[str | None, msgspec.Meta(description="always null: every plan fits one page")] = None
+
+
+def _view(plan: Plan) -> PlanView:
+    return PlanView(name=plan.name, limits=dict(plan.limits), created_at=plan.created_at, updated_at=plan.updated_at)
+
+
+class PlanService:
+    """Plans shared by the HTTP API and the CLI."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+
+    async def list(self) -> PlanPage:
+        """Every plan, by name."""
+        async with self._ctx.sessions() as session:
+            rows = await session.execute(select(Plan).order_by(Plan.name))
+            return PlanPage(items=[_view(p) for p in rows.scalars()])
+
+    async def put(self, name: str, data: PlanPut, *, actor: str) -> PlanView:
+        """Create or replace a plan; tenants on it see the new limits (and connection limit) at once."""
+        if not _PLAN_NAME.fullmatch(name):
+            raise InvalidInputError(
+                "invalid plan name",
+                errors=[FieldError(field="name", message="2-32 characters: lowercase letters, digits, '-', '_'")],
+            )
+        limits = msgspec.to_builtins(data.limits)
+        ctx = self._ctx
+        async with ctx.sessions() as session, session.begin():
+            plan = await session.get(Plan, name, with_for_update=True)
+            before = msgspec.to_builtins(_view(plan)) if plan else None
+            if plan is None:
+                plan = Plan(name=name, limits=limits, created_at=utcnow(), updated_at=utcnow())
+                session.add(plan)
+            else:
+                plan.limits = limits
+                plan.updated_at = utcnow()
+            await session.flush()
+            await session.execute(update(Tenant).where(Tenant.plan == name).values(revision=revision_seq.next_value()))
+            tenants = (
+                await session.execute(
+                    select(Tenant.db_role, Tenant.limits).where(
+                        Tenant.plan == name, Tenant.status.in_(("active", "suspended"))
+                    )
+                )
+            ).all()
+            view = _view(plan)
+            record(session, actor=actor, action="plan.put", target=name, before=before,
+                   after=msgspec.to_builtins(view))  # fmt: skip
+        if before is None or before["limits"].get("max_connections") != limits.get("max_connections"):
+            for role, overrides in tenants:
+                await ctx.cluster.set_connection_limit(role, connection_limit(limits, overrides))
+        await ctx.events.publish("plan.changed", plan=name)
+        return view

@@ -1,0 +1,1 @@
+"""Provisioning: the template database, per-tenant databases and roles, and the reconciler."""

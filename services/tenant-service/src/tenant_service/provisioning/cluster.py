@@ -1,0 +1,233 @@
+"""Administrative operations on the Postgres cluster that hosts the template and the tenant databases.
+
+Every statement here is a utility statement that Postgres cannot parameterise, so every identifier goes through
+:func:`quote_ident` (which refuses anything but a plain lowercase name) and no password is ever sent: roles get
+a SCRAM verifier computed locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+from tenant_service.config import DatabaseSettings, asyncpg_dsn
+from tenant_service.provisioning.names import (
+    object_marker,
+    parse_marker,
+    quote_ident,
+    quote_literal,
+    template_owner_role,
+)
+from tenant_service.provisioning.schema import SchemaMigration, apply_migrations, current_version
+from tenant_service.provisioning.scram import scram_sha256_verifier
+
+_log = structlog.get_logger("tenantry.cluster")
+
+#: SQLSTATE 55006: "source database is being accessed by other users".
+_OBJECT_IN_USE = "55006"
+
+
+class TemplateBusyError(RuntimeError):
+    """The template stayed in use by other sessions through every retry of CREATE DATABASE."""
+
+
+@dataclass(frozen=True)
+class MarkedObjects:
+    """Tenant databases and roles of this installation found in the cluster, by tenant id."""
+
+    databases: dict[str, uuid.UUID]
+    roles: dict[str, uuid.UUID]
+
+
+class TenantCluster:
+    """The cluster of tenant databases, reached with an administrative role."""
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self._settings = settings
+        self._dsn = asyncpg_dsn(settings.tenant_cluster_url)
+        self.template = settings.template_name
+        self.template_owner = template_owner_role(settings.template_name)
+        quote_ident(self.template)
+        self._template_lock = zlib.crc32(f"tenantry:template:{self.template}".encode())
+
+    @contextlib.asynccontextmanager
+    async def connect(self, database: str | None = None) -> AsyncIterator[Any]:
+        """An admin connection, to the maintenance database or to ``database``."""
+        kwargs: dict[str, Any] = {
+            "timeout": self._settings.connect_timeout,
+            "command_timeout": self._settings.statement_timeout_ms / 1000,
+            "server_settings": {"application_name": "tenantry-provisioner"},
+        }
+        if database is not None:
+            kwargs["database"] = database
+        conn = await asyncpg.connect(self._dsn, **kwargs)
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=2)
+
+    # --- template -------------------------------------------------------------------------------------
+
+    async def ensure_template(self) -> None:
+        """Create the template database and its owner role if missing; keep it closed to connections."""
+        tpl, owner = quote_ident(self.template), quote_ident(self.template_owner)
+        async with self.connect() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", self._template_lock)
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", self.template_owner):
+                    await conn.execute(f"CREATE ROLE {owner} NOLOGIN")
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", self.template):
+                    await conn.execute(f"CREATE DATABASE {tpl} TEMPLATE template0 ENCODING 'UTF8'")
+                await conn.execute(f"REVOKE ALL ON DATABASE {tpl} FROM PUBLIC")
+                await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS false")
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", self._template_lock)
+
+    async def migrate_template(self, migrations: list[SchemaMigration]) -> int:
+        """Apply pending migrations to the template; return its version.
+
+        Holds the template lock exclusively, so no clone runs while the template briefly accepts connections.
+        """
+        await self.ensure_template()
+        tpl = quote_ident(self.template)
+        async with self.connect() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", self._template_lock)
+            try:
+                await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS true")
+                try:
+                    async with self.connect(self.template) as tconn:
+                        await tconn.execute(f"ALTER SCHEMA public OWNER TO {quote_ident(self.template_owner)}")
+                        await tconn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                        version = await apply_migrations(tconn, migrations, owner=self.template_owner)
+                finally:
+                    await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS false")
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", self._template_lock)
+        return version
+
+    # --- tenant objects -------------------------------------------------------------------------------
+
+    async def ensure_role(self, role: str, password: str, connection_limit: int, marker: str) -> None:
+        """Create the tenant's LOGIN role, or bring an existing one to the wanted attributes."""
+        ident = quote_ident(role)
+        verifier = quote_literal(scram_sha256_verifier(password))
+        attributes = (
+            f"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT "
+            f"CONNECTION LIMIT {int(connection_limit)} PASSWORD {verifier}"
+        )
+        async with self.connect() as conn, conn.transaction():
+            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+            verb = "ALTER" if exists else "CREATE"
+            await conn.execute(f"{verb} ROLE {ident} {attributes}")
+            await conn.execute(f"COMMENT ON ROLE {ident} IS {quote_literal(marker)}")
+
+    async def ensure_database(self, database: str, owner: str, marker: str) -> bool:
+        """Clone the template into ``database`` owned by ``owner`` unless it exists; return whether it was created.
+
+        Holds the template lock shared (clones run side by side; a template migration waits). A transient
+        "source database is being accessed by other users" is retried with backoff.
+
+        Raises:
+            TemplateBusyError: the template stayed in use through every attempt.
+        """
+        db, role, tpl = quote_ident(database), quote_ident(owner), quote_ident(self.template)
+        created = False
+        async with self.connect() as conn:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+                await conn.execute("SELECT pg_advisory_lock_shared($1)", self._template_lock)
+                try:
+                    created = await self._clone(conn, db, role, tpl)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock_shared($1)", self._template_lock)
+            await conn.execute(f"COMMENT ON DATABASE {db} IS {quote_literal(marker)}")
+            await conn.execute(f"REVOKE ALL ON DATABASE {db} FROM PUBLIC")
+            await conn.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}")
+        return created
+
+    async def _clone(self, conn: Any, db: str, role: str, tpl: str) -> bool:
+        attempts = self._settings.create_database_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                await conn.execute(f"CREATE DATABASE {db} OWNER {role} TEMPLATE {tpl} STRATEGY WAL_LOG")
+            except asyncpg.DuplicateDatabaseError:
+                return False
+            except asyncpg.PostgresError as exc:
+                if getattr(exc, "sqlstate", None) != _OBJECT_IN_USE or attempt == attempts:
+                    if getattr(exc, "sqlstate", None) == _OBJECT_IN_USE:
+                        raise TemplateBusyError("the template database stayed in use by other sessions") from exc
+                    raise
+                _log.warning("template_in_use_retrying", attempt=attempt)
+                await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+            else:
+                return True
+        return False
+
+    async def secure_database(self, database: str, role: str) -> int:
+        """Hand everything the template owner made inside ``database`` to the tenant's role. Idempotent.
+
+        Returns:
+            The schema version the database was cloned at.
+        """
+        async with self.connect(database) as conn:
+            owner = quote_ident(self.template_owner)
+            await conn.execute(f"REASSIGN OWNED BY {owner} TO {quote_ident(role)}")
+            await conn.execute(f"DROP OWNED BY {owner}")
+            return await current_version(conn)
+
+    async def set_login(self, role: str, *, enabled: bool) -> None:
+        """Allow or forbid the role to log in; forbidding also ends its open sessions."""
+        async with self.connect() as conn:
+            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                return
+            await conn.execute(f"ALTER ROLE {quote_ident(role)} {'LOGIN' if enabled else 'NOLOGIN'}")
+            if not enabled:
+                await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+
+    async def set_connection_limit(self, role: str, limit: int) -> None:
+        """Change the role's connection limit (a plan change)."""
+        async with self.connect() as conn:
+            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                await conn.execute(f"ALTER ROLE {quote_ident(role)} CONNECTION LIMIT {int(limit)}")
+
+    async def drop_tenant(self, database: str, role: str) -> None:
+        """Drop the tenant's database (ending its open connections) and its role. Idempotent."""
+        async with self.connect() as conn:
+            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)")
+            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+                await conn.execute(f"DROP ROLE IF EXISTS {quote_ident(role)}")
+
+    async def database_size(self, database: str) -> int | None:
+        """The database's size in bytes, or ``None`` when it does not exist."""
+        async with self.connect() as conn:
+            value = await conn.fetchval(
+                "SELECT pg_database_size(datname) FROM pg_database WHERE datname = $1", database
+            )
+        return int(value) if value is not None else None
+
+    async def marked_objects(self, installation_id: uuid.UUID) -> MarkedObjects:
+        """Databases and roles whose marker says this installation made them for a tenant."""
+        async with self.connect() as conn:
+            dbs = await conn.fetch("SELECT datname, shobj_description(oid, 'pg_database') AS c FROM pg_database")
+            roles = await conn.fetch("SELECT rolname, shobj_description(oid, 'pg_authid') AS c FROM pg_roles")
+        return MarkedObjects(
+            databases={r["datname"]: t for r in dbs if (t := parse_marker(r["c"], installation_id))},
+            roles={r["rolname"]: t for r in roles if (t := parse_marker(r["c"], installation_id))},
+        )
+
+    async def ping(self) -> None:
+        """Check that the cluster answers."""
+        async with self.connect() as conn:
+            await conn.fetchval("SELECT 1")
+
+
+__all__ = ["MarkedObjects", "TemplateBusyError", "TenantCluster", "object_marker"]

@@ -1,0 +1,1 @@
+"""Tenants: the registry's main resource."""

@@ -1,0 +1,135 @@
+"""HTTP endpoints under ``/admin/tenants``: tenants, their domains and usage."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
+
+from tenant_service.auth import actor, admin_guard
+from tenant_service.deps import Ctx
+from tenant_service.tenants.schemas import (
+    TenantCreate,
+    TenantCreated,
+    TenantPage,
+    TenantUpdate,
+    TenantUsage,
+    TenantView,
+)
+from tenant_service.tenants.service import TenantService
+from tenant_service.tenants.usage import tenant_usage
+
+Ref = Annotated[str, PathParameter(description="Tenant id (UUID) or slug", max_length=64)]
+
+
+class DomainCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /admin/tenants/{ref}/domains``."""
+
+    domain: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+
+
+class TenantController(Controller):
+    """Tenant lifecycle for platform admins."""
+
+    path = "/admin/tenants"
+    guards = [admin_guard]  # noqa: RUF012 - Litestar's declared attribute
+    tags = ["tenants"]  # noqa: RUF012
+
+    @post("/", status_code=201, summary="Create and provision a tenant")
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        ctx: Ctx,
+        data: JSONBody[TenantCreate],
+        prefer: Annotated[str | None, HeaderParameter(name="Prefer", required=False)] = None,
+    ) -> Response[TenantCreated]:
+        """Create a tenant; ``Prefer: respond-async`` answers 202 at once and provisions in the background."""
+        wait = "respond-async" not in (prefer or "").lower()
+        created = await TenantService(ctx).create(data, actor=actor(request), wait=wait)
+        if not wait:
+            request.app.state.background.spawn_provisioning(created.view.id)
+        fields = {f: getattr(created.view, f) for f in TenantView.__struct_fields__}
+        body = TenantCreated(**fields, api_key=created.api_key)
+        location = f"/admin/tenants/{created.view.id}"
+        if created.pending:
+            return Response(body, status_code=202, headers={"Location": location, "Retry-After": "1"})
+        return Response(body, status_code=201, headers={"Location": location})
+
+    @get("/", summary="List tenants")
+    async def list_tenants(
+        self,
+        ctx: Ctx,
+        status: Annotated[str | None, QueryParameter(required=False, max_length=32)] = None,
+        plan: Annotated[str | None, QueryParameter(required=False, max_length=64)] = None,
+        q: Annotated[str | None, QueryParameter(required=False, max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, QueryParameter(required=False, max_length=512)] = None,
+    ) -> TenantPage:
+        """A page of tenants, oldest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+        return await TenantService(ctx).list(status=status, plan=plan, q=q, limit=limit, cursor=cursor)
+
+    @get("/{ref:str}", summary="Get a tenant")
+    async def get_tenant(self, ctx: Ctx, ref: Ref) -> TenantView:
+        """One tenant by id or slug."""
+        return await TenantService(ctx).get(ref)
+
+    @patch("/{ref:str}", summary="Change a tenant")
+    async def update(
+        self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref, data: JSONBody[TenantUpdate]
+    ) -> TenantView:
+        """Change ``name``, ``plan``, ``settings``, ``limits`` or ``upstream_url``."""
+        return await TenantService(ctx).update(ref, data, actor=actor(request))
+
+    @post("/{ref:str}/suspend", status_code=200, summary="Suspend a tenant")
+    async def suspend(self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref) -> TenantView:
+        """Gateways refuse its requests (403) from now on."""
+        return await TenantService(ctx).transition(ref, "suspend", actor=actor(request))
+
+    @post("/{ref:str}/resume", status_code=200, summary="Resume a suspended tenant")
+    async def resume(self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref) -> TenantView:
+        """Undo a suspension."""
+        return await TenantService(ctx).transition(ref, "resume", actor=actor(request))
+
+    @delete("/{ref:str}", status_code=200, summary="Delete (soft) or purge a tenant")
+    async def delete_tenant(
+        self,
+        request: Request[Any, Any, Any],
+        ctx: Ctx,
+        ref: Ref,
+        purge: Annotated[bool, QueryParameter(required=False)] = False,
+    ) -> TenantView:
+        """Soft delete (database kept for the retention period), or with ``purge=true`` drop everything now."""
+        service = TenantService(ctx)
+        if purge:
+            return await service.purge(ref, actor=actor(request))
+        return await service.transition(ref, "delete", actor=actor(request))
+
+    @post("/{ref:str}/restore", status_code=200, summary="Restore a soft-deleted tenant")
+    async def restore(self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref) -> TenantView:
+        """Undo a soft delete within the retention period."""
+        return await TenantService(ctx).transition(ref, "restore", actor=actor(request))
+
+    @get("/{ref:str}/usage", summary="Quota counters and database size")
+    async def usage(self, ctx: Ctx, ref: Ref) -> TenantUsage:
+        """Current request counters (from the gateways' Redis) and the database size."""
+        return await tenant_usage(ctx, await TenantService(ctx).get(ref))
+
+    @post("/{ref:str}/domains", status_code=201, summary="Add a custom domain")
+    async def add_domain(
+        self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref, data: JSONBody[DomainCreate]
+    ) -> TenantView:
+        """Route requests whose Host is ``domain`` to this tenant."""
+        return await TenantService(ctx).add_domain(ref, data.domain, actor=actor(request))
+
+    @delete("/{ref:str}/domains/{domain:str}", status_code=204, summary="Remove a custom domain")
+    async def remove_domain(
+        self,
+        request: Request[Any, Any, Any],
+        ctx: Ctx,
+        ref: Ref,
+        domain: Annotated[str, PathParameter(max_length=253)],
+    ) -> None:
+        """Stop routing ``domain`` to this tenant."""
+        await TenantService(ctx).remove_domain(ref, domain, actor=actor(request))

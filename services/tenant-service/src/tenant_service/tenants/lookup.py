@@ -1,0 +1,43 @@
+"""Finding a tenant by id or slug: the one place a ``{ref}`` is resolved."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tenant_service.db.models import Tenant, revision_seq
+from tenantry_common.problems import NotFoundError
+from tenantry_common.timeutil import utcnow
+
+
+class TenantNotFoundError(NotFoundError):
+    """No tenant by that id or slug (purged tenants are gone)."""
+
+    code = "tenant_not_found"
+
+
+async def find_tenant(session: AsyncSession, ref: str, *, lock: bool = False) -> Tenant:
+    """The tenant whose id or slug is ``ref``, optionally locked for update.
+
+    Raises:
+        TenantNotFoundError: no such tenant.
+    """
+    try:
+        condition = Tenant.id == uuid.UUID(ref)
+    except ValueError:
+        condition = Tenant.slug == ref.lower()
+    query = select(Tenant).where(condition)
+    if lock:
+        query = query.with_for_update()
+    tenant = (await session.execute(query)).scalar_one_or_none()
+    if tenant is None:
+        raise TenantNotFoundError(f"no tenant {ref!r}")
+    return tenant
+
+
+async def touch(session: AsyncSession, tenant: Tenant) -> None:
+    """Mark the tenant changed: new ``updated_at`` and a new revision, which gateways sync on."""
+    tenant.updated_at = utcnow()
+    tenant.revision = int(await session.scalar(revision_seq.next_value()) or 0)

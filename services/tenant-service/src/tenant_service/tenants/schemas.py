@@ -1,0 +1,124 @@
+"""Request and response bodies of the tenant admin API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Slug = Annotated[str, msgspec.Meta(max_length=64)]
+Domain = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+ConnectionLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+
+class Limits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Quota and resource limits (a plan's, or a tenant's overrides of them)."""
+
+    requests_per_minute: Count | None = None
+    requests_per_day: Count | None = None
+    max_connections: ConnectionLimit | None = None
+
+
+class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /admin/tenants``."""
+
+    slug: Slug
+    name: Name
+    plan: str | None = None
+    domains: Annotated[list[Domain], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=list)
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    limits: Limits | None = None
+    upstream_url: Url | None = None
+
+
+class TenantUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``PATCH /admin/tenants/{ref}``: only the fields present change; ``upstream_url: null`` clears."""
+
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    plan: str | msgspec.UnsetType = msgspec.UNSET
+    settings: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    limits: Limits | msgspec.UnsetType = msgspec.UNSET
+    upstream_url: Url | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class DatabaseInfo(msgspec.Struct):
+    """Where a tenant's database lives (never its credentials)."""
+
+    name: str
+    host: str
+    port: int
+    template_version: int | None
+    schema_version: int | None
+
+
+class TenantView(msgspec.Struct):
+    """A tenant as the admin API shows it."""
+
+    id: str
+    slug: str
+    name: str
+    status: str
+    plan: str
+    domains: list[str]
+    database: DatabaseInfo
+    limits: dict[str, int]
+    settings: dict[str, Any]
+    upstream_url: str | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+    purge_after: datetime | None = None
+    failure_reason: str | None = None
+
+
+class NewApiKey(msgspec.Struct):
+    """A freshly made API key: the only place its secret ``key`` ever appears."""
+
+    id: str
+    key: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    expires_at: datetime | None
+
+
+class TenantCreated(TenantView, kw_only=True):
+    """A created tenant with its first API key."""
+
+    api_key: NewApiKey
+
+
+class TenantPage(msgspec.Struct):
+    """One page of tenants."""
+
+    items: list[TenantView]
+    next_cursor: str | None
+
+
+class RequestUsage(msgspec.Struct):
+    """Requests counted in the current window."""
+
+    used: int
+    limit: int | None
+    resets_at: datetime
+
+
+class DatabaseUsage(msgspec.Struct):
+    """The database's footprint."""
+
+    name: str
+    size_bytes: int | None
+
+
+class TenantUsage(msgspec.Struct):
+    """Body of ``GET /admin/tenants/{ref}/usage``."""
+
+    tenant_id: str
+    database: DatabaseUsage
+    requests_minute: RequestUsage | None
+    requests_day: RequestUsage | None
+    quota_counters_available: bool

@@ -1,0 +1,415 @@
+"""Tenant lifecycle as a persisted state machine, and everything the admin API does with tenants."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+import structlog
+from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tenant_service.apikeys.service import create_key
+from tenant_service.audit.service import record
+from tenant_service.context import AppContext
+from tenant_service.db.models import TENANT_STATUSES, Plan, Tenant, TenantDomain
+from tenant_service.failpoints import failpoint
+from tenant_service.provisioning.names import tenant_object_name
+from tenant_service.provisioning.provisioner import Outcome, Provisioner, connection_limit, password_context
+from tenant_service.tenants.lookup import TenantNotFoundError, find_tenant, touch
+from tenant_service.tenants.schemas import (
+    DatabaseInfo,
+    Limits,
+    NewApiKey,
+    TenantCreate,
+    TenantPage,
+    TenantUpdate,
+    TenantView,
+)
+from tenant_service.tenants.validation import check_upstream_url, normalize_domain
+from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError, ProblemError
+from tenantry_common.slugs import slug_problem
+from tenantry_common.timeutil import utcnow
+
+_log = structlog.get_logger("tenantry.tenants")
+
+
+class TenantExistsError(ConflictError):
+    """The slug is taken."""
+
+    code = "tenant_exists"
+
+
+class InvalidStateError(ConflictError):
+    """The transition is not allowed from the tenant's current status."""
+
+    code = "invalid_state"
+
+
+class DomainTakenError(ConflictError):
+    """Another tenant already has this domain."""
+
+    code = "domain_taken"
+
+
+class ProvisioningFailedError(ProblemError):
+    """A synchronous create ended in ``failed`` (its database and role were cleaned up)."""
+
+    status = 503
+    code = "provisioning_failed"
+
+
+def _limits_dict(limits: Limits | None) -> dict[str, int]:
+    return {k: v for k, v in msgspec.structs.asdict(limits).items() if v is not None} if limits else {}
+
+
+def encode_cursor(created_at: datetime, tenant_id: uuid.UUID) -> str:
+    """An opaque keyset cursor."""
+    return base64.urlsafe_b64encode(msgspec.json.encode([created_at.isoformat(), str(tenant_id)])).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Inverse of :func:`encode_cursor`.
+
+    Raises:
+        InvalidInputError: the cursor was not made by this API.
+    """
+    try:
+        created, tid = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), uuid.UUID(tid)
+    except (ValueError, TypeError, binascii.Error, msgspec.DecodeError):
+        raise InvalidInputError(
+            "invalid cursor", errors=[FieldError(field="cursor", message="not a cursor from this API")]
+        ) from None
+
+
+@dataclass(frozen=True)
+class CreatedTenant:
+    """The result of a create: the tenant, its first key (with secret), and whether it is still provisioning."""
+
+    view: TenantView
+    api_key: NewApiKey
+    pending: bool
+
+
+class TenantService:
+    """Tenant operations shared by the HTTP API and the CLI."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+        self._provisioner = Provisioner(ctx)
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    async def _views(self, session: AsyncSession, tenants: list[Tenant]) -> list[TenantView]:
+        ids = [t.id for t in tenants]
+        domains: dict[uuid.UUID, list[str]] = {i: [] for i in ids}
+        if ids:
+            rows = await session.execute(
+                select(TenantDomain.tenant_id, TenantDomain.domain)
+                .where(TenantDomain.tenant_id.in_(ids))
+                .order_by(TenantDomain.domain)
+            )
+            for tid, domain in rows:
+                domains[tid].append(domain)
+        plans = {p.name: p.limits for p in (await session.execute(select(Plan))).scalars()}
+        return [self._view(t, domains[t.id], plans.get(t.plan, {})) for t in tenants]
+
+    def _view(self, t: Tenant, domains: list[str], plan_limits: dict[str, Any]) -> TenantView:
+        limits = {k: int(v) for k, v in {**plan_limits, **t.limits}.items() if isinstance(v, int)}
+        return TenantView(
+            id=str(t.id),
+            slug=t.slug,
+            name=t.name,
+            status=t.status,
+            plan=t.plan,
+            domains=domains,
+            database=DatabaseInfo(
+                name=t.db_name,
+                host=t.db_host,
+                port=t.db_port,
+                template_version=t.template_version,
+                schema_version=t.schema_version,
+            ),
+            limits=limits,
+            settings=t.settings,
+            upstream_url=t.upstream_url,
+            created_at=t.created_at,
+            updated_at=t.updated_at,
+            deleted_at=t.deleted_at,
+            purge_after=t.purge_after,
+            failure_reason=t.failure_reason,
+        )
+
+    async def view(self, session: AsyncSession, tenant: Tenant) -> TenantView:
+        """The admin view of one tenant."""
+        return (await self._views(session, [tenant]))[0]
+
+    async def get(self, ref: str) -> TenantView:
+        """One tenant by id or slug."""
+        async with self._ctx.sessions() as session:
+            return await self.view(session, await find_tenant(session, ref))
+
+    async def get_model(self, ref: str) -> Tenant:
+        """The registry row of one tenant."""
+        async with self._ctx.sessions() as session:
+            return await find_tenant(session, ref)
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        plan: str | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TenantPage:
+        """A page of tenants in creation order, filtered."""
+        if status is not None and status not in TENANT_STATUSES:
+            raise InvalidInputError(
+                "invalid status filter",
+                errors=[FieldError(field="status", message=f"must be one of {', '.join(TENANT_STATUSES)}")],
+            )
+        query = select(Tenant).order_by(Tenant.created_at, Tenant.id).limit(limit + 1)
+        if status:
+            query = query.where(Tenant.status == status)
+        if plan:
+            query = query.where(Tenant.plan == plan)
+        if q:
+            query = query.where(Tenant.slug.icontains(q, autoescape=True) | Tenant.name.icontains(q, autoescape=True))
+        if cursor:
+            after = decode_cursor(cursor)
+            query = query.where(tuple_(Tenant.created_at, Tenant.id) > tuple_(*after))
+        async with self._ctx.sessions() as session:
+            rows = list((await session.execute(query)).scalars())
+            page, more = rows[:limit], len(rows) > limit
+            views = await self._views(session, page)
+        next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more and page else None
+        return TenantPage(items=views, next_cursor=next_cursor)
+
+    # --- creating -------------------------------------------------------------------------------------
+
+    async def create(self, data: TenantCreate, *, actor: str, wait: bool = True) -> CreatedTenant:
+        """Register a tenant and provision its database (now, or in the background when ``wait`` is false).
+
+        Raises:
+            InvalidInputError: bad slug, plan, domain or upstream.
+            TenantExistsError: the slug is taken.
+            DomainTakenError: a domain belongs to another tenant.
+            ProvisioningFailedError: a synchronous create ended ``failed``.
+        """
+        ctx = self._ctx
+        if problem := slug_problem(data.slug):
+            raise InvalidInputError(f"slug {problem}", errors=[FieldError(field="slug", message=problem)])
+        domains = sorted(
+            {normalize_domain(d, ctx.settings.http.base_domain, f"domains[{i}]") for i, d in enumerate(data.domains)}
+        )
+        upstream = (
+            check_upstream_url(data.upstream_url, ctx.settings.lifecycle.upstream_allowlist)
+            if data.upstream_url
+            else None
+        )
+        tenant_id = uuid.uuid4()
+        name = tenant_object_name(ctx.settings.database.tenant_db_prefix, data.slug, tenant_id)
+        password = secrets.token_urlsafe(32)
+        async with ctx.sessions() as session:
+            try:
+                async with session.begin():
+                    plan = await self._plan(session, data.plan or ctx.settings.lifecycle.default_plan)
+                    tenant = Tenant(
+                        id=tenant_id,
+                        slug=data.slug,
+                        name=data.name,
+                        status="provisioning",
+                        plan=plan.name,
+                        settings=data.settings,
+                        limits=_limits_dict(data.limits),
+                        upstream_url=upstream,
+                        db_name=name,
+                        db_role=name,
+                        db_host=ctx.settings.database.tenant_host,
+                        db_port=ctx.settings.database.tenant_port,
+                        db_password_enc=ctx.box.encrypt(password, password_context(tenant_id)),
+                    )
+                    session.add(tenant)
+                    await session.flush()
+                    for domain in domains:
+                        session.add(TenantDomain(domain=domain, tenant_id=tenant_id))
+                    await session.flush()
+                    key_row, key = await create_key(ctx, session, tenant_id, name="default", scopes=[], expires_at=None)
+                    view = await self.view(session, tenant)
+                    record(session, actor=actor, action="tenant.create", target=data.slug, tenant_id=tenant_id,
+                           after=msgspec.to_builtins(view))  # fmt: skip
+            except IntegrityError as exc:
+                raise self._integrity_problem(exc, data.slug) from None
+        await failpoint("provision.after_insert")
+        api_key = NewApiKey(
+            id=str(key_row.id), key=key, prefix=key_row.prefix, name=key_row.name, scopes=[], expires_at=None
+        )
+        _log.info("tenant_registered", tenant_id=str(tenant_id), slug=data.slug)
+        if not wait:
+            return CreatedTenant(view=view, api_key=api_key, pending=True)
+        outcome = await self._provisioner.provision(tenant_id)
+        view = await self.get(str(tenant_id))
+        if outcome is Outcome.FAILED:
+            raise ProvisioningFailedError(
+                f"provisioning of {data.slug!r} failed and was rolled back: {view.failure_reason}",
+                extra={"tenant_id": str(tenant_id), "status": view.status},
+            )
+        return CreatedTenant(view=view, api_key=api_key, pending=outcome is not Outcome.ACTIVE)
+
+    @staticmethod
+    def _integrity_problem(exc: IntegrityError, slug: str) -> ProblemError:
+        text = str(exc.orig)
+        if "uq_tenants_slug" in text:
+            return TenantExistsError(f"a tenant with slug {slug!r} already exists")
+        if "tenant_domains" in text or "pk_tenant_domains" in text:
+            return DomainTakenError("a domain is already registered to another tenant")
+        return ConflictError("the change conflicts with existing data")
+
+    async def _plan(self, session: AsyncSession, name: str) -> Plan:
+        plan = await session.get(Plan, name)
+        if plan is None:
+            raise InvalidInputError(f"unknown plan {name!r}", errors=[FieldError(field="plan", message="unknown plan")])
+        return plan
+
+    # --- changing -------------------------------------------------------------------------------------
+
+    async def update(self, ref: str, patch: TenantUpdate, *, actor: str) -> TenantView:
+        """Change name, plan, settings, limit overrides or upstream URL."""
+        ctx = self._ctx
+        async with ctx.sessions() as session:
+            async with session.begin():
+                tenant = await find_tenant(session, ref, lock=True)
+                before = msgspec.to_builtins(await self.view(session, tenant))
+                if tenant.status in ("deleting",):
+                    raise InvalidStateError("the tenant is being deleted")
+                if patch.name is not msgspec.UNSET:
+                    tenant.name = patch.name
+                if patch.plan is not msgspec.UNSET:
+                    tenant.plan = (await self._plan(session, patch.plan)).name
+                if patch.settings is not msgspec.UNSET:
+                    tenant.settings = patch.settings
+                if patch.limits is not msgspec.UNSET:
+                    tenant.limits = _limits_dict(patch.limits)
+                if patch.upstream_url is not msgspec.UNSET:
+                    tenant.upstream_url = (
+                        check_upstream_url(patch.upstream_url, ctx.settings.lifecycle.upstream_allowlist)
+                        if patch.upstream_url
+                        else None
+                    )
+                await touch(session, tenant)
+                await session.flush()
+                view = await self.view(session, tenant)
+                record(session, actor=actor, action="tenant.update", target=tenant.slug, tenant_id=tenant.id,
+                       before=before, after=msgspec.to_builtins(view))  # fmt: skip
+            if tenant.status in ("active", "suspended", "deleted") and view.limits.get("max_connections"):
+                plan = await session.get(Plan, tenant.plan)
+                await ctx.cluster.set_connection_limit(
+                    tenant.db_role, connection_limit(plan.limits if plan else {}, tenant.limits)
+                )
+        await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
+        return view
+
+    async def transition(self, ref: str, action: str, *, actor: str) -> TenantView:
+        """``suspend``, ``resume``, ``delete`` (soft) or ``restore``; idempotent when already there."""
+        allowed: dict[str, tuple[tuple[str, ...], str]] = {
+            "suspend": (("active",), "suspended"),
+            "resume": (("suspended",), "active"),
+            "delete": (("active", "suspended", "failed"), "deleted"),
+            "restore": (("deleted",), "active"),
+        }
+        sources, target = allowed[action]
+        ctx = self._ctx
+        async with ctx.sessions() as session, session.begin():
+            tenant = await find_tenant(session, ref, lock=True)
+            if tenant.status == target and action != "restore":
+                return await self.view(session, tenant)
+            if tenant.status not in sources:
+                raise InvalidStateError(f"cannot {action} a tenant that is {tenant.status}")
+            before = msgspec.to_builtins(await self.view(session, tenant))
+            if action == "delete":
+                tenant.deleted_at = utcnow()
+                tenant.purge_after = tenant.deleted_at + timedelta(
+                    seconds=ctx.settings.lifecycle.delete_retention_seconds
+                )
+            elif action == "restore":
+                if tenant.purge_after is not None and tenant.purge_after <= utcnow():
+                    raise InvalidStateError("the retention period has ended; the tenant can no longer be restored")
+                tenant.deleted_at = None
+                tenant.purge_after = None
+                target = "active" if tenant.template_version is not None else "failed"
+            tenant.status = target
+            await touch(session, tenant)
+            await session.flush()
+            view = await self.view(session, tenant)
+            record(session, actor=actor, action=f"tenant.{action}", target=tenant.slug, tenant_id=tenant.id,
+                   before=before, after=msgspec.to_builtins(view))  # fmt: skip
+        if action in ("delete", "restore") and tenant.template_version is not None:
+            await ctx.cluster.set_login(tenant.db_role, enabled=action == "restore")
+        await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
+        return view
+
+    async def purge(self, ref: str, *, actor: str) -> TenantView:
+        """Drop the tenant's database and role now and forget it."""
+        async with self._ctx.sessions() as session:
+            tenant = await find_tenant(session, ref)
+            view = await self.view(session, tenant)
+        purged = await self._provisioner.purge(tenant.id, actor=actor)
+        if purged is None:
+            raise TenantNotFoundError(f"no tenant {ref!r}")
+        return msgspec.structs.replace(view, status="deleted", updated_at=utcnow())
+
+    # --- domains --------------------------------------------------------------------------------------
+
+    async def add_domain(self, ref: str, raw: str, *, actor: str) -> TenantView:
+        """Route a custom domain to the tenant."""
+        ctx = self._ctx
+        domain = normalize_domain(raw, ctx.settings.http.base_domain)
+        async with ctx.sessions() as session:
+            try:
+                async with session.begin():
+                    tenant = await find_tenant(session, ref, lock=True)
+                    owner = await session.get(TenantDomain, domain)
+                    if owner is not None and owner.tenant_id != tenant.id:
+                        raise DomainTakenError(f"{domain} is registered to another tenant")
+                    if owner is None:
+                        session.add(TenantDomain(domain=domain, tenant_id=tenant.id))
+                    await touch(session, tenant)
+                    await session.flush()
+                    view = await self.view(session, tenant)
+                    record(session, actor=actor, action="domain.add", target=domain, tenant_id=tenant.id,
+                           after={"domain": domain})  # fmt: skip
+            except IntegrityError:
+                raise DomainTakenError(f"{domain} is registered to another tenant") from None
+        await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
+        return view
+
+    async def remove_domain(self, ref: str, raw: str, *, actor: str) -> None:
+        """Stop routing a custom domain to the tenant."""
+        ctx = self._ctx
+        domain = raw.strip().lower().removesuffix(".")
+        async with ctx.sessions() as session, session.begin():
+            tenant = await find_tenant(session, ref, lock=True)
+            result = await session.execute(
+                delete(TenantDomain).where(TenantDomain.domain == domain, TenantDomain.tenant_id == tenant.id)
+            )
+            if not getattr(result, "rowcount", 0):
+                raise NotFoundError(f"{domain} is not a domain of this tenant", code="domain_not_found")
+            await touch(session, tenant)
+            record(session, actor=actor, action="domain.remove", target=domain, tenant_id=tenant.id,
+                   before={"domain": domain})  # fmt: skip
+        await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
+
+    async def count(self) -> dict[str, int]:
+        """Tenants by status (for metrics)."""
+        async with self._ctx.sessions() as session:
+            rows = await session.execute(select(Tenant.status, func.count()).group_by(Tenant.status))
+            return {status: int(n) for status, n in rows}

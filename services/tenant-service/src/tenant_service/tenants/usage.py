@@ -1,0 +1,47 @@
+"""Usage of one tenant: database size, and the gateway's quota counters from Redis."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import redis.asyncio as redis
+
+from tenant_service.context import AppContext
+from tenant_service.tenants.schemas import DatabaseUsage, RequestUsage, TenantUsage, TenantView
+from tenantry_common.redis_keys import day_counter_key, minute_counter_key
+
+
+async def tenant_usage(ctx: AppContext, tenant: TenantView) -> TenantUsage:
+    """Counters and sizes, each read with its own timeout; a missing source gives ``None``, not an error."""
+    size = await ctx.cluster.database_size(tenant.database.name) if tenant.status != "failed" else None
+    now = int(time.time())
+    minute, day = now // 60, now // 86400
+    minute_usage = day_usage = None
+    available = False
+    if ctx.redis is not None:
+        try:
+            raw_minute, raw_day = await ctx.redis.mget(
+                minute_counter_key(tenant.id, minute), day_counter_key(tenant.id, day)
+            )
+        except (redis.RedisError, OSError, TimeoutError):
+            pass
+        else:
+            available = True
+            minute_usage = RequestUsage(
+                used=int(raw_minute or 0),
+                limit=tenant.limits.get("requests_per_minute"),
+                resets_at=datetime.fromtimestamp((minute + 1) * 60, UTC),
+            )
+            day_usage = RequestUsage(
+                used=int(raw_day or 0),
+                limit=tenant.limits.get("requests_per_day"),
+                resets_at=datetime.fromtimestamp((day + 1) * 86400, UTC),
+            )
+    return TenantUsage(
+        tenant_id=tenant.id,
+        database=DatabaseUsage(name=tenant.database.name, size_bytes=size),
+        requests_minute=minute_usage,
+        requests_day=day_usage,
+        quota_counters_available=available,
+    )

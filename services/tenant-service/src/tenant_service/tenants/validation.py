@@ -1,0 +1,86 @@
+"""Validation of tenant inputs that msgspec's types cannot express: domains and upstream URLs."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from typing import Final
+from urllib.parse import urlsplit
+
+from tenantry_common.problems import FieldError, InvalidInputError, ProblemError
+
+_LABEL: Final = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_BLOCKED_HOSTS: Final = frozenset({"metadata.google.internal", "metadata", "instance-data"})
+
+
+class UpstreamNotAllowedError(ProblemError):
+    """An ``upstream_url`` outside ``UPSTREAM_ALLOWLIST``."""
+
+    status = 422
+    code = "upstream_not_allowed"
+
+
+def normalize_domain(raw: str, base_domain: str, field: str = "domain") -> str:
+    """Lowercase, strip one trailing dot, and check a custom domain.
+
+    Raises:
+        InvalidInputError: not a valid hostname, or under the platform's base domain.
+    """
+    domain = raw.strip().lower().removesuffix(".")
+    labels = domain.split(".")
+    if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise InvalidInputError(
+            "invalid domain", errors=[FieldError(field=field, message="must be a valid DNS hostname")]
+        )
+    if labels[-1].isdigit():
+        raise InvalidInputError(
+            "invalid domain", errors=[FieldError(field=field, message="must be a hostname, not an address")]
+        )
+    base = base_domain.lower().removesuffix(".")
+    if domain == base or domain.endswith("." + base):
+        raise InvalidInputError(
+            "invalid domain",
+            errors=[FieldError(field=field, message=f"must not be under the platform domain {base!r}")],
+        )
+    return domain
+
+
+def _ip_forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved
+
+
+def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
+    """Accept an upstream URL only when its host is inside the allow-list; return it normalised.
+
+    Link-local (cloud metadata), multicast and unspecified addresses are refused even if allow-listed.
+
+    Raises:
+        InvalidInputError: the URL is malformed.
+        UpstreamNotAllowedError: the host is not allowed.
+    """
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        _ = parts.port
+    except ValueError:
+        host = ""
+    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
+        raise InvalidInputError(
+            "invalid upstream_url",
+            errors=[FieldError(field="upstream_url", message="must be an http(s) URL with a host and no userinfo")],
+        )
+    refusal = UpstreamNotAllowedError(f"upstream host {host!r} is not in UPSTREAM_ALLOWLIST")
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if (ip is not None and _ip_forbidden(ip)) or host in _BLOCKED_HOSTS:
+        raise refusal
+    for entry in allowlist:
+        if "/" in entry:
+            if ip is not None and ip in ipaddress.ip_network(entry, strict=False):
+                return url
+        elif fnmatch.fnmatchcase(host, entry.lower()):
+            return url
+    raise refusal

@@ -1,0 +1,120 @@
+"""Root conftest: environment defaults and the session-wide PostgreSQL/Redis servers.
+
+Server fixtures (all session scoped):
+
+* ``pg_server`` / ``redis_server``: a :class:`support.servers.PostgresServer` /
+  :class:`support.servers.RedisServer` with ``.url``, ``.source`` and ``.restartable``;
+  fault tests use ``.stop()``/``.start()``/``.restart()``/``.outage()`` (Redis also
+  ``.kill()``), which fail the test when the server is not owned by the suite.
+* ``pg_url`` / ``redis_url``: just the URLs of the above.
+
+Where the servers come from: ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` if set, else
+testcontainers if a Docker engine answers (opt out with ``TENANTRY_TEST_DOCKER=0``),
+else throw-away local servers started from the installed binaries.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from support.platform import Installation, ServiceProcess
+from support.servers import PostgresServer, RedisServer, provide_postgres, provide_redis
+
+# Nothing above this line may import application code: app modules may read the
+# environment at import time, and the defaults below must already be in place.
+
+
+def set_test_env_defaults() -> None:
+    """Set environment defaults for the whole test run.
+
+    Runs when pytest loads this conftest, i.e. before any test module (and thus any
+    application module) is imported. Add entries to ``defaults``; ``setdefault`` keeps
+    whatever the developer or CI exported.
+    """
+    defaults: dict[str, str] = {
+        # "TENANTRY_EXAMPLE_SETTING": "value",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+set_test_env_defaults()
+
+from tenant_service.app import create_app  # noqa: E402 - after the environment defaults
+from tenant_service.context import AppContext  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """Session PostgreSQL (superuser); see the module docstring for where it comes from."""
+    with provide_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: PostgresServer) -> str:
+    """Superuser URL ``postgresql://user[:pw]@host:port/dbname`` of ``pg_server``."""
+    return pg_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """Session Redis; see the module docstring for where it comes from."""
+    with provide_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """URL ``redis://host:port/0`` of ``redis_server``."""
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+async def installation(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
+    """One migrated tenant-service installation shared by the session (own registry, template, prefix)."""
+    inst = Installation(pg_url=pg_url, redis_url=redis_url)
+    await inst.create()
+    yield inst
+    await inst.drop()
+
+
+@pytest.fixture(scope="session")
+async def ctx(installation: Installation) -> AsyncIterator[AppContext]:
+    """An in-process :class:`AppContext` on the session installation."""
+    context = AppContext.build(installation.settings())
+    yield context
+    await context.close()
+
+
+@pytest.fixture
+async def fresh_installation(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
+    """A migrated installation of its own, for tests that count or crash things."""
+    inst = Installation(pg_url=pg_url, redis_url=redis_url)
+    await inst.create()
+    yield inst
+    await inst.drop()
+
+
+@pytest.fixture
+def service(installation: Installation, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """The tenant-service as a real process on the session installation."""
+    proc = ServiceProcess(installation, tmp_path / "tenant-service.log").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def api(ctx: AppContext) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """The tenant-service app in-process (no background reconciler), with the admin token set."""
+    app = create_app(ctx, run_background=False)
+    token = next(iter(ctx.settings.security.admin_tokens.values()))
+    async with AsyncTestClient(app, base_url="http://testserver.local") as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        yield client

@@ -1,0 +1,1 @@
+"""Shared helpers for the Tenantry test suite (importable as ``support``)."""

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 from tenantry_devtools.servers import LocalPostgres, LocalRedis, ensure_binaries
 
 ROOT: Final = Path(__file__).resolve().parents[4]
-RUN: Final = ROOT / ".run"
+#: All state of `make dev`; overridable so tests can run a second platform beside a developer's.
+RUN: Final = Path(os.environ.get("TENANTRY_RUN_DIR") or ROOT / ".run")
 ENV_FILE: Final = RUN / "dev.env"
 PIDS: Final = RUN / "pids"
 LOGS: Final = RUN / "logs"

@@ -55,6 +55,8 @@ class DatabaseSettings:
     """Statement timeout on registry connections."""
     create_database_attempts: int = 5
     """Tries of CREATE DATABASE while the template is briefly in use."""
+    migrations_dir: str | None = None
+    """Directory of the tenant schema's SQL migrations (default: the ones shipped with the service)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class Settings:
                 connect_timeout=env_float("DB_CONNECT_TIMEOUT", 5.0),
                 statement_timeout_ms=env_int("DB_STATEMENT_TIMEOUT_MS", 30_000, minimum=100),
                 create_database_attempts=env_int("CREATE_DATABASE_ATTEMPTS", 5, minimum=1, maximum=50),
+                migrations_dir=env_opt("TENANT_MIGRATIONS_DIR"),
             ),
             security=SecuritySettings(
                 admin_tokens=admin_tokens,

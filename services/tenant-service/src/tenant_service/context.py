@@ -36,8 +36,9 @@ class AppContext:
     _installation_id: uuid.UUID | None = field(default=None)
 
     @classmethod
-    def build(cls, settings: Settings, migrations_dir: Path = DEFAULT_MIGRATIONS_DIR) -> AppContext:
+    def build(cls, settings: Settings) -> AppContext:
         """Create the engine, clients and key ring (no I/O yet)."""
+        migrations_dir = Path(settings.database.migrations_dir or DEFAULT_MIGRATIONS_DIR)
         engine = make_engine(settings.database)
         client = (
             redis.Redis.from_url(

@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS := never
-UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 PYTHON ?= python3
+# uv runs as a module of the machine's Python, so it works wherever pip put it.
+UV ?= $(PYTHON) -m uv
 
 .PHONY: help uv install lint format test dev stop
 
@@ -11,8 +12,8 @@ help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
 uv: ## Install uv (from PyPI) when it is missing
-	@command -v $(UV) >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
-	@command -v $(UV) >/dev/null 2>&1 || { echo "uv is not installed and could not be installed with pip"; exit 1; }
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv 2>/dev/null || $(PYTHON) -m pip install --quiet --user uv
+	@$(UV) --version >/dev/null 2>&1 || { echo "uv is missing and '$(PYTHON) -m pip install uv' failed: install uv"; exit 1; }
 
 install: uv ## Create .venv with every workspace package and the dev tools
 	@$(UV) sync --frozen --all-packages --python $(PYTHON) --quiet

@@ -8,15 +8,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
+import sqlalchemy.exc
 import structlog
-from litestar import Litestar
+from litestar import Litestar, Request, Response
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scope, Send
 
 from tenant_service.apikeys.controllers import ApiKeyController
 from tenant_service.audit.controllers import AuditController
@@ -27,7 +29,7 @@ from tenant_service.health import healthz, readyz
 from tenant_service.internal.controllers import InternalController
 from tenant_service.plans.controllers import PlanController
 from tenant_service.tenants.controllers import TenantController
-from tenantry_common.litestar_problems import problem_exception_handlers
+from tenantry_common.litestar_problems import problem_exception_handlers, problem_response
 from tenantry_common.logging import configure_logging
 
 _access = structlog.get_logger("tenantry.access")
@@ -66,6 +68,34 @@ def request_context_middleware(app: ASGIApp) -> ASGIApp:
             )
 
     return middleware
+
+
+def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """A lost or refused database connection is an outage, not a bug: 503 with Retry-After."""
+    _access.warning("database_unavailable", error_type=type(exc).__name__, path=request.url.path)
+    return problem_response(
+        503,
+        "database_unavailable",
+        headers={"Retry-After": "2"},
+        detail="The database is unreachable right now; retry shortly.",
+        instance=request.url.path,
+    )
+
+
+def _exception_handlers() -> ExceptionHandlersMap:
+    handlers = dict(problem_exception_handlers())
+    for exc_type in (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        ConnectionError,
+        TimeoutError,
+    ):
+        handlers[exc_type] = _database_unavailable
+    return handlers
 
 
 def _provide_ctx(state: State) -> AppContext:
@@ -111,7 +141,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
         ],
         dependencies={"ctx": Provide(_provide_ctx, sync_to_thread=False)},
         state=State({"ctx": app_ctx, "background": background}),
-        exception_handlers=problem_exception_handlers(),
+        exception_handlers=_exception_handlers(),
         middleware=[request_context_middleware, prometheus.middleware],
         lifespan=[lifespan],
         request_max_body_size=app_ctx.settings.http.max_body_bytes,

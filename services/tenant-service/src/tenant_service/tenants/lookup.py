@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,6 +35,7 @@ async def find_tenant(session: AsyncSession, ref: str, *, lock: bool = False) ->
     tenant = (await session.execute(query)).scalar_one_or_none()
     if tenant is None:
         raise TenantNotFoundError(f"no tenant {ref!r}")
+    structlog.contextvars.bind_contextvars(tenant_id=str(tenant.id))
     return tenant
 
 

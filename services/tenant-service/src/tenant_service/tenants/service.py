@@ -310,7 +310,8 @@ class TenantService:
                 view = await self.view(session, tenant)
                 record(session, actor=actor, action="tenant.update", target=tenant.slug, tenant_id=tenant.id,
                        before=before, after=msgspec.to_builtins(view))  # fmt: skip
-            if tenant.status in ("active", "suspended", "deleted") and view.limits.get("max_connections"):
+            limits_changed = patch.plan is not msgspec.UNSET or patch.limits is not msgspec.UNSET
+            if limits_changed and tenant.status in ("active", "suspended", "deleted"):
                 plan = await session.get(Plan, tenant.plan)
                 await ctx.cluster.set_connection_limit(
                     tenant.db_role, connection_limit(plan.limits if plan else {}, tenant.limits)

@@ -19,9 +19,8 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from support.platform import Installation, ServiceProcess
 from support.servers import PostgresServer, RedisServer, provide_postgres, provide_redis
@@ -38,10 +37,13 @@ def set_test_env_defaults() -> None:
     whatever the developer or CI exported.
     """
     defaults: dict[str, str] = {
-        # "TENANTRY_EXAMPLE_SETTING": "value",
+        # Child processes (tenantctl, the services) would otherwise recompile every import on each start when
+        # the environment sets PYTHONDONTWRITEBYTECODE; a shared cache outside the tree makes them start fast.
+        "PYTHONPYCACHEPREFIX": "/tmp/tenantry-test-pycache",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 set_test_env_defaults()
@@ -111,10 +113,16 @@ def service(installation: Installation, tmp_path: Path) -> Iterator[ServiceProce
 
 
 @pytest.fixture
-async def api(ctx: AppContext) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    """The tenant-service app in-process (no background reconciler), with the admin token set."""
+async def api(ctx: AppContext) -> AsyncIterator[httpx.AsyncClient]:
+    """The tenant-service app in-process (no background reconciler), with the admin token set.
+
+    It runs on the test's own event loop (``httpx.ASGITransport``), like the session ``ctx`` and its pools, so
+    requests may be gathered concurrently.
+    """
     app = create_app(ctx, run_background=False)
     token = next(iter(ctx.settings.security.admin_tokens.values()))
-    async with AsyncTestClient(app, base_url="http://testserver.local") as client:
-        client.headers["Authorization"] = f"Bearer {token}"
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver.local", headers={"Authorization": f"Bearer {token}"}
+    ) as client:
         yield client

@@ -67,6 +67,8 @@ def _field_errors(exc: ValidationException) -> list[FieldError]:
             if match:
                 prefix = _MSGSPEC_PATH.search(message)
                 path = prefix.group(1).lstrip(".") if prefix else ""
+                if not path and item.get("source") == "body" and field not in (None, "data"):
+                    path = str(field)  # Litestar cuts msgspec's "- at `$.x`"; its key names the nested object
                 field = f"{path}.{match.group(1)}" if path else match.group(1)
         if not field:
             match = _MSGSPEC_PATH.search(message)
@@ -113,6 +115,14 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[by
     return problem_response(status, code, headers=exc.headers, detail=detail, instance=request.url.path)
 
 
+def _on_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[bytes]:
+    """msgspec raises RecursionError (not a DecodeError) on JSON nested beyond its depth limit: a client error."""
+    _log.warning("request_too_deep", path=request.url.path)
+    return problem_response(
+        400, "malformed_body", detail="The request body is nested too deeply.", instance=request.url.path
+    )
+
+
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     _log.error("unhandled_error", path=request.url.path, error_type=type(exc).__name__, exc_info=exc)
     return problem_response(500, "internal_error", detail="An unexpected error occurred.", instance=request.url.path)
@@ -128,6 +138,7 @@ def problem_exception_handlers() -> ExceptionHandlersMap:
         NotFoundException: _on_http,
         MethodNotAllowedException: _on_http,
         HTTPException: _on_http,
+        RecursionError: _on_too_deep,
         Exception: _on_unexpected,
     }
     return handlers

@@ -85,7 +85,13 @@ def configure_logging(service: str, *, fmt: str = "auto", level: str = "INFO") -
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         add_service,
     ]
-    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    # Tracebacks are rendered to text before redaction in both formats: a pretty console traceback (with
+    # locals) would otherwise print the secrets the redaction just masked.
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+    )
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -102,7 +108,8 @@ def configure_logging(service: str, *, fmt: str = "auto", level: str = "INFO") -
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info if use_json else structlog.processors.StackInfoRenderer(),
+                structlog.processors.StackInfoRenderer(),
+                structlog.processors.format_exc_info,
                 redact_processor,
                 renderer,
             ],

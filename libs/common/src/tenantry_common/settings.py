@@ -54,6 +54,10 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if maximum is None:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        if minimum is None:
+            raise ConfigError(f"{name} must be at most {maximum}, got {value}")
         raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import secrets
 import signal
@@ -124,6 +125,8 @@ def _stop_services() -> None:
             pid = int(pidfile.read_text())
             os.killpg(pid, signal.SIGTERM)
             for _ in range(50):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)  # our own child stays a zombie, i.e. "alive", until reaped
                 os.kill(pid, 0)
                 time.sleep(0.1)
             os.killpg(pid, signal.SIGKILL)
@@ -150,8 +153,25 @@ def stop() -> None:
     _say("stopped")
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def up() -> None:
-    """Bring the platform up and keep it in the foreground until interrupted."""
+    """Bring the platform up and keep it in the foreground until interrupted (Ctrl-C, SIGTERM, `make stop`).
+
+    Whatever ends it, during start-up or later, everything it started is stopped on the way out.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _run_platform()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
+def _run_platform() -> None:
     for folder in (RUN, PIDS, LOGS):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)
@@ -216,19 +236,9 @@ Create a tenant:
 """,
         flush=True,
     )
-
-    def shutdown(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, shutdown)
-    try:
-        while service.poll() is None:
-            time.sleep(0.5)
-        _say(f"tenant-service exited with {service.returncode}; see .run/logs/tenant-service.log")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop()
+    while service.poll() is None:
+        time.sleep(0.5)
+    _say(f"tenant-service exited with {service.returncode}; see .run/logs/tenant-service.log")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from tenant_service.config import Settings
 from tenant_service.context import AppContext
 from tenant_service.health import healthz, readyz
 from tenant_service.internal.controllers import InternalController
+from tenant_service.internal.directory import DirectoryController
 from tenant_service.plans.controllers import PlanController
 from tenant_service.tenants.controllers import TenantController
 from tenantry_common.litestar_problems import problem_exception_handlers, problem_response
@@ -135,6 +136,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
             PlanController,
             AuditController,
             InternalController,
+            DirectoryController,
             healthz,
             readyz,
             _Metrics,

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 import msgspec
+from sqlalchemy.exc import DBAPIError
 
 from tenant_service.apikeys.schemas import ApiKeyCreate
 from tenant_service.apikeys.service import ApiKeyService
@@ -22,10 +23,11 @@ from tenant_service.db.migrate import upgrade_registry
 from tenant_service.provisioning.fleet import migrate_fleet, migrate_template
 from tenant_service.provisioning.provisioner import password_context
 from tenant_service.provisioning.reconciler import Reconciler
+from tenant_service.provisioning.schema import SchemaError
 from tenant_service.secretbox import generate_key
 from tenant_service.tenants.schemas import TenantCreate
 from tenant_service.tenants.service import TenantService
-from tenantry_common.logging import configure_logging
+from tenantry_common.logging import configure_logging, redact_value
 from tenantry_common.problems import ProblemError
 from tenantry_common.settings import ConfigError
 
@@ -56,6 +58,20 @@ def _run(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
         except ConfigError as exc:
             click.echo(f"configuration error: {exc}", err=True)
             sys.exit(2)
+        except SchemaError as exc:
+            click.echo(f"error: schema: {exc}", err=True)
+            sys.exit(1)
+        except (OSError, DBAPIError) as exc:
+            if isinstance(exc, DBAPIError) and exc.statement is not None:
+                raise
+            # A connection that could not be made (server down, credentials, database name): the driver's
+            # own error, not the SQLAlchemy wrapper around it.
+            cause: BaseException = exc
+            if isinstance(exc, DBAPIError) and exc.orig is not None:
+                cause = exc.orig.__cause__ or exc.orig
+            reason = (str(cause).splitlines() or [""])[0]
+            click.echo(f"error: {type(cause).__name__}: {redact_value(reason)}", err=True)
+            sys.exit(1)
 
     return wrapper
 
@@ -72,7 +88,11 @@ def serve(host: str | None, port: int | None) -> None:
     """Run the HTTP API (and the background reconciler)."""
     import uvicorn  # noqa: PLC0415 - only the server needs it
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)
     uvicorn.run(
         "tenant_service.app:asgi_factory",
         factory=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -134,8 +135,9 @@ class Settings:
             if len(token) < 16:
                 raise ConfigError(f"admin token {name!r} is shorter than 16 characters")
         prefix = env_str("TENANT_DB_PREFIX", "tenant_")
-        if not prefix.replace("_", "").isalnum() or not prefix[0].isalpha() or prefix.lower() != prefix:
-            raise ConfigError("TENANT_DB_PREFIX must be lowercase letters, digits and '_'")
+        # Names are prefix + slug (up to 32) + "_" + 12 hex digits, and Postgres identifiers end at 63 bytes.
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,17}", prefix):
+            raise ConfigError("TENANT_DB_PREFIX must be 1 to 18 lowercase ASCII letters, digits and '_'")
         allowlist = env_list("UPSTREAM_ALLOWLIST")
         for entry in allowlist:
             _validate_allow_entry(entry)

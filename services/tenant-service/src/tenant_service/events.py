@@ -38,5 +38,5 @@ class EventPublisher:
         event = ChangeEvent(kind=kind, tenant_id=str(tenant_id) if tenant_id else None, plan=plan)
         try:
             await self._client.publish(EVENTS_CHANNEL, msgspec.json.encode(event))
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - best-effort: the change is committed, never fail the request now
             _log.warning("event_publish_failed", kind=kind, error=type(exc).__name__)

@@ -13,7 +13,7 @@ Scope = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:._*-]{1,64}$")]
 class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``POST /admin/tenants/{ref}/api-keys``."""
 
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00]*$")]
     scopes: Annotated[list[Scope], msgspec.Meta(max_length=32)] = msgspec.field(default_factory=list)
     expires_at: datetime | None = None
 

@@ -112,10 +112,11 @@ class ApiKeyService:
         Raises:
             InvalidInputError: ``expires_at`` is not in the future.
         """
-        if data.expires_at is not None and (data.expires_at.tzinfo is None or data.expires_at <= utcnow()):
+        at = data.expires_at
+        if at is not None and (at.tzinfo is None or at.year >= 9999 or at <= utcnow()):  # 9999: UTC may overflow
             raise InvalidInputError(
                 "expires_at must be in the future",
-                errors=[FieldError(field="expires_at", message="must be a future time with a timezone")],
+                errors=[FieldError(field="expires_at", message="must be a future time (before 9999) with a timezone")],
             )
         async with self._ctx.sessions() as session, session.begin():
             tenant = await find_tenant(session, ref, lock=True)

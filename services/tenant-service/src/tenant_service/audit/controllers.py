@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get
 from litestar.params import QueryParameter
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_service.audit.service import list_entries
 from tenant_service.auth import admin_guard
+from tenant_service.db.models import AuditEntry
 from tenant_service.deps import Ctx
-from tenant_service.tenants.lookup import find_tenant
+from tenant_service.tenants.lookup import TenantNotFoundError, find_tenant
 from tenantry_common.problems import FieldError, InvalidInputError
+
+
+async def _audited_tenant(session: AsyncSession, ref: str) -> uuid.UUID:
+    """The id of the tenant ``ref``; a purged tenant's id still names its entries (the log outlives tenants).
+
+    Raises:
+        TenantNotFoundError: no such tenant, and no entries of a tenant with that id.
+    """
+    try:
+        return (await find_tenant(session, ref)).id
+    except TenantNotFoundError:
+        if len(ref) == 36:
+            with contextlib.suppress(ValueError):
+                tenant_id = uuid.UUID(ref)
+                if await session.scalar(select(AuditEntry.id).where(AuditEntry.tenant_id == tenant_id).limit(1)):
+                    return tenant_id
+        raise
 
 
 class AuditView(msgspec.Struct):
@@ -52,14 +74,14 @@ class AuditController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, QueryParameter(required=False, max_length=32)] = None,
     ) -> AuditPage:
-        """Entries newest first, optionally of one tenant (by id or slug, while it exists)."""
+        """Entries newest first, optionally of one tenant (by id or slug; by id after a purge too)."""
         before_id = None
         if cursor is not None:
-            if not cursor.isdigit():
+            if not (cursor.isascii() and cursor.isdigit()) or int(cursor) >= 2**63:  # a bigint audit id
                 raise InvalidInputError("invalid cursor", errors=[FieldError(field="cursor", message="not a cursor")])
             before_id = int(cursor)
         async with ctx.sessions() as session:
-            tenant_id = (await find_tenant(session, tenant)).id if tenant else None
+            tenant_id = await _audited_tenant(session, tenant) if tenant else None
             rows = await list_entries(session, tenant_id=tenant_id, limit=limit + 1, before_id=before_id)
         page = rows[:limit]
         items = [

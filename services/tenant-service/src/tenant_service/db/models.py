@@ -126,6 +126,15 @@ class ApiKey(Base):
     rotated_to: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
 
 
+class TenantTombstone(Base):
+    """A purged tenant, remembered by id so that gateways syncing by revision drop it."""
+
+    __tablename__ = "tenant_tombstones"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, revision_seq, server_default=revision_seq.next_value())
+    removed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class AuditEntry(Base):
     """One admin change or credential vend. Kept after a tenant is purged."""
 

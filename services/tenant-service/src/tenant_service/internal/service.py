@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import msgspec
+import structlog
 
 from tenant_service.audit.service import record
 from tenant_service.context import AppContext
 from tenant_service.provisioning.provisioner import password_context
+from tenant_service.secretbox import DecryptionError
 from tenant_service.tenants.lookup import find_tenant
-from tenantry_common.problems import ForbiddenError, NotFoundError, UnavailableError
+from tenantry_common.problems import ForbiddenError, NotFoundError, ProblemError, UnavailableError
+
+_log = structlog.get_logger("tenantry.internal")
+
+
+class SecretUnreadableError(ProblemError):
+    """The stored password does not decrypt (missing key, tampered row, or a ciphertext of another tenant)."""
+
+    status = 500
+    code = "secret_unreadable"
 
 
 class DatabaseCredentials(msgspec.Struct):
@@ -28,6 +39,7 @@ async def vend_credentials(ctx: AppContext, ref: str, *, actor: str) -> Database
         NotFoundError: unknown or deleted tenant.
         ForbiddenError: suspended tenant.
         UnavailableError: the tenant's database is not ready (provisioning or failed).
+        SecretUnreadableError: the stored password does not decrypt for this tenant (nothing is vended or audited).
     """
     async with ctx.sessions() as session, session.begin():
         tenant = await find_tenant(session, ref)
@@ -39,11 +51,16 @@ async def vend_credentials(ctx: AppContext, ref: str, *, actor: str) -> Database
             raise UnavailableError(
                 f"the tenant is {tenant.status}", code="tenant_unavailable", headers={"Retry-After": "5"}
             )
+        try:
+            password = ctx.box.decrypt(tenant.db_password_enc, password_context(tenant.id))
+        except DecryptionError:
+            _log.error("secret_unreadable", tenant_id=str(tenant.id))
+            raise SecretUnreadableError("the tenant's database credentials cannot be read") from None
         record(session, actor=actor, action="credentials.vend", target=tenant.slug, tenant_id=tenant.id)
     return DatabaseCredentials(
         host=tenant.db_host,
         port=tenant.db_port,
         database=tenant.db_name,
         user=tenant.db_role,
-        password=ctx.box.decrypt(tenant.db_password_enc, password_context(tenant.id)),
+        password=password,
     )

@@ -200,8 +200,17 @@ class TenantCluster:
 
     async def drop_tenant(self, database: str, role: str) -> None:
         """Drop the tenant's database (ending its open connections) and its role. Idempotent."""
+        await self.drop_database(database)
+        await self.drop_role(role)
+
+    async def drop_database(self, database: str) -> None:
+        """Drop one database, ending its open connections. Idempotent."""
         async with self.connect() as conn:
             await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)")
+
+    async def drop_role(self, role: str) -> None:
+        """Drop one role, ending its open sessions. Idempotent."""
+        async with self.connect() as conn:
             if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
                 await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
                 await conn.execute(f"DROP ROLE IF EXISTS {quote_ident(role)}")

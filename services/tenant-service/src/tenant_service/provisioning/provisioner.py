@@ -17,10 +17,11 @@ from sqlalchemy import delete, func, select
 
 from tenant_service.audit.service import SYSTEM_ACTOR, record
 from tenant_service.context import AppContext
-from tenant_service.db.models import Plan, Tenant, revision_seq
+from tenant_service.db.models import Plan, Tenant, TenantTombstone, revision_seq
 from tenant_service.failpoints import failpoint
 from tenant_service.provisioning.cluster import TemplateBusyError
 from tenant_service.provisioning.names import object_marker
+from tenant_service.secretbox import DecryptionError
 from tenantry_common.timeutil import utcnow
 
 _log = structlog.get_logger("tenantry.provisioner")
@@ -87,7 +88,7 @@ class Provisioner:
                     return Outcome.PENDING
                 await self._fail(tenant, "gave up after repeated transient failures")
                 return Outcome.FAILED if tenant.status == "failed" else Outcome.PENDING
-            except (TemplateBusyError, asyncpg.PostgresError, ValueError) as exc:
+            except (TemplateBusyError, asyncpg.PostgresError, ValueError, DecryptionError) as exc:
                 log.error("provisioning_failed", error=type(exc).__name__, detail=str(exc))  # noqa: TRY400 - no SQL in logs
                 reason = "template busy" if isinstance(exc, TemplateBusyError) else type(exc).__name__
                 await self._fail(tenant, reason)
@@ -146,6 +147,9 @@ class Provisioner:
         await ctx.cluster.drop_tenant(tenant.db_name, tenant.db_role)
         async with ctx.sessions() as session, session.begin():
             await session.execute(delete(Tenant).where(Tenant.id == tenant_id))
+            await session.merge(
+                TenantTombstone(tenant_id=tenant_id, revision=await session.scalar(revision_seq.next_value()))
+            )
             record(session, actor=actor, action="tenant.purged", target=tenant.slug, tenant_id=tenant_id,
                    before={"status": "deleting", "database": tenant.db_name}, after=None)  # fmt: skip
         _log.info("tenant_purged", tenant_id=str(tenant_id), slug=tenant.slug)

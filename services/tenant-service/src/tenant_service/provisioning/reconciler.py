@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import asyncpg
 import structlog
 from sqlalchemy import func, select
 
@@ -91,9 +93,20 @@ class Reconciler:
             }
         orphan_dbs = {name for name, tid in marked.databases.items() if tid not in known}
         orphan_roles = {name for name, tid in marked.roles.items() if tid not in known}
-        for name in sorted(orphan_dbs | orphan_roles):
-            await ctx.cluster.drop_tenant(name, name)
-            report.orphans_dropped.append(name)
+        # Each kind by its own name: a marked orphan role says nothing about a database of the same name.
+        # Databases first, so an orphan role no longer owns one when it is dropped.
+        drops: list[tuple[str, Callable[[str], Awaitable[None]]]]
+        drops = [(name, ctx.cluster.drop_database) for name in sorted(orphan_dbs)]
+        drops += [(name, ctx.cluster.drop_role) for name in sorted(orphan_roles)]
+        for name, drop in drops:
+            try:
+                await drop(name)
+            except asyncpg.PostgresError as exc:
+                _log.warning("orphan_drop_failed", name=name, error=type(exc).__name__)
+                report.errors.append(f"orphan {name}: {type(exc).__name__}")
+                continue
+            if name not in report.orphans_dropped:
+                report.orphans_dropped.append(name)
             _log.warning("orphan_dropped", name=name)
         logins = await self._role_logins([row.db_role for row in known.values()])
         for row in known.values():

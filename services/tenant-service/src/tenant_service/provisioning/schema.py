@@ -38,7 +38,8 @@ def load_migrations(directory: Path = DEFAULT_MIGRATIONS_DIR) -> list[SchemaMigr
     """Read ``NNNN_name.sql`` files in version order; versions must be 1..N without gaps.
 
     Raises:
-        SchemaError: a gap, a duplicate, or a file whose name does not match.
+        SchemaError: no migrations at all (a missing or wrong directory), a gap, a duplicate, or a file whose
+            name does not match.
     """
     migrations = []
     for path in sorted(directory.glob("*.sql")):
@@ -46,6 +47,8 @@ def load_migrations(directory: Path = DEFAULT_MIGRATIONS_DIR) -> list[SchemaMigr
         if not match:
             raise SchemaError(f"migration file {path.name} must be named NNNN_name.sql")
         migrations.append(SchemaMigration(int(match.group(1)), match.group(2), path.read_text(encoding="utf-8")))
+    if not migrations:
+        raise SchemaError(f"no NNNN_name.sql migrations in {directory}")
     for expected, migration in enumerate(migrations, start=1):
         if migration.version != expected:
             raise SchemaError(f"migration versions must be 1..N without gaps; found {migration.version}")

@@ -11,6 +11,7 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 from tenant_service.auth import actor, admin_guard
 from tenant_service.deps import Ctx
 from tenant_service.tenants.schemas import (
+    NO_NUL,
     TenantCreate,
     TenantCreated,
     TenantPage,
@@ -62,8 +63,8 @@ class TenantController(Controller):
         self,
         ctx: Ctx,
         status: Annotated[str | None, QueryParameter(required=False, max_length=32)] = None,
-        plan: Annotated[str | None, QueryParameter(required=False, max_length=64)] = None,
-        q: Annotated[str | None, QueryParameter(required=False, max_length=200)] = None,
+        plan: Annotated[str | None, QueryParameter(required=False, max_length=64, pattern=NO_NUL)] = None,
+        q: Annotated[str | None, QueryParameter(required=False, max_length=200, pattern=NO_NUL)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, QueryParameter(required=False, max_length=512)] = None,
     ) -> TenantPage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import structlog
@@ -10,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_service.db.models import Tenant, revision_seq
 from tenantry_common.problems import NotFoundError
+from tenantry_common.slugs import SLUG_MAX_LENGTH
 from tenantry_common.timeutil import utcnow
 
 
@@ -25,10 +27,12 @@ async def find_tenant(session: AsyncSession, ref: str, *, lock: bool = False) ->
     Raises:
         TenantNotFoundError: no such tenant.
     """
-    try:
-        condition = Tenant.id == uuid.UUID(ref)
-    except ValueError:
-        condition = Tenant.slug == ref.lower()
+    if "\x00" in ref:  # no slug holds NUL, and Postgres text cannot
+        raise TenantNotFoundError(f"no tenant {ref!r}")
+    condition = Tenant.slug == ref.lower()
+    if len(ref) > SLUG_MAX_LENGTH:  # 32 hex digits parse as a UUID too, but a ref that short is a slug
+        with contextlib.suppress(ValueError):
+            condition = Tenant.id == uuid.UUID(ref)
     query = select(Tenant).where(condition)
     if lock:
         query = query.with_for_update()

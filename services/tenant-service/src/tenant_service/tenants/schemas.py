@@ -7,10 +7,13 @@ from typing import Annotated, Any
 
 import msgspec
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+#: Postgres text (and JSONB) cannot hold NUL characters.
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+PlanName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 Slug = Annotated[str, msgspec.Meta(max_length=64)]
 Domain = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
-Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=NO_NUL)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 ConnectionLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 
@@ -28,7 +31,7 @@ class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
 
     slug: Slug
     name: Name
-    plan: str | None = None
+    plan: PlanName | None = None
     domains: Annotated[list[Domain], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=list)
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
     limits: Limits | None = None
@@ -39,7 +42,7 @@ class TenantUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``PATCH /admin/tenants/{ref}``: only the fields present change; ``upstream_url: null`` clears."""
 
     name: Name | msgspec.UnsetType = msgspec.UNSET
-    plan: str | msgspec.UnsetType = msgspec.UNSET
+    plan: PlanName | msgspec.UnsetType = msgspec.UNSET
     settings: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     limits: Limits | msgspec.UnsetType = msgspec.UNSET
     upstream_url: Url | msgspec.UnsetType | None = msgspec.UNSET

@@ -7,7 +7,7 @@ import binascii
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -33,7 +33,7 @@ from tenant_service.tenants.schemas import (
     TenantUpdate,
     TenantView,
 )
-from tenant_service.tenants.validation import check_upstream_url, normalize_domain
+from tenant_service.tenants.validation import check_json_text, check_upstream_url, normalize_domain
 from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError, ProblemError
 from tenantry_common.slugs import slug_problem
 from tenantry_common.timeutil import utcnow
@@ -83,8 +83,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """
     try:
         created, tid = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), uuid.UUID(tid)
-    except (ValueError, TypeError, binascii.Error, msgspec.DecodeError):
+        return datetime.fromisoformat(created).astimezone(UTC), uuid.UUID(tid)
+    except (ValueError, TypeError, OverflowError, binascii.Error, msgspec.DecodeError):
         raise InvalidInputError(
             "invalid cursor", errors=[FieldError(field="cursor", message="not a cursor from this API")]
         ) from None
@@ -208,6 +208,7 @@ class TenantService:
         ctx = self._ctx
         if problem := slug_problem(data.slug):
             raise InvalidInputError(f"slug {problem}", errors=[FieldError(field="slug", message=problem)])
+        check_json_text(data.settings, "settings")
         domains = sorted(
             {normalize_domain(d, ctx.settings.http.base_domain, f"domains[{i}]") for i, d in enumerate(data.domains)}
         )
@@ -261,7 +262,7 @@ class TenantService:
         if outcome is Outcome.FAILED:
             raise ProvisioningFailedError(
                 f"provisioning of {data.slug!r} failed and was rolled back: {view.failure_reason}",
-                extra={"tenant_id": str(tenant_id), "status": view.status},
+                extra={"tenant_id": str(tenant_id), "tenant_status": view.status},
             )
         return CreatedTenant(view=view, api_key=api_key, pending=outcome is not Outcome.ACTIVE)
 
@@ -296,6 +297,7 @@ class TenantService:
                 if patch.plan is not msgspec.UNSET:
                     tenant.plan = (await self._plan(session, patch.plan)).name
                 if patch.settings is not msgspec.UNSET:
+                    check_json_text(patch.settings, "settings")
                     tenant.settings = patch.settings
                 if patch.limits is not msgspec.UNSET:
                     tenant.limits = _limits_dict(patch.limits)
@@ -320,7 +322,7 @@ class TenantService:
         return view
 
     async def transition(self, ref: str, action: str, *, actor: str) -> TenantView:
-        """``suspend``, ``resume``, ``delete`` (soft) or ``restore``; idempotent when already there."""
+        """``suspend``, ``resume``, ``delete`` (soft) or ``restore``; suspend and delete are idempotent."""
         allowed: dict[str, tuple[tuple[str, ...], str]] = {
             "suspend": (("active",), "suspended"),
             "resume": (("suspended",), "active"),
@@ -331,7 +333,7 @@ class TenantService:
         ctx = self._ctx
         async with ctx.sessions() as session, session.begin():
             tenant = await find_tenant(session, ref, lock=True)
-            if tenant.status == target and action != "restore":
+            if tenant.status == target and action in ("suspend", "delete"):  # resume/restore need the source state
                 return await self.view(session, tenant)
             if tenant.status not in sources:
                 raise InvalidStateError(f"cannot {action} a tenant that is {tenant.status}")
@@ -399,6 +401,8 @@ class TenantService:
         domain = raw.strip().lower().removesuffix(".")
         async with ctx.sessions() as session, session.begin():
             tenant = await find_tenant(session, ref, lock=True)
+            if "\x00" in domain:  # never a domain, and Postgres text cannot hold it
+                raise NotFoundError(f"{domain!r} is not a domain of this tenant", code="domain_not_found")
             result = await session.execute(
                 delete(TenantDomain).where(TenantDomain.domain == domain, TenantDomain.tenant_id == tenant.id)
             )

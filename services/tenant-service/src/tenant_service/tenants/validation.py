@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from tenantry_common.problems import FieldError, InvalidInputError, ProblemError
@@ -46,8 +46,28 @@ def normalize_domain(raw: str, base_domain: str, field: str = "domain") -> str:
     return domain
 
 
+def check_json_text(value: Any, field: str) -> None:
+    """Refuse NUL characters in any string or key of a JSON value: Postgres JSONB cannot store them.
+
+    Raises:
+        InvalidInputError: a string or key contains NUL.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise InvalidInputError(
+                f"invalid {field}", errors=[FieldError(field=field, message="must not contain NUL characters")]
+            )
+
+
 def _ip_forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved
+    return not ip.is_loopback and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved)
 
 
 def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
@@ -63,9 +83,10 @@ def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         _ = parts.port
+        valid = parts.scheme in ("http", "https") and bool(host) and not (parts.username or parts.password)
     except ValueError:
-        host = ""
-    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
+        valid, host = False, ""
+    if not valid:
         raise InvalidInputError(
             "invalid upstream_url",
             errors=[FieldError(field="upstream_url", message="must be an http(s) URL with a host and no userinfo")],

@@ -1,0 +1,102 @@
+"""The tenant directory for gateways: tenants, domains, limits and API key hashes changed since a revision."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from typing import Annotated, Any
+
+from litestar import Controller, get
+from litestar.params import PathParameter, QueryParameter
+from sqlalchemy import func, select
+
+from tenant_service.auth import service_guard
+from tenant_service.context import AppContext
+from tenant_service.db.models import ApiKey, Plan, Tenant, TenantDomain, TenantTombstone
+from tenant_service.deps import Ctx
+from tenantry_common.directory import DirectoryKey, DirectoryPage, DirectoryTenant
+
+#: Statuses a gateway needs to know (to serve, or to refuse with the right error).
+_VISIBLE = ("provisioning", "active", "suspended", "failed", "deleting", "deleted")
+
+
+async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | None = None) -> DirectoryPage:
+    """Everything changed after ``since`` (everything when 0), or one tenant when ``tenant_id`` is given."""
+    async with ctx.sessions() as session, session.begin():
+        high_water = int(
+            await session.scalar(
+                select(
+                    func.greatest(
+                        select(func.coalesce(func.max(Tenant.revision), 0)).scalar_subquery(),
+                        select(func.coalesce(func.max(TenantTombstone.revision), 0)).scalar_subquery(),
+                    )
+                )
+            )
+            or 0
+        )
+        query = select(Tenant).where(Tenant.status.in_(_VISIBLE))
+        removed_query = select(TenantTombstone.tenant_id)
+        if tenant_id is not None:
+            query = query.where(Tenant.id == tenant_id)
+            removed_query = removed_query.where(TenantTombstone.tenant_id == tenant_id)
+        elif since > 0:
+            query = query.where(Tenant.revision > since)
+            removed_query = removed_query.where(TenantTombstone.revision > since)
+        tenants = list((await session.execute(query)).scalars())
+        removed = [str(t) for t in (await session.execute(removed_query)).scalars()]
+        ids = [t.id for t in tenants]
+        domains: dict[uuid.UUID, list[str]] = defaultdict(list)
+        keys: dict[uuid.UUID, list[DirectoryKey]] = defaultdict(list)
+        if ids:
+            for tid, domain in await session.execute(
+                select(TenantDomain.tenant_id, TenantDomain.domain).where(TenantDomain.tenant_id.in_(ids))
+            ):
+                domains[tid].append(domain)
+            for key in (await session.execute(select(ApiKey).where(ApiKey.tenant_id.in_(ids)))).scalars():
+                keys[key.tenant_id].append(
+                    DirectoryKey(
+                        id=str(key.id),
+                        hash=key.key_hash.hex(),
+                        scopes=list(key.scopes),
+                        expires_at=key.expires_at.timestamp() if key.expires_at else None,
+                        revoked=key.revoked_at is not None,
+                    )
+                )
+        plans: dict[str, dict[str, Any]] = {p.name: p.limits for p in (await session.execute(select(Plan))).scalars()}
+    return DirectoryPage(
+        revision=high_water,
+        tenants=[
+            DirectoryTenant(
+                id=str(t.id),
+                slug=t.slug,
+                status=t.status,
+                plan=t.plan,
+                limits={k: int(v) for k, v in {**plans.get(t.plan, {}), **t.limits}.items() if isinstance(v, int)},
+                upstream_url=t.upstream_url,
+                domains=sorted(domains[t.id]),
+                keys=keys[t.id],
+                revision=t.revision,
+            )
+            for t in tenants
+        ],
+        removed=removed,
+        full=since == 0 and tenant_id is None,
+    )
+
+
+class DirectoryController(Controller):
+    """What gateways read to route, authenticate and limit without a call per request."""
+
+    path = "/internal/v1/directory"
+    guards = [service_guard]  # noqa: RUF012
+    tags = ["internal"]  # noqa: RUF012
+
+    @get("/", summary="Tenants changed since a revision")
+    async def changes(self, ctx: Ctx, since: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0) -> DirectoryPage:
+        """Everything when ``since`` is 0; otherwise only tenants (and removals) after that revision."""
+        return await directory_since(ctx, since)
+
+    @get("/tenants/{tenant_id:uuid}", summary="One tenant's directory entry")
+    async def one(self, ctx: Ctx, tenant_id: Annotated[uuid.UUID, PathParameter()]) -> DirectoryPage:
+        """The entry of one tenant (or its removal), for event-driven refreshes."""
+        return await directory_since(ctx, 0, tenant_id)

@@ -46,10 +46,11 @@ class DevPlatform:
     pg_port: int = field(default_factory=free_port)
     redis_port: int = field(default_factory=free_port)
     service_port: int = field(default_factory=free_port)
+    gateway_port: int = field(default_factory=free_port)
 
     @property
-    def ports(self) -> tuple[int, int, int]:
-        return (self.pg_port, self.redis_port, self.service_port)
+    def ports(self) -> tuple[int, int, int, int]:
+        return (self.pg_port, self.redis_port, self.service_port, self.gateway_port)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
@@ -58,6 +59,7 @@ class DevPlatform:
             DEV_PG_PORT=str(self.pg_port),
             DEV_REDIS_PORT=str(self.redis_port),
             TENANT_SERVICE_PORT=str(self.service_port),
+            GATEWAY_PORT=str(self.gateway_port),
         )
         return env
 
@@ -211,6 +213,23 @@ def test_quick_start_runs_the_printed_curl_then_stops_and_resumes(platform: DevP
         assert tenant["status"] == "active"
         assert tenant["api_key"]["key"].startswith("tk_")
         assert tenant["database"]["name"]
+
+        # The second printed command: exchange the new key for an access token at the gateway.
+        exchange_line = dev.read_until(r"^\s*(curl -s -X POST \S+/_gateway/token .*)$", 10).group(1)
+        assert f":{platform.gateway_port}/" in exchange_line
+        deadline = time.monotonic() + 3  # a new tenant reaches the gateway within 2 s
+        while True:
+            exchange = subprocess.run(
+                ["bash", "-c", exchange_line.replace("tk_...", tenant["api_key"]["key"])],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if '"token_type":"Bearer"' in exchange.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert json.loads(exchange.stdout)["token_type"] == "Bearer", exchange.stdout + exchange.stderr
 
         service_pid = int((platform.run_dir / "pids" / "tenant-service.pid").read_text())
         os.kill(dev.proc.pid, signal.SIGTERM)

@@ -57,10 +57,22 @@ def _secrets() -> dict[str, str]:
         "ENCRYPTION_KEYS": saved.get("ENCRYPTION_KEYS")
         or "k1:" + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),
         "API_KEY_HASH_SECRET": saved.get("API_KEY_HASH_SECRET") or secrets.token_urlsafe(32),
+        "JWT_SIGNING_KEYS": saved.get("JWT_SIGNING_KEYS") or "k1:" + _new_signing_key(),
     }
     ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in generated.items()))
     ENV_FILE.chmod(0o600)
     return {k: os.environ.get(k) or v for k, v in generated.items()}
+
+
+def _new_signing_key() -> str:
+    """An EdDSA signing key for the gateway, made by the shared library (this package has no crypto of its own)."""
+    made = subprocess.run(
+        [sys.executable, "-c", "from tenantry_common.jwt_keys import generate_signing_key as g; print(g())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip()
 
 
 def _port(name: str, default: int) -> int:
@@ -218,27 +230,47 @@ def _run_platform() -> None:
     service = _start("tenant-service", ["-m", "tenant_service", "serve"], env)
     base = f"http://127.0.0.1:{service_port}"
     _wait_http(base + "/healthz", 60, service, LOGS / "tenant-service.log")
+    gateway_port = _port("GATEWAY_PORT", 8080)
+    app_port = _port("APP_PORT", 8002)
+    env.update(
+        GATEWAY_PORT=str(gateway_port),
+        TENANT_SERVICE_URL=base,
+        DEFAULT_UPSTREAM=os.environ.get("DEFAULT_UPSTREAM", f"http://127.0.0.1:{app_port}"),
+    )
+    gateway = _start("gateway", ["-m", "gateway"], env)
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    _wait_http(gateway_url + "/_gateway/healthz", 60, gateway, LOGS / "gateway.log")
     token = env["ADMIN_TOKEN"]
+    base_domain = env["BASE_DOMAIN"]
     print(
         f"""
-Tenantry is running (logs in .run/logs/, stop with Ctrl-C or `make stop`)
+Tenantry is running (logs in {LOGS}, stop with Ctrl-C or `make stop`)
 
   tenant-service   {base}          (OpenAPI: {base}/schema)
+  gateway          {gateway_url}          (tenants: http://<slug>.{base_domain}:{gateway_port}/...)
+  default upstream {env["DEFAULT_UPSTREAM"]}
 
   admin token      {token}
   service token    {env["SERVICE_TOKEN"]}
 
-Create a tenant:
+Create a tenant (the answer holds its first API key, "tk_...", shown once):
 
   curl -s -X POST {base}/admin/tenants \\
     -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
     -d '{{"slug": "acme", "name": "Acme Corp"}}'
+
+Exchange that key for an access token at the gateway:
+
+  curl -s -X POST {gateway_url}/_gateway/token -H 'X-API-Key: tk_...'
 """,
         flush=True,
     )
-    while service.poll() is None:
+    children = {"tenant-service": service, "gateway": gateway}
+    while all(proc.poll() is None for proc in children.values()):
         time.sleep(0.5)
-    _say(f"tenant-service exited with {service.returncode}; see .run/logs/tenant-service.log")
+    for name, proc in children.items():
+        if proc.poll() is not None:
+            _say(f"{name} exited with {proc.returncode}; see {LOGS / (name + '.log')}")
 
 
 def main() -> None:

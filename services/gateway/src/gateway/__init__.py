@@ -1,0 +1,1 @@
+"""Tenantry gateway: resolve → authenticate → limit → forward, for every tenant request."""

@@ -1,0 +1,141 @@
+"""Gateway settings, read once from the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from tenantry_common.settings import (
+    ConfigError,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_opt,
+    env_str,
+    load_dotenv,
+)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(name: str, entries: tuple[str, ...]) -> tuple[Network, ...]:
+    """CIDRs (or single addresses) from a list variable."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {entry!r} is not an address or CIDR") from None
+    return tuple(networks)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the gateway reads from its environment."""
+
+    host: str
+    """Listen address (GATEWAY_HOST)."""
+    port: int
+    """Listen port (GATEWAY_PORT)."""
+    workers: int
+    """Worker processes (GATEWAY_WORKERS)."""
+    base_domain: str
+    """Tenants are reachable as {slug}.{BASE_DOMAIN}."""
+    tenant_service_url: str
+    """Where the tenant directory is read (TENANT_SERVICE_URL)."""
+    directory_token: str
+    """Service token for the tenant-service's internal API (GATEWAY_SERVICE_TOKEN)."""
+    directory_refresh_seconds: float
+    """Period of the incremental directory sync."""
+    directory_full_sync_seconds: float
+    """Period of the full directory resync."""
+    redis_url: str
+    """Redis for quotas and change events."""
+    redis_timeout: float
+    """Seconds a Redis call may take before the quota failure mode applies."""
+    quota_failure_mode: str
+    """``open`` (pass without quota headers) or ``closed`` (503) when Redis is unavailable."""
+    api_key_hash_secret: bytes
+    """Keyed-hash secret of API keys (the tenant-service's)."""
+    jwt_signing_keys: str
+    """``kid:base64url-pem,...``; the first signs."""
+    jwt_algorithm: str
+    """EdDSA or RS256."""
+    jwt_issuer: str
+    """``iss`` of the tokens the gateway issues and accepts."""
+    jwt_audience: str
+    """``aud`` of access tokens."""
+    upstream_audience: str
+    """``aud`` of the X-Tenant-Token sent to upstreams."""
+    access_token_ttl: int
+    """Lifetime of access tokens from /_gateway/token."""
+    tenant_token_ttl: int
+    """Lifetime of X-Tenant-Token (at most 60 s)."""
+    jwt_leeway: float
+    """Clock skew tolerated on exp/nbf/iat."""
+    default_upstream: str
+    """Upstream for tenants without their own upstream_url."""
+    trusted_proxies: tuple[Network, ...]
+    """Peers whose Host/X-Forwarded-* headers are believed."""
+    max_body_bytes: int
+    """Largest request body forwarded."""
+    max_header_bytes: int
+    """Largest total size of the request headers (431 above it)."""
+    connect_timeout: float
+    """Seconds to connect to an upstream."""
+    read_timeout: float
+    """Seconds an upstream may stay silent."""
+    total_timeout: float
+    """Seconds until the upstream's response head must have arrived."""
+    access_log: bool
+    """One structured log line per request."""
+    log_format: str
+    """json, console or auto."""
+    log_level: str
+    """Minimum log level."""
+
+    @classmethod
+    def from_env(cls) -> GatewaySettings:
+        """Read and validate every setting."""
+        load_dotenv()
+        mode = env_str("QUOTA_FAILURE_MODE", "open")
+        if mode not in ("open", "closed"):
+            raise ConfigError("QUOTA_FAILURE_MODE must be open or closed")
+        upstream = env_str("DEFAULT_UPSTREAM", "http://127.0.0.1:8002")
+        if urlsplit(upstream).scheme not in ("http", "https"):
+            raise ConfigError("DEFAULT_UPSTREAM must be an http(s) URL")
+        tenant_token_ttl = env_int("TENANT_TOKEN_TTL_SECONDS", 60, minimum=5, maximum=60)
+        return cls(
+            host=env_str("GATEWAY_HOST", "127.0.0.1"),
+            port=env_int("GATEWAY_PORT", 8080, minimum=0, maximum=65535),
+            workers=env_int("GATEWAY_WORKERS", 1, minimum=1, maximum=64),
+            base_domain=env_str("BASE_DOMAIN", "localhost").lower().rstrip("."),
+            tenant_service_url=env_str("TENANT_SERVICE_URL", "http://127.0.0.1:8001").rstrip("/"),
+            directory_token=env_opt("GATEWAY_SERVICE_TOKEN") or env_str("SERVICE_TOKEN", required=True),
+            directory_refresh_seconds=env_float("DIRECTORY_REFRESH_SECONDS", 1.0, minimum=0.05),
+            directory_full_sync_seconds=env_float("DIRECTORY_FULL_SYNC_SECONDS", 60.0, minimum=1.0),
+            redis_url=env_str("REDIS_URL", required=True),
+            redis_timeout=env_float("REDIS_TIMEOUT", 0.1, minimum=0.001),
+            quota_failure_mode=mode,
+            api_key_hash_secret=env_str("API_KEY_HASH_SECRET", required=True).encode(),
+            jwt_signing_keys=env_str("JWT_SIGNING_KEYS", required=True),
+            jwt_algorithm=env_str("JWT_ALGORITHM", "EdDSA"),
+            jwt_issuer=env_str("JWT_ISSUER", "tenantry-gateway"),
+            jwt_audience=env_str("JWT_AUDIENCE", "tenantry"),
+            upstream_audience=env_str("UPSTREAM_TOKEN_AUDIENCE", "tenantry-upstream"),
+            access_token_ttl=env_int("ACCESS_TOKEN_TTL_SECONDS", 900, minimum=30, maximum=86400),
+            tenant_token_ttl=tenant_token_ttl,
+            jwt_leeway=env_float("JWT_LEEWAY_SECONDS", 30.0),
+            default_upstream=upstream,
+            trusted_proxies=parse_networks("TRUSTED_PROXIES", env_list("TRUSTED_PROXIES")),
+            max_body_bytes=env_int("MAX_REQUEST_BODY_BYTES", 10 * 1024 * 1024, minimum=0),
+            max_header_bytes=env_int("MAX_HEADER_BYTES", 8192, minimum=1024),
+            connect_timeout=env_float("UPSTREAM_CONNECT_TIMEOUT", 2.0, minimum=0.01),
+            read_timeout=env_float("UPSTREAM_READ_TIMEOUT", 30.0, minimum=0.01),
+            total_timeout=env_float("UPSTREAM_TIMEOUT", 30.0, minimum=0.01),
+            access_log=env_bool("ACCESS_LOG", True),
+            log_format=env_str("LOG_FORMAT", "auto"),
+            log_level=env_str("LOG_LEVEL", "INFO"),
+        )

@@ -1,0 +1,216 @@
+"""The gateway's in-memory tenant directory, kept in sync with the tenant-service.
+
+A warm request never leaves the process to learn about its tenant: slugs, domains, API key hashes and limits
+live here. Changes arrive three ways: a Redis event makes the gateway fetch at once; an incremental poll by
+revision runs every second; a full resync catches anything both missed. When the tenant-service is down the
+gateway keeps serving what it knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Final
+
+import httpx
+import msgspec
+import redis.asyncio as redis
+import structlog
+
+from tenantry_common.directory import DirectoryPage, DirectoryTenant
+from tenantry_common.redis_keys import EVENTS_CHANNEL
+
+_log = structlog.get_logger("tenantry.gateway.directory")
+_decode_page: Final = msgspec.json.Decoder(DirectoryPage).decode
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """An API key known to the gateway."""
+
+    id: str
+    tenant_id: str
+    scopes: str
+    expires_at: float | None
+    revoked: bool
+
+    def usable(self, now: float) -> bool:
+        """Not revoked and not expired."""
+        return not self.revoked and (self.expires_at is None or self.expires_at > now)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantEntry:
+    """A tenant as the hot path needs it."""
+
+    id: str
+    slug: str
+    status: str
+    plan: str
+    requests_per_minute: int | None
+    requests_per_day: int | None
+    upstream_url: str | None
+    domains: tuple[str, ...]
+    key_hashes: tuple[bytes, ...]
+
+
+@dataclass
+class Directory:
+    """Tenants by id, slug and domain; API keys by hash and by id."""
+
+    by_id: dict[str, TenantEntry] = field(default_factory=dict)
+    by_slug: dict[str, TenantEntry] = field(default_factory=dict)
+    by_domain: dict[str, TenantEntry] = field(default_factory=dict)
+    keys_by_hash: dict[bytes, KeyEntry] = field(default_factory=dict)
+    keys_by_id: dict[str, KeyEntry] = field(default_factory=dict)
+    revision: int = 0
+    loaded: bool = False
+
+    def remove(self, tenant_id: str) -> None:
+        """Forget a tenant and everything that points to it."""
+        old = self.by_id.pop(tenant_id, None)
+        if old is None:
+            return
+        if self.by_slug.get(old.slug) is old:
+            del self.by_slug[old.slug]
+        for domain in old.domains:
+            if self.by_domain.get(domain) is old:
+                del self.by_domain[domain]
+        for key_hash in old.key_hashes:
+            key = self.keys_by_hash.pop(key_hash, None)
+            if key is not None:
+                self.keys_by_id.pop(key.id, None)
+
+    def apply(self, tenant: DirectoryTenant) -> None:
+        """Insert or replace one tenant (all of its routes and keys at once)."""
+        self.remove(tenant.id)
+        entry = TenantEntry(
+            id=tenant.id,
+            slug=tenant.slug,
+            status=tenant.status,
+            plan=tenant.plan,
+            requests_per_minute=tenant.limits.get("requests_per_minute"),
+            requests_per_day=tenant.limits.get("requests_per_day"),
+            upstream_url=tenant.upstream_url,
+            domains=tuple(tenant.domains),
+            key_hashes=tuple(bytes.fromhex(k.hash) for k in tenant.keys),
+        )
+        self.by_id[entry.id] = entry
+        self.by_slug[entry.slug] = entry
+        for domain in entry.domains:
+            self.by_domain[domain] = entry
+        for key in tenant.keys:
+            known = KeyEntry(
+                id=key.id,
+                tenant_id=tenant.id,
+                scopes=" ".join(key.scopes),
+                expires_at=key.expires_at,
+                revoked=key.revoked,
+            )
+            self.keys_by_hash[bytes.fromhex(key.hash)] = known
+            self.keys_by_id[key.id] = known
+
+    def apply_page(self, page: DirectoryPage) -> None:
+        """Apply a sync answer; a full one replaces everything."""
+        if page.full:
+            fresh = Directory()
+            for tenant in page.tenants:
+                fresh.apply(tenant)
+            self.by_id, self.by_slug, self.by_domain = fresh.by_id, fresh.by_slug, fresh.by_domain
+            self.keys_by_hash, self.keys_by_id = fresh.keys_by_hash, fresh.keys_by_id
+        else:
+            for tenant in page.tenants:
+                self.apply(tenant)
+        for tenant_id in page.removed:
+            self.remove(tenant_id)
+        self.revision = max(self.revision, page.revision) if not page.full else page.revision
+        self.loaded = True
+
+    def find(self, ref: str) -> TenantEntry | None:
+        """A tenant by id or slug."""
+        return self.by_id.get(ref) or self.by_slug.get(ref.lower())
+
+
+class DirectorySync:
+    """Keeps a :class:`Directory` current."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        *,
+        base_url: str,
+        token: str,
+        redis_client: redis.Redis,
+        refresh_seconds: float,
+        full_sync_seconds: float,
+    ) -> None:
+        self.directory = directory
+        self._http = httpx.AsyncClient(
+            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(5.0)
+        )
+        self._redis = redis_client
+        self._refresh = refresh_seconds
+        self._full_every = full_sync_seconds
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.last_success = 0.0
+
+    async def _fetch(self, since: int) -> DirectoryPage:
+        response = await self._http.get("/internal/v1/directory/", params={"since": since})
+        response.raise_for_status()
+        return _decode_page(response.content)
+
+    async def sync_once(self, *, full: bool = False) -> None:
+        """One incremental (or full) sync."""
+        page = await self._fetch(0 if full or not self.directory.loaded else self.directory.revision)
+        self.directory.apply_page(page)
+        self.last_success = time.monotonic()
+
+    async def _poll(self) -> None:
+        last_full = time.monotonic()
+        while True:
+            try:
+                full = time.monotonic() - last_full >= self._full_every
+                await self.sync_once(full=full)
+                if full:
+                    last_full = time.monotonic()
+            except (httpx.HTTPError, msgspec.DecodeError, OSError) as exc:
+                _log.warning("directory_sync_failed", error=type(exc).__name__)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._refresh)
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(EVENTS_CHANNEL)
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None:
+                        self._wake.set()
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                _log.debug("directory_events_unavailable", error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def start(self, first_load_timeout: float = 10.0) -> None:
+        """Load the directory (bounded wait; the poller keeps trying) and start syncing in the background."""
+        try:
+            await asyncio.wait_for(self.sync_once(full=True), first_load_timeout)
+        except (httpx.HTTPError, msgspec.DecodeError, OSError, TimeoutError) as exc:
+            _log.warning("directory_initial_load_failed", error=type(exc).__name__)
+        self._tasks = [asyncio.create_task(self._poll()), asyncio.create_task(self._listen())]
+
+    async def stop(self) -> None:
+        """Stop syncing."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._http.aclose()

@@ -1,0 +1,111 @@
+"""Step 4 — forward: stream the request to the tenant's upstream and the response back.
+
+Hop-by-hop headers are dropped both ways, client ``X-Tenant-*`` headers are removed, the gateway's identity
+headers are added, and ``X-Forwarded-*`` is set (appended to only when the peer is a trusted proxy). Requests
+are never retried, except an idempotent one whose pooled connection was found closed before any answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from gateway.upstream import Origin, StaleConnectionError, UpstreamPool, UpstreamResponse
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"expect",
+    }
+)
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_origins: dict[str, tuple[Origin, bytes]] = {}
+
+
+def origin_of(url: str) -> tuple[Origin, bytes]:
+    """The origin and path prefix of an upstream URL (cached: a handful of distinct URLs)."""
+    cached = _origins.get(url)
+    if cached is None:
+        parts = urlsplit(url)
+        scheme = parts.scheme or "http"
+        port = parts.port or (443 if scheme == "https" else 80)
+        cached = (Origin(scheme, parts.hostname or "127.0.0.1", port), parts.path.rstrip("/").encode())
+        _origins[url] = cached
+    return cached
+
+
+def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names listed in ``Connection`` (also hop-by-hop)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers fit to send to the client."""
+    extra = connection_tokens(headers)
+    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in extra and n != b"server"]
+
+
+async def send_upstream(
+    pool: UpstreamPool,
+    origin: Origin,
+    head: bytes,
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    *,
+    method: str,
+    has_body: bool,
+    chunked: bool,
+    max_body: int,
+    response_timeout: float,
+) -> UpstreamResponse:
+    """Send the request (streaming its body from ``receive``) and return the response head.
+
+    Raises:
+        BodyTooLargeError: the body grew past ``max_body`` while streaming.
+        UpstreamError: the upstream failed before answering.
+    """
+    received = 0
+
+    async def body() -> tuple[bytes, bool]:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGoneError
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > max_body:
+            raise BodyTooLargeError
+        return chunk, bool(message.get("more_body", False))
+
+    source = body if has_body else None
+    try:
+        return await pool.request(
+            origin, head, source, chunked=chunked, head_request=method == "HEAD", response_timeout=response_timeout
+        )
+    except StaleConnectionError:
+        if method not in IDEMPOTENT or has_body:
+            raise
+        return await pool.request(
+            origin, head, None, chunked=False, head_request=method == "HEAD", response_timeout=response_timeout
+        )
+
+
+class BodyTooLargeError(Exception):
+    """The request body exceeded the configured maximum."""
+
+
+class ClientGoneError(Exception):
+    """The client disconnected while its body was being forwarded."""

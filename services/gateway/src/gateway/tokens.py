@@ -1,0 +1,84 @@
+"""Tokens the gateway signs: access tokens (``POST /_gateway/token``) and the per-request ``X-Tenant-Token``.
+
+X-Tenant-Tokens are cached per (tenant, key, scope, plan) and re-signed when less than half their lifetime is
+left, so signing costs nothing on most requests while every token an upstream sees is at most 60 s old.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from gateway.authenticate import Principal
+from gateway.directory import TenantEntry
+from tenantry_common.jwt_keys import KeyRing
+
+
+class TokenIssuer:
+    """Signs and caches the gateway's tokens."""
+
+    def __init__(
+        self,
+        keys: KeyRing,
+        *,
+        issuer: str,
+        audience: str,
+        upstream_audience: str,
+        access_ttl: int,
+        tenant_ttl: int,
+    ) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._upstream_audience = upstream_audience
+        self.access_ttl = access_ttl
+        self._tenant_ttl = tenant_ttl
+        self._tenant_tokens: dict[tuple[str, str, str, str, str], tuple[bytes, float]] = {}
+        self.jwks_body = msgspec.json.encode(keys.jwks())
+
+    def access_token(self, principal: Principal) -> str:
+        """A new access token for the principal."""
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": principal.key_id,
+            "tid": principal.tenant_id,
+            "scope": principal.scope,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.access_ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        return self._keys.sign(claims)
+
+    def tenant_token(self, tenant: TenantEntry, principal: Principal) -> bytes:
+        """The X-Tenant-Token for a forwarded request (cached while more than half its life is left)."""
+        now = time.time()
+        cache_key = (tenant.id, tenant.slug, principal.key_id, principal.scope, tenant.plan)
+        cached = self._tenant_tokens.get(cache_key)
+        if cached is not None and cached[1] - now > self._tenant_ttl / 2:
+            return cached[0]
+        issued = int(now)
+        token = self._keys.sign(
+            {
+                "iss": self._issuer,
+                "aud": self._upstream_audience,
+                "sub": principal.key_id,
+                "tid": tenant.id,
+                "slug": tenant.slug,
+                "scope": principal.scope,
+                "plan": tenant.plan,
+                "iat": issued,
+                "nbf": issued,
+                "exp": issued + self._tenant_ttl,
+                "jti": uuid.uuid4().hex,
+            }
+        ).encode()
+        if len(self._tenant_tokens) > 100_000:
+            self._tenant_tokens.clear()
+        self._tenant_tokens[cache_key] = (token, issued + self._tenant_ttl)
+        return token

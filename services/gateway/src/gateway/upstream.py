@@ -1,0 +1,317 @@
+"""A lean HTTP/1.1 client for forwarding: keep-alive pool, streaming both ways, strict timeouts.
+
+Why not httpx or aiohttp: on the proxy's hot path their per-request machinery costs more than everything else
+the gateway does. This client is an asyncio Protocol fed to ``httptools``' C parser; bodies stream chunk by chunk
+with back-pressure in both directions, and idle connections are kept per origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import httptools
+
+Headers = list[tuple[bytes, bytes]]
+_HIGH_WATER: Final = 16
+_LOW_WATER: Final = 4
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange before answering."""
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not answer in time."""
+
+
+class StaleConnectionError(UpstreamError):
+    """A pooled connection turned out closed before any response byte: safe to retry idempotent requests."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where requests go: scheme, host and port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def host_header(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        return (self.host if self.port == default else f"{self.host}:{self.port}").encode()
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; serves one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
+        self._pool = pool
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._loop = asyncio.get_running_loop()
+        self._write_ready = asyncio.Event()
+        self._write_ready.set()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: Headers = []
+        self._headers_done: asyncio.Future[None] = self._loop.create_future()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunk_ready = asyncio.Event()
+        self._complete = False
+        self._error: BaseException | None = None
+        self._got_bytes = False
+        self._paused = False
+        self.keep_alive = True
+        self.head_request = False
+
+    # asyncio.Protocol -------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError("upstream upgraded the connection"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"invalid response from upstream: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._write_ready.set()
+        if self._complete:
+            return
+        if not self._got_bytes:
+            self._fail(StaleConnectionError("upstream closed the connection"))
+        elif self._headers_done.done() and not self._is_framed():
+            # A response without Content-Length or chunked coding ends when the connection does.
+            self.keep_alive = False
+            self.on_message_complete()
+        else:
+            self._fail(UpstreamError("upstream closed the connection mid-response"))
+
+    def _is_framed(self) -> bool:
+        return any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
+
+    def pause_writing(self) -> None:
+        self._write_ready.clear()
+
+    def resume_writing(self) -> None:
+        self._write_ready.set()
+
+    # httptools callbacks ----------------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self.keep_alive = self._parser.should_keep_alive()
+        if not self._headers_done.done():
+            self._headers_done.set_result(None)
+        if self.head_request or self.status in (204, 304) or 100 <= self.status < 200:
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._chunk_ready.set()
+        if len(self._chunks) >= _HIGH_WATER and self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self._complete:
+            return
+        self._complete = True
+        self._chunk_ready.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self.keep_alive = False
+        if not self._headers_done.done():
+            self._headers_done.set_exception(exc)
+            self._headers_done.exception()  # mark retrieved; the waiter re-raises it
+        self._chunk_ready.set()
+        if self.transport is not None:
+            self.transport.close()
+
+    # exchange -------------------------------------------------------------------------------------
+    async def drain(self) -> None:
+        if not self._write_ready.is_set():
+            await self._write_ready.wait()
+        if self.closed:
+            if not self._got_bytes:
+                raise StaleConnectionError("upstream closed the connection")
+            raise UpstreamError("upstream closed the connection")
+
+    async def wait_headers(self, limit_seconds: float) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._headers_done), limit_seconds)
+        except TimeoutError:
+            self.abort()
+            raise UpstreamTimeoutError("upstream did not answer in time") from None
+
+    async def body(self, read_timeout: float) -> AsyncIterator[bytes]:
+        while True:
+            while self._chunks:
+                chunk = self._chunks.popleft()
+                if self._paused and len(self._chunks) <= _LOW_WATER and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                yield chunk
+            if self._error is not None:
+                raise self._error if isinstance(self._error, UpstreamError) else UpstreamError(str(self._error))
+            if self._complete:
+                return
+            self._chunk_ready.clear()
+            try:
+                await asyncio.wait_for(self._chunk_ready.wait(), read_timeout)
+            except TimeoutError:
+                self.abort()
+                raise UpstreamTimeoutError("upstream stalled while sending the body") from None
+
+    def abort(self) -> None:
+        self.keep_alive = False
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def release(self) -> None:
+        """Give the connection back to the pool if the exchange finished cleanly, else close it."""
+        if self._complete and self.keep_alive and not self.closed and self._error is None:
+            self._reset()
+            self._pool.put_back(self)
+        else:
+            self.abort()
+
+
+class UpstreamResponse:
+    """An upstream response whose body is consumed by iterating :meth:`body`."""
+
+    def __init__(self, conn: _Connection, read_timeout: float) -> None:
+        self._conn = conn
+        self._read_timeout = read_timeout
+        self.status = conn.status
+        self.headers = conn.headers
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive."""
+        async for chunk in self._conn.body(self._read_timeout):
+            yield chunk
+
+    def release(self) -> None:
+        """Return the connection to the pool (or close it)."""
+        self._conn.release()
+
+    def abort(self) -> None:
+        """Close the connection without reuse."""
+        self._conn.abort()
+
+
+BodySource = Callable[[], Awaitable[tuple[bytes, bool]]]
+
+
+class UpstreamPool:
+    """Keep-alive connections per origin."""
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float, max_idle_per_origin: int = 256) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._max_idle = max_idle_per_origin
+        self._idle: dict[Origin, list[_Connection]] = collections.defaultdict(list)
+
+    def put_back(self, conn: _Connection) -> None:
+        idle = self._idle[conn.origin]
+        if len(idle) < self._max_idle:
+            idle.append(conn)
+        else:
+            conn.abort()
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(self, origin),
+                    origin.host,
+                    origin.port,
+                    ssl=origin.scheme == "https" or None,
+                ),
+                self.connect_timeout,
+            )
+        except TimeoutError:
+            raise UpstreamTimeoutError("timed out connecting to the upstream") from None
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to the upstream: {exc.strerror or exc}") from None
+        return conn
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def request(
+        self,
+        origin: Origin,
+        head: bytes,
+        body: BodySource | None,
+        *,
+        chunked: bool,
+        head_request: bool,
+        response_timeout: float,
+    ) -> UpstreamResponse:
+        """Send ``head`` (request line and headers, CRLF-terminated) and the body; wait for the response head.
+
+        Args:
+            origin: where to send it.
+            head: the serialised request head.
+            body: a callable returning ``(chunk, more)``, or ``None`` for no body.
+            chunked: frame the body with chunked transfer coding (no Content-Length known).
+            head_request: the method is HEAD (the response has no body whatever it says).
+            response_timeout: seconds to wait for the response head after the request is sent.
+
+        Raises:
+            StaleConnectionError: a reused connection was found closed before anything was answered.
+            UpstreamTimeoutError: connect or response timeout.
+            UpstreamError: any other failure before the response head.
+        """
+        conn = self._take_idle(origin) or await self._connect(origin)
+        conn.head_request = head_request
+        transport = conn.transport
+        assert transport is not None
+        try:
+            transport.write(head)
+            if body is not None:
+                while True:
+                    chunk, more = await body()
+                    if chunk:
+                        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                        await conn.drain()
+                    if not more:
+                        break
+                if chunked:
+                    transport.write(b"0\r\n\r\n")
+            await conn.wait_headers(response_timeout)
+        except BaseException:
+            conn.abort()
+            raise
+        return UpstreamResponse(conn, self.read_timeout)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.abort()
+        self._idle.clear()

@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-PROBLEM = "application/problem+json"
-API_KEY = re.compile(r"^tk_[0-9A-Za-z]{38}$")
-#: Anything that looks like more of a key than its 11-character display prefix.
-KEYLIKE = re.compile(r"tk_[0-9A-Za-z]{30,}")
+from support.assertions import API_KEY, KEYLIKE, assert_problem, unique_slug
 
 
 def uniq(stem: str) -> str:
-    """A slug unique across the session (the installation is shared)."""
-    return f"key-{stem}-{secrets.token_hex(3)}"
+    return unique_slug("key", stem)
 
 
 def domain_of(stem: str) -> str:
     return f"{stem}-{secrets.token_hex(4)}.example.com"
-
-
-def assert_problem(response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The response is an RFC 9457 problem with the given status (and code, and an error naming ``field``)."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers["content-type"]
-    body = response.json()
-    for key in ("type", "title", "status", "detail", "code"):
-        assert key in body, f"{key} missing from {body}"
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code, body
-    if field is not None:
-        assert field in [e["field"] for e in body.get("errors", [])], body
-    assert "Traceback" not in response.text
-    return body
 
 
 def parse_time(value: str) -> datetime:

@@ -7,33 +7,17 @@ import secrets
 import asyncpg
 import pytest
 
-PROBLEM = "application/problem+json"
+from support.assertions import assert_problem, unique_slug
+
 ACTOR = "admin:admin"
 
 
 def uniq(stem: str) -> str:
-    """A slug unique across the session (the installation is shared)."""
-    return f"pla-{stem}-{secrets.token_hex(3)}"
+    return unique_slug("pla", stem)
 
 
 def plan_name(stem: str) -> str:
     return f"{stem}-{secrets.token_hex(3)}"
-
-
-def assert_problem(response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The response is an RFC 9457 problem with the given status (and code, and an error naming ``field``)."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers["content-type"]
-    body = response.json()
-    for key in ("type", "title", "status", "detail", "code"):
-        assert key in body, f"{key} missing from {body}"
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code, body
-    if field is not None:
-        assert field in [e["field"] for e in body.get("errors", [])], body
-    assert "Traceback" not in response.text
-    return body
 
 
 async def create(api, slug: str, **extra) -> dict:

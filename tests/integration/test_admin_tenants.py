@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
+from support.assertions import API_KEY, assert_problem, unique_slug
 from support.platform import wait_for
-
-PROBLEM = "application/problem+json"
-API_KEY = re.compile(r"^tk_[0-9A-Za-z]{38}$")
 
 
 def uniq(stem: str) -> str:
-    """A slug unique across the session (the installation is shared)."""
-    return f"api-{stem}-{secrets.token_hex(3)}"
-
-
-def assert_problem(response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The response is an RFC 9457 problem with the given status (and code, and an error naming ``field``)."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers["content-type"]
-    body = response.json()
-    for key in ("type", "title", "status", "detail", "code"):
-        assert key in body, f"{key} missing from {body}"
-    assert body["status"] == status
-    assert isinstance(body["code"], str)
-    assert body["code"]
-    if code is not None:
-        assert body["code"] == code, body
-    if field is not None:
-        fields = [e["field"] for e in body.get("errors", [])]
-        assert field in fields, body
-    assert "Traceback" not in response.text
-    assert "SELECT" not in response.text
-    assert "INSERT" not in response.text
-    return body
+    return unique_slug("api", stem)
 
 
 async def create(api, slug: str, **extra) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -13,32 +12,12 @@ import asyncpg
 import httpx
 import pytest
 
+from support.assertions import KEYLIKE, assert_problem, unique_slug
 from support.platform import Installation, ServiceProcess, wait_for
-
-PROBLEM = "application/problem+json"
-#: Anything that looks like more of an API key than its 11-character display prefix.
-KEYLIKE = re.compile(r"tk_[0-9A-Za-z]{30,}")
 
 
 def uniq(stem: str) -> str:
-    """A slug unique across the session (the installation is shared)."""
-    return f"sec-{stem}-{secrets.token_hex(3)}"
-
-
-def assert_problem(response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The response is an RFC 9457 problem with the given status (and code, and an error naming ``field``)."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers["content-type"]
-    body = response.json()
-    for key in ("type", "title", "status", "detail", "code"):
-        assert key in body, f"{key} missing from {body}"
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code, body
-    if field is not None:
-        assert field in [e["field"] for e in body.get("errors", [])], body
-    assert "Traceback" not in response.text
-    return body
+    return unique_slug("sec", stem)
 
 
 def assert_unauthorized(response) -> None:

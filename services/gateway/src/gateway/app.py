@@ -174,7 +174,7 @@ class Gateway:
         await self._respond(send, problem.status, body, PROBLEM_MEDIA_TYPE.encode(), request_id, [*headers, *extra])
 
     # the pipeline -------------------------------------------------------------------------------------
-    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def http(self, scope: Scope, receive: Receive, client_send: Send) -> None:
         """Handle one HTTP request."""
         started = time.perf_counter()
         path: str = scope["path"]
@@ -211,6 +211,13 @@ class Gateway:
             elif name == b"x-forwarded-proto":
                 x_proto = x_proto or value
         request_id = _request_id(incoming_id)
+        started = False
+
+        def send(message: dict[str, Any]) -> Awaitable[None]:
+            nonlocal started
+            started = True
+            return client_send(message)
+
         outcome = "error"
         status = 500
         tenant_id = None
@@ -279,6 +286,15 @@ class Gateway:
             outcome = problem.code
             status = problem.status
             await self._problem(send, problem, request_id)
+        except Exception:
+            # A bug still answers as a problem document when nothing was sent yet; else the connection is cut.
+            _log.exception("unhandled_error", path=path, request_id=request_id.decode())
+            outcome, status = "internal_error", 500
+            if started:
+                raise
+            await self._problem(
+                send, GatewayError("An unexpected error occurred.", code="internal_error", status=500), request_id
+            )
         finally:
             elapsed = time.perf_counter() - started
             REQUESTS.labels(outcome, str(status)).inc()

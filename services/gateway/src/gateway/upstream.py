@@ -145,13 +145,25 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     # exchange -------------------------------------------------------------------------------------
+    def _lost(self) -> UpstreamError:
+        if not self._got_bytes:
+            return StaleConnectionError("upstream closed the connection")
+        return UpstreamError("upstream closed the connection")
+
+    def send(self, data: bytes) -> None:
+        """Write to the upstream; a connection it already closed is an upstream error, never a crash."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise self._lost()
+        try:
+            self.transport.write(data)
+        except RuntimeError:  # uvloop: the transport closed between the check and the write
+            raise self._lost() from None
+
     async def drain(self) -> None:
         if not self._write_ready.is_set():
             await self._write_ready.wait()
         if self.closed:
-            if not self._got_bytes:
-                raise StaleConnectionError("upstream closed the connection")
-            raise UpstreamError("upstream closed the connection")
+            raise self._lost()
 
     async def wait_headers(self, limit_seconds: float) -> None:
         try:
@@ -289,20 +301,18 @@ class UpstreamPool:
         """
         conn = self._take_idle(origin) or await self._connect(origin)
         conn.head_request = head_request
-        transport = conn.transport
-        assert transport is not None
         try:
-            transport.write(head)
+            conn.send(head)
             if body is not None:
                 while True:
                     chunk, more = await body()
                     if chunk:
-                        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                        conn.send(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                         await conn.drain()
                     if not more:
                         break
                 if chunked:
-                    transport.write(b"0\r\n\r\n")
+                    conn.send(b"0\r\n\r\n")
             await conn.wait_headers(response_timeout)
         except BaseException:
             conn.abort()

@@ -34,6 +34,8 @@ from tenantry_common.litestar_problems import problem_exception_handlers, proble
 from tenantry_common.logging import configure_logging
 
 _access = structlog.get_logger("tenantry.access")
+#: Probes and gateway directory polls succeed every second or so; they are logged at debug level only.
+_ROUTINE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def request_context_middleware(app: ASGIApp) -> ASGIApp:
@@ -60,7 +62,9 @@ def request_context_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_wrapper)
         finally:
-            _access.info(
+            path = scope.get("path", "")
+            routine = status < 400 and (path in _ROUTINE_PATHS or path.startswith("/internal/v1/directory"))
+            (_access.debug if routine else _access.info)(
                 "request",
                 method=scope.get("method"),
                 path=scope.get("path"),

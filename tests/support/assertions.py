@@ -1,0 +1,37 @@
+"""What every black-box test checks the same way: problem documents, unique slugs, key-shaped strings."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from tenantry_common.problems import PROBLEM_MEDIA_TYPE
+
+#: A full tenant API key.
+API_KEY = re.compile(r"^tk_[0-9A-Za-z]{38}$")
+#: Anything that looks like more of an API key than its 11-character display prefix.
+KEYLIKE = re.compile(r"tk_[0-9A-Za-z]{30,}")
+
+
+def unique_slug(prefix: str, stem: str) -> str:
+    """A slug unique across the session (the installation is shared)."""
+    return f"{prefix}-{stem}-{secrets.token_hex(3)}"
+
+
+def assert_problem(response: Any, status: int, code: str | None = None, field: str | None = None) -> dict[str, Any]:
+    """The response is an RFC 9457 problem with the given status (and code, and an error naming ``field``)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE), response.headers["content-type"]
+    body: dict[str, Any] = response.json()
+    for key in ("type", "title", "status", "detail", "code"):
+        assert key in body, f"{key} missing from {body}"
+    assert body["status"] == status
+    assert isinstance(body["code"], str)
+    assert body["code"]
+    if code is not None:
+        assert body["code"] == code, body
+    if field is not None:
+        assert field in [e["field"] for e in body.get("errors", [])], body
+    assert "Traceback" not in response.text
+    return body

@@ -21,7 +21,7 @@ install: uv ## Create .venv with every workspace package and the dev tools
 lint: install ## ruff (lint + format check) and mypy --strict
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy libs/common/src libs/devtools/src services/tenant-service/src services/gateway/src
+	$(UV) run mypy libs/common/src libs/devtools/src services/tenant-service/src services/gateway/src libs/app/src services/notes/src
 
 format: install ## Apply ruff's fixes and formatting
 	$(UV) run ruff check --fix .

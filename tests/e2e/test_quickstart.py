@@ -47,10 +47,11 @@ class DevPlatform:
     redis_port: int = field(default_factory=free_port)
     service_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
+    app_port: int = field(default_factory=free_port)
 
     @property
-    def ports(self) -> tuple[int, int, int, int]:
-        return (self.pg_port, self.redis_port, self.service_port, self.gateway_port)
+    def ports(self) -> tuple[int, ...]:
+        return (self.pg_port, self.redis_port, self.service_port, self.gateway_port, self.app_port)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
@@ -60,6 +61,7 @@ class DevPlatform:
             DEV_REDIS_PORT=str(self.redis_port),
             TENANT_SERVICE_PORT=str(self.service_port),
             GATEWAY_PORT=str(self.gateway_port),
+            APP_PORT=str(self.app_port),
         )
         return env
 
@@ -230,6 +232,28 @@ def test_quick_start_runs_the_printed_curl_then_stops_and_resumes(platform: DevP
                 break
             time.sleep(0.2)
         assert json.loads(exchange.stdout)["token_type"] == "Bearer", exchange.stdout + exchange.stderr
+
+        # The printed notes example, through the gateway at acme.localhost, into acme's own database.
+        key = tenant["api_key"]["key"]
+        dev.read_until(r"^\s*curl -s -X POST http://acme\.\S+/notes ", 10)
+        start = len(dev.lines) - 1
+        dev.read_until(r"""-d '\{"body": "hello"\}'\s*$""", 10)
+        post = " ".join(line.strip().removesuffix("\\").strip() for line in dev.lines[start:])
+        assert f"acme.localhost:{platform.gateway_port}/notes" in post
+        created = subprocess.run(
+            ["bash", "-c", post.replace("tk_...", key)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert json.loads(created.stdout)["body"] == "hello", created.stdout + created.stderr
+        listing = dev.read_until(r"^\s*(curl -s http://acme\.\S+/notes .*)$", 10).group(1)
+        listed = subprocess.run(
+            ["bash", "-c", listing.replace("tk_...", key)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert [n["body"] for n in json.loads(listed.stdout)["items"]] == ["hello"]
+        whoami_line = dev.read_until(r"^\s*(curl -s http://acme\.\S+/whoami .*)$", 10).group(1)
+        whoami = subprocess.run(
+            ["bash", "-c", whoami_line.replace("tk_...", key)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert json.loads(whoami.stdout)["database"] == tenant["database"]["name"]
 
         service_pid = int((platform.run_dir / "pids" / "tenant-service.pid").read_text())
         os.kill(dev.proc.pid, signal.SIGTERM)

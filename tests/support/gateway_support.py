@@ -106,3 +106,46 @@ class GatewayProcess:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
+
+
+class NotesProcess:
+    """The example notes app (``python -m notes_app``) as a real process."""
+
+    def __init__(self, installation: Installation, tenant_service_url: str, log_path: Path, **env: str) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "APP_PORT": str(self.port),
+            "TENANT_SERVICE_URL": tenant_service_url,
+            "SERVICE_TOKEN": installation.service_token,
+            "REDIS_URL": installation.redis_url,
+            "LOG_FORMAT": "json",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> NotesProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "notes_app"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_http(self.url + "/healthz", self.proc, self.log_path)
+        return self
+
+    def engines(self) -> int:
+        return int(httpx.get(self.url + "/healthz", timeout=5).json()["engines"])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)

@@ -240,6 +240,9 @@ def _run_platform() -> None:
     gateway = _start("gateway", ["-m", "gateway"], env)
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     _wait_http(gateway_url + "/_gateway/healthz", 60, gateway, LOGS / "gateway.log")
+    env.update(APP_PORT=str(app_port), GATEWAY_JWKS_URL=gateway_url + "/_gateway/jwks.json")
+    notes = _start("notes", ["-m", "notes_app"], env)
+    _wait_http(f"http://127.0.0.1:{app_port}/healthz", 60, notes, LOGS / "notes.log")
     token = env["ADMIN_TOKEN"]
     base_domain = env["BASE_DOMAIN"]
     print(
@@ -248,7 +251,7 @@ Tenantry is running (logs in {LOGS}, stop with Ctrl-C or `make stop`)
 
   tenant-service   {base}          (OpenAPI: {base}/schema)
   gateway          {gateway_url}          (tenants: http://<slug>.{base_domain}:{gateway_port}/...)
-  default upstream {env["DEFAULT_UPSTREAM"]}
+  notes app        http://127.0.0.1:{app_port}          (the default upstream, reached through the gateway)
 
   admin token      {token}
   service token    {env["SERVICE_TOKEN"]}
@@ -262,10 +265,17 @@ Create a tenant (the answer holds its first API key, "tk_...", shown once):
 Exchange that key for an access token at the gateway:
 
   curl -s -X POST {gateway_url}/_gateway/token -H 'X-API-Key: tk_...'
+
+Write and read notes in acme's own database, through the gateway:
+
+  curl -s -X POST http://acme.{base_domain}:{gateway_port}/notes -H 'X-API-Key: tk_...' \\
+    -H 'Content-Type: application/json' -d '{{"body": "hello"}}'
+  curl -s http://acme.{base_domain}:{gateway_port}/notes -H 'X-API-Key: tk_...'
+  curl -s http://acme.{base_domain}:{gateway_port}/whoami -H 'X-API-Key: tk_...'
 """,
         flush=True,
     )
-    children = {"tenant-service": service, "gateway": gateway}
+    children = {"tenant-service": service, "gateway": gateway, "notes": notes}
     while all(proc.poll() is None for proc in children.values()):
         time.sleep(0.5)
     for name, proc in children.items():

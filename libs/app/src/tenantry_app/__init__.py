@@ -1,0 +1,27 @@
+"""Tenantry for tenant apps: who the request is for, that tenant's own database, its Redis namespace.
+
+Framework-free core: :class:`TokenVerifier`, :class:`CredentialClient`, :class:`TenantDatabases`,
+:class:`TenantRedis`; Litestar users add :class:`TenantryPlugin`.
+"""
+
+from tenantry_app.credentials import CredentialClient, DatabaseCredentials, TenantUnavailableError
+from tenantry_app.databases import BudgetExhaustedError, TenantDatabases
+from tenantry_app.identity import InvalidTenantTokenError, TenantIdentity, TokenVerifier
+from tenantry_app.litestar import TenantryPlugin
+from tenantry_app.runtime import AppSettings, TenantRuntime
+from tenantry_app.tenant_redis import TenantRedis
+
+__all__ = [
+    "AppSettings",
+    "BudgetExhaustedError",
+    "CredentialClient",
+    "DatabaseCredentials",
+    "InvalidTenantTokenError",
+    "TenantDatabases",
+    "TenantIdentity",
+    "TenantRedis",
+    "TenantRuntime",
+    "TenantUnavailableError",
+    "TenantryPlugin",
+    "TokenVerifier",
+]

@@ -1,0 +1,66 @@
+"""Database credentials of one tenant, vended by the tenant-service's internal API and cached."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+
+class TenantUnavailableError(Exception):
+    """The tenant-service will not vend credentials for this tenant (unknown, suspended, not ready)."""
+
+    def __init__(self, tenant_id: str, status: int) -> None:
+        super().__init__(f"no credentials for tenant {tenant_id} (HTTP {status})")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseCredentials:
+    """Host, port, database, user and password of one tenant's own role."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str
+
+
+class CredentialClient:
+    """Asks the tenant-service for credentials with a service token; caches them until told they are stale."""
+
+    def __init__(self, base_url: str, service_token: str, *, timeout: float = 5.0) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {service_token}"},
+            timeout=timeout,
+        )
+        self._cache: dict[str, DatabaseCredentials] = {}
+
+    async def get(self, tenant_id: str) -> DatabaseCredentials:
+        """Cached credentials, fetched on first use.
+
+        Raises:
+            TenantUnavailableError: the tenant-service refused.
+        """
+        cached = self._cache.get(tenant_id)
+        if cached is not None:
+            return cached
+        response = await self._http.get(f"/internal/v1/tenants/{tenant_id}/database")
+        if response.status_code != 200:
+            raise TenantUnavailableError(tenant_id, response.status_code)
+        body = response.json()
+        creds = DatabaseCredentials(
+            host=body["host"], port=int(body["port"]), database=body["database"], user=body["user"],
+            password=body["password"],
+        )  # fmt: skip
+        self._cache[tenant_id] = creds
+        return creds
+
+    def forget(self, tenant_id: str) -> None:
+        """Drop cached credentials (after an authentication failure, or when the tenant is gone)."""
+        self._cache.pop(tenant_id, None)
+
+    async def close(self) -> None:
+        """Release the HTTP client."""
+        await self._http.aclose()

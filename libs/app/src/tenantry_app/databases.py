@@ -1,0 +1,180 @@
+"""One small engine per active tenant, under a global connection budget.
+
+With thousands of tenant databases, "a pool per tenant" exhausts Postgres. Here each tenant's engine holds at
+most ``per_tenant`` connections (no overflow), and at most ``budget // per_tenant`` engines exist at once —
+engines still closing count too — so the app never has more than ``budget`` connections open, however many
+tenants are active. A new tenant takes the place of the least recently used engine that has no session in use;
+when every engine is busy, the request waits (up to ``acquire_timeout``) rather than exceed the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from tenantry_app.credentials import CredentialClient, DatabaseCredentials
+
+_log = structlog.get_logger("tenantry.app.databases")
+#: SQLSTATEs that mean the cached credentials are stale: bad password, no such role/database.
+_STALE_CREDENTIALS = frozenset({"28P01", "28000", "3D000"})
+
+
+class BudgetExhaustedError(Exception):
+    """Every connection of the budget stayed in use for the whole wait."""
+
+
+@dataclass
+class _Engine:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    leases: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class TenantDatabases:
+    """Sessions bound to each tenant's own database, within one global connection budget."""
+
+    def __init__(
+        self,
+        credentials: CredentialClient,
+        *,
+        budget: int = 20,
+        per_tenant: int = 1,
+        idle_seconds: float = 60.0,
+        acquire_timeout: float = 10.0,
+        application_name: str = "tenantry-app",
+    ) -> None:
+        if budget < 1 or per_tenant < 1 or per_tenant > budget:
+            raise ValueError("budget and per_tenant must be at least 1, and per_tenant at most budget")
+        self._credentials = credentials
+        self.budget = budget
+        self._per_tenant = per_tenant
+        self._max_engines = budget // per_tenant
+        self._idle_seconds = idle_seconds
+        self._acquire_timeout = acquire_timeout
+        self._application_name = application_name
+        self._engines: OrderedDict[str, _Engine] = OrderedDict()
+        self._closing = 0
+        self._changed = asyncio.Event()
+        self._reaper: asyncio.Task[None] | None = None
+
+    def active_tenants(self) -> list[str]:
+        """Tenants that have an engine now, least recently used first."""
+        return list(self._engines)
+
+    def _create(self, creds: DatabaseCredentials) -> _Engine:
+        url = URL.create(
+            "postgresql+asyncpg",
+            username=creds.user,
+            password=creds.password,
+            host=creds.host,
+            port=creds.port,
+            database=creds.database,
+        )
+        engine = create_async_engine(
+            url,
+            pool_size=self._per_tenant,
+            max_overflow=0,
+            pool_timeout=self._acquire_timeout,
+            pool_recycle=1800,
+            connect_args={"timeout": 5, "server_settings": {"application_name": self._application_name}},
+        )
+        return _Engine(engine=engine, sessions=async_sessionmaker(engine, expire_on_commit=False))
+
+    async def _lease(self, tenant_id: str) -> _Engine:
+        deadline = time.monotonic() + self._acquire_timeout
+        while True:
+            entry = self._engines.get(tenant_id)
+            if entry is not None:
+                self._engines.move_to_end(tenant_id)
+                entry.leases += 1
+                return entry
+            if len(self._engines) + self._closing < self._max_engines:
+                creds = await self._credentials.get(tenant_id)
+                if tenant_id in self._engines or len(self._engines) + self._closing >= self._max_engines:
+                    continue  # another request got there first while the credentials were fetched
+                entry = self._create(creds)
+                self._engines[tenant_id] = entry
+                entry.leases += 1
+                return entry
+            victim = next((tid for tid, e in self._engines.items() if e.leases == 0), None)
+            if victim is not None:
+                await self._dispose(victim)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BudgetExhaustedError(f"all {self.budget} connections stayed busy")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def _dispose(self, tenant_id: str) -> None:
+        entry = self._engines.pop(tenant_id, None)
+        if entry is None:
+            return
+        self._closing += 1
+        try:
+            await entry.engine.dispose()
+        finally:
+            self._closing -= 1
+            self._changed.set()
+
+    @contextlib.asynccontextmanager
+    async def session(self, tenant_id: str) -> AsyncIterator[AsyncSession]:
+        """An ``AsyncSession`` on the tenant's own database, as the tenant's own role.
+
+        Raises:
+            BudgetExhaustedError: no connection could be had within ``acquire_timeout``.
+            TenantUnavailableError: the tenant-service refused the credentials.
+        """
+        entry = await self._lease(tenant_id)
+        try:
+            async with entry.sessions() as session:
+                yield session
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) in _STALE_CREDENTIALS:
+                _log.info("tenant_credentials_stale", tenant_id=tenant_id)
+                await self.forget(tenant_id, _release=entry)
+                raise
+            raise
+        finally:
+            entry.leases -= 1
+            entry.last_used = time.monotonic()
+            self._changed.set()
+
+    async def forget(self, tenant_id: str, *, _release: _Engine | None = None) -> None:
+        """Drop the tenant's engine and cached credentials (stale credentials, suspended or purged tenant)."""
+        self._credentials.forget(tenant_id)
+        entry = self._engines.get(tenant_id)
+        if entry is not None and (entry.leases == 0 or entry is _release):
+            await self._dispose(tenant_id)
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self._idle_seconds / 2))
+            cutoff = time.monotonic() - self._idle_seconds
+            for tenant_id, entry in list(self._engines.items()):
+                if entry.leases == 0 and entry.last_used < cutoff:
+                    await self._dispose(tenant_id)
+
+    def start(self) -> None:
+        """Start disposing engines idle for longer than ``idle_seconds``."""
+        self._reaper = asyncio.create_task(self._reap())
+
+    async def close(self) -> None:
+        """Dispose every engine."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for tenant_id in list(self._engines):
+            await self._dispose(tenant_id)

@@ -1,0 +1,1 @@
+"""The example tenant app: notes, stored in each tenant's own database."""

@@ -1,0 +1,220 @@
+"""The whole path: admin creates tenants → clients call the gateway → the notes app writes each tenant's own DB."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from support.gateway_support import GatewayProcess, NotesProcess
+from support.platform import Installation, ServiceProcess, free_port
+from tenantry_common.jwt_keys import generate_signing_key
+
+BUDGET = 5
+
+
+@dataclass
+class Platform:
+    service: ServiceProcess
+    gateway: GatewayProcess
+    notes: NotesProcess
+    admin: httpx.Client
+    app_name: str
+
+
+@dataclass
+class Tenant:
+    id: str
+    slug: str
+    key: str
+    database: str
+
+
+def _start(installation: Installation, folder: Path, **notes_env: str) -> Platform:
+    service = ServiceProcess(installation, folder / "tenant-service.log").start()
+    keys = "k1:" + generate_signing_key()
+    app_port = free_port()
+    gateway = GatewayProcess(
+        installation, service.url, f"http://127.0.0.1:{app_port}", folder / "gateway.log", keys,
+        DIRECTORY_REFRESH_SECONDS="0.5",
+    ).start()  # fmt: skip
+    app_name = f"notes-{folder.name}"[:60]
+    notes = NotesProcess(
+        installation, service.url, folder / "notes.log",
+        GATEWAY_JWKS_URL=gateway.url + "/_gateway/jwks.json", APP_NAME=app_name, **notes_env,
+    )  # fmt: skip
+    notes.port = app_port
+    notes.env["APP_PORT"] = str(app_port)
+    notes.start()
+    return Platform(service, gateway, notes, service.client(), app_name)
+
+
+def _stop(platform: Platform) -> None:
+    platform.admin.close()
+    platform.notes.stop()
+    platform.gateway.stop()
+    platform.service.stop()
+
+
+@pytest.fixture(scope="module")
+def platform(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    started = _start(installation, tmp_path_factory.mktemp("apps"), APP_CONNECTION_BUDGET=str(BUDGET))
+    yield started
+    _stop(started)
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def make_tenant(platform: Platform, slug: str, **body: object) -> Tenant:
+    response = platform.admin.post("/admin/tenants", json={"slug": slug, "name": slug, **body})
+    assert response.status_code == 201, response.text
+    data = response.json()
+    tenant = Tenant(data["id"], slug, data["api_key"]["key"], data["database"]["name"])
+    wait_until(lambda: gw(platform, "GET", "/notes", tenant).status_code == 200)
+    return tenant
+
+
+def gw(platform: Platform, method: str, path: str, tenant: Tenant, **kwargs: object) -> httpx.Response:
+    headers = {"X-API-Key": tenant.key, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+    return httpx.request(method, platform.gateway.url + path, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def test_two_tenants_write_notes_by_every_source_and_see_only_their_own(platform: Platform) -> None:
+    acme = make_tenant(platform, "app-acme", domains=["notes-acme.example.com"])
+    globex = make_tenant(platform, "app-globex", domains=["notes-globex.example.com"])
+    for tenant in (acme, globex):
+        token = httpx.post(platform.gateway.url + "/_gateway/token", headers={"X-API-Key": tenant.key}).json()[
+            "access_token"
+        ]
+        sources = {
+            "subdomain": ("/notes", {"X-API-Key": tenant.key, "Host": f"{tenant.slug}.localhost"}),
+            "custom domain": ("/notes", {"X-API-Key": tenant.key, "Host": f"notes-{tenant.slug[4:]}.example.com"}),
+            "path": (f"/t/{tenant.slug}/notes", {"X-API-Key": tenant.key}),
+            "header": ("/notes", {"X-API-Key": tenant.key, "X-Tenant-ID": tenant.id}),
+            "api key": ("/notes", {"Authorization": f"Bearer {tenant.key}"}),
+            "jwt": ("/notes", {"Authorization": f"Bearer {token}"}),
+        }
+        for source, (path, headers) in sources.items():
+            response = httpx.post(
+                platform.gateway.url + path, headers=headers, json={"body": f"{tenant.slug} via {source}"}
+            )
+            assert response.status_code == 201, (tenant.slug, source, response.text)
+    for tenant, other in ((acme, globex), (globex, acme)):
+        bodies = [n["body"] for n in gw(platform, "GET", "/notes", tenant).json()["items"]]
+        assert len(bodies) == 6
+        assert all(b.startswith(tenant.slug + " via") for b in bodies)
+        assert not any(other.slug in b for b in bodies)
+
+
+def test_whoami_reports_the_tenants_own_database(platform: Platform) -> None:
+    a = make_tenant(platform, "app-who-a")
+    b = make_tenant(platform, "app-who-b")
+    for tenant in (a, b):
+        body = gw(platform, "GET", "/whoami", tenant).json()
+        assert body == {"tenant_id": tenant.id, "slug": tenant.slug, "database": tenant.database}
+        admin_view = platform.admin.get(f"/admin/tenants/{tenant.id}").json()
+        assert body["database"] == admin_view["database"]["name"]
+
+
+def test_the_app_cannot_be_reached_around_the_gateway(platform: Platform) -> None:
+    a = make_tenant(platform, "app-direct")
+    forged_claims = {"tid": a.id, "slug": a.slug, "sub": "x", "iat": int(time.time()), "exp": int(time.time()) + 60}
+    import jwt
+
+    forged = jwt.encode(
+        {**forged_claims, "iss": "tenantry-gateway", "aud": "tenantry-upstream"},
+        "not-the-key" * 4,
+        algorithm="HS256",
+        headers={"kid": "k1"},
+    )
+    for headers in ({}, {"X-Tenant-ID": a.id}, {"X-Tenant-Token": "garbage"}, {"X-Tenant-Token": forged}):
+        response = httpx.get(platform.notes.url + "/notes", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.json()["code"] == "unauthorized"
+
+
+def test_connections_stay_within_the_budget_with_200_tenants_active_in_turn(platform: Platform, pg_url: str) -> None:
+    def create(i: int) -> Tenant:
+        response = platform.admin.post("/admin/tenants", json={"slug": f"app-many-{i:03d}", "name": f"Many {i}"})
+        assert response.status_code == 201, response.text
+        data = response.json()
+        return Tenant(data["id"], data["slug"], data["api_key"]["key"], data["database"]["name"])
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        tenants = list(pool.map(create, range(200)))
+    wait_until(lambda: gw(platform, "GET", "/notes", tenants[-1]).status_code == 200, timeout=10)
+
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        import asyncio
+
+        async def run() -> None:
+            nonlocal peak
+            conn = await asyncpg.connect(pg_url)
+            try:
+                while not stop.is_set():
+                    n = await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", platform.app_name
+                    )
+                    peak = max(peak, int(n))
+                    await asyncio.sleep(0.02)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+            statuses = list(pool.map(lambda t: gw(platform, "GET", "/notes", t).status_code, tenants))
+    finally:
+        stop.set()
+        sampler.join()
+    assert statuses.count(200) == 200, statuses
+    assert 0 < peak <= BUDGET
+    assert platform.notes.engines() <= BUDGET
+
+
+def test_suspended_tenant_is_refused_at_the_gateway_and_the_app_never_sees_it(platform: Platform) -> None:
+    a = make_tenant(platform, "app-susp")
+    platform.admin.post(f"/admin/tenants/{a.id}/suspend")
+    wait_until(lambda: gw(platform, "GET", "/notes", a).status_code == 403)
+    response = gw(platform, "POST", "/notes", a, json={"body": "while suspended"})
+    assert response.status_code == 403
+    assert response.json()["code"] == "tenant_suspended"
+    platform.admin.post(f"/admin/tenants/{a.id}/resume")
+    wait_until(lambda: gw(platform, "GET", "/notes", a).status_code == 200)
+    assert gw(platform, "GET", "/notes", a).json()["items"] == []
+
+
+def test_a_purged_tenants_engine_is_disposed(installation: Installation, tmp_path: Path) -> None:
+    own = _start(installation, tmp_path, APP_CONNECTION_BUDGET="3")
+    try:
+        a = make_tenant(own, "app-purge-a")
+        b = make_tenant(own, "app-purge-b")
+        assert gw(own, "GET", "/whoami", a).status_code == 200
+        assert gw(own, "GET", "/whoami", b).status_code == 200
+        assert own.notes.engines() == 2
+        assert own.admin.delete(f"/admin/tenants/{a.id}", params={"purge": "true"}).status_code == 200
+        wait_until(lambda: own.notes.engines() == 1, timeout=5)
+        assert gw(own, "GET", "/whoami", b).status_code == 200
+    finally:
+        _stop(own)

@@ -82,8 +82,9 @@ class Limiter:
         minute_reset = (minute + 1) * 60 - int(now)
         day_reset = (day + 1) * 86400 - int(now)
         try:
-            verdict, m_count, d_count = await asyncio.wait_for(
-                self._script(
+            # asyncio.timeout, unlike wait_for, wraps the call in no extra Task: this runs on every request.
+            async with asyncio.timeout(self._timeout):
+                verdict, m_count, d_count = await self._script(
                     keys=[minute_counter_key(tenant_id, minute), day_counter_key(tenant_id, day)],
                     args=[
                         -1 if per_minute is None else per_minute,
@@ -91,9 +92,7 @@ class Limiter:
                         minute_reset + 5,
                         day_reset + 60,
                     ],
-                ),
-                self._timeout,
-            )
+                )
         except (redis.RedisError, OSError, TimeoutError) as exc:
             self._down_until = time.time() + _BREAKER_SECONDS
             _log.warning(

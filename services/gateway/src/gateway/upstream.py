@@ -167,7 +167,8 @@ class _Connection(asyncio.Protocol):
 
     async def wait_headers(self, limit_seconds: float) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(self._headers_done), limit_seconds)
+            async with asyncio.timeout(limit_seconds):
+                await self._headers_done
         except TimeoutError:
             self.abort()
             raise UpstreamTimeoutError("upstream did not answer in time") from None

@@ -6,7 +6,7 @@ PYTHON ?= python3
 # uv runs as a module of the machine's Python, so it works wherever pip put it.
 UV ?= $(PYTHON) -m uv
 
-.PHONY: help uv install lint format test dev stop
+.PHONY: help uv install lint format test dev stop up down
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -37,3 +37,17 @@ dev: install ## Run the platform locally (state in .run/; Ctrl-C stops it)
 
 stop: ## Stop what `make dev` started
 	@$(UV) run python -m tenantry_devtools.dev stop
+
+COMPOSE ?= docker compose -f docker-compose.tenant.yml
+
+up: ## Build and start the stack with Docker Compose (needs Docker and a filled-in .env)
+	@docker info >/dev/null 2>&1 || { echo "make up: no Docker engine answers ('docker info' failed). Start Docker (or point DOCKER_HOST at one), or use 'make dev' instead." >&2; exit 1; }
+	@$(COMPOSE) version >/dev/null 2>&1 || { echo "make up: the Docker Compose plugin is missing ('docker compose version' failed); install docker-compose-plugin." >&2; exit 1; }
+	@[ -f .env ] || { echo "make up: .env is missing. Run 'cp .env.example .env' and fill in every secret (the comments say how to generate each)." >&2; exit 1; }
+	$(COMPOSE) up -d --build
+	@echo "tenant-service http://127.0.0.1:$${TENANT_SERVICE_PORT:-8001}  gateway http://127.0.0.1:$${GATEWAY_PORT:-8080}  notes http://127.0.0.1:$${APP_PORT:-8002}"
+	@echo "status: $(COMPOSE) ps    logs: $(COMPOSE) logs -f    stop: make down"
+
+down: ## Stop the Docker Compose stack (data stays in its volumes; add ARGS=-v to delete them)
+	@docker info >/dev/null 2>&1 || { echo "make down: no Docker engine answers ('docker info' failed)." >&2; exit 1; }
+	$(COMPOSE) down $(ARGS)

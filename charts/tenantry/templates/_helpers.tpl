@@ -1,0 +1,210 @@
+{{/*
+Names, labels, images and the environment every component shares. One home for each fact: the listen ports,
+the secret keys and the non-secret configuration are defined here once and used by the Deployments, the
+ConfigMaps and the migration Job.
+*/}}
+
+{{/* The chart name, overridable with nameOverride. */}}
+{{- define "tenantry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The object-name prefix: "<release>-<chart>", or the release name when it already contains the chart name. */}}
+{{- define "tenantry.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The name of one component's objects: include "tenantry.componentName" (dict "ctx" $ "component" "gateway"). */}}
+{{- define "tenantry.componentName" -}}
+{{- printf "%s-%s" (include "tenantry.fullname" .ctx | trunc 48 | trimSuffix "-") .component }}
+{{- end }}
+
+{{- define "tenantry.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels of one component (immutable in a Deployment: never add version labels here). */}}
+{{- define "tenantry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tenantry.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Common labels of one component's objects. */}}
+{{- define "tenantry.labels" -}}
+helm.sh/chart: {{ include "tenantry.chart" .ctx }}
+{{ include "tenantry.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: tenantry
+{{- end }}
+
+{{/* "repository:tag" of a component image; the tag defaults to the chart's appVersion. */}}
+{{- define "tenantry.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag | toString) }}
+{{- end }}
+
+{{- define "tenantry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tenantry.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret every pod reads: the operator's existingSecret, else the one this chart creates. */}}
+{{- define "tenantry.secretName" -}}
+{{- if .Values.existingSecret }}
+{{- .Values.existingSecret }}
+{{- else }}
+{{- include "tenantry.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret the pre-install/pre-upgrade migration Job reads (created as a hook just before it). */}}
+{{- define "tenantry.migrationSecretName" -}}
+{{- if .Values.existingSecret }}
+{{- .Values.existingSecret }}
+{{- else }}
+{{- include "tenantry.componentName" (dict "ctx" . "component" "migrate") }}
+{{- end }}
+{{- end }}
+
+{{/* Listen ports of the containers; the images' defaults and the probes use the same numbers. */}}
+{{- define "tenantry.tenantServicePort" -}}8001{{- end }}
+{{- define "tenantry.gatewayPort" -}}8080{{- end }}
+{{- define "tenantry.notesPort" -}}8002{{- end }}
+
+{{- define "tenantry.tenantServiceUrl" -}}
+{{- printf "http://%s:%v" (include "tenantry.componentName" (dict "ctx" . "component" "tenant-service")) .Values.tenantService.service.port }}
+{{- end }}
+
+{{- define "tenantry.gatewayUrl" -}}
+{{- printf "http://%s:%v" (include "tenantry.componentName" (dict "ctx" . "component" "gateway")) .Values.gateway.service.port }}
+{{- end }}
+
+{{/*
+Secret data, keyed by environment variable, of the inline `secrets` values. Checks that a working set is given
+and fails with a message naming the missing value otherwise.
+*/}}
+{{- define "tenantry.secretData" -}}
+{{- $s := .Values.secrets }}
+{{- $hint := "set it under secrets, or name a Secret holding every key with existingSecret" }}
+{{- if not (or $s.adminToken $s.adminTokens) }}
+{{- fail (printf "secrets.adminToken (or secrets.adminTokens) is required: %s" $hint) }}
+{{- end }}
+{{- if not (or $s.serviceToken $s.gatewayServiceToken) }}
+{{- fail (printf "secrets.serviceToken (or secrets.gatewayServiceToken) is required: %s" $hint) }}
+{{- end }}
+{{- if and .Values.notes.enabled (not $s.serviceToken) }}
+{{- fail (printf "secrets.serviceToken is required when notes.enabled is true: %s" $hint) }}
+{{- end }}
+{{- $data := dict
+  "ENCRYPTION_KEYS" (required (printf "secrets.encryptionKeys is required: %s" $hint) $s.encryptionKeys)
+  "API_KEY_HASH_SECRET" (required (printf "secrets.apiKeyHashSecret is required: %s" $hint) $s.apiKeyHashSecret)
+  "JWT_SIGNING_KEYS" (required (printf "secrets.jwtSigningKeys is required: %s" $hint) $s.jwtSigningKeys)
+  "DATABASE_URL" (required (printf "secrets.databaseUrl is required: %s" $hint) $s.databaseUrl)
+  "REDIS_URL" (required (printf "secrets.redisUrl is required: %s" $hint) $s.redisUrl)
+}}
+{{- range $key, $value := dict "ADMIN_TOKEN" $s.adminToken "ADMIN_TOKENS" $s.adminTokens "SERVICE_TOKEN" $s.serviceToken "SERVICE_TOKENS" $s.serviceTokens "GATEWAY_SERVICE_TOKEN" $s.gatewayServiceToken "TENANT_DATABASE_URL" $s.tenantDatabaseUrl }}
+{{- if $value }}
+{{- $_ := set $data $key $value }}
+{{- end }}
+{{- end }}
+{{- range $key, $value := $data }}
+{{ $key }}: {{ $value | b64enc | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Refuses inline secrets next to existingSecret: one source of truth. */}}
+{{- define "tenantry.checkSecrets" -}}
+{{- if .Values.existingSecret }}
+{{- range $key, $value := .Values.secrets }}
+{{- if $value }}
+{{- fail (printf "secrets.%s is set together with existingSecret %q: put it in that Secret instead" $key $.Values.existingSecret) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+env entries reading keys of the Secret: include "tenantry.secretEnv" (dict "name" <secret> "required" (list ...) "optional" (list ...)).
+Optional keys may be absent from the Secret (the process then uses its default).
+*/}}
+{{- define "tenantry.secretEnv" -}}
+{{- $name := .name }}
+{{- range .required }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $name }}
+      key: {{ . }}
+{{- end }}
+{{- range .optional }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $name }}
+      key: {{ . }}
+      optional: true
+{{- end }}
+{{- end }}
+
+{{/* Secret keys of the tenant-service and its migration Job. */}}
+{{- define "tenantry.tenantServiceSecretEnv" -}}
+{{- include "tenantry.secretEnv" (dict "name" .name "required" (list "DATABASE_URL" "ENCRYPTION_KEYS" "API_KEY_HASH_SECRET" "REDIS_URL") "optional" (list "TENANT_DATABASE_URL" "ADMIN_TOKEN" "ADMIN_TOKENS" "SERVICE_TOKEN" "SERVICE_TOKENS")) }}
+{{- end }}
+
+{{/* Non-secret configuration of the tenant-service, keyed by environment variable (ConfigMap and Job). */}}
+{{- define "tenantry.tenantServiceConfig" -}}
+{{- $c := .Values.tenantService.config }}
+BASE_DOMAIN: {{ .Values.config.baseDomain | quote }}
+LOG_FORMAT: {{ .Values.config.logFormat | quote }}
+LOG_LEVEL: {{ .Values.config.logLevel | quote }}
+{{- with $c.tenantDbHost }}
+TENANT_DB_HOST: {{ . | quote }}
+{{- end }}
+{{- if $c.tenantDbPort }}
+TENANT_DB_PORT: {{ $c.tenantDbPort | toString | quote }}
+{{- end }}
+TEMPLATE_DATABASE: {{ $c.templateDatabase | quote }}
+TENANT_DB_PREFIX: {{ $c.tenantDbPrefix | quote }}
+{{- with $c.tenantMigrationsDir }}
+TENANT_MIGRATIONS_DIR: {{ . | quote }}
+{{- end }}
+REDIS_TIMEOUT: {{ $c.redisTimeout | toString | quote }}
+UPSTREAM_ALLOWLIST: {{ join "," $c.upstreamAllowlist | quote }}
+DEFAULT_PLAN: {{ $c.defaultPlan | quote }}
+DELETE_RETENTION_SECONDS: {{ $c.deleteRetentionSeconds | int64 | toString | quote }}
+API_KEY_GRACE_SECONDS: {{ $c.apiKeyGraceSeconds | int64 | toString | quote }}
+RECONCILE_INTERVAL_SECONDS: {{ $c.reconcileIntervalSeconds | toString | quote }}
+CREATE_DATABASE_ATTEMPTS: {{ $c.createDatabaseAttempts | int64 | toString | quote }}
+DB_POOL_SIZE: {{ $c.dbPoolSize | int64 | toString | quote }}
+DB_CONNECT_TIMEOUT: {{ $c.dbConnectTimeout | toString | quote }}
+DB_STATEMENT_TIMEOUT_MS: {{ $c.dbStatementTimeoutMs | int64 | toString | quote }}
+MAX_REQUEST_BODY_BYTES: {{ $c.maxRequestBodyBytes | int64 | toString | quote }}
+{{- end }}
+
+{{/* The hardened security context of every container. */}}
+{{- define "tenantry.containerSecurityContext" -}}
+{{- toYaml .Values.containerSecurityContext }}
+{{- end }}
+
+{{/* Pod-level settings shared by every workload. */}}
+{{- define "tenantry.podSpecCommon" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}

@@ -1,0 +1,324 @@
+"""The Helm chart, validated offline: lint, render every ci/ scenario, check every object against the Kubernetes
+schemas (kubernetes-validate), and hold the chart to what operators rely on (hardening, probes, secrets, hooks).
+
+helm comes from support.helm_tool (HELM, PATH, or the pinned npm package); no cluster is needed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from support.chart import (
+    CHART,
+    SCENARIOS,
+    component,
+    documented_values,
+    lint,
+    of_kind,
+    pod_templates,
+    render,
+    template,
+    value_leaves,
+)
+
+KUBERNETES_VERSION = "1.30.0"
+# Kinds kubernetes-validate cannot know (CRDs), skipped on purpose, each with the reason.
+NOT_VALIDATED: dict[tuple[str, str], str] = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "Prometheus Operator CRD, not a built-in Kubernetes kind",
+}
+EXISTING_SECRET = "tenantry-credentials"
+PROBES: dict[str, tuple[str, str, int]] = {
+    # component: (liveness path, readiness path, container port)
+    "tenant-service": ("/healthz", "/readyz", 8001),
+    "gateway": ("/_gateway/healthz", "/_gateway/readyz", 8080),
+    "notes": ("/healthz", "/healthz", 8002),
+}
+LISTEN_HOST_ENV = {"tenant-service": "TENANT_SERVICE_HOST", "gateway": "GATEWAY_HOST", "notes": "APP_HOST"}
+SECRET_ENV = {
+    "ADMIN_TOKEN",
+    "ADMIN_TOKENS",
+    "SERVICE_TOKEN",
+    "SERVICE_TOKENS",
+    "GATEWAY_SERVICE_TOKEN",
+    "ENCRYPTION_KEYS",
+    "API_KEY_HASH_SECRET",
+    "JWT_SIGNING_KEYS",
+    "DATABASE_URL",
+    "TENANT_DATABASE_URL",
+    "REDIS_URL",
+}
+SECRET_LOOKING_KEY = re.compile(r"PASSWORD|SECRET|_TOKENS?$|_KEYS?$|DATABASE_URL|REDIS_URL")
+CREDENTIAL_IN_URL = re.compile(r"://[^/\s@]+:[^/\s@]+@")
+
+scenarios = pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+
+
+def test_the_chart_ships_the_three_scenarios() -> None:
+    assert {"default", "existing-secret", "production"} <= set(SCENARIOS)
+
+
+@scenarios
+def test_helm_lint_strict_passes(scenario: str) -> None:
+    done = lint(SCENARIOS[scenario])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@scenarios
+def test_every_rendered_object_matches_the_kubernetes_schema(scenario: str) -> None:
+    objects = render(scenario)
+    assert objects
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) in NOT_VALIDATED:
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{scenario}: {obj['kind']}/{obj['metadata']['name']}: {error}")
+
+
+@scenarios
+def test_every_container_is_hardened_and_bounded(scenario: str) -> None:
+    for workload, pod in pod_templates(render(scenario)):
+        name = f"{scenario}: {workload['kind']}/{workload['metadata']['name']}"
+        pod_ctx = pod.get("securityContext", {})
+        assert pod.get("automountServiceAccountToken") is False, name
+        for container in pod["containers"]:
+            ctx = {**pod_ctx, **container.get("securityContext", {})}
+            assert ctx.get("runAsNonRoot") is True, name
+            assert ctx.get("runAsUser") == 10001, name
+            assert ctx.get("readOnlyRootFilesystem") is True, name
+            assert ctx.get("allowPrivilegeEscalation") is False, name
+            assert ctx.get("capabilities", {}).get("drop") == ["ALL"], name
+            assert ctx.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+            resources = container.get("resources", {})
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{name}: {bound}"
+            tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            assert tmp, f"{name}: no writable /tmp"
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            assert "emptyDir" in volumes[tmp[0]["name"]], name
+
+
+def _port_number(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+
+
+@scenarios
+def test_deployments_probe_the_real_health_endpoints_and_listen_on_all_interfaces(scenario: str) -> None:
+    deployments = of_kind(render(scenario), "Deployment")
+    assert deployments
+    for deployment in deployments:
+        which = component(deployment)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        live_path, ready_path, port = PROBES[which]
+        for probe, path in (("livenessProbe", live_path), ("readinessProbe", ready_path)):
+            get = container[probe]["httpGet"]
+            assert (get["path"], _port_number(container, get["port"])) == (path, port), f"{which} {probe}"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[LISTEN_HOST_ENV[which]] == "0.0.0.0", which
+
+
+@scenarios
+def test_no_configmap_holds_a_secret(scenario: str) -> None:
+    for config_map in of_kind(render(scenario), "ConfigMap"):
+        for key, value in config_map.get("data", {}).items():
+            assert key not in SECRET_ENV, f"{config_map['metadata']['name']}: {key}"
+            assert not SECRET_LOOKING_KEY.search(key), f"{config_map['metadata']['name']}: {key}"
+            assert not CREDENTIAL_IN_URL.search(value), f"{config_map['metadata']['name']}: {key}"
+
+
+def test_inline_secrets_appear_only_in_secrets() -> None:
+    inline = yaml.safe_load(SCENARIOS["default"].read_text())["secrets"]
+    secrets = of_kind(render("default"), "Secret")
+    assert secrets
+    for obj in render("default"):
+        if obj["kind"] == "Secret":
+            continue
+        text = yaml.safe_dump(obj)
+        for key, value in inline.items():
+            assert value not in text, f"secrets.{key} leaks into {obj['kind']}/{obj['metadata']['name']}"
+
+
+def test_pods_read_secrets_from_the_chart_secret_by_default() -> None:
+    objects = render("default")
+    names = {s["metadata"]["name"] for s in of_kind(objects, "Secret")}
+    for workload, pod in pod_templates(objects):
+        for container in pod["containers"]:
+            refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+            assert refs, workload["metadata"]["name"]
+            assert refs <= names, workload["metadata"]["name"]
+
+
+def test_the_migration_job_is_a_pre_install_and_pre_upgrade_hook() -> None:
+    objects = render("default")
+    (job,) = of_kind(objects, "Job")
+    annotations = job["metadata"]["annotations"]
+    assert set(annotations["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    assert "helm.sh/hook-weight" in annotations
+    assert set(annotations["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded"}
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-3:] == ["-m", "tenant_service", "migrate"]
+    # At pre-install the release's own Secret does not exist yet: the Job reads a hook Secret made before it.
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    (hook_secret,) = [s for s in of_kind(objects, "Secret") if s["metadata"]["name"] in refs]
+    secret_annotations = hook_secret["metadata"]["annotations"]
+    assert secret_annotations["helm.sh/hook"] == annotations["helm.sh/hook"]
+    assert int(secret_annotations["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
+
+
+@pytest.mark.parametrize("scenario", ["existing-secret", "production"])
+def test_with_existing_secret_no_secret_is_rendered_and_pods_use_it(scenario: str) -> None:
+    objects = render(scenario)
+    assert of_kind(objects, "Secret") == []
+    for workload, pod in pod_templates(objects):
+        for container in pod["containers"]:
+            refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+            assert refs == {EXISTING_SECRET}, workload["metadata"]["name"]
+
+
+def test_gateway_replicas_share_signing_keys_and_redis_from_the_secret() -> None:
+    (gateway,) = [d for d in of_kind(render("default"), "Deployment") if component(d) == "gateway"]
+    assert gateway["spec"]["replicas"] >= 2
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    from_secret = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert {"JWT_SIGNING_KEYS", "REDIS_URL", "API_KEY_HASH_SECRET"} <= from_secret
+
+
+def test_production_renders_autoscaling_disruption_budget_network_policy_ingress_and_monitoring() -> None:
+    objects = render("production")
+    production = yaml.safe_load(SCENARIOS["production"].read_text())
+    base_domain = production["config"]["baseDomain"]
+
+    (hpa,) = of_kind(objects, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"].endswith("-gateway")
+    (gateway,) = [d for d in of_kind(objects, "Deployment") if component(d) == "gateway"]
+    assert "replicas" not in gateway["spec"], "the HPA owns the replica count"
+
+    (pdb,) = of_kind(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+
+    policies = {component(p): p for p in of_kind(objects, "NetworkPolicy")}
+    assert set(policies) == {"gateway", "tenant-service"}  # notes is disabled
+    sources = policies["tenant-service"]["spec"]["ingress"][0]["from"]
+    allowed_pods = {
+        s["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for s in sources if "podSelector" in s
+    }
+    assert allowed_pods == {"gateway", "notes", "migrate"}
+    assert {"ipBlock": {"cidr": "10.99.0.0/24"}} in sources
+
+    (ingress,) = of_kind(objects, "Ingress")
+    hosts = [rule["host"] for rule in ingress["spec"]["rules"]]
+    assert hosts[0] == f"*.{base_domain}"
+    assert set(production["ingress"]["extraHosts"]) <= set(hosts)
+    backends = {r["http"]["paths"][0]["backend"]["service"]["name"] for r in ingress["spec"]["rules"]}
+    assert backends == {gateway["metadata"]["name"]}
+
+    monitors = {component(m): m for m in of_kind(objects, "ServiceMonitor")}
+    assert {c: m["spec"]["endpoints"][0]["path"] for c, m in monitors.items()} == {
+        "tenant-service": "/metrics",
+        "gateway": "/_gateway/metrics",
+    }
+    assert not [d for d in of_kind(objects, "Deployment") if component(d) == "notes"]
+
+
+# --- broken values fail, with a message that names the problem -------------------------------------------------
+
+
+def _values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"gatway": {}}, "(root): Additional property gatway is not allowed"),
+        ({"gateway": {"replicaCount": 2}}, "gateway: Additional property replicaCount is not allowed"),
+        ({"gateway": {"replicas": -1}}, "gateway.replicas: Must be greater than or equal to 1"),
+        ({"gateway": {"config": {"quotaFailureMode": "half"}}}, "gateway.config.quotaFailureMode must be one of"),
+    ],
+    ids=["typo-top-level", "typo-nested", "negative-replicas", "quota-mode"],
+)
+def test_values_against_the_schema_fail_lint_and_template_with_a_clear_message(
+    tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    broken = _values_file(tmp_path, values)
+    for done in (lint(SCENARIOS["default"], broken), template(SCENARIOS["default"], broken)):
+        assert done.returncode != 0
+        assert message in done.stdout + done.stderr
+
+
+# helm lint reports a template's `fail`/`required` only as [INFO]; `helm template` (and install) stop on them.
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"gateway": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
+            "gateway.autoscaling.minReplicas (5) must not exceed gateway.autoscaling.maxReplicas (2)",
+        ),
+        ({"notes": {"enabled": False}}, "gateway.config.defaultUpstream is required when notes.enabled is false"),
+    ],
+    ids=["hpa-bounds", "no-upstream"],
+)
+def test_impossible_combinations_fail_template_with_a_clear_message(
+    tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    done = template(SCENARIOS["default"], _values_file(tmp_path, values))
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("adminToken", "secrets.adminToken (or secrets.adminTokens) is required"),
+        ("encryptionKeys", "secrets.encryptionKeys is required"),
+        ("jwtSigningKeys", "secrets.jwtSigningKeys is required"),
+        ("databaseUrl", "secrets.databaseUrl is required"),
+        ("redisUrl", "secrets.redisUrl is required"),
+    ],
+)
+def test_a_missing_secret_without_existing_secret_fails_clearly(tmp_path: Path, drop: str, message: str) -> None:
+    values = yaml.safe_load(SCENARIOS["default"].read_text())
+    del values["secrets"][drop]
+    done = template(_values_file(tmp_path, values))
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "existingSecret" in done.stderr
+
+
+def test_no_values_at_all_asks_for_secrets() -> None:
+    done = template()
+    assert done.returncode != 0
+    assert "is required: set it under secrets, or name a Secret holding every key with existingSecret" in done.stderr
+
+
+def test_inline_secrets_next_to_existing_secret_are_refused(tmp_path: Path) -> None:
+    values = {"existingSecret": EXISTING_SECRET, "secrets": {"adminToken": "adm_0123456789abcdef"}}
+    done = template(_values_file(tmp_path, values))
+    assert done.returncode != 0
+    assert "secrets.adminToken is set together with existingSecret" in done.stderr
+
+
+def test_every_value_is_commented_and_listed_in_the_chart_readme() -> None:
+    values_yaml = (CHART / "values.yaml").read_text()
+    documented = documented_values(values_yaml)
+    undocumented = [
+        leaf
+        for leaf in value_leaves(yaml.safe_load(values_yaml))
+        if not any(".".join(leaf.split(".")[:depth]) in documented for depth in range(1, leaf.count(".") + 2))
+    ]
+    assert undocumented == [], f"values without a '# --' comment in values.yaml: {undocumented}"
+    readme = (CHART / "README.md").read_text()
+    missing = [key for key in documented if f"| `{key}` |" not in readme]
+    assert missing == [], f"values missing from the table in charts/tenantry/README.md: {missing}"

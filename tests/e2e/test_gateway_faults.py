@@ -71,7 +71,8 @@ def test_unresponsive_redis_applies_the_failure_mode_within_the_timeout(
         for _ in range(10):
             started = time.monotonic()
             response = httpx.get(gateway.url + "/x", headers=key, timeout=10)
-            assert time.monotonic() - started < 0.2 + 0.5
+            # The Redis timeout plus slack for a loaded CI machine; a hang would last a TCP timeout (many seconds).
+            assert time.monotonic() - started < 0.2 + 1.5
             if mode == "open":
                 assert response.status_code == 200
                 assert "ratelimit-limit" not in response.headers
@@ -103,7 +104,7 @@ def test_redis_killed_mid_run_fails_open_then_recovers(
             started = time.monotonic()
             response = httpx.get(gateway.url + "/x", headers=key, timeout=10)
             assert response.status_code == 200
-            assert time.monotonic() - started < 0.7
+            assert time.monotonic() - started < 0.2 + 1.5
         redis.start()
         _wait(lambda: "ratelimit-limit" in httpx.get(gateway.url + "/x", headers=key).headers, timeout=10)
     finally:

@@ -117,7 +117,7 @@ class GatewaySettings:
             directory_refresh_seconds=env_float("DIRECTORY_REFRESH_SECONDS", 1.0, minimum=0.05),
             directory_full_sync_seconds=env_float("DIRECTORY_FULL_SYNC_SECONDS", 60.0, minimum=1.0),
             redis_url=env_str("REDIS_URL", required=True),
-            redis_timeout=env_float("REDIS_TIMEOUT", 0.1, minimum=0.001),
+            redis_timeout=env_float("REDIS_TIMEOUT", 0.25, minimum=0.001),
             quota_failure_mode=mode,
             api_key_hash_secret=env_str("API_KEY_HASH_SECRET", required=True).encode(),
             jwt_signing_keys=env_str("JWT_SIGNING_KEYS", required=True),

@@ -28,7 +28,7 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from support.platform import Installation, ServiceProcess, wait_for, with_database
+from support.platform import Installation, ServiceProcess, cluster_objects, wait_for, with_database
 from support.servers import PostgresServer
 from tenant_service import failpoints
 from tenant_service.app import create_app
@@ -64,25 +64,6 @@ async def inst(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-
-
-async def cluster_objects(pg_url: str, prefix: str) -> tuple[dict[str, str | None], dict[str, str | None]]:
-    """Databases and roles whose name starts with ``prefix``, with their COMMENT."""
-    conn = await asyncpg.connect(pg_url)
-    try:
-        dbs = await conn.fetch(
-            "SELECT datname AS n, shobj_description(oid, 'pg_database') AS c FROM pg_database "
-            "WHERE starts_with(datname, $1)",
-            prefix,
-        )
-        roles = await conn.fetch(
-            "SELECT rolname AS n, shobj_description(oid, 'pg_authid') AS c FROM pg_roles "
-            "WHERE starts_with(rolname, $1)",
-            prefix,
-        )
-    finally:
-        await conn.close()
-    return {r["n"]: r["c"] for r in dbs}, {r["n"]: r["c"] for r in roles}
 
 
 async def registry(inst: Installation, sql: str, *args: Any) -> list[asyncpg.Record]:

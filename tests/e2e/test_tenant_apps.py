@@ -47,12 +47,9 @@ def _start(installation: Installation, folder: Path, **notes_env: str) -> Platfo
     ).start()  # fmt: skip
     app_name = f"notes-{folder.name}"[:60]
     notes = NotesProcess(
-        installation, service.url, folder / "notes.log",
+        installation, service.url, folder / "notes.log", port=app_port,
         GATEWAY_JWKS_URL=gateway.url + "/_gateway/jwks.json", APP_NAME=app_name, **notes_env,
-    )  # fmt: skip
-    notes.port = app_port
-    notes.env["APP_PORT"] = str(app_port)
-    notes.start()
+    ).start()  # fmt: skip
     return Platform(service, gateway, notes, service.client(), app_name)
 
 

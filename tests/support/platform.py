@@ -241,3 +241,22 @@ async def wait_for(predicate: Any, timeout: float = 10, interval: float = 0.05) 
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def cluster_objects(pg_url: str, prefix: str) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """Databases and roles whose name starts with ``prefix``, with their COMMENT (the ownership marker)."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        dbs = await conn.fetch(
+            "SELECT datname AS n, shobj_description(oid, 'pg_database') AS c FROM pg_database "
+            "WHERE starts_with(datname, $1)",
+            prefix,
+        )
+        roles = await conn.fetch(
+            "SELECT rolname AS n, shobj_description(oid, 'pg_authid') AS c FROM pg_roles "
+            "WHERE starts_with(rolname, $1)",
+            prefix,
+        )
+    finally:
+        await conn.close()
+    return {r["n"]: r["c"] for r in dbs}, {r["n"]: r["c"] for r in roles}

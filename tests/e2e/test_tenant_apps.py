@@ -153,7 +153,14 @@ def test_connections_stay_within_the_budget_with_200_tenants_active_in_turn(plat
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
         tenants = list(pool.map(create, range(200)))
-    wait_until(lambda: gw(platform, "GET", "/notes", tenants[-1]).status_code == 200, timeout=10)
+    # Every tenant known to the gateway first (token exchanges touch no database): the contract allows 2 s.
+    wait_until(
+        lambda: all(
+            httpx.post(platform.gateway.url + "/_gateway/token", headers={"X-API-Key": t.key}).status_code == 200
+            for t in tenants
+        ),
+        timeout=15,
+    )
 
     peak = 0
     stop = threading.Event()
@@ -185,7 +192,7 @@ def test_connections_stay_within_the_budget_with_200_tenants_active_in_turn(plat
     finally:
         stop.set()
         sampler.join()
-    assert statuses.count(200) == 200, statuses
+    assert statuses.count(200) == 200, [s for s in statuses if s != 200]
     assert 0 < peak <= BUDGET
     assert platform.notes.engines() <= BUDGET
 

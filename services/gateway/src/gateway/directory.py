@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -23,6 +24,10 @@ from tenantry_common.directory import DirectoryPage, DirectoryTenant
 from tenantry_common.redis_keys import EVENTS_CHANNEL
 
 _log = structlog.get_logger("tenantry.gateway.directory")
+#: Revisions come from a sequence, but transactions commit in their own order: one that took revision R-1 may
+#: commit after R is already visible. Incremental polls therefore ask from the high-water mark seen at least this
+#: long ago, so any change whose transaction is shorter than this is picked up by the first poll after its commit.
+SYNC_OVERLAP_SECONDS: Final = 5.0
 _decode_page: Final = msgspec.json.Decoder(DirectoryPage).decode
 
 
@@ -155,6 +160,7 @@ class DirectorySync:
         self._full_every = full_sync_seconds
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._seen: deque[tuple[float, int]] = deque()
         self.last_success = 0.0
 
     async def _fetch(self, since: int) -> DirectoryPage:
@@ -162,11 +168,19 @@ class DirectorySync:
         response.raise_for_status()
         return _decode_page(response.content)
 
+    def _since(self) -> int:
+        """The high-water mark observed at least SYNC_OVERLAP_SECONDS ago (0, a full fetch, when there is none)."""
+        cutoff = time.monotonic() - SYNC_OVERLAP_SECONDS
+        while len(self._seen) >= 2 and self._seen[1][0] <= cutoff:
+            self._seen.popleft()
+        return self._seen[0][1] if self._seen and self._seen[0][0] <= cutoff else 0
+
     async def sync_once(self, *, full: bool = False) -> None:
         """One incremental (or full) sync."""
-        page = await self._fetch(0 if full or not self.directory.loaded else self.directory.revision)
+        page = await self._fetch(0 if full or not self.directory.loaded else self._since())
         self.directory.apply_page(page)
         self.last_success = time.monotonic()
+        self._seen.append((self.last_success, page.revision))
 
     async def _poll(self) -> None:
         last_full = time.monotonic()

@@ -178,6 +178,12 @@ def _assert_all_gone(platform: DevPlatform) -> None:
     raise AssertionError(f"still listening: {busy}; processes left: {left}")
 
 
+def _run_printed(command: str, key: str = "") -> subprocess.CompletedProcess[str]:
+    """A command exactly as ``make dev`` printed it, pasted into a shell (with the real key for ``tk_...``)."""
+    pasted = command.replace("tk_...", key) if key else command
+    return subprocess.run(["bash", "-c", pasted], capture_output=True, text=True, timeout=60, check=False)
+
+
 def _read_banner(dev: DevProcess) -> tuple[str, str]:
     """Wait for the banner; return the admin token and the printed curl command (continuations joined)."""
     token = dev.read_until(r"^\s*admin token\s+(\S+)\s*$", START_TIMEOUT).group(1)
@@ -205,9 +211,7 @@ def test_quick_start_runs_the_printed_curl_then_stops_and_resumes(platform: DevP
         assert f"Bearer {token}" in command
 
         # The printed command, exactly as a developer pastes it into a shell.
-        curl = subprocess.run(
-            ["bash", "-c", command + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=60, check=False
-        )
+        curl = _run_printed(command + " -w '\\n%{http_code}'")
         body, _, status = curl.stdout.rpartition("\n")
         assert status == "201", curl.stdout + curl.stderr
         tenant = json.loads(body)
@@ -221,13 +225,7 @@ def test_quick_start_runs_the_printed_curl_then_stops_and_resumes(platform: DevP
         assert f":{platform.gateway_port}/" in exchange_line
         deadline = time.monotonic() + 3  # a new tenant reaches the gateway within 2 s
         while True:
-            exchange = subprocess.run(
-                ["bash", "-c", exchange_line.replace("tk_...", tenant["api_key"]["key"])],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
+            exchange = _run_printed(exchange_line, tenant["api_key"]["key"])
             if '"token_type":"Bearer"' in exchange.stdout or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -240,19 +238,13 @@ def test_quick_start_runs_the_printed_curl_then_stops_and_resumes(platform: DevP
         dev.read_until(r"""-d '\{"body": "hello"\}'\s*$""", 10)
         post = " ".join(line.strip().removesuffix("\\").strip() for line in dev.lines[start:])
         assert f"acme.localhost:{platform.gateway_port}/notes" in post
-        created = subprocess.run(
-            ["bash", "-c", post.replace("tk_...", key)], capture_output=True, text=True, timeout=60, check=False
-        )
+        created = _run_printed(post, key)
         assert json.loads(created.stdout)["body"] == "hello", created.stdout + created.stderr
         listing = dev.read_until(r"^\s*(curl -s http://acme\.\S+/notes .*)$", 10).group(1)
-        listed = subprocess.run(
-            ["bash", "-c", listing.replace("tk_...", key)], capture_output=True, text=True, timeout=60, check=False
-        )
+        listed = _run_printed(listing, key)
         assert [n["body"] for n in json.loads(listed.stdout)["items"]] == ["hello"]
         whoami_line = dev.read_until(r"^\s*(curl -s http://acme\.\S+/whoami .*)$", 10).group(1)
-        whoami = subprocess.run(
-            ["bash", "-c", whoami_line.replace("tk_...", key)], capture_output=True, text=True, timeout=60, check=False
-        )
+        whoami = _run_printed(whoami_line, key)
         assert json.loads(whoami.stdout)["database"] == tenant["database"]["name"]
 
         service_pid = int((platform.run_dir / "pids" / "tenant-service.pid").read_text())

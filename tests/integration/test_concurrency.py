@@ -7,17 +7,14 @@ provisioning racing reconciler passes still builds everything once; a purge wins
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-from support.platform import Installation, ServiceProcess, cluster_objects, wait_for, with_database
+from support.platform import Installation, ServiceProcess, cluster_objects, in_process, wait_for, with_database
 from tenant_service import failpoints
-from tenant_service.app import create_app
 from tenant_service.context import AppContext
 from tenant_service.provisioning.names import parse_marker
 from tenant_service.provisioning.reconciler import Reconciler
@@ -59,38 +56,6 @@ def tenant_dsn(creds: dict[str, Any]) -> str:
     return f"postgresql://{creds['user']}:{creds['password']}@{creds['host']}:{creds['port']}/{creds['database']}"
 
 
-@contextlib.asynccontextmanager
-async def concurrent_client(inst: Installation) -> AsyncIterator[tuple[httpx.AsyncClient, AppContext]]:
-    """The app in-process, served on the test's own event loop, so that gathered requests really overlap.
-
-    (Litestar's ``AsyncTestClient`` hands every request to a blocking portal, which serialises them.)
-    """
-    ctx = AppContext.build(inst.settings())
-    app = create_app(ctx, run_background=False)
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://testserver.local",
-            headers={"Authorization": f"Bearer {inst.admin_token}"},
-            timeout=60,
-        ) as client:
-            yield client, ctx
-    finally:
-        await app.state.background.stop()
-        await ctx.close()
-
-
-@pytest.fixture
-async def local_api(installation: Installation) -> AsyncIterator[httpx.AsyncClient]:
-    """Like conftest's ``api`` (session installation, admin token), but with a context of its own on this loop.
-
-    The shared ``api`` serves from a blocking portal on another event loop, which breaks once anything has
-    used the session ``ctx`` on the test loop; this one cannot be affected by other tests.
-    """
-    async with concurrent_client(installation) as (client, _):
-        yield client
-
-
 async def max_in_flight(inst: Installation, slug_prefix: str, stop: asyncio.Event) -> int:
     """The most tenants with ``slug_prefix`` seen in ``provisioning`` at once, until ``stop``."""
     conn = await asyncpg.connect(inst.database_url)
@@ -116,7 +81,7 @@ async def test_ten_concurrent_creates_all_end_active(installation: Installation,
     # Each create pauses after registering, so all ten are provably in flight together.
     failpoints.configure("provision.after_insert=sleep:0.5")
     try:
-        async with concurrent_client(installation) as (client, _):
+        async with in_process(installation) as (client, _):
             watcher = asyncio.create_task(max_in_flight(installation, "cc-many-", stop))
             responses = await asyncio.gather(
                 *(client.post("/admin/tenants", json={"slug": s, "name": s.title()}) for s in slugs)
@@ -182,7 +147,7 @@ async def test_ten_concurrent_creates_over_http(
 @pytest.mark.parametrize("racers", [2, 5])
 async def test_concurrent_creates_of_one_slug(installation: Installation, pg_url: str, racers: int) -> None:
     slug = f"cc-dup-{racers}"
-    async with concurrent_client(installation) as (client, _):
+    async with in_process(installation) as (client, _):
         responses = await asyncio.gather(
             *(client.post("/admin/tenants", json={"slug": slug, "name": f"Racer {i}"}) for i in range(racers))
         )
@@ -218,7 +183,7 @@ async def test_async_creates_racing_reconciler_passes_build_everything_once(
     replica = AppContext.build(inst.settings())
     reconciler = Reconciler(replica)
     try:
-        async with concurrent_client(inst) as (client, _):
+        async with in_process(inst) as (client, _):
 
             async def create(slug: str) -> Any:
                 return await client.post(
@@ -255,13 +220,13 @@ async def test_async_creates_racing_reconciler_passes_build_everything_once(
 
 
 async def test_purge_drops_database_and_role_despite_open_connections(
-    local_api: Any, installation: Installation, pg_url: str
+    api: Any, installation: Installation, pg_url: str
 ) -> None:
-    created = await local_api.post("/admin/tenants", json={"slug": "cc-purge-busy", "name": "Busy"})
+    created = await api.post("/admin/tenants", json={"slug": "cc-purge-busy", "name": "Busy"})
     assert created.status_code == 201, created.text
     tenant = created.json()
     name = tenant["database"]["name"]
-    creds = await vend(local_api, installation, tenant["id"])
+    creds = await vend(api, installation, tenant["id"])
 
     idle = await asyncpg.connect(tenant_dsn(creds))
     busy = await asyncpg.connect(tenant_dsn(creds))
@@ -270,14 +235,14 @@ async def test_purge_drops_database_and_role_despite_open_connections(
     await busy.execute("INSERT INTO notes (body) VALUES ('held')")
     await busy.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
     try:
-        response = await local_api.delete(f"/admin/tenants/{tenant['id']}", params={"purge": "true"})
+        response = await api.delete(f"/admin/tenants/{tenant['id']}", params={"purge": "true"})
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "deleted"
 
         dbs, roles = await cluster_objects(pg_url, name)
         assert dbs == {}
         assert roles == {}
-        assert (await local_api.get(f"/admin/tenants/{tenant['id']}")).status_code == 404
+        assert (await api.get(f"/admin/tenants/{tenant['id']}")).status_code == 404
         # The open sessions were ended, not left dangling.
         for conn in (idle, busy):
             with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
@@ -285,7 +250,7 @@ async def test_purge_drops_database_and_role_despite_open_connections(
         # And nobody can log in any more.
         with pytest.raises((asyncpg.PostgresError, OSError)):
             await asyncpg.connect(tenant_dsn(creds))
-        gone = await local_api.get(
+        gone = await api.get(
             f"/internal/v1/tenants/{tenant['id']}/database",
             headers={"Authorization": f"Bearer {installation.service_token}"},
         )
@@ -295,10 +260,10 @@ async def test_purge_drops_database_and_role_despite_open_connections(
             conn.terminate()
 
 
-async def test_slug_is_reusable_after_purge(local_api: Any, installation: Installation, pg_url: str) -> None:
-    first = (await local_api.post("/admin/tenants", json={"slug": "cc-reuse", "name": "One"})).json()
-    assert (await local_api.delete(f"/admin/tenants/{first['id']}", params={"purge": "true"})).status_code == 200
-    second = await local_api.post("/admin/tenants", json={"slug": "cc-reuse", "name": "Two"})
+async def test_slug_is_reusable_after_purge(api: Any, installation: Installation, pg_url: str) -> None:
+    first = (await api.post("/admin/tenants", json={"slug": "cc-reuse", "name": "One"})).json()
+    assert (await api.delete(f"/admin/tenants/{first['id']}", params={"purge": "true"})).status_code == 200
+    second = await api.post("/admin/tenants", json={"slug": "cc-reuse", "name": "Two"})
     assert second.status_code == 201, second.text
     assert second.json()["database"]["name"] != first["database"]["name"]
     dbs, roles = await cluster_objects(pg_url, tenant_name_prefix(installation, "cc-reuse"))

@@ -4,20 +4,16 @@ Postgres holds a SCRAM verifier of exactly the vended password."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 
-from support.platform import Installation, ServiceProcess
-from tenant_service.app import create_app
+from support.platform import Installation, ServiceProcess, in_process
 from tenant_service.context import AppContext
 from tenant_service.provisioning.cluster import TenantCluster
 from tenant_service.provisioning.names import object_marker
@@ -25,34 +21,6 @@ from tenant_service.provisioning.scram import scram_sha256_verifier
 from tenant_service.secretbox import SecretBox, generate_key
 
 # --- helpers ----------------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def app_client(inst: Installation, **env: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The app in-process on ``inst`` with ``env`` overrides, served on the test's event loop."""
-    ctx = AppContext.build(inst.settings(**env))
-    app = create_app(ctx, run_background=False)
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://testserver.local",
-            headers={"Authorization": f"Bearer {inst.admin_token}"},
-            timeout=60,
-        ) as client:
-            yield client
-    finally:
-        await ctx.close()
-
-
-@pytest.fixture
-async def local_api(installation: Installation) -> AsyncIterator[httpx.AsyncClient]:
-    """Like conftest's ``api`` (session installation, admin token), but with a context of its own on this loop.
-
-    The shared ``api`` serves from a blocking portal on another event loop, which breaks once anything has
-    used the session ``ctx`` on the test loop; this one cannot be affected by other tests.
-    """
-    async with app_client(installation) as client:
-        yield client
 
 
 async def create(client: Any, slug: str) -> dict[str, Any]:
@@ -137,10 +105,10 @@ async def assert_login(creds: dict[str, Any], pg_url: str) -> None:
 
 
 async def test_registry_holds_only_ciphertext_bound_to_the_tenant(
-    local_api: Any, installation: Installation, pg_url: str
+    api: Any, installation: Installation, pg_url: str
 ) -> None:
-    tenant = await create(local_api, "cc-sec-alpha")
-    creds = await vend(local_api, installation, tenant["id"])
+    tenant = await create(api, "cc-sec-alpha")
+    creds = await vend(api, installation, tenant["id"])
     password = creds["password"]
     assert len(password) >= 32
 
@@ -162,7 +130,7 @@ async def test_registry_holds_only_ciphertext_bound_to_the_tenant(
     assert password not in dump[0]["audit"]
     # Nor does any admin answer carry it.
     for path in (f"/admin/tenants/{tenant['id']}", "/admin/tenants?q=cc-sec", f"/admin/audit?tenant={tenant['id']}"):
-        response = await local_api.get(path)
+        response = await api.get(path)
         assert response.status_code == 200, (path, response.text)
         assert password not in response.text
         assert stored not in response.text
@@ -174,11 +142,11 @@ async def test_registry_holds_only_ciphertext_bound_to_the_tenant(
     await assert_login(creds, pg_url)
 
 
-async def test_a_ciphertext_moved_to_another_tenant_does_not_vend(local_api: Any, installation: Installation) -> None:
-    a = await create(local_api, "cc-sec-swap-a")
-    b = await create(local_api, "cc-sec-swap-b")
-    pa = (await vend(local_api, installation, a["id"]))["password"]
-    pb = (await vend(local_api, installation, b["id"]))["password"]
+async def test_a_ciphertext_moved_to_another_tenant_does_not_vend(api: Any, installation: Installation) -> None:
+    a = await create(api, "cc-sec-swap-a")
+    b = await create(api, "cc-sec-swap-b")
+    pa = (await vend(api, installation, a["id"]))["password"]
+    pb = (await vend(api, installation, b["id"]))["password"]
     original = await stored_ciphertexts(installation)
     vends_before = {t["id"]: await vend_count(installation, t["id"]) for t in (a, b)}
 
@@ -188,7 +156,7 @@ async def test_a_ciphertext_moved_to_another_tenant_does_not_vend(local_api: Any
         await conn.execute(swap, "cc-sec-swap-a", original["cc-sec-swap-b"])
         await conn.execute(swap, "cc-sec-swap-b", original["cc-sec-swap-a"])
         for tenant in (a, b):
-            response = await vend_response(local_api, installation, tenant["id"])
+            response = await vend_response(api, installation, tenant["id"])
             assert response.status_code == 500, response.text
             assert response.headers["content-type"].startswith("application/problem+json")
             problem = response.json()
@@ -208,7 +176,7 @@ async def test_a_ciphertext_moved_to_another_tenant_does_not_vend(local_api: Any
         flipped = genuine[:-2] + ("A" if genuine[-2] != "A" else "B") + genuine[-1]
         for bad in (flipped, genuine[:20], foreign_key.encrypt(pa, context), "not a ciphertext"):
             await conn.execute(swap, "cc-sec-swap-a", bad)
-            response = await vend_response(local_api, installation, a["id"])
+            response = await vend_response(api, installation, a["id"])
             assert response.status_code == 500, response.text
             assert response.json()["code"] == "secret_unreadable"
             assert pa not in response.text
@@ -218,8 +186,8 @@ async def test_a_ciphertext_moved_to_another_tenant_does_not_vend(local_api: Any
         await conn.execute(swap, "cc-sec-swap-b", original["cc-sec-swap-b"])
         await conn.close()
     # Put back, each vends its own password again.
-    assert (await vend(local_api, installation, a["id"]))["password"] == pa
-    assert (await vend(local_api, installation, b["id"]))["password"] == pb
+    assert (await vend(api, installation, a["id"]))["password"] == pa
+    assert (await vend(api, installation, b["id"]))["password"] == pb
 
 
 # --- key rotation -----------------------------------------------------------------------------------
@@ -232,7 +200,7 @@ async def test_encryption_key_rotation(fresh_installation: Installation, tmp_pat
     new = f"k2:{generate_key()}"
     both = f"{new},{old}"
 
-    async with app_client(inst) as client:
+    async with in_process(inst) as (client, _):
         a = await create(client, "cc-rot-a")
         b = await create(client, "cc-rot-b")
         passwords = {t["id"]: (await vend(client, inst, t["id"]))["password"] for t in (a, b)}
@@ -266,7 +234,7 @@ async def test_encryption_key_rotation(fresh_installation: Installation, tmp_pat
     assert after["cc-rot-c"] == mixed["cc-rot-c"]
 
     # Step 3: the old key is gone; everything still vends, and the passwords did not change.
-    async with app_client(inst, ENCRYPTION_KEYS=new) as client:
+    async with in_process(inst, ENCRYPTION_KEYS=new) as (client, _):
         for tenant_id, password in passwords.items():
             creds = await vend(client, inst, tenant_id)
             assert creds["password"] == password
@@ -275,7 +243,7 @@ async def test_encryption_key_rotation(fresh_installation: Installation, tmp_pat
         assert password not in (tmp_path / "both.log").read_text()
 
     # And the old key alone can no longer read them: they really were re-encrypted.
-    async with app_client(inst, ENCRYPTION_KEYS=old) as client:
+    async with in_process(inst, ENCRYPTION_KEYS=old) as (client, _):
         response = await vend_response(client, inst, a["id"])
         assert response.status_code == 500
         assert response.json()["code"] == "secret_unreadable"

@@ -8,6 +8,7 @@ objects marked with its own installation id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,3 +261,25 @@ async def cluster_objects(pg_url: str, prefix: str) -> tuple[dict[str, str | Non
     finally:
         await conn.close()
     return {r["n"]: r["c"] for r in dbs}, {r["n"]: r["c"] for r in roles}
+
+
+@contextlib.asynccontextmanager
+async def in_process(inst: Installation, **env: str) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """The tenant-service app in-process on ``inst`` (``env`` overrides), with a context of its own, served on the
+    test's event loop so gathered requests really overlap; yields the admin client and the context."""
+    from tenant_service.app import create_app
+    from tenant_service.context import AppContext
+
+    ctx = AppContext.build(inst.settings(**env))
+    app = create_app(ctx, run_background=False)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://testserver.local",
+            headers={"Authorization": f"Bearer {inst.admin_token}"},
+            timeout=60,
+        ) as client:
+            yield client, ctx
+    finally:
+        await app.state.background.stop()
+        await ctx.close()

@@ -8,7 +8,6 @@ worker's lock vanishes with its connection, and the reconciler (which skips lock
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from enum import StrEnum
 
 import asyncpg
@@ -156,17 +155,3 @@ class Provisioner:
         await ctx.events.publish("tenant.purged", tenant_id=tenant_id)
         tenant.status = "deleted"
         return tenant
-
-
-async def expired_deleted_tenants(ctx: AppContext) -> list[uuid.UUID]:
-    """Soft-deleted tenants whose retention has ended."""
-    async with ctx.sessions() as session:
-        rows = await session.execute(
-            select(Tenant.id).where(Tenant.status == "deleted", Tenant.purge_after <= func.now())
-        )
-        return list(rows.scalars())
-
-
-def retention(ctx: AppContext) -> timedelta:
-    """How long a soft-deleted tenant is kept."""
-    return timedelta(seconds=ctx.settings.lifecycle.delete_retention_seconds)

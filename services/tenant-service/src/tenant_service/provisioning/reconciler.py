@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -127,8 +126,3 @@ class Reconciler:
             with contextlib.suppress(Exception):
                 await self.run_once()
             await asyncio.sleep(interval)
-
-
-async def resume_one(ctx: AppContext, tenant_id: uuid.UUID) -> Outcome:
-    """Finish provisioning one tenant in the background (the ``Prefer: respond-async`` path)."""
-    return await Provisioner(ctx).provision(tenant_id)

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -156,11 +156,6 @@ class TenantService:
         """One tenant by id or slug."""
         async with self._ctx.sessions() as session:
             return await self.view(session, await find_tenant(session, ref))
-
-    async def get_model(self, ref: str) -> Tenant:
-        """The registry row of one tenant."""
-        async with self._ctx.sessions() as session:
-            return await find_tenant(session, ref)
 
     async def list(
         self,
@@ -412,9 +407,3 @@ class TenantService:
             record(session, actor=actor, action="domain.remove", target=domain, tenant_id=tenant.id,
                    before={"domain": domain})  # fmt: skip
         await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
-
-    async def count(self) -> dict[str, int]:
-        """Tenants by status (for metrics)."""
-        async with self._ctx.sessions() as session:
-            rows = await session.execute(select(Tenant.status, func.count()).group_by(Tenant.status))
-            return {status: int(n) for status, n in rows}

@@ -29,6 +29,7 @@ EXCLUDED: dict[str, str] = {
     "DEV_REDIS_PORT": "make dev only: port of its throw-away Redis",
     "TENANTRY_PG_BINDIR": "make dev / test tooling only: where the Postgres binaries are",
     "TENANTRY_PG_OS_USER": "make dev / test tooling only: the OS user that runs Postgres as root",
+    "GATEWAY_MODE": "make bench only: 'passthrough' turns authentication and quotas off; never in a deployment",
 }
 
 _SINGLE_NAME_HELPERS = frozenset({"env_str", "env_int", "env_float", "env_bool", "env_list", "env_opt"})

@@ -8,7 +8,6 @@ would add nothing but latency, and the HMAC keeps a leaked table useless without
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import zlib
@@ -65,4 +64,4 @@ def display_prefix(key: str) -> str:
 
 def hash_api_key(key: str, secret: bytes) -> bytes:
     """The keyed hash stored and looked up instead of the key."""
-    return hmac.new(secret, key.encode("ascii"), hashlib.sha256).digest()
+    return hmac.digest(secret, key.encode("ascii"), "sha256")

@@ -1,16 +1,19 @@
-"""The gateway as one lean ASGI app: reserved ``/_gateway/*`` endpoints, then resolve → authenticate → limit →
-forward for everything else. No framework on the hot path: one pass over the headers, in-memory lookups, one
-Redis call, a pooled upstream connection.
+"""The gateway's request pipeline: reserved ``/_gateway/*`` endpoints, then resolve → authenticate → limit →
+forward for everything else. No framework on the hot path: the headers it needs were noted while parsing,
+lookups are in memory, there is one Redis call, a pooled upstream connection, and one write of the response
+when the upstream's answer is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import os
+import re
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
 
 import msgspec
 import redis.asyncio as redis
@@ -21,26 +24,30 @@ from gateway.authenticate import Authenticator, Principal
 from gateway.config import GatewaySettings
 from gateway.directory import Directory, DirectorySync, TenantEntry
 from gateway.errors import GatewayError, bad_request, unauthorized
-from gateway.forward import (
-    HOP_BY_HOP,
-    BodyTooLargeError,
+from gateway.forward import HOP_BY_HOP, BodyTooLargeError, connection_tokens, origin_of, send_upstream
+from gateway.http import (
+    API_KEY,
+    AUTHORIZATION,
+    CONTENT_LENGTH,
+    HOST,
+    REQUEST_ID,
+    TENANT_ID,
+    X_HOST,
+    X_PROTO,
+    BodyTimeoutError,
     ClientGoneError,
-    connection_tokens,
-    origin_of,
-    response_headers,
-    send_upstream,
+    Header,
+    HttpConnection,
+    Request,
 )
-from gateway.limit import Limiter, QuotaDecision, QuotaUnavailableError
-from gateway.resolve import Resolver, normalize_host
+from gateway.limit import ALLOWED_UNMETERED, Limiter, QuotaDecision, QuotaUnavailableError
+from gateway.resolve import Location, Resolver, normalize_host
+from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
 from gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeoutError
 from tenantry_common.apikeys import looks_like_api_key
 from tenantry_common.jwt_keys import KeyRing
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE, problem_bytes
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _log = structlog.get_logger("tenantry.gateway")
 _access = structlog.get_logger("tenantry.gateway.access")
@@ -52,22 +59,53 @@ LATENCY: Final = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 _JSON: Final = b"application/json"
+_PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
 _STRIPPED_PREFIXES: Final = (b"x-tenant-", b"x-forwarded-")
 _STATUS_ERRORS: Final = {
     "suspended": (403, "tenant_suspended", "The tenant is suspended."),
     "provisioning": (503, "tenant_unavailable", "The tenant is not ready yet."),
     "failed": (503, "tenant_unavailable", "The tenant is unavailable."),
 }
+_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
-def _request_id(incoming: bytes | None) -> bytes:
-    if incoming and len(incoming) <= 128 and all(33 <= c < 127 for c in incoming):
-        return incoming
-    return os.urandom(16).hex().encode()
+_VISIBLE_ASCII: Final = re.compile(rb"[\x21-\x7e]{1,128}")
+
+
+class _RequestIds:
+    """The client's X-Request-ID when it is sane, else a new one: 32 hex digits, a random per-process prefix and a
+    counter (unique without a syscall per request; created in each worker, after the fork)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex().encode()
+        self._next = itertools.count(int.from_bytes(os.urandom(4), "big")).__next__
+
+    def __call__(self, incoming: bytes | None) -> bytes:
+        if incoming is not None and _VISIBLE_ASCII.fullmatch(incoming):
+            return incoming
+        return b"%b%016x" % (self._prefix, self._next())
+
+
+class _Metrics:
+    """Prometheus children looked up once per (outcome, status), not once per request."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, int], Counter] = {}
+        self._histograms: dict[str, Histogram] = {}
+
+    def observe(self, outcome: str, status: int, seconds: float) -> None:
+        counter = self._counters.get((outcome, status))
+        if counter is None:
+            counter = self._counters[(outcome, status)] = REQUESTS.labels(outcome, str(status))
+        histogram = self._histograms.get(outcome)
+        if histogram is None:
+            histogram = self._histograms[outcome] = LATENCY.labels(outcome)
+        counter.inc()
+        histogram.observe(seconds)
 
 
 class Gateway:
-    """The ASGI application."""
+    """The pipeline, called by the HTTP server once per request."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -90,50 +128,46 @@ class Gateway:
             access_ttl=settings.access_token_ttl,
             tenant_ttl=settings.tenant_token_ttl,
         )
+        # redis-py for directory events and readiness; the quota call goes through the lean pipelined client.
         self.redis = redis.Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout,
             socket_connect_timeout=settings.redis_timeout,
-            max_connections=256,
+            max_connections=16,
         )
-        self.limiter = Limiter(self.redis, timeout=settings.redis_timeout, failure_mode=settings.quota_failure_mode)
+        self.quota_redis = RespClient(settings.redis_url, timeout=settings.redis_timeout)
+        self.limiter = Limiter(self.quota_redis, failure_mode=settings.quota_failure_mode)
         self.pool = UpstreamPool(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
         self.sync: DirectorySync | None = None
+        self._passthrough = settings.mode == "passthrough"
         self._trusted = settings.trusted_proxies
         self._trusted_cache: dict[str, bool] = {}
+        self._hosts: dict[bytes, str] = {}
+        self._metrics = _Metrics()
+        self._request_id = _RequestIds()
 
-    # ASGI ---------------------------------------------------------------------------------------------
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self.http(scope, receive, send)
-        elif kind == "lifespan":
-            await self.lifespan(receive, send)
+    async def start(self) -> None:
+        """Start the directory sync."""
+        self.sync = DirectorySync(
+            self.directory,
+            base_url=self.settings.tenant_service_url,
+            token=self.settings.directory_token,
+            redis_client=self.redis,
+            refresh_seconds=self.settings.directory_refresh_seconds,
+            full_sync_seconds=self.settings.directory_full_sync_seconds,
+        )
+        await self.sync.start()
 
-    async def lifespan(self, receive: Receive, send: Send) -> None:
-        """Start and stop the directory sync."""
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self.sync = DirectorySync(
-                    self.directory,
-                    base_url=self.settings.tenant_service_url,
-                    token=self.settings.directory_token,
-                    redis_client=self.redis,
-                    refresh_seconds=self.settings.directory_refresh_seconds,
-                    full_sync_seconds=self.settings.directory_full_sync_seconds,
-                )
-                await self.sync.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self.sync is not None:
-                    await self.sync.stop()
-                self.pool.close()
-                with contextlib.suppress(Exception):
-                    await self.redis.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def stop(self) -> None:
+        """Stop the sync and close every pool."""
+        if self.sync is not None:
+            await self.sync.stop()
+        self.pool.close()
+        self.quota_redis.close()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
 
+    # helpers ------------------------------------------------------------------------------------------
     def _is_trusted(self, peer: str) -> bool:
         if not self._trusted:
             return False
@@ -148,162 +182,113 @@ class Gateway:
                 self._trusted_cache[peer] = known
         return known
 
-    async def _respond(
-        self,
-        send: Send,
-        status: int,
-        body: bytes,
-        content_type: bytes,
-        request_id: bytes,
-        extra: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]] = (),
-    ) -> None:
-        headers = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", request_id),
-            *extra,
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    def _host_name(self, raw: bytes) -> str:
+        """The normalised host name (cached; an invalid host raises every time)."""
+        name = self._hosts.get(raw)
+        if name is None:
+            name = normalize_host(raw.decode("latin-1"))
+            if len(self._hosts) >= 10_000:
+                self._hosts.clear()
+            self._hosts[raw] = name
+        return name
 
-    async def _problem(
-        self, send: Send, problem: GatewayError, request_id: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
+    def _problem(
+        self,
+        request: Request,
+        conn: HttpConnection,
+        problem: GatewayError,
+        request_id: bytes,
+        extra: Sequence[Header] = (),
     ) -> None:
         body = problem_bytes(problem.status, problem.code, detail=problem.detail)
         headers = [(k.encode(), v.encode()) for k, v in problem.headers.items()]
-        await self._respond(send, problem.status, body, PROBLEM_MEDIA_TYPE.encode(), request_id, [*headers, *extra])
+        conn.respond(request, problem.status, body, _PROBLEM, [(b"x-request-id", request_id), *headers, *extra])
 
     # the pipeline -------------------------------------------------------------------------------------
-    async def http(self, scope: Scope, receive: Receive, client_send: Send) -> None:
+    async def handle(self, request: Request, conn: HttpConnection) -> None:
         """Handle one HTTP request."""
         started = time.perf_counter()
-        path: str = scope["path"]
-        host = x_host = x_for = x_proto = tenant_ref = api_key = authorization = incoming_id = None
-        content_length: bytes | None = None
-        chunked = False
-        duplicates = False
-        header_bytes = 0
-        for name, value in scope["headers"]:
-            header_bytes += len(name) + len(value) + 4
-            if name == b"host":
-                duplicates |= host is not None
-                host = value
-            elif name == b"authorization":
-                duplicates |= authorization is not None
-                authorization = value
-            elif name == b"x-api-key":
-                duplicates |= api_key is not None
-                api_key = value
-            elif name == b"x-tenant-id":
-                duplicates |= tenant_ref is not None
-                tenant_ref = value
-            elif name == b"content-length":
-                duplicates |= content_length is not None
-                content_length = value
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"x-request-id":
-                incoming_id = value
-            elif name == b"x-forwarded-host":
-                x_host = x_host or value
-            elif name == b"x-forwarded-for":
-                x_for = value if x_for is None else x_for + b", " + value
-            elif name == b"x-forwarded-proto":
-                x_proto = x_proto or value
-        request_id = _request_id(incoming_id)
-        started = False
-
-        def send(message: dict[str, Any]) -> Awaitable[None]:
-            nonlocal started
-            started = True
-            return client_send(message)
-
+        tracked = request.tracked
+        request_id = self._request_id(tracked[REQUEST_ID])
         outcome = "error"
         status = 500
         tenant_id = None
         try:
-            if path.startswith("/_gateway/"):
+            if request.raw_path.startswith(b"/_gateway/"):
                 outcome = "gateway"
-                status = await self.reserved(scope, receive, send, request_id, api_key, authorization)
+                status = await self.reserved(request, conn, request_id)
                 return
-            if header_bytes > self.settings.max_header_bytes:
+            if request.header_bytes > self.settings.max_header_bytes:
                 raise GatewayError(
                     "The request headers are too large.", code="request_header_fields_too_large", status=431
                 )
-            if duplicates:
+            if request.duplicates:
                 raise bad_request("duplicate_header", "Host, Authorization, X-API-Key, X-Tenant-ID and "
                                   "Content-Length may appear only once.")  # fmt: skip
-            if chunked and content_length is not None:
+            if request.chunked and tracked[CONTENT_LENGTH] is not None:
                 raise bad_request("ambiguous_length", "Content-Length and Transfer-Encoding must not both be sent.")
-            client = scope.get("client")
-            peer = client[0] if client else ""
-            trusted = self._is_trusted(peer)
-            effective_host = x_host if trusted and x_host else host
-            host_name = normalize_host(effective_host.decode("latin-1")) if effective_host else ""
+            trusted = self._is_trusted(conn.peer)
+            x_host = tracked[X_HOST]
+            effective_host = x_host if trusted and x_host else tracked[HOST]
+            tenant_ref = tracked[TENANT_ID]
             location = self.resolver.resolve(
-                host_name,
-                path,
-                scope.get("raw_path") or path.encode(),
-                tenant_ref.decode("latin-1") if tenant_ref else None,
+                self._host_name(effective_host) if effective_host else "",
+                request.path,
+                request.raw_path,
+                tenant_ref.decode("latin-1") if tenant_ref is not None else None,
             )
-            principal, used_header = self._authenticate(api_key, authorization)
-            tenant = self._tenant(location.tenant, location.named, principal)
+            principal: Principal | None = None
+            drop = b""
+            decision = ALLOWED_UNMETERED
+            if self._passthrough:
+                tenant = self._located(location)
+            else:
+                principal, drop = self._authenticate(tracked[API_KEY], tracked[AUTHORIZATION])
+                tenant = self._tenant(location.tenant, location.named, principal)
+                tenant_id = tenant.id
+                decision = await self._limit(tenant)
+                if decision.verdict != "allowed":
+                    outcome = decision.verdict
+                    status = 429
+                    detail = "Too many requests this minute." if outcome == "rate_limited" else "Daily quota used up."
+                    self._problem(
+                        request,
+                        conn,
+                        GatewayError(detail, code=outcome, status=429),
+                        request_id,
+                        (*decision.headers, (b"retry-after", b"%d" % decision.retry_after)),
+                    )
+                    return
             tenant_id = tenant.id
-            decision = await self._limit(tenant)
-            if decision.verdict != "allowed":
-                outcome = decision.verdict
-                status = 429
-                detail = "Too many requests this minute." if outcome == "rate_limited" else "Daily quota used up."
-                await self._problem(
-                    send,
-                    GatewayError(detail, code=outcome, status=429),
-                    request_id,
-                    (*decision.headers, (b"retry-after", str(decision.retry_after).encode())),
-                )
-                return
             outcome = "forwarded"
             status = await self.forward(
-                scope,
-                receive,
-                send,
+                request,
+                conn,
                 tenant=tenant,
                 principal=principal,
                 upstream_path=location.upstream_path,
                 request_id=request_id,
                 trusted=trusted,
-                peer=peer,
-                x_for=x_for,
-                x_proto=x_proto,
                 effective_host=effective_host or b"",
-                content_length=content_length,
-                chunked=chunked,
-                drop=used_header,
+                drop=drop,
                 quota_headers=decision.headers,
             )
             if status in (502, 504):
                 outcome = "upstream_error"
+            elif status == 499:
+                outcome = "client_gone"
         except GatewayError as problem:
             outcome = problem.code
             status = problem.status
-            await self._problem(send, problem, request_id)
-        except Exception:
-            # A bug still answers as a problem document when nothing was sent yet; else the connection is cut.
-            _log.exception("unhandled_error", path=path, request_id=request_id.decode())
-            outcome, status = "internal_error", 500
-            if started:
-                raise
-            await self._problem(
-                send, GatewayError("An unexpected error occurred.", code="internal_error", status=500), request_id
-            )
+            self._problem(request, conn, problem, request_id)
         finally:
             elapsed = time.perf_counter() - started
-            REQUESTS.labels(outcome, str(status)).inc()
-            LATENCY.labels(outcome).observe(elapsed)
+            self._metrics.observe(outcome, status, elapsed)
             if self.settings.access_log:
                 _access.info(
                     "request",
-                    method=scope["method"],
-                    path=path,
+                    method=request.method,
+                    path=request.raw_path.decode("latin-1"),
                     status=status,
                     outcome=outcome,
                     tenant_id=tenant_id,
@@ -323,12 +308,7 @@ class Gateway:
                 return self.authenticator.jwt(credential), b"authorization"
         raise unauthorized()
 
-    def _tenant(self, located: TenantEntry | None, named: str | None, principal: Principal) -> TenantEntry:
-        if named is not None and named != principal.tenant_id:
-            if located is None:
-                raise GatewayError("No such tenant.", code="tenant_not_found", status=404)
-            raise GatewayError("The credential belongs to another tenant.", code="tenant_mismatch", status=403)
-        tenant = self.directory.by_id.get(principal.tenant_id)
+    def _usable(self, tenant: TenantEntry | None) -> TenantEntry:
         if tenant is None or tenant.status in ("deleted", "deleting"):
             raise GatewayError("No such tenant.", code="tenant_not_found", status=404)
         if tenant.status != "active":
@@ -336,6 +316,19 @@ class Gateway:
             headers = {"retry-after": "5"} if status == 503 else {}
             raise GatewayError(detail, code=code, status=status, headers=headers)
         return tenant
+
+    def _tenant(self, located: TenantEntry | None, named: str | None, principal: Principal) -> TenantEntry:
+        if named is not None and named != principal.tenant_id:
+            if located is None:
+                raise GatewayError("No such tenant.", code="tenant_not_found", status=404)
+            raise GatewayError("The credential belongs to another tenant.", code="tenant_mismatch", status=403)
+        return self._usable(self.directory.by_id.get(principal.tenant_id))
+
+    def _located(self, location: Location) -> TenantEntry:
+        """Pass-through mode: the tenant the request names, with no credential asked."""
+        if location.named is None:
+            raise GatewayError("The request names no tenant.", code="tenant_not_found", status=404)
+        return self._usable(location.tenant)
 
     async def _limit(self, tenant: TenantEntry) -> QuotaDecision:
         try:
@@ -348,40 +341,23 @@ class Gateway:
                 headers={"retry-after": "1"},
             ) from None
 
-    async def forward(
+    def _upstream_head(
         self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
+        request: Request,
+        conn: HttpConnection,
         *,
         tenant: TenantEntry,
-        principal: Principal,
-        upstream_path: bytes,
+        principal: Principal | None,
+        target: bytes,
+        host_header: bytes,
         request_id: bytes,
         trusted: bool,
-        peer: str,
-        x_for: bytes | None,
-        x_proto: bytes | None,
         effective_host: bytes,
-        content_length: bytes | None,
-        chunked: bool,
         drop: bytes,
-        quota_headers: tuple[tuple[bytes, bytes], ...],
-    ) -> int:
-        """Forward to the tenant's upstream; return the status sent to the client."""
-        settings = self.settings
-        if content_length is not None:
-            if not content_length.isdigit():
-                raise bad_request("invalid_content_length", "Content-Length is not a number.")
-            if int(content_length) > settings.max_body_bytes:
-                raise GatewayError("The request body is too large.", code="payload_too_large", status=413)
-        origin, prefix = origin_of(tenant.upstream_url or settings.default_upstream)
-        method: str = scope["method"]
-        query: bytes = scope.get("query_string", b"")
-        target = prefix + upstream_path + (b"?" + query if query else b"")
-        extra_hop = connection_tokens(scope["headers"])
-        lines = [method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", origin.host_header, b"\r\n"]
-        for name, value in scope["headers"]:
+    ) -> bytes:
+        extra_hop = connection_tokens(request.headers)
+        lines = [request.method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", host_header, b"\r\n"]
+        for name, value in request.headers:
             if (
                 name in HOP_BY_HOP
                 or name in extra_hop
@@ -390,12 +366,14 @@ class Gateway:
             ):
                 continue
             lines += [name, b": ", value, b"\r\n"]
-        forwarded_for = (x_for + b", " if trusted and x_for else b"") + peer.encode()
-        proto = x_proto if trusted and x_proto else scope.get("scheme", "http").encode()
-        has_body = chunked or (content_length is not None and content_length != b"0")
+        x_for = request.x_for
+        forwarded_for = (x_for + b", " if trusted and x_for else b"") + conn.peer.encode()
+        x_proto = request.tracked[X_PROTO]
+        proto = x_proto if trusted and x_proto else conn.scheme.encode()
+        content_length = request.tracked[CONTENT_LENGTH]
         if content_length is not None:
             lines += [b"content-length: ", content_length, b"\r\n"]
-        elif chunked:
+        elif request.chunked:
             lines.append(b"transfer-encoding: chunked\r\n")
         lines += [
             b"x-forwarded-for: ", forwarded_for, b"\r\n",
@@ -404,85 +382,132 @@ class Gateway:
             b"x-request-id: ", request_id, b"\r\n",
             b"x-tenant-id: ", tenant.id.encode(), b"\r\n",
             b"x-tenant-slug: ", tenant.slug.encode(), b"\r\n",
-            b"x-tenant-token: ", self.tokens.tenant_token(tenant, principal), b"\r\n\r\n",
         ]  # fmt: skip
+        if principal is not None:
+            lines += [b"x-tenant-token: ", self.tokens.tenant_token(tenant, principal), b"\r\n"]
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    async def forward(
+        self,
+        request: Request,
+        conn: HttpConnection,
+        *,
+        tenant: TenantEntry,
+        principal: Principal | None,
+        upstream_path: bytes,
+        request_id: bytes,
+        trusted: bool,
+        effective_host: bytes,
+        drop: bytes,
+        quota_headers: tuple[Header, ...],
+    ) -> int:
+        """Forward to the tenant's upstream; return the status sent to the client (499: the client left)."""
+        settings = self.settings
+        content_length = request.tracked[CONTENT_LENGTH]
+        if content_length is not None:
+            if not content_length.isdigit():
+                raise bad_request("invalid_content_length", "Content-Length is not a number.")
+            if int(content_length) > settings.max_body_bytes:
+                raise GatewayError("The request body is too large.", code="payload_too_large", status=413)
+        origin, prefix = origin_of(tenant.upstream_url or settings.default_upstream)
+        target = prefix + upstream_path + (b"?" + request.query if request.query else b"")
+        head = self._upstream_head(
+            request,
+            conn,
+            tenant=tenant,
+            principal=principal,
+            target=target,
+            host_header=origin.host_header,
+            request_id=request_id,
+            trusted=trusted,
+            effective_host=effective_host,
+            drop=drop,
+        )
         try:
             response = await send_upstream(
                 self.pool,
                 origin,
-                b"".join(lines),
-                receive,
-                method=method,
-                has_body=has_body,
-                chunked=content_length is None and chunked,
+                head,
+                request,
                 max_body=settings.max_body_bytes,
+                body_timeout=settings.read_timeout,
                 response_timeout=settings.total_timeout,
             )
         except BodyTooLargeError:
             raise GatewayError("The request body is too large.", code="payload_too_large", status=413) from None
+        except BodyTimeoutError:
+            raise GatewayError("The request body did not arrive in time.", code="request_timeout", status=408) from None
         except ClientGoneError:
             return 499
         except UpstreamTimeoutError:
             problem = GatewayError("The upstream did not answer in time.", code="upstream_timeout", status=504)
-            await self._problem(send, problem, request_id, quota_headers)
+            self._problem(request, conn, problem, request_id, quota_headers)
             return 504
         except UpstreamError:
             problem = GatewayError("The upstream is unreachable.", code="upstream_unavailable", status=502)
-            await self._problem(send, problem, request_id, quota_headers)
+            self._problem(request, conn, problem, request_id, quota_headers)
             return 502
-        headers = response_headers(response.headers)
+        headers, length = _client_headers(response.headers)
         headers.append((b"x-request-id", request_id))
         headers.extend(quota_headers)
+        status = response.status
+        body = response.complete_body()
+        if body is not None:
+            if length is not None and (request.method == "HEAD" or status in _NO_BODY_STATUS):
+                headers.append((b"content-length", length))
+            conn.send_complete(request, status, headers, body)
+            response.release()
+            return status
         try:
-            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            chunked = conn.start_stream(request, status, headers, int(length) if length is not None else None)
             async for chunk in response.body():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (UpstreamError, OSError):
+                if conn.gone:
+                    response.abort()
+                    return 499
+                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await conn.drain()
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+        except UpstreamError:
+            # The head is out: all that is left is to cut the connection so the client sees a broken body.
             response.abort()
-            raise
+            conn.close()
+            return status
         except BaseException:
             response.abort()
             raise
         response.release()
-        return response.status
+        return status
 
     # reserved endpoints -------------------------------------------------------------------------------
-    async def reserved(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        request_id: bytes,
-        api_key: bytes | None,
-        authorization: bytes | None,
-    ) -> int:
+    async def reserved(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
         """``/_gateway/*``: health, readiness, metrics, token exchange, JWKS."""
-        path, method = scope["path"], scope["method"]
-        if path == "/_gateway/healthz" and method in ("GET", "HEAD"):
-            await self._respond(send, 200, b'{"status":"ok"}', _JSON, request_id)
+        path, method = request.raw_path, request.method
+        json_id = [(b"x-request-id", request_id)]
+        if path == b"/_gateway/healthz" and method in ("GET", "HEAD"):
+            conn.respond(request, 200, b'{"status":"ok"}', _JSON, json_id)
             return 200
-        if path == "/_gateway/readyz" and method in ("GET", "HEAD"):
-            return await self._readyz(send, request_id)
-        if path == "/_gateway/metrics" and method == "GET":
-            await self._respond(send, 200, generate_latest(), CONTENT_TYPE_LATEST.encode(), request_id)
+        if path == b"/_gateway/readyz" and method in ("GET", "HEAD"):
+            return await self._readyz(request, conn, request_id)
+        if path == b"/_gateway/metrics" and method == "GET":
+            conn.respond(request, 200, generate_latest(), CONTENT_TYPE_LATEST.encode(), json_id)
             return 200
-        if path == "/_gateway/jwks.json" and method in ("GET", "HEAD"):
-            await self._respond(
-                send, 200, self.tokens.jwks_body, b"application/jwk-set+json", request_id,
-                [(b"cache-control", b"public, max-age=60")],
+        if path == b"/_gateway/jwks.json" and method in ("GET", "HEAD"):
+            conn.respond(
+                request, 200, self.tokens.jwks_body, b"application/jwk-set+json",
+                [*json_id, (b"cache-control", b"public, max-age=60")],
             )  # fmt: skip
             return 200
-        if path == "/_gateway/token":
+        if path == b"/_gateway/token":
             if method != "POST":
                 problem = GatewayError("Use POST.", code="method_not_allowed", status=405)
-                await self._problem(send, problem, request_id, ((b"allow", b"POST"),))
+                self._problem(request, conn, problem, request_id, ((b"allow", b"POST"),))
                 return 405
-            return await self._token(send, request_id, api_key, authorization)
-        await self._problem(send, GatewayError("No such gateway endpoint.", code="not_found", status=404), request_id)
-        return 404
+            return self._token(request, conn, request_id)
+        raise GatewayError("No such gateway endpoint.", code="not_found", status=404)
 
-    async def _readyz(self, send: Send, request_id: bytes) -> int:
+    async def _readyz(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
         checks = {"directory": "ok" if self.directory.loaded else "not loaded"}
         try:
             await self.redis.ping()
@@ -492,11 +517,12 @@ class Gateway:
         ready = all(v == "ok" for v in checks.values())
         status = 200 if ready else 503
         body = msgspec.json.encode({"status": "ok" if ready else "unavailable", "checks": checks})
-        await self._respond(send, status, body, _JSON, request_id)
+        conn.respond(request, status, body, _JSON, [(b"x-request-id", request_id)])
         return status
 
-    async def _token(self, send: Send, request_id: bytes, api_key: bytes | None, authorization: bytes | None) -> int:
+    def _token(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
         key: str | None = None
+        api_key, authorization = request.tracked[API_KEY], request.tracked[AUTHORIZATION]
         if api_key is not None:
             key = api_key.decode("latin-1").strip()
         elif authorization is not None:
@@ -514,14 +540,18 @@ class Gateway:
                 "expires_in": self.tokens.access_ttl,
             }
         )
-        await self._respond(send, 200, body, _JSON, request_id, [(b"cache-control", b"no-store")])
+        conn.respond(request, 200, body, _JSON, [(b"x-request-id", request_id), (b"cache-control", b"no-store")])
         return 200
 
 
-def create_app() -> Gateway:
-    """ASGI factory (``uvicorn --factory gateway.app:create_app``)."""
-    from tenantry_common.logging import configure_logging  # noqa: PLC0415 - per worker process
-
-    settings = GatewaySettings.from_env()
-    configure_logging("gateway", fmt=settings.log_format, level=settings.log_level)
-    return Gateway(settings)
+def _client_headers(headers: list[Header]) -> tuple[list[Header], bytes | None]:
+    """Upstream response headers fit for the client, and the upstream's Content-Length (framing is ours)."""
+    extra = connection_tokens(headers)
+    out: list[Header] = []
+    length: bytes | None = None
+    for name, value in headers:
+        if name == b"content-length":
+            length = value
+        elif name not in HOP_BY_HOP and name not in extra and name != b"server":
+            out.append((name, value))
+    return out, length

@@ -18,6 +18,7 @@ from tenantry_common.apikeys import hash_api_key, is_well_formed
 from tenantry_common.jwt_keys import InvalidTokenError, KeyRing
 
 _MAX_CACHED_TOKENS = 100_000
+_MAX_CACHED_DIGESTS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,8 @@ class Authenticator:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
+        # Well-formed keys seen recently → their keyed hash: the checksum and HMAC run once per key, not per request.
+        self._digests: dict[str, bytes] = {}
         self._verified: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
 
     def _usable_key(self, key: KeyEntry | None, now: float) -> KeyEntry:
@@ -57,9 +60,15 @@ class Authenticator:
         Raises:
             GatewayError: 401 for malformed, unknown, revoked or expired keys alike.
         """
-        if not is_well_formed(key):
-            raise unauthorized()
-        entry = self._usable_key(self._directory.keys_by_hash.get(hash_api_key(key, self._secret)), time.time())
+        digest = self._digests.get(key)
+        if digest is None:
+            if not is_well_formed(key):
+                raise unauthorized()
+            digest = hash_api_key(key, self._secret)
+            if len(self._digests) >= _MAX_CACHED_DIGESTS:
+                self._digests.clear()
+            self._digests[key] = digest
+        entry = self._usable_key(self._directory.keys_by_hash.get(digest), time.time())
         return Principal(tenant_id=entry.tenant_id, key_id=entry.id, scope=entry.scopes)
 
     def _claims(self, token: str, now: float) -> dict[str, Any]:

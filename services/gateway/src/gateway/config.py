@@ -41,6 +41,12 @@ class GatewaySettings:
     """Listen port (GATEWAY_PORT)."""
     workers: int
     """Worker processes (GATEWAY_WORKERS)."""
+    mode: str
+    """``full`` (the default) or ``passthrough``: resolve and forward only, for benchmarks (GATEWAY_MODE)."""
+    keepalive_timeout: float
+    """Seconds an idle keep-alive client connection stays open."""
+    header_timeout: float
+    """Seconds a client has to send a complete request head."""
     base_domain: str
     """Tenants are reachable as {slug}.{BASE_DOMAIN}."""
     tenant_service_url: str
@@ -106,11 +112,17 @@ class GatewaySettings:
         upstream = env_str("DEFAULT_UPSTREAM", "http://127.0.0.1:8002")
         if urlsplit(upstream).scheme not in ("http", "https"):
             raise ConfigError("DEFAULT_UPSTREAM must be an http(s) URL")
+        gateway_mode = env_str("GATEWAY_MODE", "full")
+        if gateway_mode not in ("full", "passthrough"):
+            raise ConfigError("GATEWAY_MODE must be full or passthrough")
         tenant_token_ttl = env_int("TENANT_TOKEN_TTL_SECONDS", 60, minimum=5, maximum=60)
         return cls(
             host=env_str("GATEWAY_HOST", "127.0.0.1"),
             port=env_int("GATEWAY_PORT", 8080, minimum=0, maximum=65535),
             workers=env_int("GATEWAY_WORKERS", 1, minimum=1, maximum=64),
+            mode=gateway_mode,
+            keepalive_timeout=env_float("CLIENT_KEEPALIVE_TIMEOUT", 75.0, minimum=1.0),
+            header_timeout=env_float("CLIENT_HEADER_TIMEOUT", 10.0, minimum=0.5),
             base_domain=env_str("BASE_DOMAIN", "localhost").lower().rstrip("."),
             tenant_service_url=env_str("TENANT_SERVICE_URL", "http://127.0.0.1:8001").rstrip("/"),
             directory_token=env_opt("GATEWAY_SERVICE_TOKEN") or env_str("SERVICE_TOKEN", required=True),

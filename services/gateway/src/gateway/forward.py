@@ -7,10 +7,10 @@ are never retried, except an idempotent one whose pooled connection was found cl
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
+from gateway.http import CONTENT_LENGTH, Request
 from gateway.upstream import Origin, StaleConnectionError, UpstreamPool, UpstreamResponse
 
 HOP_BY_HOP: Final = frozenset(
@@ -53,59 +53,49 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers fit to send to the client."""
-    extra = connection_tokens(headers)
-    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in extra and n != b"server"]
-
-
 async def send_upstream(
     pool: UpstreamPool,
     origin: Origin,
     head: bytes,
-    receive: Callable[[], Awaitable[dict[str, Any]]],
+    request: Request,
     *,
-    method: str,
-    has_body: bool,
-    chunked: bool,
     max_body: int,
+    body_timeout: float,
     response_timeout: float,
 ) -> UpstreamResponse:
-    """Send the request (streaming its body from ``receive``) and return the response head.
+    """Send the request (streaming its body from the client) and return the response head.
 
     Raises:
         BodyTooLargeError: the body grew past ``max_body`` while streaming.
+        BodyTimeoutError: the client stopped sending its body.
+        ClientGoneError: the client disconnected while its body was being forwarded.
         UpstreamError: the upstream failed before answering.
     """
     received = 0
 
     async def body() -> tuple[bytes, bool]:
         nonlocal received
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGoneError
-        chunk = message.get("body", b"")
+        chunk, more = await request.receive(body_timeout)
         received += len(chunk)
         if received > max_body:
             raise BodyTooLargeError
-        return chunk, bool(message.get("more_body", False))
+        return chunk, more
 
+    has_body = request.has_body
     source = body if has_body else None
+    chunked = request.chunked and request.tracked[CONTENT_LENGTH] is None
+    head_request = request.method == "HEAD"
     try:
         return await pool.request(
-            origin, head, source, chunked=chunked, head_request=method == "HEAD", response_timeout=response_timeout
+            origin, head, source, chunked=chunked, head_request=head_request, response_timeout=response_timeout
         )
     except StaleConnectionError:
-        if method not in IDEMPOTENT or has_body:
+        if request.method not in IDEMPOTENT or has_body:
             raise
         return await pool.request(
-            origin, head, None, chunked=False, head_request=method == "HEAD", response_timeout=response_timeout
+            origin, head, None, chunked=False, head_request=head_request, response_timeout=response_timeout
         )
 
 
 class BodyTooLargeError(Exception):
     """The request body exceeded the configured maximum."""
-
-
-class ClientGoneError(Exception):
-    """The client disconnected while its body was being forwarded."""

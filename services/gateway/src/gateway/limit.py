@@ -8,15 +8,15 @@ circuit breaker stops every request from waiting out the timeout.
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Final
 
-import redis.asyncio as redis
 import structlog
 
-from tenantry_common.redis_keys import day_counter_key, minute_counter_key
+from gateway.resp import RespClient, RespConnectionError, RespError, RespValue, encode_command
+from tenantry_common.redis_keys import minute_counter_key
 
 _log = structlog.get_logger("tenantry.gateway.limit")
 
@@ -36,6 +36,7 @@ if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[4]) en
 return {0, m, d}
 """
 _BREAKER_SECONDS: Final = 1.0
+_VERDICTS: Final = {0: "allowed", 1: "rate_limited", 2: "quota_exceeded"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,14 @@ class QuotaDecision:
 ALLOWED_UNMETERED: Final = QuotaDecision("allowed", 0, ())
 
 
+def _three_ints(reply: RespValue) -> tuple[int, int, int]:
+    if isinstance(reply, list) and len(reply) == 3:
+        code, minute, day = reply
+        if isinstance(code, int) and isinstance(minute, int) and isinstance(day, int) and code in _VERDICTS:
+            return code, minute, day
+    raise RespError(f"unexpected reply to the quota script: {reply!r}")
+
+
 class QuotaUnavailableError(Exception):
     """Redis could not be asked and the failure mode is ``closed``."""
 
@@ -57,17 +66,35 @@ class QuotaUnavailableError(Exception):
 class Limiter:
     """Applies a tenant's limits with one Redis call."""
 
-    def __init__(self, client: redis.Redis, *, timeout: float, failure_mode: str) -> None:
+    def __init__(self, client: RespClient, *, failure_mode: str) -> None:
         self._client = client
-        self._timeout = timeout
         self._closed = failure_mode == "closed"
-        self._script = client.register_script(QUOTA_SCRIPT)
+        self._sha = hashlib.sha1(QUOTA_SCRIPT.encode()).hexdigest().encode()  # noqa: S324 - Redis's name
         self._down_until = 0.0
+        self._prefixes: dict[str, bytes] = {}
+
+    def _keys(self, tenant_id: str, minute: int, day: int) -> tuple[bytes, bytes]:
+        """The tenant's minute and day counter keys (the namespace prefix is built once per tenant)."""
+        prefix = self._prefixes.get(tenant_id)
+        if prefix is None:
+            if len(self._prefixes) >= 100_000:
+                self._prefixes.clear()
+            prefix = self._prefixes[tenant_id] = minute_counter_key(tenant_id, 0).encode()[:-1]
+        return prefix + b"%d" % minute, prefix[:-2] + b"d:%d" % day
 
     def _unavailable(self) -> QuotaDecision:
         if self._closed:
             raise QuotaUnavailableError
         return ALLOWED_UNMETERED
+
+    async def _run(self, keys_and_args: list[bytes]) -> RespValue:
+        try:
+            return await self._client.call(encode_command(b"EVALSHA", self._sha, b"2", *keys_and_args))
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        # Redis restarted or its scripts were flushed: EVAL loads the script again (once per such event).
+        return await self._client.call(encode_command(b"EVAL", QUOTA_SCRIPT.encode(), b"2", *keys_and_args))
 
     async def check(self, tenant_id: str, per_minute: int | None, per_day: int | None) -> QuotaDecision:
         """Count the request against the tenant's limits, or refuse it.
@@ -82,37 +109,34 @@ class Limiter:
         minute_reset = (minute + 1) * 60 - int(now)
         day_reset = (day + 1) * 86400 - int(now)
         try:
-            # asyncio.timeout, unlike wait_for, wraps the call in no extra Task: this runs on every request.
-            async with asyncio.timeout(self._timeout):
-                verdict, m_count, d_count = await self._script(
-                    keys=[minute_counter_key(tenant_id, minute), day_counter_key(tenant_id, day)],
-                    args=[
-                        -1 if per_minute is None else per_minute,
-                        -1 if per_day is None else per_day,
-                        minute_reset + 5,
-                        day_reset + 60,
-                    ],
-                )
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            self._down_until = time.time() + _BREAKER_SECONDS
-            _log.warning(
-                "quota_backend_unavailable", error=type(exc).__name__, mode="closed" if self._closed else "open"
+            minute_key, day_key = self._keys(tenant_id, minute, day)
+            reply = await self._run(
+                [
+                    minute_key,
+                    day_key,
+                    b"%d" % (-1 if per_minute is None else per_minute),
+                    b"%d" % (-1 if per_day is None else per_day),
+                    b"%d" % (minute_reset + 5),
+                    b"%d" % (day_reset + 60),
+                ]
             )
+            code, m_count, d_count = _three_ints(reply)
+        except (RespError, RespConnectionError) as exc:
+            self._down_until = time.time() + _BREAKER_SECONDS
+            _log.warning("quota_backend_unavailable", error=str(exc)[:200], mode="closed" if self._closed else "open")
             return self._unavailable()
-        code = int(verdict)
         if code == 2 and per_day is not None:
-            limit, used, reset = per_day, int(d_count), day_reset
+            limit, used, reset = per_day, d_count, day_reset
         elif per_minute is not None:
-            limit, used, reset = per_minute, int(m_count), minute_reset
+            limit, used, reset = per_minute, m_count, minute_reset
         elif per_day is not None:
-            limit, used, reset = per_day, int(d_count), day_reset
+            limit, used, reset = per_day, d_count, day_reset
         else:
             return ALLOWED_UNMETERED
         remaining = 0 if code else max(0, limit - used)
         headers = (
-            (b"ratelimit-limit", str(limit).encode()),
-            (b"ratelimit-remaining", str(max(0, remaining)).encode()),
-            (b"ratelimit-reset", str(reset).encode()),
+            (b"ratelimit-limit", b"%d" % limit),
+            (b"ratelimit-remaining", b"%d" % remaining),
+            (b"ratelimit-reset", b"%d" % reset),
         )
-        name = {0: "allowed", 1: "rate_limited", 2: "quota_exceeded"}[code]
-        return QuotaDecision(name, reset, headers)
+        return QuotaDecision(_VERDICTS[code], reset, headers)

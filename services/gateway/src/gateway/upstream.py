@@ -134,6 +134,10 @@ class _Connection(asyncio.Protocol):
         self._complete = True
         self._chunk_ready.set()
 
+    def _timed_out(self) -> None:
+        self._fail(UpstreamTimeoutError("upstream did not answer in time"))
+        self.abort()
+
     def _fail(self, exc: BaseException) -> None:
         self._error = exc
         self.keep_alive = False
@@ -166,12 +170,15 @@ class _Connection(asyncio.Protocol):
             raise self._lost()
 
     async def wait_headers(self, limit_seconds: float) -> None:
+        if self._headers_done.done():
+            self._headers_done.result()
+            return
+        # A plain timer, cheaper than asyncio.timeout on every request: on expiry the exchange fails as timed out.
+        timer = self._loop.call_later(limit_seconds, self._timed_out)
         try:
-            async with asyncio.timeout(limit_seconds):
-                await self._headers_done
-        except TimeoutError:
-            self.abort()
-            raise UpstreamTimeoutError("upstream did not answer in time") from None
+            await self._headers_done
+        finally:
+            timer.cancel()
 
     async def body(self, read_timeout: float) -> AsyncIterator[bytes]:
         while True:
@@ -191,6 +198,17 @@ class _Connection(asyncio.Protocol):
             except TimeoutError:
                 self.abort()
                 raise UpstreamTimeoutError("upstream stalled while sending the body") from None
+
+    def take_complete_body(self) -> bytes | None:
+        if not self._complete or self._error is not None:
+            return None
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return body
 
     def abort(self) -> None:
         self.keep_alive = False
@@ -215,6 +233,10 @@ class UpstreamResponse:
         self._read_timeout = read_timeout
         self.status = conn.status
         self.headers = conn.headers
+
+    def complete_body(self) -> bytes | None:
+        """The whole body when it has already arrived (the usual small response), else None: then stream it."""
+        return self._conn.take_complete_body()
 
     async def body(self) -> AsyncIterator[bytes]:
         """The body's chunks as they arrive."""

@@ -1,0 +1,379 @@
+"""The gateway's own HTTP/1.1 server and quota client, over raw sockets against real processes.
+
+Pipelining, keep-alive rules, ``Expect: 100-continue``, slow and idle clients, malformed requests, worker
+processes, graceful shutdown, pass-through mode, and the quota script surviving a Redis script flush.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from support.gateway_support import EchoUpstream, GatewayProcess
+from support.platform import Installation, ServiceProcess
+from tenantry_common.jwt_keys import generate_signing_key
+
+
+@dataclass
+class Server:
+    service: ServiceProcess
+    echo: EchoUpstream
+    gateway: GatewayProcess
+    keys: str
+    admin: httpx.Client
+    key: str
+    slug: str
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def server(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("http-server")
+    service = ServiceProcess(installation, folder / "tenant-service.log").start()
+    echo = EchoUpstream(folder / "echo.log").start()
+    keys = "k1:" + generate_signing_key()
+    gateway = GatewayProcess(
+        installation, service.url, echo.url, folder / "gateway.log", keys,
+        REDIS_TIMEOUT="2", CLIENT_HEADER_TIMEOUT="1", CLIENT_KEEPALIVE_TIMEOUT="2",
+    ).start()  # fmt: skip
+    admin = service.client()
+    response = admin.post("/admin/tenants", json={"slug": "srv", "name": "srv"})
+    assert response.status_code == 201, response.text
+    key = response.json()["api_key"]["key"]
+    _wait(lambda: httpx.get(gateway.url + "/x", headers={"X-API-Key": key}, timeout=5).status_code == 200)
+    yield Server(service, echo, gateway, keys, admin, key, "srv", folder)
+    admin.close()
+    gateway.stop()
+    echo.stop()
+    service.stop()
+
+
+def _wait(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.settimeout(10)
+    return sock
+
+
+def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One response (Content-Length framed) from ``buffer`` + the socket; leaves what follows in ``buffer``."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a full head: {bytes(buffer)!r}")
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed mid-body")
+        rest += chunk
+    buffer[:] = rest[length:]
+    return status, headers, rest[:length]
+
+
+def _closed_by_peer(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def _get(server: Server, target: str = "/echo", extra: str = "", version: str = "1.1") -> bytes:
+    return (
+        f"GET {target} HTTP/{version}\r\nHost: {server.slug}.localhost\r\nX-API-Key: {server.key}\r\n{extra}\r\n"
+    ).encode()
+
+
+def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    sock = _connect(server.gateway.port)
+    try:
+        burst = b"".join(_get(server, f"/p{i}", f"X-Request-ID: req-{i}\r\n") for i in range(5))
+        sock.sendall(burst)
+        buffer = bytearray()
+        for i in range(5):
+            status, headers, body = _read_response(sock, buffer)
+            assert status == 200
+            assert headers["x-request-id"] == f"req-{i}"
+            assert f'"path": "/p{i}"' in body.decode()
+    finally:
+        sock.close()
+
+
+def test_http10_closes_unless_asked_to_keep_alive(server: Server) -> None:
+    sock = _connect(server.gateway.port)
+    try:
+        sock.sendall(_get(server, version="1.0"))
+        status, headers, _ = _read_response(sock, bytearray())
+        assert status == 200
+        assert headers.get("connection") == "close"
+        assert _closed_by_peer(sock, 5)
+    finally:
+        sock.close()
+    sock = _connect(server.gateway.port)
+    try:
+        buffer = bytearray()
+        for _ in range(2):
+            sock.sendall(_get(server, extra="Connection: keep-alive\r\n", version="1.0"))
+            status, headers, _ = _read_response(sock, buffer)
+            assert status == 200
+            assert headers.get("connection") == "keep-alive"
+    finally:
+        sock.close()
+
+
+def test_connection_close_is_honoured(server: Server) -> None:
+    sock = _connect(server.gateway.port)
+    try:
+        sock.sendall(_get(server, extra="Connection: close\r\n"))
+        status, headers, _ = _read_response(sock, bytearray())
+        assert status == 200
+        assert headers.get("connection") == "close"
+        assert _closed_by_peer(sock, 5)
+    finally:
+        sock.close()
+
+
+def test_expect_100_continue_gets_an_interim_response(server: Server) -> None:
+    sock = _connect(server.gateway.port)
+    try:
+        sock.sendall(
+            f"POST /upload HTTP/1.1\r\nHost: {server.slug}.localhost\r\nX-API-Key: {server.key}\r\n"
+            "Content-Type: text/plain\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        interim = sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"hello")
+        buffer = bytearray(interim[len(b"HTTP/1.1 100 Continue\r\n\r\n") :])
+        status, _, body = _read_response(sock, buffer)
+        assert status == 200
+        assert '"body": "hello"' in body.decode()
+        assert "expect" not in body.decode().lower()  # hop-by-hop: the upstream never sees it
+    finally:
+        sock.close()
+
+
+def test_a_client_that_never_finishes_its_head_is_disconnected(server: Server) -> None:
+    sock = _connect(server.gateway.port)
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: srv.localhost\r\nX-Slow: ")
+        # CLIENT_HEADER_TIMEOUT is 1 s and the sweep runs every second; allow generous slack.
+        assert _closed_by_peer(sock, 8)
+    finally:
+        sock.close()
+
+
+def test_idle_keep_alive_connections_are_closed(server: Server) -> None:
+    sock = _connect(server.gateway.port)
+    try:
+        sock.sendall(_get(server))
+        assert _read_response(sock, bytearray())[0] == 200
+        assert _closed_by_peer(sock, 10)  # CLIENT_KEEPALIVE_TIMEOUT is 2 s
+    finally:
+        sock.close()
+
+
+def test_a_busy_connection_is_not_cut_by_the_header_timeout(server: Server) -> None:
+    # The upstream takes longer than CLIENT_HEADER_TIMEOUT; the request in flight must still complete.
+    response = httpx.get(
+        server.gateway.url + "/slow?seconds=2.5",
+        headers={"Host": f"{server.slug}.localhost", "X-API-Key": server.key},
+        timeout=20,
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: srv.localhost\r\nBad Header\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\nHost: srv.localhost\r\n\r\n", 400),
+        (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: srv.localhost\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: srv.localhost\r\n" + b"X-Big: " + b"b" * 40000 + b"\r\n\r\n", 431),
+    ],
+    ids=["garbage", "header-without-colon", "bad-version", "long-target", "huge-headers"],
+)
+def test_malformed_requests_get_a_problem_and_the_connection_closes(server: Server, raw: bytes, status: int) -> None:
+    sock = _connect(server.gateway.port)
+    try:
+        sock.sendall(raw)
+        got, headers, body = _read_response(sock, bytearray())
+        assert got == status
+        assert headers["content-type"] == "application/problem+json"
+        assert b'"code"' in body
+        assert headers.get("connection") == "close"
+        assert _closed_by_peer(sock, 5)
+    finally:
+        sock.close()
+
+
+def test_head_requests_get_no_body(server: Server) -> None:
+    sock = _connect(server.gateway.port)
+    try:
+        sock.sendall(
+            f"HEAD /echo HTTP/1.1\r\nHost: srv.localhost\r\nX-API-Key: {server.key}\r\n\r\n".encode() + _get(server)
+        )
+        buffer = bytearray()
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        # The next bytes are the second response's head, not a body of the HEAD response.
+        second = bytearray(rest)
+        status, _, body = _read_response(sock, second)
+        assert status == 200
+        assert b'"method": "GET"' in body
+    finally:
+        sock.close()
+
+
+def test_streamed_upstream_body_is_chunk_coded_to_the_client(server: Server) -> None:
+    with httpx.stream(
+        "GET",
+        server.gateway.url + "/stream?chunks=20",
+        headers={"Host": "srv.localhost", "X-API-Key": server.key},
+        timeout=20,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers.get("transfer-encoding") == "chunked"
+        body = b"".join(response.iter_bytes())
+    assert body == b"".join(f"chunk{i}\n".encode() for i in range(20))
+
+
+def test_date_header_appears_once(server: Server) -> None:
+    response = httpx.get(
+        server.gateway.url + "/echo", headers={"Host": "srv.localhost", "X-API-Key": server.key}, timeout=10
+    )
+    assert len(response.headers.get_list("date")) == 1
+
+
+def test_quota_script_survives_a_script_flush(server: Server, installation: Installation) -> None:
+    client = redis.Redis.from_url(installation.redis_url)
+    try:
+        headers = {"Host": "srv.localhost", "X-API-Key": server.key}
+        first = httpx.get(server.gateway.url + "/echo", headers=headers, timeout=10)
+        client.script_flush()
+        second = httpx.get(server.gateway.url + "/echo", headers=headers, timeout=10)
+        assert first.status_code == second.status_code == 200
+        # Still counted: the per-minute remaining count went down (unless the minute turned over in between).
+        if "ratelimit-remaining" in first.headers:
+            assert int(second.headers["ratelimit-remaining"]) in (
+                int(first.headers["ratelimit-remaining"]) - 1,
+                int(second.headers["ratelimit-limit"]) - 1,
+            )
+    finally:
+        client.close()
+
+
+def test_sigterm_lets_the_request_in_flight_finish(server: Server, installation: Installation, tmp_path: Path) -> None:
+    gateway = GatewayProcess(
+        installation, server.service.url, server.echo.url, tmp_path / "gw.log", server.keys, REDIS_TIMEOUT="2"
+    ).start()
+    try:
+        headers = {"Host": "srv.localhost", "X-API-Key": server.key}
+        _wait(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code == 200)
+        result: dict[str, int] = {}
+
+        def slow() -> None:
+            result["status"] = httpx.get(gateway.url + "/slow?seconds=1.5", headers=headers, timeout=20).status_code
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        time.sleep(0.5)
+        assert gateway.proc is not None
+        gateway.proc.send_signal(signal.SIGTERM)
+        thread.join(20)
+        assert result.get("status") == 200
+        assert gateway.proc.wait(timeout=20) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(gateway.url + "/x", headers=headers, timeout=2)
+    finally:
+        gateway.stop()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_worker_processes_serve_and_a_dead_worker_is_replaced(
+    server: Server, installation: Installation, tmp_path: Path
+) -> None:
+    gateway = GatewayProcess(
+        installation, server.service.url, server.echo.url, tmp_path / "gw.log", server.keys,
+        REDIS_TIMEOUT="2", GATEWAY_WORKERS="2",
+    ).start()  # fmt: skip
+    try:
+        assert gateway.proc is not None
+        headers = {"Host": "srv.localhost", "X-API-Key": server.key}
+        _wait(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code == 200)
+        workers = _children(gateway.proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        _wait(lambda: len(_children(gateway.proc.pid)) == 2 and workers[0] not in _children(gateway.proc.pid))
+        for _ in range(20):
+            assert httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code in (200, 401)
+        _wait(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code == 200)
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(timeout=30) == 0
+        assert _children(gateway.proc.pid) == []
+    finally:
+        gateway.stop()
+
+
+def test_passthrough_mode_resolves_and_forwards_without_credentials_or_redis(
+    server: Server, installation: Installation, tmp_path: Path
+) -> None:
+    client = redis.Redis.from_url(installation.redis_url)
+    gateway = GatewayProcess(
+        installation, server.service.url, server.echo.url, tmp_path / "gw.log", server.keys, GATEWAY_MODE="passthrough"
+    ).start()
+    try:
+        _wait(lambda: httpx.get(gateway.url + "/x", headers={"Host": "srv.localhost"}, timeout=5).status_code == 200)
+        before = client.info("commandstats")
+        response = httpx.get(gateway.url + "/echo", headers={"Host": "srv.localhost"}, timeout=10)
+        assert response.status_code == 200
+        seen = {name.lower() for name, _ in response.json()["headers"]}
+        assert "x-tenant-id" in seen
+        assert "x-tenant-token" not in seen
+        after = client.info("commandstats")
+        for name in ("cmdstat_evalsha", "cmdstat_eval"):
+            assert after.get(name, {}).get("calls", 0) == before.get(name, {}).get("calls", 0)
+        unknown = httpx.get(gateway.url + "/echo", headers={"Host": "nobody.localhost"}, timeout=10)
+        assert unknown.status_code == 404
+        assert httpx.get(gateway.url + "/echo", timeout=10).status_code == 404
+        assert "passthrough_mode" in gateway.log()
+    finally:
+        gateway.stop()
+        client.close()

@@ -26,6 +26,8 @@ ONLY_WHEN_SET: dict[str, dict[str, Any]] = {
 
 # Read by the code, deliberately not settable through the chart, each with the reason.
 NOT_IN_CHART: dict[str, str] = {
+    "JWT_SIGNING_KEYS_FILE": "the chart passes JWT_SIGNING_KEYS from its Secret; a changed Secret rolls the pods "
+    "(checksum/secret annotation), one at a time, which is the chart's rotation without downtime",
     # Only the listen address and port matter in a pod and they are fixed by the chart (0.0.0.0 and the
     # container port); everything else the code reads is reachable.
 }

@@ -377,3 +377,52 @@ def test_passthrough_mode_resolves_and_forwards_without_credentials_or_redis(
     finally:
         gateway.stop()
         client.close()
+
+
+def test_signing_keys_rotate_from_a_file_without_a_restart(
+    server: Server, installation: Installation, tmp_path: Path
+) -> None:
+    import jwt as pyjwt
+
+    k1, k2 = "k1:" + generate_signing_key(), "k2:" + generate_signing_key()
+    keys_file = tmp_path / "signing-keys"
+    keys_file.write_text(k1 + "\n")
+    gateway = GatewayProcess(
+        installation, server.service.url, server.echo.url, tmp_path / "gw.log", "unused:ignored",
+        REDIS_TIMEOUT="2", JWT_SIGNING_KEYS_FILE=str(keys_file),
+    ).start()  # fmt: skip
+    headers = {"Host": "srv.localhost"}
+
+    def token() -> str:
+        response = httpx.post(gateway.url + "/_gateway/token", headers={"X-API-Key": server.key}, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()["access_token"]
+
+    def status(access_token: str) -> int:
+        bearer = {**headers, "Authorization": f"Bearer {access_token}"}
+        return httpx.get(gateway.url + "/x", headers=bearer, timeout=10).status_code
+
+    def kids() -> set[str]:
+        return {key["kid"] for key in httpx.get(gateway.url + "/_gateway/jwks.json", timeout=10).json()["keys"]}
+
+    try:
+        _wait(lambda: httpx.post(gateway.url + "/_gateway/token", headers={"X-API-Key": server.key}).status_code == 200)
+        old = token()
+        assert pyjwt.get_unverified_header(old)["kid"] == "k1"
+        assert status(old) == 200
+        keys_file.write_text(f"{k2}\n{k1}\n")  # the new key signs, the old one is still accepted
+        _wait(lambda: kids() == {"k1", "k2"})
+        new = token()
+        assert pyjwt.get_unverified_header(new)["kid"] == "k2"
+        assert status(old) == status(new) == 200
+        keys_file.write_text("this is not a key list")  # a broken file keeps the keys in use
+        _wait(lambda: "signing_keys_reload_failed" in gateway.log())
+        assert status(new) == 200
+        keys_file.write_text(k2)  # the old key is retired
+        _wait(lambda: kids() == {"k2"})
+        assert status(old) == 401
+        assert status(new) == 200
+        assert gateway.proc is not None
+        assert gateway.proc.poll() is None  # never restarted
+    finally:
+        gateway.stop()

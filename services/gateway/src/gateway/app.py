@@ -6,6 +6,7 @@ when the upstream's answer is complete.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import itertools
@@ -21,7 +22,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from gateway.authenticate import Authenticator, Principal
-from gateway.config import GatewaySettings
+from gateway.config import GatewaySettings, read_keys_file
 from gateway.directory import Directory, DirectorySync, TenantEntry
 from gateway.errors import GatewayError, bad_request, unauthorized
 from gateway.forward import HOP_BY_HOP, BodyTooLargeError, connection_tokens, origin_of, send_upstream
@@ -38,6 +39,7 @@ from gateway.http import (
     ClientGoneError,
     Header,
     HttpConnection,
+    MalformedBodyError,
     Request,
 )
 from gateway.limit import ALLOWED_UNMETERED, Limiter, QuotaDecision, QuotaUnavailableError
@@ -48,6 +50,7 @@ from gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeoutError
 from tenantry_common.apikeys import looks_like_api_key
 from tenantry_common.jwt_keys import KeyRing
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE, problem_bytes
+from tenantry_common.settings import ConfigError
 
 _log = structlog.get_logger("tenantry.gateway")
 _access = structlog.get_logger("tenantry.gateway.access")
@@ -67,6 +70,7 @@ _STATUS_ERRORS: Final = {
     "failed": (503, "tenant_unavailable", "The tenant is unavailable."),
 }
 _NO_BODY_STATUS: Final = frozenset({204, 304})
+_KEY_FILE_POLL_SECONDS: Final = 2.0
 
 
 _VISIBLE_ASCII: Final = re.compile(rb"[\x21-\x7e]{1,128}")
@@ -145,6 +149,26 @@ class Gateway:
         self._hosts: dict[bytes, str] = {}
         self._metrics = _Metrics()
         self._request_id = _RequestIds()
+        self._key_watch: asyncio.Task[None] | None = None
+        self._key_spec = settings.jwt_signing_keys
+
+    async def _watch_keys(self, path: str) -> None:
+        """Re-read JWT_SIGNING_KEYS_FILE every few seconds; a changed, valid key list takes effect at once."""
+        while True:
+            await asyncio.sleep(_KEY_FILE_POLL_SECONDS)
+            try:
+                spec = read_keys_file(path)
+                if spec == self._key_spec:
+                    continue
+                keys = KeyRing.from_config(spec, self.settings.jwt_algorithm)
+            except ConfigError as exc:
+                _log.error("signing_keys_reload_failed", error=str(exc))  # keep the keys in use
+                continue
+            self._key_spec = spec
+            self.keys = keys
+            self.authenticator.use_keys(keys)
+            self.tokens.use_keys(keys)
+            _log.info("signing_keys_reloaded", kids=list(keys.private_keys), signing_kid=keys.primary_kid)
 
     async def start(self) -> None:
         """Start the directory sync."""
@@ -157,9 +181,15 @@ class Gateway:
             full_sync_seconds=self.settings.directory_full_sync_seconds,
         )
         await self.sync.start()
+        if self.settings.jwt_signing_keys_file:
+            self._key_watch = asyncio.get_running_loop().create_task(
+                self._watch_keys(self.settings.jwt_signing_keys_file)
+            )
 
     async def stop(self) -> None:
         """Stop the sync and close every pool."""
+        if self._key_watch is not None:
+            self._key_watch.cancel()
         if self.sync is not None:
             await self.sync.stop()
         self.pool.close()
@@ -214,10 +244,6 @@ class Gateway:
         status = 500
         tenant_id = None
         try:
-            if request.raw_path.startswith(b"/_gateway/"):
-                outcome = "gateway"
-                status = await self.reserved(request, conn, request_id)
-                return
             if request.header_bytes > self.settings.max_header_bytes:
                 raise GatewayError(
                     "The request headers are too large.", code="request_header_fields_too_large", status=431
@@ -227,6 +253,10 @@ class Gateway:
                                   "Content-Length may appear only once.")  # fmt: skip
             if request.chunked and tracked[CONTENT_LENGTH] is not None:
                 raise bad_request("ambiguous_length", "Content-Length and Transfer-Encoding must not both be sent.")
+            if request.raw_path.startswith(b"/_gateway/"):
+                outcome = "gateway"
+                status = await self.reserved(request, conn, request_id)
+                return
             trusted = self._is_trusted(conn.peer)
             x_host = tracked[X_HOST]
             effective_host = x_host if trusted and x_host else tracked[HOST]
@@ -362,7 +392,7 @@ class Gateway:
                 name in HOP_BY_HOP
                 or name in extra_hop
                 or name.startswith(_STRIPPED_PREFIXES)
-                or name in (b"x-request-id", b"content-length", drop)
+                or name in (b"x-request-id", b"content-length", b"forwarded", drop)
             ):
                 continue
             lines += [name, b": ", value, b"\r\n"]
@@ -436,6 +466,8 @@ class Gateway:
             )
         except BodyTooLargeError:
             raise GatewayError("The request body is too large.", code="payload_too_large", status=413) from None
+        except MalformedBodyError:
+            raise bad_request("invalid_request", "The request body's framing is invalid.") from None
         except BodyTimeoutError:
             raise GatewayError("The request body did not arrive in time.", code="request_timeout", status=408) from None
         except ClientGoneError:

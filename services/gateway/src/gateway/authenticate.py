@@ -46,6 +46,11 @@ class Authenticator:
         self._digests: dict[str, bytes] = {}
         self._verified: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
 
+    def use_keys(self, keys: KeyRing) -> None:
+        """Verify with a new key ring from now on; tokens verified with the old one are checked again."""
+        self._keys = keys
+        self._verified.clear()
+
     def _usable_key(self, key: KeyEntry | None, now: float) -> KeyEntry:
         if key is None or not key.usable(now):
             raise unauthorized()

@@ -31,6 +31,15 @@ def parse_networks(name: str, entries: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def read_keys_file(path: str) -> str:
+    """The key list held in ``path`` (whitespace and newlines between entries are fine)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return ",".join(part.strip() for part in handle.read().replace("\n", ",").split(",") if part.strip())
+    except OSError as exc:
+        raise ConfigError(f"JWT_SIGNING_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """Everything the gateway reads from its environment."""
@@ -66,7 +75,9 @@ class GatewaySettings:
     api_key_hash_secret: bytes
     """Keyed-hash secret of API keys (the tenant-service's)."""
     jwt_signing_keys: str
-    """``kid:base64url-pem,...``; the first signs."""
+    """``kid:base64url-pem,...``; the first signs (JWT_SIGNING_KEYS, or the content of JWT_SIGNING_KEYS_FILE)."""
+    jwt_signing_keys_file: str | None
+    """A file holding the key list, re-read when it changes: key rotation without a restart."""
     jwt_algorithm: str
     """EdDSA or RS256."""
     jwt_issuer: str
@@ -112,6 +123,8 @@ class GatewaySettings:
         upstream = env_str("DEFAULT_UPSTREAM", "http://127.0.0.1:8002")
         if urlsplit(upstream).scheme not in ("http", "https"):
             raise ConfigError("DEFAULT_UPSTREAM must be an http(s) URL")
+        keys_file = env_opt("JWT_SIGNING_KEYS_FILE")
+        keys_file_content = read_keys_file(keys_file) if keys_file else None
         gateway_mode = env_str("GATEWAY_MODE", "full")
         if gateway_mode not in ("full", "passthrough"):
             raise ConfigError("GATEWAY_MODE must be full or passthrough")
@@ -132,7 +145,8 @@ class GatewaySettings:
             redis_timeout=env_float("REDIS_TIMEOUT", 0.25, minimum=0.001),
             quota_failure_mode=mode,
             api_key_hash_secret=env_str("API_KEY_HASH_SECRET", required=True).encode(),
-            jwt_signing_keys=env_str("JWT_SIGNING_KEYS", required=True),
+            jwt_signing_keys=keys_file_content or env_str("JWT_SIGNING_KEYS", required=True),
+            jwt_signing_keys_file=keys_file,
             jwt_algorithm=env_str("JWT_ALGORITHM", "EdDSA"),
             jwt_issuer=env_str("JWT_ISSUER", "tenantry-gateway"),
             jwt_audience=env_str("JWT_AUDIENCE", "tenantry"),

@@ -78,12 +78,17 @@ class BodyTimeoutError(Exception):
     """The client stopped sending its request body."""
 
 
+class MalformedBodyError(Exception):
+    """The request body's framing was invalid (e.g. a bad chunk size): the body must not be used."""
+
+
 class Request:
     """One parsed request: line, headers, the headers the pipeline reads, and the body as a stream."""
 
     __slots__ = (
         "_complete",
         "_conn",
+        "_failed",
         "_pending",
         "_waiter",
         "buffered",
@@ -98,6 +103,7 @@ class Request:
         "query",
         "raw_path",
         "tracked",
+        "transfer_encoding",
         "x_for",
     )
 
@@ -112,12 +118,14 @@ class Request:
         self.x_for: bytes | None = None
         self.duplicates = False
         self.chunked = False
+        self.transfer_encoding: bytes | None = None
         self.expect_continue = False
         self.keep_alive = True
         self.header_bytes = 0
         self._pending: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self._complete = False
+        self._failed = False
         self._waiter: asyncio.Future[None] | None = None
 
     @property
@@ -134,8 +142,8 @@ class Request:
 
     @property
     def body_complete(self) -> bool:
-        """The whole body has been read off the connection."""
-        return self._complete
+        """The whole body has been read off the connection, validly framed."""
+        return self._complete and not self._failed
 
     # fed by the protocol ----------------------------------------------------------------------------
     def _feed(self, chunk: bytes) -> None:
@@ -147,6 +155,10 @@ class Request:
 
     def _finish(self) -> None:
         self._complete = True
+        self._wake()
+
+    def _fail(self) -> None:
+        self._failed = True
         self._wake()
 
     def _wake(self) -> None:
@@ -161,11 +173,14 @@ class Request:
         Raises:
             ClientGoneError: the client disconnected first.
             BodyTimeoutError: no body bytes for ``timeout`` seconds.
+            MalformedBodyError: the body's framing was invalid; what arrived so far must not be used either.
         """
         if self.expect_continue:
             self.expect_continue = False
             self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        while not self._pending:
+        while self._failed or not self._pending:
+            if self._failed:
+                raise MalformedBodyError
             if self._complete:
                 return b"", False
             if self._conn.gone:
@@ -255,6 +270,8 @@ class HttpConnection(asyncio.Protocol):
 
     # parser callbacks -------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._closing:
+            return  # nothing after a refused request is ever parsed as a request
         self._parsing = Request(self)
         self._url = b""
         if self._active is None:
@@ -289,12 +306,20 @@ class HttpConnection(asyncio.Protocol):
             request.x_for = value if request.x_for is None else request.x_for + b", " + value
         elif name == b"transfer-encoding":
             request.chunked = True
+            te = request.transfer_encoding
+            request.transfer_encoding = value if te is None else te + b", " + value
         elif name == b"expect":
             request.expect_continue = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
         request = self._parsing
         if request is None:
+            return
+        te = request.transfer_encoding
+        if te is not None and te.strip().lower() != b"chunked":
+            # Only plain chunked framing is understood; anything else (identity, gzip, chunked twice) could be
+            # read differently by the upstream, which is how requests get smuggled.
+            self._malformed("unsupported transfer coding", code="invalid_transfer_encoding")
             return
         parser = self._parser
         request.method = parser.get_method().decode("ascii", "replace")
@@ -368,9 +393,10 @@ class HttpConnection(asyncio.Protocol):
     def _malformed(self, reason: str, *, status: int = 400, code: str = "invalid_request") -> None:
         """Answer a request the parser (or a limit) refused, then close: nothing after it is read."""
         self._closing = True
-        if self._parsing is not None:
-            self._parsing._finish()
-            self._parsing = None
+        parsing = self._parsing
+        self._parsing = None
+        if parsing is not None and parsing is self._active:
+            parsing._fail()  # the handler reading this body learns it is broken; the upstream never gets it whole
         if self._active is None and self.transport is not None and not self.gone:
             detail = {
                 400: "The request is not valid HTTP/1.1.",

@@ -39,6 +39,12 @@ class TokenIssuer:
         self._tenant_tokens: dict[tuple[str, str, str, str, str], tuple[bytes, float]] = {}
         self.jwks_body = msgspec.json.encode(keys.jwks())
 
+    def use_keys(self, keys: KeyRing) -> None:
+        """Sign with a new key ring from now on (tokens cached from the old one are dropped)."""
+        self._keys = keys
+        self._tenant_tokens.clear()
+        self.jwks_body = msgspec.json.encode(keys.jwks())
+
     def access_token(self, principal: Principal) -> str:
         """A new access token for the principal."""
         now = int(time.time())

@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 from tenantry_common.problems import FieldError, InvalidInputError, ProblemError
 
 _LABEL: Final = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_BLOCKED_HOSTS: Final = frozenset({"metadata.google.internal", "metadata", "instance-data"})
+_BLOCKED_HOSTS: Final = frozenset(
+    {"metadata.google.internal", "metadata", "instance-data", "instance-data.ec2.internal"}
+)
+#: Cloud metadata endpoints outside the link-local ranges (Alibaba Cloud; AWS IMDS over IPv6).
+_METADATA_ADDRESSES: Final = frozenset({ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")})
+#: A last label that is a number (decimal, octal or 0x-hex): resolvers read such a host as an IPv4 address.
+_NUMERIC_LABEL: Final = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 
 
 class UpstreamNotAllowedError(ProblemError):
@@ -67,13 +73,20 @@ def check_json_text(value: Any, field: str) -> None:
 
 
 def _ip_forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in _METADATA_ADDRESSES:
+        return True
     return not ip.is_loopback and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved)
 
 
 def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
     """Accept an upstream URL only when its host is inside the allow-list; return it normalised.
 
-    Link-local (cloud metadata), multicast and unspecified addresses are refused even if allow-listed.
+    Link-local (cloud metadata), multicast and unspecified addresses and known metadata hosts are refused even if
+    allow-listed; so is a host that resolvers read as an IPv4 address but that is not a canonical dotted quad
+    (``2852039166``, ``0xa9fea9fe``, ``169.254.43518``, ``0``), which no allow-list entry could judge. One
+    trailing dot is ignored: ``metadata.google.internal.`` is the same host.
 
     Raises:
         InvalidInputError: the URL is malformed.
@@ -81,7 +94,7 @@ def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
     """
     try:
         parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
+        host = (parts.hostname or "").lower().removesuffix(".")
         _ = parts.port
         valid = parts.scheme in ("http", "https") and bool(host) and not (parts.username or parts.password)
     except ValueError:
@@ -96,6 +109,11 @@ def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
     except ValueError:
         ip = None
+        if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
+            raise InvalidInputError(
+                "invalid upstream_url",
+                errors=[FieldError(field="upstream_url", message="an IPv4 host must be a dotted quad")],
+            ) from None
     if (ip is not None and _ip_forbidden(ip)) or host in _BLOCKED_HOSTS:
         raise refusal
     for entry in allowlist:

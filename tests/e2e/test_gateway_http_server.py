@@ -87,12 +87,30 @@ def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[st
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
+
+    def more() -> bytes:
         chunk = sock.recv(65536)
         if not chunk:
             raise ConnectionError("closed mid-body")
-        rest += chunk
+        return chunk
+
+    if headers.get("transfer-encoding") == "chunked":
+        # The upstream's body was not complete with its head: the gateway streams it chunk-coded.
+        body = b""
+        while True:
+            while b"\r\n" not in rest:
+                rest += more()
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line, 16)
+            while len(rest) < size + 2:
+                rest += more()
+            body, rest = body + rest[:size], rest[size + 2 :]
+            if size == 0:
+                buffer[:] = rest
+                return status, headers, body
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        rest += more()
     buffer[:] = rest[length:]
     return status, headers, rest[:length]
 
@@ -143,11 +161,28 @@ def test_http10_closes_unless_asked_to_keep_alive(server: Server) -> None:
     sock = _connect(server.gateway.port)
     try:
         buffer = bytearray()
-        for _ in range(2):
-            sock.sendall(_get(server, extra="Connection: keep-alive\r\n", version="1.0"))
+        for _ in range(2):  # a response with a known length keeps an HTTP/1.0 keep-alive connection open
+            sock.sendall(b"GET /_gateway/healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             status, headers, _ = _read_response(sock, buffer)
             assert status == 200
             assert headers.get("connection") == "keep-alive"
+    finally:
+        sock.close()
+    sock = _connect(server.gateway.port)
+    try:
+        # An upstream body of unknown length cannot be chunk-coded to HTTP/1.0: then it ends with the connection.
+        sock.sendall(_get(server, extra="Connection: keep-alive\r\n", version="1.0"))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        if b"content-length:" in head.lower():
+            assert b"connection: keep-alive" in head.lower()
+        else:
+            assert b"connection: close" in head.lower()
+            while chunk := sock.recv(65536):
+                body += chunk
+            assert body.endswith(b"}")  # the whole JSON document, then the close
     finally:
         sock.close()
 

@@ -269,6 +269,13 @@ async def test_role_made_with_a_local_scram_verifier_logs_in(
         assert scram_matches(password, verifier)
         assert not scram_matches(password + "!", verifier)
         assert verifier != scram_sha256_verifier(password)  # salted per call
+        # Roles get no CONNECT on the maintenance database (the tenant-service revokes PUBLIC's): grant it here.
+        admin = await asyncpg.connect(pg_url)
+        try:
+            maintenance = await admin.fetchval("SELECT current_database()")
+            await admin.execute(f'GRANT CONNECT ON DATABASE "{maintenance}" TO "{role}"')
+        finally:
+            await admin.close()
         conn = await asyncpg.connect(pg_url, user=role, password=password)
         try:
             assert await conn.fetchval("SELECT current_user") == role
@@ -282,5 +289,11 @@ async def test_role_made_with_a_local_scram_verifier_logs_in(
         assert again != verifier
         assert scram_matches(password, again)
     finally:
+        admin = await asyncpg.connect(pg_url)
+        try:
+            maintenance = await admin.fetchval("SELECT current_database()")
+            await admin.execute(f'REVOKE ALL ON DATABASE "{maintenance}" FROM "{role}"')
+        finally:
+            await admin.close()
         await cluster.drop_role(role)
     assert await role_verifier(pg_url, role) is None

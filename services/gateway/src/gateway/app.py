@@ -42,7 +42,7 @@ from gateway.http import (
     MalformedBodyError,
     Request,
 )
-from gateway.limit import ALLOWED_UNMETERED, Limiter, QuotaDecision, QuotaUnavailableError
+from gateway.limit import ALLOWED_UNMETERED, Limiter, QuotaUnavailableError
 from gateway.resolve import Location, Resolver, normalize_host
 from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
@@ -276,7 +276,15 @@ class Gateway:
                 principal, drop = self._authenticate(tracked[API_KEY], tracked[AUTHORIZATION])
                 tenant = self._tenant(location.tenant, location.named, principal)
                 tenant_id = tenant.id
-                decision = await self._limit(tenant)
+                try:
+                    decision = await self.limiter.check(tenant.id, tenant.requests_per_minute, tenant.requests_per_day)
+                except QuotaUnavailableError:
+                    raise GatewayError(
+                        "Quotas cannot be checked right now.",
+                        code="quota_unavailable",
+                        status=503,
+                        headers={"retry-after": "1"},
+                    ) from None
                 if decision.verdict != "allowed":
                     outcome = decision.verdict
                     status = 429
@@ -359,17 +367,6 @@ class Gateway:
         if location.named is None:
             raise GatewayError("The request names no tenant.", code="tenant_not_found", status=404)
         return self._usable(location.tenant)
-
-    async def _limit(self, tenant: TenantEntry) -> QuotaDecision:
-        try:
-            return await self.limiter.check(tenant.id, tenant.requests_per_minute, tenant.requests_per_day)
-        except QuotaUnavailableError:
-            raise GatewayError(
-                "Quotas cannot be checked right now.",
-                code="quota_unavailable",
-                status=503,
-                headers={"retry-after": "1"},
-            ) from None
 
     def _upstream_head(
         self,

@@ -69,6 +69,7 @@ class Limiter:
     def __init__(self, client: RespClient, *, failure_mode: str) -> None:
         self._client = client
         self._closed = failure_mode == "closed"
+        self._script = QUOTA_SCRIPT.encode()
         self._sha = hashlib.sha1(QUOTA_SCRIPT.encode()).hexdigest().encode()  # noqa: S324 - Redis's name
         self._down_until = 0.0
         self._prefixes: dict[str, bytes] = {}
@@ -87,15 +88,6 @@ class Limiter:
             raise QuotaUnavailableError
         return ALLOWED_UNMETERED
 
-    async def _run(self, keys_and_args: list[bytes]) -> RespValue:
-        try:
-            return await self._client.call(encode_command(b"EVALSHA", self._sha, b"2", *keys_and_args))
-        except RespError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        # Redis restarted or its scripts were flushed: EVAL loads the script again (once per such event).
-        return await self._client.call(encode_command(b"EVAL", QUOTA_SCRIPT.encode(), b"2", *keys_and_args))
-
     async def check(self, tenant_id: str, per_minute: int | None, per_day: int | None) -> QuotaDecision:
         """Count the request against the tenant's limits, or refuse it.
 
@@ -110,16 +102,21 @@ class Limiter:
         day_reset = (day + 1) * 86400 - int(now)
         try:
             minute_key, day_key = self._keys(tenant_id, minute, day)
-            reply = await self._run(
-                [
-                    minute_key,
-                    day_key,
-                    b"%d" % (-1 if per_minute is None else per_minute),
-                    b"%d" % (-1 if per_day is None else per_day),
-                    b"%d" % (minute_reset + 5),
-                    b"%d" % (day_reset + 60),
-                ]
+            keys_and_args = (
+                minute_key,
+                day_key,
+                b"%d" % (-1 if per_minute is None else per_minute),
+                b"%d" % (-1 if per_day is None else per_day),
+                b"%d" % (minute_reset + 5),
+                b"%d" % (day_reset + 60),
             )
+            try:
+                reply = await self._client.call(encode_command(b"EVALSHA", self._sha, b"2", *keys_and_args))
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # Redis restarted or its scripts were flushed: EVAL loads the script again (once per such event).
+                reply = await self._client.call(encode_command(b"EVAL", self._script, b"2", *keys_and_args))
             code, m_count, d_count = _three_ints(reply)
         except (RespError, RespConnectionError) as exc:
             self._down_until = time.time() + _BREAKER_SECONDS

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Awaitable
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
@@ -228,16 +229,22 @@ class RespClient:
         if not attempt.cancelled() and attempt.exception() is None:
             self._conn = attempt.result()
 
-    async def call(self, command: bytes) -> RespValue:
-        """Send one encoded command and return its reply.
+    def call(self, command: bytes) -> Awaitable[RespValue]:
+        """Send one encoded command; await the result for its reply.
 
-        Raises:
+        While connected this is a bare future (no coroutine frame on the hot path).
+
+        Raises (when awaited):
             RespError: Redis answered with an error.
             RespConnectionError: Redis could not be reached, closed the connection, or did not answer in time.
         """
         conn = self._conn
         if conn is None or conn.closed:
-            conn = await self._connection()
+            return self._call_after_connecting(command)
+        return conn.call(command)
+
+    async def _call_after_connecting(self, command: bytes) -> RespValue:
+        conn = await self._connection()
         return await conn.call(command)
 
     def close(self) -> None:

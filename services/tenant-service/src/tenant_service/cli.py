@@ -20,11 +20,12 @@ from tenant_service.apikeys.service import ApiKeyService
 from tenant_service.config import Settings
 from tenant_service.context import AppContext, open_context
 from tenant_service.db.migrate import upgrade_registry
+from tenant_service.internal.service import SecretUnreadableError
 from tenant_service.provisioning.fleet import migrate_fleet, migrate_template
 from tenant_service.provisioning.provisioner import password_context
 from tenant_service.provisioning.reconciler import Reconciler
 from tenant_service.provisioning.schema import SchemaError
-from tenant_service.secretbox import generate_key
+from tenant_service.secretbox import DecryptionError, generate_key
 from tenant_service.tenants.schemas import TenantCreate
 from tenant_service.tenants.service import TenantService
 from tenantry_common.logging import configure_logging, redact_value
@@ -160,13 +161,24 @@ async def rotate_encryption(ctx: AppContext) -> None:
     from tenant_service.db.models import Tenant  # noqa: PLC0415
 
     count = 0
+    unreadable: list[str] = []
     async with ctx.sessions() as session, session.begin():
         for tenant in (await session.execute(select(Tenant).with_for_update())).scalars():
             if ctx.box.needs_rotation(tenant.db_password_enc):
                 context = password_context(tenant.id)
-                tenant.db_password_enc = ctx.box.encrypt(ctx.box.decrypt(tenant.db_password_enc, context), context)
+                try:
+                    password = ctx.box.decrypt(tenant.db_password_enc, context)
+                except DecryptionError:  # a key missing from the ring, a tampered or moved ciphertext
+                    unreadable.append(tenant.slug)
+                    continue
+                tenant.db_password_enc = ctx.box.encrypt(password, context)
                 count += 1
     click.echo(f"re-encrypted {count} secret(s) with key {ctx.box.primary_kid}")
+    if unreadable:
+        raise SecretUnreadableError(
+            f"{len(unreadable)} secret(s) do not decrypt for their tenant and were left as they are: "
+            + ", ".join(sorted(unreadable))
+        )
 
 
 @main.command("generate-key")

@@ -19,6 +19,7 @@ import asyncpg
 import structlog
 
 from tenant_service.config import DatabaseSettings, asyncpg_dsn
+from tenant_service.failpoints import failpoint
 from tenant_service.provisioning.names import (
     object_marker,
     parse_marker,
@@ -33,6 +34,9 @@ _log = structlog.get_logger("tenantry.cluster")
 
 #: SQLSTATE 55006: "source database is being accessed by other users".
 _OBJECT_IN_USE = "55006"
+#: Databases every cluster has that PUBLIC may connect to by default; tenant roles must not.
+MAINTENANCE_DATABASES = ("postgres", "template1")
+_MAINTENANCE_LOCK = zlib.crc32(b"tenantry:maintenance-databases")
 
 
 class TemplateBusyError(RuntimeError):
@@ -89,8 +93,29 @@ class TenantCluster:
                     await conn.execute(f"CREATE DATABASE {tpl} TEMPLATE template0 ENCODING 'UTF8'")
                 await conn.execute(f"REVOKE ALL ON DATABASE {tpl} FROM PUBLIC")
                 await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS false")
+                await self._close_maintenance_databases(conn)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", self._template_lock)
+
+    async def _close_maintenance_databases(self, conn: Any) -> None:
+        """Take CONNECT and TEMPORARY on ``postgres`` and ``template1`` away from PUBLIC.
+
+        Postgres grants them to PUBLIC by default, which would let every tenant role log in to them (tenant roles
+        get CONNECT on their own database only). Done only where the admin role may (superuser or owner); the
+        owner and superusers keep their access, other roles need an explicit GRANT.
+        """
+        async with conn.transaction():
+            # Several installations may migrate at once; concurrent REVOKEs on one database would clash.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MAINTENANCE_LOCK)
+            rows = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname = ANY($1::text[])"
+                " AND (has_database_privilege('public', oid, 'CONNECT')"
+                " OR has_database_privilege('public', oid, 'TEMP'))"
+                " AND pg_has_role(current_user, datdba, 'MEMBER')",
+                list(MAINTENANCE_DATABASES),
+            )
+            for row in rows:
+                await conn.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {quote_ident(row['datname'])} FROM PUBLIC")
 
     async def migrate_template(self, migrations: list[SchemaMigration]) -> int:
         """Apply pending migrations to the template; return its version.
@@ -145,9 +170,12 @@ class TenantCluster:
             if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
                 await conn.execute("SELECT pg_advisory_lock_shared($1)", self._template_lock)
                 try:
+                    await failpoint("provision.before_database")
                     created = await self._clone(conn, db, role, tpl)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock_shared($1)", self._template_lock)
+                # Cloned, but not marked yet and still open to PUBLIC (a resumed run finishes the job).
+                await failpoint("provision.after_create_database")
             await conn.execute(f"COMMENT ON DATABASE {db} IS {quote_literal(marker)}")
             await conn.execute(f"REVOKE ALL ON DATABASE {db} FROM PUBLIC")
             await conn.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}")

@@ -119,7 +119,9 @@ class Provisioner:
     async def _fail(self, tenant: Tenant, reason: str) -> None:
         """Compensate (drop whatever was made) and mark ``failed``; stay ``provisioning`` if cleanup fails."""
         try:
-            await self._ctx.cluster.drop_tenant(tenant.db_name, tenant.db_role)
+            await self._ctx.cluster.drop_database(tenant.db_name)
+            await failpoint("provision.compensating")
+            await self._ctx.cluster.drop_role(tenant.db_role)
         except (*_TRANSIENT, asyncpg.PostgresError) as exc:
             tenant.failure_reason = f"cleanup pending: {type(exc).__name__}"
             return
@@ -143,7 +145,9 @@ class Provisioner:
             tenant.updated_at = utcnow()
             tenant.revision = await session.scalar(revision_seq.next_value())
         await ctx.events.publish("tenant.changed", tenant_id=tenant_id)
+        await failpoint("purge.after_mark")
         await ctx.cluster.drop_tenant(tenant.db_name, tenant.db_role)
+        await failpoint("purge.before_forget")
         async with ctx.sessions() as session, session.begin():
             await session.execute(delete(Tenant).where(Tenant.id == tenant_id))
             await session.merge(

@@ -243,6 +243,8 @@ class TenantService:
                     view = await self.view(session, tenant)
                     record(session, actor=actor, action="tenant.create", target=data.slug, tenant_id=tenant_id,
                            after=msgspec.to_builtins(view))  # fmt: skip
+                    # The row (with the encrypted password) is written but not committed yet.
+                    await failpoint("provision.before_insert")
             except IntegrityError as exc:
                 raise self._integrity_problem(exc, data.slug) from None
         await failpoint("provision.after_insert")

@@ -6,7 +6,7 @@ PYTHON ?= python3
 # uv runs as a module of the machine's Python, so it works wherever pip put it.
 UV ?= $(PYTHON) -m uv
 
-.PHONY: help uv install lint format test dev stop up down
+.PHONY: help uv install lint format test soak bench dev stop up down
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,16 @@ test: install ## All tests, against real PostgreSQL and Redis
 	@$(UV) run python -c "from tenantry_devtools import ensure_binaries; ensure_binaries(install=True)" \
 		|| [ -n "$$TEST_DATABASE_URL" ]
 	$(UV) run pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+SOAK_SECONDS ?= 300
+
+soak: install ## Long load runs (tests/soak, SOAK_SECONDS=300): wrk, memory, fds, create/purge cycles
+	@$(UV) run python -c "from tenantry_devtools import ensure_binaries; ensure_binaries(install=True)" \
+		|| [ -n "$$TEST_DATABASE_URL" ]
+	SOAK_SECONDS=$(SOAK_SECONDS) $(UV) run pytest tests/soak $(PYTEST_ARGS)
+
+bench: install ## Benchmarks vs nginx and raw Postgres -> docs/benchmarks.md, bench/results.json (ARGS="--only gateway --runs 3")
+	$(UV) run python -m bench $(ARGS)
 
 dev: install ## Run the platform locally (state in .run/; Ctrl-C stops it)
 	@$(UV) run python -m tenantry_devtools.dev up

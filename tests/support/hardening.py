@@ -226,7 +226,11 @@ def wait_known(gateway: GatewayProcess, key: str, timeout: float = 10.0) -> None
             gateway.url + "/_known", headers={"X-API-Key": key, "X-Tenant-ID": NO_SUCH_TENANT}, timeout=5
         )
         if response.status_code == 404:
-            return
+            # Known, but maybe still as `provisioning` (the create's first revision): wait for the settled status,
+            # which the token endpoint reports without reaching the upstream or counting a request.
+            token = httpx.post(gateway.url + "/_gateway/token", headers={"X-API-Key": key}, timeout=5)
+            if token.status_code != 503:
+                return
         time.sleep(0.05)
     raise AssertionError(f"gateway {gateway.url} did not learn the key within {timeout:.0f}s")
 

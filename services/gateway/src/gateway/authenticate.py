@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.directory import Directory, KeyEntry
 from gateway.errors import unauthorized
@@ -21,9 +20,8 @@ _MAX_CACHED_TOKENS = 100_000
 _MAX_CACHED_DIGESTS = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: a tenant, and the API key the credential stands for."""
+class Principal(NamedTuple):
+    """Who is calling: a tenant, and the API key the credential stands for (built per request: a NamedTuple)."""
 
     tenant_id: str
     key_id: str

@@ -134,7 +134,9 @@ class Directory:
         self.loaded = True
 
     def find(self, ref: str) -> TenantEntry | None:
-        """A tenant by id or slug."""
+        """A tenant by id or slug (ASCII only: no look-alike letter may fold onto another tenant's slug)."""
+        if not ref.isascii():
+            return None
         return self.by_id.get(ref) or self.by_slug.get(ref.lower())
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import structlog
 
-from gateway.resp import RespClient, RespConnectionError, RespError, RespValue, encode_command
+from gateway.resp import RespClient, RespConnectionError, RespError, RespValue, encode_arguments, encode_command
 from tenantry_common.redis_keys import minute_counter_key
 
 _log = structlog.get_logger("tenantry.gateway.limit")
@@ -39,9 +38,11 @@ _BREAKER_SECONDS: Final = 1.0
 _VERDICTS: Final = {0: "allowed", 1: "rate_limited", 2: "quota_exceeded"}
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaDecision:
-    """What the limiter decided; ``headers`` are the RateLimit-* headers (empty when Redis was not asked)."""
+class QuotaDecision(NamedTuple):
+    """What the limiter decided; ``headers`` are the RateLimit-* headers (empty when Redis was not asked).
+
+    A NamedTuple: built once per request, and cheaper to build than a dataclass.
+    """
 
     verdict: str
     retry_after: int
@@ -70,7 +71,10 @@ class Limiter:
         self._client = client
         self._closed = failure_mode == "closed"
         self._script = QUOTA_SCRIPT.encode()
+        self._evalsha = b""
         self._sha = hashlib.sha1(QUOTA_SCRIPT.encode()).hexdigest().encode()  # noqa: S324 - Redis's name
+        # "EVALSHA <sha> 2" and the array header for its 6 keys and arguments: the same bytes every call.
+        self._evalsha = b"*9\r\n" + encode_arguments((b"EVALSHA", self._sha, b"2"))
         self._down_until = 0.0
         self._prefixes: dict[str, bytes] = {}
 
@@ -111,7 +115,7 @@ class Limiter:
                 b"%d" % (day_reset + 60),
             )
             try:
-                reply = await self._client.call(encode_command(b"EVALSHA", self._sha, b"2", *keys_and_args))
+                reply = await self._client.call(self._evalsha + encode_arguments(keys_and_args))
             except RespError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise

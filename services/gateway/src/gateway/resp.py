@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 from collections.abc import Awaitable
 from typing import Final
@@ -18,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 RespValue = bytes | int | list["RespValue"] | None
 _CRLF: Final = b"\r\n"
+_THREE_INTS: Final = re.compile(rb"\*3\r\n:(-?\d+)\r\n:(-?\d+)\r\n:(-?\d+)\r\n").match
 
 
 class RespError(Exception):
@@ -30,10 +32,12 @@ class RespConnectionError(Exception):
 
 def encode_command(*parts: bytes) -> bytes:
     """A command as a RESP array of bulk strings."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out += [b"$%d\r\n" % len(part), part, _CRLF]
-    return b"".join(out)
+    return b"*%d\r\n" % len(parts) + encode_arguments(parts)
+
+
+def encode_arguments(parts: tuple[bytes, ...]) -> bytes:
+    """Bulk strings, without the array header (for commands whose first parts are encoded once)."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(part), part) for part in parts])
 
 
 def _parse(buf: bytes | bytearray, pos: int) -> tuple[RespValue | RespError, int] | None:
@@ -100,12 +104,19 @@ class _Connection(asyncio.Protocol):
             buf = data
         pos = 0
         pending = self._pending
+        size = len(buf)
         try:
-            while pos < len(buf):
-                parsed = _parse(buf, pos)
-                if parsed is None:
-                    break
-                value, pos = parsed
+            while pos < size:
+                # The quota script's answer, three integers, is nearly every reply: matched without the parser.
+                match = _THREE_INTS(buf, pos)
+                if match is not None:
+                    value: RespValue | RespError = [int(match[1]), int(match[2]), int(match[3])]
+                    pos = match.end()
+                else:
+                    parsed = _parse(buf, pos)
+                    if parsed is None:
+                        break
+                    value, pos = parsed
                 if not pending:
                     raise RespConnectionError("reply without a request")
                 future, _ = pending.popleft()

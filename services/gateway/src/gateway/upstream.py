@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
 import httptools
+import structlog
 
+_log = structlog.get_logger("tenantry.gateway.upstream")
 Headers = list[tuple[bytes, bytes]]
 _HIGH_WATER: Final = 16
 _LOW_WATER: Final = 4
@@ -253,6 +257,38 @@ class UpstreamResponse:
 
 
 BodySource = Callable[[], Awaitable[tuple[bytes, bool]]]
+#: Cloud metadata services outside the link-local ranges.
+_METADATA_ADDRESSES: Final = frozenset({ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")})
+
+
+def forbidden_address(address: str) -> bool:
+    """Link-local (cloud metadata), multicast, unspecified or a known metadata address: never an upstream."""
+    ip = ipaddress.ip_address(address.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip in _METADATA_ADDRESSES
+
+
+async def _allowed_address(loop: asyncio.AbstractEventLoop, origin: Origin) -> str:
+    """Resolve the upstream's host and pick an address that is allowed.
+
+    The admin API refuses such addresses in ``upstream_url`` already; this catches what it cannot see: a host
+    name whose DNS answer (perhaps changed since) points at a metadata or link-local address. The connection
+    goes to the address checked here, so a second lookup cannot swap it.
+
+    Raises:
+        UpstreamError: the name does not resolve, or only to forbidden addresses.
+    """
+    try:
+        infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UpstreamError(f"cannot resolve the upstream: {exc.strerror or exc}") from None
+    for info in infos:
+        address = str(info[4][0])
+        if not forbidden_address(address):
+            return address
+    _log.warning("upstream_address_refused", host=origin.host)
+    raise UpstreamError("the upstream resolves only to forbidden addresses")
 
 
 class UpstreamPool:
@@ -274,15 +310,16 @@ class UpstreamPool:
     async def _connect(self, origin: Origin) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
+            async with asyncio.timeout(self.connect_timeout):
+                address = await _allowed_address(loop, origin)
+                https = origin.scheme == "https"
+                _, conn = await loop.create_connection(
                     lambda: _Connection(self, origin),
-                    origin.host,
+                    address,
                     origin.port,
-                    ssl=origin.scheme == "https" or None,
-                ),
-                self.connect_timeout,
-            )
+                    ssl=https or None,
+                    server_hostname=origin.host if https else None,
+                )
         except TimeoutError:
             raise UpstreamTimeoutError("timed out connecting to the upstream") from None
         except OSError as exc:

@@ -28,7 +28,9 @@ from tenant_service.context import AppContext
 from tenant_service.health import healthz, readyz
 from tenant_service.internal.controllers import InternalController
 from tenant_service.internal.directory import DirectoryController
+from tenant_service.openapi import COMPONENTS
 from tenant_service.plans.controllers import PlanController
+from tenant_service.strict_requests import strict_request
 from tenant_service.tenants.controllers import TenantController
 from tenantry_common.litestar_problems import problem_exception_handlers, problem_response
 from tenantry_common.logging import configure_logging
@@ -150,11 +152,13 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
         exception_handlers=_exception_handlers(),
         middleware=[request_context_middleware, prometheus.middleware],
         lifespan=[lifespan],
+        before_request=strict_request,
         request_max_body_size=app_ctx.settings.http.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Tenantry tenant-service",
             version="0.1.0",
             path="/schema",
+            components=COMPONENTS,
             render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin()],
         ),
         logging_config=None,

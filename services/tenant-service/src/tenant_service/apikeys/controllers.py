@@ -11,6 +11,7 @@ from tenant_service.apikeys.schemas import ApiKeyCreate, ApiKeyCreatedView, ApiK
 from tenant_service.apikeys.service import ApiKeyService
 from tenant_service.auth import actor, admin_guard
 from tenant_service.deps import Ctx
+from tenant_service.openapi import ADMIN_SECURITY, OptionalBodyOperation, problems
 
 Ref = Annotated[str, PathParameter(description="Tenant id (UUID) or slug", max_length=64)]
 KeyId = Annotated[str, PathParameter(description="API key id", max_length=64)]
@@ -22,25 +23,32 @@ class ApiKeyController(Controller):
     path = "/admin/tenants/{ref:str}/api-keys"
     guards = [admin_guard]  # noqa: RUF012
     tags = ["api-keys"]  # noqa: RUF012
+    security = ADMIN_SECURITY
 
-    @post("/", status_code=201, summary="Create an API key")
+    @post("/", status_code=201, summary="Create an API key", responses=problems(401, 404, 409, 413, 415, 422, 503))
     async def create(
         self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref, data: JSONBody[ApiKeyCreate]
     ) -> ApiKeyCreatedView:
         """The only response that ever contains the key's secret."""
         return await ApiKeyService(ctx).create(ref, data, actor=actor(request))
 
-    @get("/", summary="List API keys")
+    @get("/", summary="List API keys", responses=problems(401, 404, 422, 503))
     async def list_keys(self, ctx: Ctx, ref: Ref) -> ApiKeyPage:
         """Every key of the tenant, never with secrets."""
         return ApiKeyPage(items=await ApiKeyService(ctx).list(ref))
 
-    @delete("/{key_id:str}", status_code=204, summary="Revoke an API key")
+    @delete("/{key_id:str}", status_code=204, summary="Revoke an API key", responses=problems(401, 404, 422, 503))
     async def revoke(self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref, key_id: KeyId) -> None:
         """The key stops working at every gateway within seconds."""
         await ApiKeyService(ctx).revoke(ref, key_id, actor=actor(request))
 
-    @post("/{key_id:str}/rotate", status_code=201, summary="Rotate an API key")
+    @post(
+        "/{key_id:str}/rotate",
+        status_code=201,
+        summary="Rotate an API key",
+        operation_class=OptionalBodyOperation,
+        responses=problems(401, 404, 409, 413, 415, 422, 503),
+    )
     async def rotate(
         self,
         request: Request[Any, Any, Any],

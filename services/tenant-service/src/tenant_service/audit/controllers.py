@@ -17,6 +17,7 @@ from tenant_service.audit.service import list_entries
 from tenant_service.auth import admin_guard
 from tenant_service.db.models import AuditEntry
 from tenant_service.deps import Ctx
+from tenant_service.openapi import ADMIN_SECURITY, problems
 from tenant_service.tenants.lookup import TenantNotFoundError, find_tenant
 from tenantry_common.problems import FieldError, InvalidInputError
 
@@ -30,7 +31,7 @@ async def _audited_tenant(session: AsyncSession, ref: str) -> uuid.UUID:
     try:
         return (await find_tenant(session, ref)).id
     except TenantNotFoundError:
-        if len(ref) == 36:
+        if len(ref) == 36 and ref.isascii():  # uuid.UUID() also reads non-ASCII digits
             with contextlib.suppress(ValueError):
                 tenant_id = uuid.UUID(ref)
                 if await session.scalar(select(AuditEntry.id).where(AuditEntry.tenant_id == tenant_id).limit(1)):
@@ -65,8 +66,9 @@ class AuditController(Controller):
     path = "/admin/audit"
     guards = [admin_guard]  # noqa: RUF012
     tags = ["audit"]  # noqa: RUF012
+    security = ADMIN_SECURITY
 
-    @get("/", summary="Audit log")
+    @get("/", summary="Audit log", responses=problems(401, 404, 422, 503))
     async def list_audit(
         self,
         ctx: Ctx,

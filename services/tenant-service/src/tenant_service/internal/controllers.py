@@ -10,6 +10,7 @@ from litestar.params import PathParameter
 from tenant_service.auth import actor, service_guard
 from tenant_service.deps import Ctx
 from tenant_service.internal.service import DatabaseCredentials, vend_credentials
+from tenant_service.openapi import SERVICE_SECURITY, problems
 
 
 class InternalController(Controller):
@@ -18,8 +19,13 @@ class InternalController(Controller):
     path = "/internal/v1"
     guards = [service_guard]  # noqa: RUF012
     tags = ["internal"]  # noqa: RUF012
+    security = SERVICE_SECURITY
 
-    @get("/tenants/{tenant_id:str}/database", summary="Credentials of one tenant's database")
+    @get(
+        "/tenants/{tenant_id:str}/database",
+        summary="Credentials of one tenant's database",
+        responses=problems(401, 403, 404, 422, 500, 503),
+    )
     async def database(
         self,
         request: Request[Any, Any, Any],

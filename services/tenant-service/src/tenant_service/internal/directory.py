@@ -14,6 +14,7 @@ from tenant_service.auth import service_guard
 from tenant_service.context import AppContext
 from tenant_service.db.models import ApiKey, Plan, Tenant, TenantDomain, TenantTombstone
 from tenant_service.deps import Ctx
+from tenant_service.openapi import SERVICE_SECURITY, problems
 from tenantry_common.directory import DirectoryKey, DirectoryPage, DirectoryTenant
 
 #: Statuses a gateway needs to know (to serve, or to refuse with the right error).
@@ -90,13 +91,14 @@ class DirectoryController(Controller):
     path = "/internal/v1/directory"
     guards = [service_guard]  # noqa: RUF012
     tags = ["internal"]  # noqa: RUF012
+    security = SERVICE_SECURITY
 
-    @get("/", summary="Tenants changed since a revision")
+    @get("/", summary="Tenants changed since a revision", responses=problems(401, 422, 503))
     async def changes(self, ctx: Ctx, since: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0) -> DirectoryPage:
         """Everything when ``since`` is 0; otherwise only tenants (and removals) after that revision."""
         return await directory_since(ctx, since)
 
-    @get("/tenants/{tenant_id:uuid}", summary="One tenant's directory entry")
+    @get("/tenants/{tenant_id:uuid}", summary="One tenant's directory entry", responses=problems(401, 404, 503))
     async def one(self, ctx: Ctx, tenant_id: Annotated[uuid.UUID, PathParameter()]) -> DirectoryPage:
         """The entry of one tenant (or its removal), for event-driven refreshes."""
         return await directory_since(ctx, 0, tenant_id)

@@ -17,7 +17,8 @@ from tenant_service.tenants.schemas import ConnectionLimit, Count
 from tenantry_common.problems import FieldError, InvalidInputError
 from tenantry_common.timeutil import utcnow
 
-_PLAN_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")
+#: What a plan name looks like.
+PLAN_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")
 
 
 class PlanLimits(msgspec.Struct, forbid_unknown_fields=True):
@@ -68,7 +69,7 @@ class PlanService:
 
     async def put(self, name: str, data: PlanPut, *, actor: str) -> PlanView:
         """Create or replace a plan; tenants on it see the new limits (and connection limit) at once."""
-        if not _PLAN_NAME.fullmatch(name):
+        if not PLAN_NAME.fullmatch(name):
             raise InvalidInputError(
                 "invalid plan name",
                 errors=[FieldError(field="name", message="2-32 characters: lowercase letters, digits, '-', '_'")],

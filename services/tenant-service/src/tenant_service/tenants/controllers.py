@@ -6,10 +6,12 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from tenant_service.auth import actor, admin_guard
 from tenant_service.deps import Ctx
+from tenant_service.openapi import ADMIN_SECURITY, problems
 from tenant_service.tenants.schemas import (
     NO_NUL,
     TenantCreate,
@@ -21,6 +23,9 @@ from tenant_service.tenants.schemas import (
 )
 from tenant_service.tenants.service import TenantService
 from tenant_service.tenants.usage import tenant_usage
+
+#: Errors of a lifecycle transition.
+_TRANSITION = problems(401, 404, 409, 422, 503)
 
 Ref = Annotated[str, PathParameter(description="Tenant id (UUID) or slug", max_length=64)]
 
@@ -37,8 +42,17 @@ class TenantController(Controller):
     path = "/admin/tenants"
     guards = [admin_guard]  # noqa: RUF012 - Litestar's declared attribute
     tags = ["tenants"]  # noqa: RUF012
+    security = ADMIN_SECURITY
 
-    @post("/", status_code=201, summary="Create and provision a tenant")
+    @post(
+        "/",
+        status_code=201,
+        summary="Create and provision a tenant",
+        responses={
+            202: ResponseSpec(TenantCreated, description="Accepted (`Prefer: respond-async`): provisioning goes on"),
+            **problems(401, 409, 413, 415, 422, 503),
+        },
+    )
     async def create(
         self,
         request: Request[Any, Any, Any],
@@ -58,7 +72,7 @@ class TenantController(Controller):
             return Response(body, status_code=202, headers={"Location": location, "Retry-After": "1"})
         return Response(body, status_code=201, headers={"Location": location})
 
-    @get("/", summary="List tenants")
+    @get("/", summary="List tenants", responses=problems(401, 422, 503))
     async def list_tenants(
         self,
         ctx: Ctx,
@@ -71,29 +85,29 @@ class TenantController(Controller):
         """A page of tenants, oldest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
         return await TenantService(ctx).list(status=status, plan=plan, q=q, limit=limit, cursor=cursor)
 
-    @get("/{ref:str}", summary="Get a tenant")
+    @get("/{ref:str}", summary="Get a tenant", responses=problems(401, 404, 422, 503))
     async def get_tenant(self, ctx: Ctx, ref: Ref) -> TenantView:
         """One tenant by id or slug."""
         return await TenantService(ctx).get(ref)
 
-    @patch("/{ref:str}", summary="Change a tenant")
+    @patch("/{ref:str}", summary="Change a tenant", responses=problems(401, 404, 409, 413, 415, 422, 503))
     async def update(
         self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref, data: JSONBody[TenantUpdate]
     ) -> TenantView:
         """Change ``name``, ``plan``, ``settings``, ``limits`` or ``upstream_url``."""
         return await TenantService(ctx).update(ref, data, actor=actor(request))
 
-    @post("/{ref:str}/suspend", status_code=200, summary="Suspend a tenant")
+    @post("/{ref:str}/suspend", status_code=200, summary="Suspend a tenant", responses=_TRANSITION)
     async def suspend(self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref) -> TenantView:
         """Gateways refuse its requests (403) from now on."""
         return await TenantService(ctx).transition(ref, "suspend", actor=actor(request))
 
-    @post("/{ref:str}/resume", status_code=200, summary="Resume a suspended tenant")
+    @post("/{ref:str}/resume", status_code=200, summary="Resume a suspended tenant", responses=_TRANSITION)
     async def resume(self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref) -> TenantView:
         """Undo a suspension."""
         return await TenantService(ctx).transition(ref, "resume", actor=actor(request))
 
-    @delete("/{ref:str}", status_code=200, summary="Delete (soft) or purge a tenant")
+    @delete("/{ref:str}", status_code=200, summary="Delete (soft) or purge a tenant", responses=_TRANSITION)
     async def delete_tenant(
         self,
         request: Request[Any, Any, Any],
@@ -107,24 +121,34 @@ class TenantController(Controller):
             return await service.purge(ref, actor=actor(request))
         return await service.transition(ref, "delete", actor=actor(request))
 
-    @post("/{ref:str}/restore", status_code=200, summary="Restore a soft-deleted tenant")
+    @post("/{ref:str}/restore", status_code=200, summary="Restore a soft-deleted tenant", responses=_TRANSITION)
     async def restore(self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref) -> TenantView:
         """Undo a soft delete within the retention period."""
         return await TenantService(ctx).transition(ref, "restore", actor=actor(request))
 
-    @get("/{ref:str}/usage", summary="Quota counters and database size")
+    @get("/{ref:str}/usage", summary="Quota counters and database size", responses=problems(401, 404, 422, 503))
     async def usage(self, ctx: Ctx, ref: Ref) -> TenantUsage:
         """Current request counters (from the gateways' Redis) and the database size."""
         return await tenant_usage(ctx, await TenantService(ctx).get(ref))
 
-    @post("/{ref:str}/domains", status_code=201, summary="Add a custom domain")
+    @post(
+        "/{ref:str}/domains",
+        status_code=201,
+        summary="Add a custom domain",
+        responses=problems(401, 404, 409, 413, 415, 422, 503),
+    )
     async def add_domain(
         self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref, data: JSONBody[DomainCreate]
     ) -> TenantView:
         """Route requests whose Host is ``domain`` to this tenant."""
         return await TenantService(ctx).add_domain(ref, data.domain, actor=actor(request))
 
-    @delete("/{ref:str}/domains/{domain:str}", status_code=204, summary="Remove a custom domain")
+    @delete(
+        "/{ref:str}/domains/{domain:str}",
+        status_code=204,
+        summary="Remove a custom domain",
+        responses=problems(401, 404, 422, 503),
+    )
     async def remove_domain(
         self,
         request: Request[Any, Any, Any],

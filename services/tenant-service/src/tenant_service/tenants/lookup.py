@@ -27,7 +27,9 @@ async def find_tenant(session: AsyncSession, ref: str, *, lock: bool = False) ->
     Raises:
         TenantNotFoundError: no such tenant.
     """
-    if "\x00" in ref:  # no slug holds NUL, and Postgres text cannot
+    # Slugs and ids are ASCII (and Postgres text cannot hold NUL). Anything else is no tenant, and must not be
+    # lowercased into one: str.lower() maps some non-ASCII letters to ASCII (the Kelvin sign U+212A to "k").
+    if "\x00" in ref or not ref.isascii():
         raise TenantNotFoundError(f"no tenant {ref!r}")
     condition = Tenant.slug == ref.lower()
     if len(ref) > SLUG_MAX_LENGTH:  # 32 hex digits parse as a UUID too, but a ref that short is a slug

@@ -7,11 +7,15 @@ from typing import Annotated, Any
 
 import msgspec
 
+from tenantry_common.slugs import SLUG_MAX_LENGTH, SLUG_MIN_LENGTH, SLUG_PATTERN
+
 #: Postgres text (and JSONB) cannot hold NUL characters.
 NO_NUL = r"^[^\x00]*$"
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 PlanName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
-Slug = Annotated[str, msgspec.Meta(max_length=64)]
+Slug = Annotated[
+    str, msgspec.Meta(min_length=SLUG_MIN_LENGTH, max_length=SLUG_MAX_LENGTH, pattern=SLUG_PATTERN.pattern)
+]
 Domain = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=NO_NUL)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)]

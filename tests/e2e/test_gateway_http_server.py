@@ -461,3 +461,49 @@ def test_signing_keys_rotate_from_a_file_without_a_restart(
         assert gateway.proc.poll() is None  # never restarted
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "169.254.169.254",
+        "fe80::1",
+        "::ffff:169.254.169.254",
+        "100.100.100.200",
+        "fd00:ec2::254",
+        "0.0.0.0",
+        "224.0.0.1",
+    ],
+)
+def test_forbidden_upstream_addresses(address: str) -> None:
+    from gateway.upstream import forbidden_address
+
+    assert forbidden_address(address)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "10.1.2.3", "192.168.0.10", "203.0.113.7"])
+def test_ordinary_upstream_addresses(address: str) -> None:
+    from gateway.upstream import forbidden_address
+
+    assert not forbidden_address(address)
+
+
+def test_an_upstream_resolving_to_a_metadata_address_is_never_connected(
+    server: Server, installation: Installation, tmp_path: Path
+) -> None:
+    # The admin API refuses such an upstream_url; a DEFAULT_UPSTREAM (or a DNS answer) is checked at connect time.
+    gateway = GatewayProcess(
+        installation, server.service.url, "http://169.254.169.254:80", tmp_path / "gw.log", server.keys,
+        REDIS_TIMEOUT="2", UPSTREAM_CONNECT_TIMEOUT="10",
+    ).start()  # fmt: skip
+    try:
+        headers = {"Host": "srv.localhost", "X-API-Key": server.key}
+        _wait(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=20).status_code != 401, timeout=20)
+        started = time.monotonic()
+        response = httpx.get(gateway.url + "/x", headers=headers, timeout=20)
+        assert response.status_code == 502
+        assert response.json()["code"] == "upstream_unavailable"
+        assert time.monotonic() - started < 5  # refused before any connect attempt (whose timeout is 10 s)
+        assert "upstream_address_refused" in gateway.log()
+    finally:
+        gateway.stop()

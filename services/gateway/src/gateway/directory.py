@@ -70,12 +70,15 @@ class Directory:
     by_domain: dict[str, TenantEntry] = field(default_factory=dict)
     keys_by_hash: dict[bytes, KeyEntry] = field(default_factory=dict)
     keys_by_id: dict[str, KeyEntry] = field(default_factory=dict)
+    #: The revision each tenant's entry was built from: overlapping polls skip what did not change.
+    revisions: dict[str, int] = field(default_factory=dict)
     revision: int = 0
     loaded: bool = False
 
     def remove(self, tenant_id: str) -> None:
         """Forget a tenant and everything that points to it."""
         old = self.by_id.pop(tenant_id, None)
+        self.revisions.pop(tenant_id, None)
         if old is None:
             return
         if self.by_slug.get(old.slug) is old:
@@ -89,8 +92,11 @@ class Directory:
                 self.keys_by_id.pop(key.id, None)
 
     def apply(self, tenant: DirectoryTenant) -> None:
-        """Insert or replace one tenant (all of its routes and keys at once)."""
+        """Insert or replace one tenant (all of its routes and keys at once); an unchanged one costs a lookup."""
+        if self.revisions.get(tenant.id, -1) >= tenant.revision and tenant.id in self.by_id:
+            return
         self.remove(tenant.id)
+        self.revisions[tenant.id] = tenant.revision
         entry = TenantEntry(
             id=tenant.id,
             slug=tenant.slug,
@@ -125,6 +131,7 @@ class Directory:
                 fresh.apply(tenant)
             self.by_id, self.by_slug, self.by_domain = fresh.by_id, fresh.by_slug, fresh.by_domain
             self.keys_by_hash, self.keys_by_id = fresh.keys_by_hash, fresh.keys_by_id
+            self.revisions = fresh.revisions
         else:
             for tenant in page.tenants:
                 self.apply(tenant)

@@ -124,3 +124,25 @@ def test_key_ring_refuses_bad_configuration() -> None:
         KeyRing.from_config("k1:" + generate_signing_key("RS256"), "EdDSA")
     with pytest.raises(ConfigError):
         KeyRing.from_config("k1:bm90IGEga2V5", "EdDSA")
+
+
+def test_overlapping_polls_skip_entries_the_directory_already_has() -> None:
+    directory = _directory()
+    acme_id = "00000000-0000-0000-0000-000000000001"
+    acme = directory.by_id[acme_id]
+
+    def page(status: str, revision: int) -> DirectoryPage:
+        changed = DirectoryTenant(
+            id=acme_id, slug="acme", status=status, plan="free", limits={}, upstream_url=None,
+            domains=["shop.acme.com"], keys=[], revision=revision,
+        )  # fmt: skip
+        return DirectoryPage(revision=revision, tenants=[changed], removed=[], full=False)
+
+    directory.apply_page(page("suspended", 1))  # the same revision again (an overlapping poll): unchanged
+    assert directory.by_id[acme_id] is acme
+    directory.apply_page(page("suspended", 3))  # a newer revision replaces the entry, its keys and domains
+    assert directory.by_id[acme_id].status == "suspended"
+    assert directory.by_domain["shop.acme.com"].status == "suspended"
+    assert "k1" not in directory.keys_by_id
+    directory.apply_page(page("active", 2))  # an older revision arriving late never rolls it back
+    assert directory.by_id[acme_id].status == "suspended"

@@ -52,6 +52,18 @@ class QuotaDecision(NamedTuple):
 ALLOWED_UNMETERED: Final = QuotaDecision("allowed", 0, ())
 
 
+class _Arguments(NamedTuple):
+    """One tenant's quota call for one second: the encoded command and the values its answer is read with."""
+
+    second: int
+    keys_and_args: tuple[bytes, ...]
+    command: bytes
+    minute_reset: int
+    day_reset: int
+    minute_reset_bytes: bytes
+    day_reset_bytes: bytes
+
+
 def _three_ints(reply: RespValue) -> tuple[int, int, int]:
     if isinstance(reply, list) and len(reply) == 3:
         code, minute, day = reply
@@ -77,6 +89,7 @@ class Limiter:
         self._evalsha = b"*9\r\n" + encode_arguments((b"EVALSHA", self._sha, b"2"))
         self._down_until = 0.0
         self._prefixes: dict[str, bytes] = {}
+        self._arguments_cache: dict[tuple[str, int | None, int | None], _Arguments] = {}
 
     def _keys(self, tenant_id: str, minute: int, day: int) -> tuple[bytes, bytes]:
         """The tenant's minute and day counter keys (the namespace prefix is built once per tenant)."""
@@ -92,6 +105,38 @@ class Limiter:
             raise QuotaUnavailableError
         return ALLOWED_UNMETERED
 
+    def _arguments(self, tenant_id: str, per_minute: int | None, per_day: int | None, second: int) -> _Arguments:
+        """The script's keys and arguments for this tenant in this second (built once per tenant and second)."""
+        cache_key = (tenant_id, per_minute, per_day)
+        cached = self._arguments_cache.get(cache_key)
+        if cached is not None and cached.second == second:
+            return cached
+        minute, day = second // 60, second // 86400
+        minute_reset = (minute + 1) * 60 - second
+        day_reset = (day + 1) * 86400 - second
+        minute_key, day_key = self._keys(tenant_id, minute, day)
+        keys_and_args = (
+            minute_key,
+            day_key,
+            b"%d" % (-1 if per_minute is None else per_minute),
+            b"%d" % (-1 if per_day is None else per_day),
+            b"%d" % (minute_reset + 5),
+            b"%d" % (day_reset + 60),
+        )
+        arguments = _Arguments(
+            second,
+            keys_and_args,
+            self._evalsha + encode_arguments(keys_and_args),
+            minute_reset,
+            day_reset,
+            b"%d" % minute_reset,
+            b"%d" % day_reset,
+        )
+        if len(self._arguments_cache) >= 100_000:
+            self._arguments_cache.clear()
+        self._arguments_cache[cache_key] = arguments
+        return arguments
+
     async def check(self, tenant_id: str, per_minute: int | None, per_day: int | None) -> QuotaDecision:
         """Count the request against the tenant's limits, or refuse it.
 
@@ -101,43 +146,32 @@ class Limiter:
         now = time.time()
         if now < self._down_until:
             return self._unavailable()
-        minute, day = int(now // 60), int(now // 86400)
-        minute_reset = (minute + 1) * 60 - int(now)
-        day_reset = (day + 1) * 86400 - int(now)
+        args = self._arguments(tenant_id, per_minute, per_day, int(now))
         try:
-            minute_key, day_key = self._keys(tenant_id, minute, day)
-            keys_and_args = (
-                minute_key,
-                day_key,
-                b"%d" % (-1 if per_minute is None else per_minute),
-                b"%d" % (-1 if per_day is None else per_day),
-                b"%d" % (minute_reset + 5),
-                b"%d" % (day_reset + 60),
-            )
             try:
-                reply = await self._client.call(self._evalsha + encode_arguments(keys_and_args))
+                reply = await self._client.call(args.command)
             except RespError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
                 # Redis restarted or its scripts were flushed: EVAL loads the script again (once per such event).
-                reply = await self._client.call(encode_command(b"EVAL", self._script, b"2", *keys_and_args))
+                reply = await self._client.call(encode_command(b"EVAL", self._script, b"2", *args.keys_and_args))
             code, m_count, d_count = _three_ints(reply)
         except (RespError, RespConnectionError) as exc:
             self._down_until = time.time() + _BREAKER_SECONDS
             _log.warning("quota_backend_unavailable", error=str(exc)[:200], mode="closed" if self._closed else "open")
             return self._unavailable()
         if code == 2 and per_day is not None:
-            limit, used, reset = per_day, d_count, day_reset
+            limit, used, reset, reset_bytes = per_day, d_count, args.day_reset, args.day_reset_bytes
         elif per_minute is not None:
-            limit, used, reset = per_minute, m_count, minute_reset
+            limit, used, reset, reset_bytes = per_minute, m_count, args.minute_reset, args.minute_reset_bytes
         elif per_day is not None:
-            limit, used, reset = per_day, d_count, day_reset
+            limit, used, reset, reset_bytes = per_day, d_count, args.day_reset, args.day_reset_bytes
         else:
             return ALLOWED_UNMETERED
         remaining = 0 if code else max(0, limit - used)
         headers = (
             (b"ratelimit-limit", b"%d" % limit),
             (b"ratelimit-remaining", b"%d" % remaining),
-            (b"ratelimit-reset", b"%d" % reset),
+            (b"ratelimit-reset", reset_bytes),
         )
         return QuotaDecision(_VERDICTS[code], reset, headers)

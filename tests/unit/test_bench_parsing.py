@@ -1,0 +1,320 @@
+"""The benchmark harness's pure logic (bench/): wrk and Redis output parsing, statistics, targets, the results file
+and the report page. No processes: ``make bench`` itself is not part of ``make test``."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+
+from support.platform import ROOT
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.nginx import BODY, BODY_BYTES, parse_stub_status
+from bench.redisstats import calls_delta, parse_commandstats, parse_monitor_line, split_monitor
+from bench.report import load_analyses, render
+from bench.results import (
+    ERROR,
+    MISS,
+    PASS,
+    Target,
+    evaluate,
+    format_number,
+    median,
+    merge_results,
+    percentile,
+    requirement_text,
+    safe_ratio,
+)
+from bench.wrk import (
+    WrkError,
+    calibrated_delay,
+    delay_script,
+    paced_load,
+    parse_time_ms,
+    parse_wrk_output,
+    wrk_command,
+)
+
+WRK_LATENCY_REPORT = """\
+Running 5s test @ http://127.0.0.1:40001/bench
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   812.34us  301.00us  12.50ms   91.20%
+    Req/Sec    39.12k     2.01k   41.00k    88.00%
+  Latency Distribution
+     50%  750.00us
+     75%    0.90ms
+     90%    1.10ms
+     99%    2.01s
+  194812 requests in 5.00s, 231.57MB read
+Requests/sec:  38962.40
+Transfer/sec:     46.31MB
+"""
+
+WRK_WITH_ERRORS = """\
+Running 1s test @ http://127.0.0.1:48123/nonexistent
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     4.59ms    5.58ms  39.66ms   88.30%
+    Req/Sec     1.21k   394.71     1.57k    90.00%
+  Latency Distribution
+     50%    2.38ms
+     75%    5.06ms
+     90%   11.44ms
+     99%   27.83ms
+  1221 requests in 1.01s, 620.04KB read
+  Socket errors: connect 0, read 3, write 0, timeout 7
+  Non-2xx or 3xx responses: 1221
+Requests/sec:   1209.48
+Transfer/sec:    614.19KB
+"""
+
+
+# --- wrk -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("812.34us", 0.81234), ("0.90ms", 0.9), ("2.01s", 2010.0), ("1.50m", 90_000.0), ("3ms", 3.0)],
+)
+def test_wrk_times_are_normalised_to_milliseconds(text: str, ms: float) -> None:
+    assert math.isclose(parse_time_ms(text), ms)
+
+
+@pytest.mark.parametrize("text", ["", "12", "1.2 ms", "1.2ns", "abc"])
+def test_a_non_time_is_refused(text: str) -> None:
+    with pytest.raises(WrkError):
+        parse_time_ms(text)
+
+
+def test_latency_report_is_parsed_with_mixed_units() -> None:
+    result = parse_wrk_output(WRK_LATENCY_REPORT)
+    assert result.requests == 194812
+    assert math.isclose(result.duration_s, 5.0)
+    assert math.isclose(result.rps, 38962.40)
+    assert math.isclose(result.latency_avg_ms, 0.81234)
+    assert math.isclose(result.p50_ms, 0.75)
+    assert math.isclose(result.p75_ms, 0.9)
+    assert math.isclose(result.p90_ms, 1.1)
+    assert math.isclose(result.p99_ms, 2010.0)
+    assert result.non_2xx == 0
+    assert result.errors == 0
+
+
+def test_non_2xx_and_socket_errors_are_counted() -> None:
+    result = parse_wrk_output(WRK_WITH_ERRORS)
+    assert result.non_2xx == 1221
+    assert result.socket_errors == {"connect": 0, "read": 3, "write": 0, "timeout": 7}
+    assert result.errors == 10
+    assert math.isclose(result.p99_ms, 27.83)
+
+
+def test_output_without_latency_distribution_is_an_error() -> None:
+    without = "\n".join(line for line in WRK_LATENCY_REPORT.splitlines() if "%" not in line or "Stdev" in line)
+    with pytest.raises(WrkError, match="latency distribution"):
+        parse_wrk_output(without)
+    with pytest.raises(WrkError):
+        parse_wrk_output(WRK_LATENCY_REPORT.replace("Requests/sec:", "Reqs:"))
+
+
+def test_wrk_command_is_pinned_and_carries_headers_and_script(tmp_path) -> None:
+    script = tmp_path / "paced.lua"
+    argv = wrk_command(
+        "http://127.0.0.1:1/x",
+        threads=1,
+        connections=32,
+        duration_s=5,
+        headers={"Host": "a.b"},
+        script=script,
+        cpus="1",
+    )
+    assert argv[:3] == ["taskset", "-c", "1"]
+    assert argv[3:8] == ["wrk", "-t1", "-c32", "-d5s", "--latency"]
+    assert argv[argv.index("-H") : argv.index("-H") + 2] == ["-H", "Host: a.b"]
+    assert argv[-3:] == ["-s", str(script), "http://127.0.0.1:1/x"]
+    assert wrk_command("u", threads=1, connections=1, duration_s=2.5, headers={})[0] == "wrk"
+
+
+def test_paced_load_offers_the_rate_with_whole_millisecond_delays() -> None:
+    conns, delay = paced_load(1000, 32)
+    assert (conns, delay) == (32, 32)  # 32 connections x one request per 32 ms = 1,000 req/s
+    conns, delay = paced_load(20_000, 32)  # a delay under 10 ms would round badly: more connections instead
+    assert conns == 200
+    assert delay == 10
+    script = delay_script(32)
+    assert "function delay()" in script
+    assert "math.random(16, 48)" in script  # jittered around the mean, so connections do not move in step
+    with pytest.raises(ValueError):
+        paced_load(0, 32)
+
+
+def test_calibrated_delay_takes_the_response_time_off_the_wait() -> None:
+    # 32 connections waiting 32 ms achieved 800 req/s: each request took 8 ms, so a 24 ms wait offers 1,000 req/s.
+    assert calibrated_delay(1000, 32, 32, 800) == 24
+    assert calibrated_delay(1000, 32, 32, 1000) == 32  # no response time to take off
+    assert calibrated_delay(1000, 32, 5, 100) == 1  # never below 1 ms
+    assert calibrated_delay(1000, 32, 32, 0) == 32  # a failed trial keeps the first guess
+
+
+# --- Redis and nginx counters ----------------------------------------------------------------------------
+
+
+COMMANDSTATS = (
+    "# Commandstats\r\n"
+    "cmdstat_evalsha:calls=1000,usec=9000,usec_per_call=9.00,rejected_calls=0,failed_calls=0\r\n"
+    "cmdstat_get:calls=2000,usec=1000,usec_per_call=0.50,rejected_calls=0,failed_calls=0\r\n"
+    "cmdstat_client|setname:calls=2,usec=3,usec_per_call=1.50,rejected_calls=0,failed_calls=0\r\n"
+    "cmdstat_info:calls=7,usec=300,usec_per_call=42.86,rejected_calls=0,failed_calls=0\r\n"
+)
+
+
+def test_commandstats_are_parsed_and_diffed_without_the_harness_info() -> None:
+    before = parse_commandstats(COMMANDSTATS)
+    assert before == {"evalsha": 1000, "get": 2000, "client|setname": 2, "info": 7}
+    after = {**before, "evalsha": 1500, "get": 3000, "info": 9, "ttl": 4, "monitor": 1}
+    assert calls_delta(before, after) == {"evalsha": 500, "get": 1000, "ttl": 4}
+    assert calls_delta(before, before) == {}
+
+
+def test_monitor_lines_separate_client_calls_from_script_internals() -> None:
+    assert parse_monitor_line('+1700000000.123456 [0 127.0.0.1:5555] "EVALSHA" "ab" "2"') == (
+        "127.0.0.1:5555",
+        "evalsha",
+    )
+    assert parse_monitor_line('+1700000000.123457 [0 lua] "get" "t:{x}:m:1"') == ("lua", "get")
+    assert parse_monitor_line("+OK") is None
+    lines = [
+        '+1.1 [0 127.0.0.1:1] "evalsha" "x"',
+        '+1.2 [0 lua] "get" "a"',
+        '+1.3 [0 lua] "incr" "a"',
+        '+1.4 [0 127.0.0.1:2] "info" "commandstats"',
+        '+1.5 [0 127.0.0.1:1] "evalsha" "x"',
+    ]
+    assert split_monitor(lines) == ({"evalsha": 2}, {"get": 1, "incr": 1})
+
+
+def test_stub_status_and_the_upstream_body() -> None:
+    page = "Active connections: 3 \nserver accepts handled requests\n 12 12 4567 \nReading: 0 Writing: 1 Waiting: 2 \n"
+    assert parse_stub_status(page) == 4567
+    with pytest.raises(ValueError):
+        parse_stub_status("<html>not it</html>")
+    assert len(BODY.encode()) == BODY_BYTES == 1024
+    assert '"' not in BODY
+    assert "\\" not in BODY
+
+
+# --- statistics and targets ------------------------------------------------------------------------------
+
+
+def test_median_and_percentile() -> None:
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        median([])
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+    assert safe_ratio(1, 0) is None
+    assert safe_ratio(None, 2) is None
+    assert safe_ratio(3, 2) == 1.5
+
+
+@pytest.mark.parametrize(
+    ("measured", "op", "limit", "tolerance", "status"),
+    [
+        (0.2, ">=", 0.15, 0.0, PASS),
+        (0.1, ">=", 0.15, 0.0, MISS),
+        (0.15, ">=", 0.15, 0.0, PASS),
+        (1.1, "<=", 1.1, 0.0, PASS),
+        (1.2, "<=", 1.1, 0.0, MISS),
+        (1.009, "==", 1.0, 0.01, PASS),
+        (1.011, "==", 1.0, 0.01, MISS),
+        (0.0, "==", 0.0, 0.0, PASS),
+        (1.0, "==", 0.0, 0.0, MISS),
+        (None, "<=", 1.0, 0.0, ERROR),
+        (float("nan"), ">=", 1.0, 0.0, ERROR),
+    ],
+)
+def test_targets_are_evaluated(measured, op, limit, tolerance, status) -> None:
+    assert evaluate(measured, op, limit, tolerance) == status
+    target = Target("x.y", "desc", measured, op, limit, tolerance=tolerance)
+    assert target.status == status
+    assert target.to_dict()["status"] == status
+
+
+def test_requirement_text_and_number_format() -> None:
+    assert requirement_text({"op": "<=", "limit": 1.1, "unit": ""}) == "≤ 1.10"
+    assert requirement_text({"op": ">=", "limit": 0.15, "unit": ""}) == "≥ 0.150"
+    assert requirement_text({"op": "==", "limit": 1.0, "tolerance": 0.01, "unit": ""}) == "= 1 ± 0.0100"
+    assert requirement_text({"op": "<=", "limit": 200.0, "unit": "ms"}) == "≤ 200 ms"
+    assert format_number(38962.4) == "38,962"
+    assert format_number(0.75) == "0.750"
+    assert format_number(12.345) == "12.3"
+    assert format_number(None) == "n/a"
+    assert format_number(0) == "0"
+
+
+# --- results file and report -----------------------------------------------------------------------------
+
+
+def _section(title: str, targets: list[Target]) -> dict:
+    return {
+        "title": title,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "duration_s": 1.0,
+        "invocation": "python -m bench",
+        "machine": {"nproc": 2, "cpu_model": "Test CPU"},
+        "load_before": [0.1, 0.2, 0.3],
+        "load_after": [0.4, 0.5, 0.6],
+        "settings": {"runs": 3},
+        "method": ["how"],
+        "commands": ["wrk -t1 -c32 -d5s --latency http://x"],
+        "tables": [{"title": "T", "columns": ["a", "b"], "rows": [["1", "2|3"]]}],
+        "data": {},
+        "targets": [t.to_dict() for t in targets],
+        "notes": [],
+        "errors": [],
+    }
+
+
+def test_a_partial_run_replaces_its_sections_and_keeps_the_others() -> None:
+    old = {"schema": 1, "updated_at": "old", "sections": {"gateway": {"v": 1}, "fleet": {"v": 1}}}
+    fresh = {"updated_at": "new", "machine": {}, "sections": {"fleet": {"v": 2}}}
+    merged = merge_results(old, fresh)
+    assert merged["sections"] == {"gateway": {"v": 1}, "fleet": {"v": 2}}
+    assert merged["updated_at"] == "new"
+    assert merge_results(None, fresh)["sections"] == {"fleet": {"v": 2}}
+    assert merge_results({"schema": 99, "sections": {"gateway": {}}}, fresh)["sections"] == {"fleet": {"v": 2}}
+
+
+def test_report_shows_targets_verdicts_and_analysis_placeholders(tmp_path) -> None:
+    results = {
+        "schema": 1,
+        "sections": {
+            "fleet": _section("4. Fleet migration", [Target("fleet.ratio", "Fleet ratio", 1.7, "<=", 1.5)]),
+            "gateway": _section("1. Gateway", [Target("gateway.redis", "Redis calls", 1.0, "==", 1.0, tolerance=0.01)]),
+        },
+    }
+    page = render(results, analyses={})
+    assert page.index("## 1. Gateway") < page.index("## 4. Fleet migration")  # the issue's order
+    assert "**1 of 2 targets met.**" in page
+    assert "**PASS**" in page
+    assert "**MISS**" in page
+    assert "### Analysis: Fleet ratio (MISS)" in page
+    assert "Placeholder" in page
+    assert "2\\|3" in page  # table cells are escaped
+    assert "wrk -t1 -c32 -d5s --latency http://x" in page
+    written = render(results, analyses={"fleet.ratio": "The loop is serial; profile shows X."})
+    assert "The loop is serial; profile shows X." in written
+    assert "Placeholder" not in written
+
+    analysis = tmp_path / "analysis.md"
+    analysis.write_text("# Analyses\n\n## fleet.ratio\nText one.\n\n## apps.cold_vs_warm\nText two.\n")
+    assert load_analyses(analysis) == {"fleet.ratio": "Text one.", "apps.cold_vs_warm": "Text two."}
+    assert load_analyses(tmp_path / "missing.md") == {}

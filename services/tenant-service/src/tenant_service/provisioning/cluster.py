@@ -141,21 +141,35 @@ class TenantCluster:
 
     # --- tenant objects -------------------------------------------------------------------------------
 
-    async def ensure_role(self, role: str, password: str, connection_limit: int, marker: str) -> None:
-        """Create the tenant's LOGIN role, or bring an existing one to the wanted attributes."""
+    @contextlib.asynccontextmanager
+    async def _admin(self, conn: Any | None) -> AsyncIterator[Any]:
+        """``conn`` when the caller shares one, else a connection of our own."""
+        if conn is not None:
+            yield conn
+        else:
+            async with self.connect() as own:
+                yield own
+
+    async def ensure_role(
+        self, role: str, password: str, connection_limit: int, marker: str, *, conn: Any | None = None
+    ) -> None:
+        """Create the tenant's LOGIN role, or bring an existing one to the wanted attributes.
+
+        ``conn``: an admin connection to reuse (provisioning shares one across its steps).
+        """
         ident = quote_ident(role)
         verifier = quote_literal(scram_sha256_verifier(password))
         attributes = (
             f"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT "
             f"CONNECTION LIMIT {int(connection_limit)} PASSWORD {verifier}"
         )
-        async with self.connect() as conn, conn.transaction():
-            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        async with self._admin(conn) as admin:
+            exists = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
             verb = "ALTER" if exists else "CREATE"
-            await conn.execute(f"{verb} ROLE {ident} {attributes}")
-            await conn.execute(f"COMMENT ON ROLE {ident} IS {quote_literal(marker)}")
+            # One round trip; a multi-statement query runs as one implicit transaction.
+            await admin.execute(f"{verb} ROLE {ident} {attributes}; COMMENT ON ROLE {ident} IS {quote_literal(marker)}")
 
-    async def ensure_database(self, database: str, owner: str, marker: str) -> bool:
+    async def ensure_database(self, database: str, owner: str, marker: str, *, conn: Any | None = None) -> bool:
         """Clone the template into ``database`` owned by ``owner`` unless it exists; return whether it was created.
 
         Holds the template lock shared (clones run side by side; a template migration waits). A transient
@@ -166,19 +180,20 @@ class TenantCluster:
         """
         db, role, tpl = quote_ident(database), quote_ident(owner), quote_ident(self.template)
         created = False
-        async with self.connect() as conn:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
-                await conn.execute("SELECT pg_advisory_lock_shared($1)", self._template_lock)
+        async with self._admin(conn) as admin:
+            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+                await admin.execute("SELECT pg_advisory_lock_shared($1)", self._template_lock)
                 try:
                     await failpoint("provision.before_database")
-                    created = await self._clone(conn, db, role, tpl)
+                    created = await self._clone(admin, db, role, tpl)
                 finally:
-                    await conn.execute("SELECT pg_advisory_unlock_shared($1)", self._template_lock)
+                    await admin.execute("SELECT pg_advisory_unlock_shared($1)", self._template_lock)
                 # Cloned, but not marked yet and still open to PUBLIC (a resumed run finishes the job).
                 await failpoint("provision.after_create_database")
-            await conn.execute(f"COMMENT ON DATABASE {db} IS {quote_literal(marker)}")
-            await conn.execute(f"REVOKE ALL ON DATABASE {db} FROM PUBLIC")
-            await conn.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}")
+            await admin.execute(
+                f"COMMENT ON DATABASE {db} IS {quote_literal(marker)}; REVOKE ALL ON DATABASE {db} FROM PUBLIC; "
+                f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}"
+            )
         return created
 
     async def _clone(self, conn: Any, db: str, role: str, tpl: str) -> bool:
@@ -207,8 +222,7 @@ class TenantCluster:
         """
         async with self.connect(database) as conn:
             owner = quote_ident(self.template_owner)
-            await conn.execute(f"REASSIGN OWNED BY {owner} TO {quote_ident(role)}")
-            await conn.execute(f"DROP OWNED BY {owner}")
+            await conn.execute(f"REASSIGN OWNED BY {owner} TO {quote_ident(role)}; DROP OWNED BY {owner}")
             return await current_version(conn)
 
     async def set_login(self, role: str, *, enabled: bool) -> None:

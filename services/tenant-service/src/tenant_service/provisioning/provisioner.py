@@ -110,9 +110,10 @@ class Provisioner:
         marker = object_marker(await ctx.installation_id(), tenant.id)
         password = ctx.box.decrypt(tenant.db_password_enc, password_context(tenant.id))
         await failpoint("provision.before_role")
-        await ctx.cluster.ensure_role(tenant.db_role, password, conn_limit, marker)
-        await failpoint("provision.after_role")
-        await ctx.cluster.ensure_database(tenant.db_name, tenant.db_role, marker)
+        async with ctx.cluster.connect() as admin:  # one admin connection for the role and the database
+            await ctx.cluster.ensure_role(tenant.db_role, password, conn_limit, marker, conn=admin)
+            await failpoint("provision.after_role")
+            await ctx.cluster.ensure_database(tenant.db_name, tenant.db_role, marker, conn=admin)
         await failpoint("provision.after_database")
         return await ctx.cluster.secure_database(tenant.db_name, tenant.db_role)
 

@@ -6,6 +6,7 @@ processes, graceful shutdown, pass-through mode, and the quota script surviving 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -507,3 +508,100 @@ def test_an_upstream_resolving_to_a_metadata_address_is_never_connected(
         assert "upstream_address_refused" in gateway.log()
     finally:
         gateway.stop()
+
+
+def test_an_upgrade_request_with_a_body_is_refused(server: Server) -> None:
+    sock = _connect(server.gateway.port)
+    try:
+        smuggled = b"GET /smuggled HTTP/1.1\r\nHost: srv.localhost\r\n\r\n"
+        sock.sendall(
+            f"POST /upgrade-with-body HTTP/1.1\r\nHost: srv.localhost\r\nX-API-Key: {server.key}\r\n"
+            f"Connection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: {len(smuggled)}\r\n\r\n".encode()
+            + smuggled
+        )
+        status, headers, _ = _read_response(sock, bytearray())
+        assert status == 400
+        assert headers.get("connection") == "close"
+        assert _closed_by_peer(sock, 5)
+    finally:
+        sock.close()
+    seen = httpx.get(server.echo.url + "/upgrade-with-body", timeout=10).json()["count"]
+    assert seen == 1  # only this probe: the gateway never forwarded the refused request
+
+
+def test_an_endless_header_line_is_cut_off(server: Server) -> None:
+    sock = _connect(server.gateway.port)
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: srv.localhost\r\nX-Endless: ")
+        with contextlib.suppress(OSError):
+            for _ in range(40):  # 40 x 16 KiB without a line end
+                sock.sendall(b"a" * 16384)
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data == b"" or data.startswith(b"HTTP/1.1 431")
+    finally:
+        sock.close()
+
+
+class _RawUpstream:
+    """An upstream that answers every request with fixed bytes (one connection at a time)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while True:
+                        while b"\r\n\r\n" not in data:
+                            chunk = conn.recv(65536)
+                            if not chunk:
+                                raise ConnectionError
+                            data += chunk
+                        data = data.partition(b"\r\n\r\n")[2]
+                        conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_interim_responses_and_upstream_ratelimit_headers(
+    server: Server, installation: Installation, tmp_path: Path
+) -> None:
+    upstream = _RawUpstream(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nRateLimit-Limit: 1\r\nRateLimit-Remaining: 0\r\n\r\nfinal"
+    )
+    gateway = GatewayProcess(
+        installation, server.service.url, upstream.url, tmp_path / "gw.log", server.keys, REDIS_TIMEOUT="2"
+    ).start()
+    try:
+        headers = {"Host": "srv.localhost", "X-API-Key": server.key}
+        _wait(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=10).status_code == 200)
+        with httpx.Client(timeout=10) as client:
+            for _ in range(3):  # the same pooled upstream connection: each answer is its own request's
+                response = client.get(gateway.url + "/x", headers=headers)
+                assert response.status_code == 200
+                assert response.text == "final"
+                # The gateway's RateLimit-* only (the tenant's limit, if its plan has one), never the upstream's.
+                assert len(response.headers.get_list("ratelimit-limit")) <= 1
+                assert response.headers.get("ratelimit-limit") != "1"
+                assert response.headers.get("ratelimit-remaining") != "0"
+    finally:
+        gateway.stop()
+        upstream.close()

@@ -483,7 +483,7 @@ class Gateway:
         status = response.status
         body = response.complete_body()
         if body is not None:
-            if length is not None and (request.method == "HEAD" or status in _NO_BODY_STATUS):
+            if length is not None and (request.method == "HEAD" or status == 304):
                 headers.append((b"content-length", length))
             conn.send_complete(request, status, headers, body)
             response.release()
@@ -495,7 +495,7 @@ class Gateway:
                     response.abort()
                     return 499
                 conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                await conn.drain()
+                await conn.drain(self.settings.read_timeout)
             if chunked:
                 conn.write(b"0\r\n\r\n")
         except UpstreamError:
@@ -503,6 +503,9 @@ class Gateway:
             response.abort()
             conn.close()
             return status
+        except ClientGoneError:  # the client stopped reading the response
+            response.abort()
+            return 499
         except BaseException:
             response.abort()
             raise
@@ -574,13 +577,16 @@ class Gateway:
 
 
 def _client_headers(headers: list[Header]) -> tuple[list[Header], bytes | None]:
-    """Upstream response headers fit for the client, and the upstream's Content-Length (framing is ours)."""
+    """Upstream response headers fit for the client, and the upstream's Content-Length (framing is ours).
+
+    ``RateLimit-*`` are the gateway's to set: an upstream's own would reach the client twice, contradicting them.
+    """
     extra = connection_tokens(headers)
     out: list[Header] = []
     length: bytes | None = None
     for name, value in headers:
         if name == b"content-length":
             length = value
-        elif name not in HOP_BY_HOP and name not in extra and name != b"server":
+        elif name not in HOP_BY_HOP and name not in extra and name != b"server" and not name.startswith(b"ratelimit-"):
             out.append((name, value))
     return out, length

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Final
 from urllib.parse import urlsplit
 
-from gateway.http import CONTENT_LENGTH, Request
+from gateway.http import CONTENT_LENGTH, MalformedBodyError, Request
 from gateway.upstream import Origin, StaleConnectionError, UpstreamPool, UpstreamResponse
 
 HOP_BY_HOP: Final = frozenset(
@@ -68,10 +68,13 @@ async def send_upstream(
     Raises:
         BodyTooLargeError: the body grew past ``max_body`` while streaming.
         BodyTimeoutError: the client stopped sending its body.
+        MalformedBodyError: the body's framing was invalid, or its length differs from its Content-Length.
         ClientGoneError: the client disconnected while its body was being forwarded.
         UpstreamError: the upstream failed before answering.
     """
     received = 0
+    declared = request.tracked[CONTENT_LENGTH]
+    expected = int(declared) if declared is not None and declared.isdigit() else None
 
     async def body() -> tuple[bytes, bool]:
         nonlocal received
@@ -79,6 +82,10 @@ async def send_upstream(
         received += len(chunk)
         if received > max_body:
             raise BodyTooLargeError
+        if not more and expected is not None and received != expected:
+            # Never hand the upstream fewer (or more) bytes than the Content-Length it was told: it would read
+            # the difference from whatever comes next on the pooled connection.
+            raise MalformedBodyError
         return chunk, more
 
     has_body = request.has_body

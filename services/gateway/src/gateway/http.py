@@ -41,6 +41,8 @@ Handler = Callable[["Request", "HttpConnection"], Awaitable[None]]
 #: Read no more than this much request body ahead of the handler; reading pauses above it.
 _BODY_HIGH_WATER: Final = 256 * 1024
 _MAX_PIPELINED: Final = 16
+#: One socket read's worth of bytes that may belong to earlier requests when a head is counted.
+_READ_SLACK: Final = 256 * 1024
 _REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
 _PROBLEM_TYPE: Final = PROBLEM_MEDIA_TYPE.encode()
 # Headers the pipeline reads, noted while parsing: index into Request.tracked.
@@ -219,6 +221,8 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._active: Request | None = None
         self._queue: collections.deque[Request] = collections.deque()
+        self._in_head = False
+        self._head_bytes = 0
         #: monotonic time since when the connection is idle or waiting for a request head; 0 while busy.
         self.waiting_since = time.monotonic()
         self.response_started = False
@@ -248,12 +252,24 @@ class HttpConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+            if self._in_head:
+                # httptools hands a header line over only when it ends: bound what one unfinished head may
+                # buffer (this chunk may also hold earlier pipelined requests, hence the slack of one read).
+                self._head_bytes += len(data)
+                if self._head_bytes > 4 * self._server.max_header_bytes + _READ_SLACK:
+                    self._malformed("request head too large", status=431, code="request_header_fields_too_large")
         except httptools.HttpParserUpgrade:
             # No protocol upgrades (WebSocket) through the gateway: the request is served as plain HTTP and the
             # connection closed after it, since what follows the head would not be HTTP.
-            if self._parsing is not None:
-                self._parsing.keep_alive = False
-                self._parsing._finish()
+            request = self._parsing
+            if request is not None and request.has_body:
+                # llhttp skips the body of an upgrade request; forwarding its Content-Length without those bytes
+                # would let the upstream read the next bytes on the connection as this body.
+                self._malformed("upgrade request with a body")
+                return
+            if request is not None:
+                request.keep_alive = False
+                request._finish()
                 self._parsing = None
             self._closing = True
         except httptools.HttpParserError as exc:
@@ -267,6 +283,10 @@ class HttpConnection(asyncio.Protocol):
         self._writable = None
         if writable is not None and not writable.done():
             writable.set_result(None)
+        if self._active is None and not self.gone and not self._closing:
+            if self._queue:
+                self._start(self._queue.popleft())
+            self.resume_reading()
 
     # parser callbacks -------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -274,6 +294,8 @@ class HttpConnection(asyncio.Protocol):
             return  # nothing after a refused request is ever parsed as a request
         self._parsing = Request(self)
         self._url = b""
+        self._in_head = True
+        self._head_bytes = 0
         if self._active is None:
             self.waiting_since = time.monotonic()  # the head must now arrive within the header timeout
 
@@ -312,6 +334,7 @@ class HttpConnection(asyncio.Protocol):
             request.expect_continue = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         request = self._parsing
         if request is None:
             return
@@ -322,6 +345,11 @@ class HttpConnection(asyncio.Protocol):
             self._malformed("unsupported transfer coding", code="invalid_transfer_encoding")
             return
         parser = self._parser
+        if request.has_body and parser.should_upgrade():
+            # llhttp would skip this body (an upgrade hands the connection over); refuse it before anything is
+            # forwarded, so the upstream is never told of a body it would then read from the next bytes.
+            self._malformed("upgrade request with a body")
+            return
         request.method = parser.get_method().decode("ascii", "replace")
         request.http_version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
@@ -386,6 +414,10 @@ class HttpConnection(asyncio.Protocol):
             self.close()
             return
         self.waiting_since = time.monotonic()
+        if self._writable is not None:
+            # The client is not reading its responses: answer nothing more (and read nothing more) until it does.
+            self.pause_reading()
+            return
         if self._queue:
             self._start(self._queue.popleft())
         self.resume_reading()
@@ -429,7 +461,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _connection_header(self, request: Request) -> bytes | None:
         """``close`` when the connection ends after this response; ``keep-alive`` to an HTTP/1.0 client keeping it."""
-        if not request.keep_alive or self._closing or self._server.shutting_down:
+        if not request.keep_alive or not request.body_complete or self._closing or self._server.shutting_down:
             request.keep_alive = False
             return b"close"
         return b"keep-alive" if request.http_version == "1.0" else None
@@ -474,11 +506,16 @@ class HttpConnection(asyncio.Protocol):
         if not self.gone and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    async def drain(self) -> None:
-        """Wait while the client reads slower than the response arrives."""
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound on one wait
+        """Wait while the client reads slower than the response arrives; cut a client that stops reading."""
         writable = self._writable
         if writable is not None:
-            await writable
+            try:
+                async with asyncio.timeout(timeout):
+                    await writable
+            except TimeoutError:
+                self.close(abort=True)
+                raise ClientGoneError from None
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self.gone:
@@ -490,10 +527,14 @@ class HttpConnection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def close(self) -> None:
-        """Close after what was written has been flushed."""
+    def close(self, *, abort: bool = False) -> None:
+        """Close after what was written has been flushed; ``abort``: at once when the client is not reading it."""
         self._closing = True
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is None:
+            return
+        if abort and self.transport.get_write_buffer_size() > 0:
+            self.transport.abort()
+        elif not self.transport.is_closing():
             self.transport.close()
 
     @property
@@ -543,7 +584,7 @@ class HttpServer:
                     continue
                 limit = self.keepalive_timeout if conn.idle else self.header_timeout
                 if now - since > limit:
-                    conn.close()
+                    conn.close(abort=True)
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let requests in flight finish for up to ``grace`` seconds, then close everything."""

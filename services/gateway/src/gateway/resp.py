@@ -255,8 +255,13 @@ class RespClient:
         return conn.call(command)
 
     async def _call_after_connecting(self, command: bytes) -> RespValue:
-        conn = await self._connection()
-        return await conn.call(command)
+        # One bound for connecting and the call together: a request never waits longer than the timeout.
+        try:
+            async with asyncio.timeout(self._timeout):
+                conn = await self._connection()
+                return await conn.call(command)
+        except TimeoutError:
+            raise RespConnectionError("Redis did not answer in time") from None
 
     def close(self) -> None:
         """Close the connection."""

@@ -26,6 +26,7 @@ from tenantry_common.logging import configure_logging
 
 _log = structlog.get_logger("tenantry.gateway.server")
 _GRACE_SECONDS: Final = 10.0
+_STOP_SIGNALS: Final = {signal.SIGTERM, signal.SIGINT}
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -72,12 +73,20 @@ def _supervise(settings: GatewaySettings, sock: socket.socket) -> int:
     stopping = False
 
     def spawn(slot: int) -> None:
-        pid = os.fork()
+        # Signals stay blocked across fork and registration: a SIGTERM in between reaches every worker, and a new
+        # worker never runs the parent's handler.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            raise
         if pid == 0:
             code = 0
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 _worker(settings, sock)
             except BaseException:  # noqa: BLE001 - the worker's last word, then exit without the parent's cleanup
                 _log.exception("worker_crashed")
@@ -85,6 +94,7 @@ def _supervise(settings: GatewaySettings, sock: socket.socket) -> int:
             finally:
                 os._exit(code)
         children[pid] = slot
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -120,7 +130,8 @@ def _supervise(settings: GatewaySettings, sock: socket.socket) -> int:
             forward(signal.SIGTERM, None)
             continue
         time.sleep(0.5)
-        spawn(slot)
+        if not stopping:  # a SIGTERM during the pause: no new worker
+            spawn(slot)
     return 0
 
 

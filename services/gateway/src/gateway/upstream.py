@@ -76,12 +76,20 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self.keep_alive = True
         self.head_request = False
+        self._interim = False
+        #: An exchange is in progress; bytes arriving on an idle pooled connection are never anybody's answer.
+        self.busy = False
 
     # asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            # Unsolicited bytes on an idle connection (a late 408, a body longer than announced): never let the
+            # next request, perhaps another tenant's, read them as its response.
+            self.abort()
+            return
         self._got_bytes = True
         try:
             self._parser.feed_data(data)
@@ -118,11 +126,20 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if status == 101:  # no protocol upgrades through the gateway: 502
+            self._fail(UpstreamError("upstream switched protocols"))
+            return
+        if 100 <= status < 200:
+            # An interim response (100 Continue, 103 Early Hints): not the answer; the final one follows.
+            self.headers = []
+            self._interim = True
+            return
+        self.status = status
         self.keep_alive = self._parser.should_keep_alive()
         if not self._headers_done.done():
             self._headers_done.set_result(None)
-        if self.head_request or self.status in (204, 304) or 100 <= self.status < 200:
+        if self.head_request or self.status in (204, 304):
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -133,6 +150,9 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         if self._complete:
             return
         self._complete = True
@@ -169,7 +189,12 @@ class _Connection(asyncio.Protocol):
 
     async def drain(self) -> None:
         if not self._write_ready.is_set():
-            await self._write_ready.wait()
+            try:
+                async with asyncio.timeout(self._pool.read_timeout):
+                    await self._write_ready.wait()
+            except TimeoutError:
+                self.abort()
+                raise UpstreamTimeoutError("upstream stopped reading the request body") from None
         if self.closed:
             raise self._lost()
 
@@ -361,6 +386,7 @@ class UpstreamPool:
         """
         conn = self._take_idle(origin) or await self._connect(origin)
         conn.head_request = head_request
+        conn.busy = True
         try:
             conn.send(head)
             if body is not None:

@@ -392,12 +392,15 @@ def test_revoking_or_expiring_a_key_kills_its_cached_tokens_and_only_its_own(sta
     tenant = stack.tenant("tokens")
     sibling = new_key(stack, tenant)
     doomed = new_key(stack, tenant)
-    short = new_key(stack, tenant, expires_at=(datetime.now(UTC) + timedelta(seconds=3)).isoformat())
+    # Long enough to be learnt by the gateway and exchanged on a loaded machine, short enough to wait out.
+    short = new_key(stack, tenant, expires_at=(datetime.now(UTC) + timedelta(seconds=8)).isoformat())
     keys = {"sibling": sibling["key"], "doomed": doomed["key"], "short": short["key"], "first": tenant.key}
+    for key in keys.values():  # new keys reach the gateway with the next directory sync
+        wait_status(lambda key=key: httpx.post(stack.gateway.url + "/_gateway/token", headers={"X-API-Key": key}), 200)
     tokens = {name: token_for(stack, key) for name, key in keys.items()}
     for name, token in tokens.items():
         assert gw(stack, Authorization=f"Bearer {token}").status_code == 200, name
-    # The access token outlives the key (900 s against 3 s): the key's expiry wins.
+    # The access token outlives the key (900 s against 8 s): the key's expiry wins.
     expiry = datetime.fromisoformat(short["expires_at"]).timestamp()
     claims = json.loads(base64.urlsafe_b64decode(tokens["short"].split(".")[1] + "=="))
     assert claims["exp"] > expiry + 60

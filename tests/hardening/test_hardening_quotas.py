@@ -311,9 +311,11 @@ def audit_keys(client: redis.Redis, known: set[str]) -> dict[str, list[str]]:
     kinds: dict[str, list[str]] = {}
     for raw in client.scan_iter(match="*", count=1000):
         key = raw.decode()
-        ttl = client.ttl(key)
-        if ttl == -2:  # expired between SCAN and TTL
+        # PTTL, not TTL: a counter in its last second shows TTL 0 although it carries an expiry.
+        pttl = client.pttl(key)
+        if pttl == -2:  # expired between SCAN and PTTL
             continue
+        ttl = pttl if pttl < 0 else max(1, pttl // 1000)
         if key.startswith("tenantry:"):
             kinds.setdefault("platform", []).append(key)
             continue

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,7 @@ from bench.platform import (
 )
 from bench.procs import wait_until
 from bench.results import Target, format_number, median, percentile, safe_ratio
+from bench.sections.common import in_installation
 from tenantry_devtools.servers import free_port
 
 NAME = "apps"
@@ -44,17 +46,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "cold_tenants_per_run": settings.cold_per_run,
         "warm_requests_per_cold": settings.warm_per_cold,
     }
-    inst = Installation(ctx.backends, ctx.secrets, "apps")
-    mark = ctx.registry.mark()
-    try:
-        inst.create()
-        _run(ctx, report, inst)
-    except Exception as exc:  # noqa: BLE001 - recorded in the report; the other sections still run
-        report.error(f"section aborted: {type(exc).__name__}: {exc}")
-    finally:
-        ctx.registry.stop_since(mark)
-        inst.drop()
-    return report.finish()
+    return in_installation(ctx, report, "apps", partial(_run, ctx, report))
 
 
 def app_budget() -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.context import BenchContext, SectionReport, say
 from bench.nginx import BODY_BYTES, nginx_service, served_requests, upstream_config
+from bench.platform import Installation
 from bench.procs import CpuMeter, Service, http_ok
 from bench.redisstats import RedisMonitor, calls_delta
 from bench.results import median
@@ -178,6 +180,30 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
         "socket_errors": sum(s.socket_errors for s in samples),
         "samples": [s.to_dict() for s in samples],
     }
+
+
+def in_installation(
+    ctx: BenchContext,
+    report: SectionReport,
+    prefix: str,
+    body: Callable[[Installation], None],
+    cleanup: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run a section's ``body`` on an installation of its own; whatever happens, stop what the section started,
+    drop the installation and return the report (an exception is recorded in it, and the other sections run)."""
+    inst = Installation(ctx.backends, ctx.secrets, prefix)
+    mark = ctx.registry.mark()
+    try:
+        inst.create()
+        body(inst)
+    except Exception as exc:  # noqa: BLE001 - recorded in the report; the other sections still run
+        report.error(f"section aborted: {type(exc).__name__}: {exc}")
+    finally:
+        ctx.registry.stop_since(mark)
+        if cleanup is not None:
+            cleanup()
+        inst.drop()
+    return report.finish()
 
 
 def start_upstream(ctx: BenchContext, name: str = "upstream-nginx") -> Service:

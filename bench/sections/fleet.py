@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,6 +18,7 @@ import asyncpg
 from bench.context import BenchContext, SectionReport, say
 from bench.platform import ROOT, Admin, Installation, run_async, start_http, tenant_service
 from bench.results import Target, format_number, median, safe_ratio
+from bench.sections.common import in_installation
 from tenant_service.provisioning.schema import DEFAULT_MIGRATIONS_DIR
 
 NAME = "fleet"
@@ -33,17 +35,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "migrate_tenants_concurrency": settings.fleet_concurrency,
         "runs": settings.runs,
     }
-    inst = Installation(ctx.backends, ctx.secrets, "fleet")
-    mark = ctx.registry.mark()
-    try:
-        inst.create()
-        _run(ctx, report, inst)
-    except Exception as exc:  # noqa: BLE001 - recorded in the report; the other sections still run
-        report.error(f"section aborted: {type(exc).__name__}: {exc}")
-    finally:
-        ctx.registry.stop_since(mark)
-        inst.drop()
-    return report.finish()
+    return in_installation(ctx, report, "fleet", partial(_run, ctx, report))
 
 
 def psql_loop_command(db_list: Path, port: int, ddl: str) -> list[str]:

@@ -21,7 +21,16 @@ from bench.platform import (
 )
 from bench.procs import Service, http_ok, wait_until
 from bench.results import Target, format_number, safe_ratio
-from bench.sections.common import BENCH_PATH, Sample, check_body, measure, port_of, start_upstream, summarize
+from bench.sections.common import (
+    BENCH_PATH,
+    Sample,
+    check_body,
+    in_installation,
+    measure,
+    port_of,
+    start_upstream,
+    summarize,
+)
 from bench.wrk import calibrated_delay, delay_script, paced_load
 from tenantry_common.apikeys import generate_api_key
 from tenantry_devtools.servers import free_port
@@ -53,18 +62,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "wrk_connections": settings.connections,
         "gateway_env": "GATEWAY_WORKERS=1 (multi-worker row: = nproc), ACCESS_LOG=false, LOG_LEVEL=WARNING",
     }
-    inst = Installation(ctx.backends, ctx.secrets, "gw")
-    mark = ctx.registry.mark()
-    try:
-        inst.create()
-        _run(ctx, report, inst)
-    except Exception as exc:  # noqa: BLE001 - recorded in the report; the other sections still run
-        report.error(f"section aborted: {type(exc).__name__}: {exc}")
-    finally:
-        ctx.registry.stop_since(mark)
-        ctx.backends.unpin_redis()
-        inst.drop()
-    return report.finish()
+    return in_installation(ctx, report, "gw", partial(_run, ctx, report), cleanup=ctx.backends.unpin_redis)
 
 
 def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:

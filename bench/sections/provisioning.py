@@ -13,6 +13,7 @@ from bench.context import BenchContext, SectionReport, say
 from bench.platform import Admin, Installation, count_in_file, file_size, start_http, tenant_service
 from bench.procs import TreeCpuMeter
 from bench.results import Target, format_number, median, percentile, safe_ratio
+from bench.sections.common import in_installation
 
 NAME = "provisioning"
 TITLE = "3. Provisioning"
@@ -30,18 +31,12 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "parallel_workers": settings.prov_workers,
         "parallel_per_run": settings.prov_parallel_total,
     }
-    inst = Installation(ctx.backends, ctx.secrets, "prov")
-    mark = ctx.registry.mark()
-    try:
-        inst.create()
+
+    def body(inst: Installation) -> None:
         with asyncio.Runner() as runner:
             _run(ctx, report, inst, runner)
-    except Exception as exc:  # noqa: BLE001 - recorded in the report; the other sections still run
-        report.error(f"section aborted: {type(exc).__name__}: {exc}")
-    finally:
-        ctx.registry.stop_since(mark)
-        inst.drop()
-    return report.finish()
+
+    return in_installation(ctx, report, "prov", body)
 
 
 class Raw:

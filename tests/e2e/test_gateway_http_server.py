@@ -68,10 +68,12 @@ def _wait(predicate, timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.settimeout(10)
-    return sock
+@contextlib.contextmanager
+def _connected(port: int) -> Iterator[socket.socket]:
+    """A raw connection to ``port``, closed afterwards."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(10)
+        yield sock
 
 
 def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[str, str], bytes]:
@@ -135,8 +137,7 @@ def _get(server: Server, target: str = "/echo", extra: str = "", version: str = 
 
 
 def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         burst = b"".join(_get(server, f"/p{i}", f"X-Request-ID: req-{i}\r\n") for i in range(5))
         sock.sendall(burst)
         buffer = bytearray()
@@ -145,32 +146,23 @@ def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
             assert status == 200
             assert headers["x-request-id"] == f"req-{i}"
             assert f'"path": "/p{i}"' in body.decode()
-    finally:
-        sock.close()
 
 
 def test_http10_closes_unless_asked_to_keep_alive(server: Server) -> None:
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         sock.sendall(_get(server, version="1.0"))
         status, headers, _ = _read_response(sock, bytearray())
         assert status == 200
         assert headers.get("connection") == "close"
         assert _closed_by_peer(sock, 5)
-    finally:
-        sock.close()
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         buffer = bytearray()
         for _ in range(2):  # a response with a known length keeps an HTTP/1.0 keep-alive connection open
             sock.sendall(b"GET /_gateway/healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             status, headers, _ = _read_response(sock, buffer)
             assert status == 200
             assert headers.get("connection") == "keep-alive"
-    finally:
-        sock.close()
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         # An upstream body of unknown length cannot be chunk-coded to HTTP/1.0: then it ends with the connection.
         sock.sendall(_get(server, extra="Connection: keep-alive\r\n", version="1.0"))
         data = b""
@@ -184,25 +176,19 @@ def test_http10_closes_unless_asked_to_keep_alive(server: Server) -> None:
             while chunk := sock.recv(65536):
                 body += chunk
             assert body.endswith(b"}")  # the whole JSON document, then the close
-    finally:
-        sock.close()
 
 
 def test_connection_close_is_honoured(server: Server) -> None:
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         sock.sendall(_get(server, extra="Connection: close\r\n"))
         status, headers, _ = _read_response(sock, bytearray())
         assert status == 200
         assert headers.get("connection") == "close"
         assert _closed_by_peer(sock, 5)
-    finally:
-        sock.close()
 
 
 def test_expect_100_continue_gets_an_interim_response(server: Server) -> None:
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         sock.sendall(
             f"POST /upload HTTP/1.1\r\nHost: {server.slug}.localhost\r\nX-API-Key: {server.key}\r\n"
             "Content-Type: text/plain\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
@@ -215,28 +201,20 @@ def test_expect_100_continue_gets_an_interim_response(server: Server) -> None:
         assert status == 200
         assert '"body": "hello"' in body.decode()
         assert "expect" not in body.decode().lower()  # hop-by-hop: the upstream never sees it
-    finally:
-        sock.close()
 
 
 def test_a_client_that_never_finishes_its_head_is_disconnected(server: Server) -> None:
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: srv.localhost\r\nX-Slow: ")
         # CLIENT_HEADER_TIMEOUT is 1 s and the sweep runs every second; allow generous slack.
         assert _closed_by_peer(sock, 8)
-    finally:
-        sock.close()
 
 
 def test_idle_keep_alive_connections_are_closed(server: Server) -> None:
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         sock.sendall(_get(server))
         assert _read_response(sock, bytearray())[0] == 200
         assert _closed_by_peer(sock, 10)  # CLIENT_KEEPALIVE_TIMEOUT is 2 s
-    finally:
-        sock.close()
 
 
 def test_a_busy_connection_is_not_cut_by_the_header_timeout(server: Server) -> None:
@@ -261,8 +239,7 @@ def test_a_busy_connection_is_not_cut_by_the_header_timeout(server: Server) -> N
     ids=["garbage", "header-without-colon", "bad-version", "long-target", "huge-headers"],
 )
 def test_malformed_requests_get_a_problem_and_the_connection_closes(server: Server, raw: bytes, status: int) -> None:
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         sock.sendall(raw)
         got, headers, body = _read_response(sock, bytearray())
         assert got == status
@@ -270,13 +247,10 @@ def test_malformed_requests_get_a_problem_and_the_connection_closes(server: Serv
         assert b'"code"' in body
         assert headers.get("connection") == "close"
         assert _closed_by_peer(sock, 5)
-    finally:
-        sock.close()
 
 
 def test_head_requests_get_no_body(server: Server) -> None:
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         sock.sendall(
             f"HEAD /echo HTTP/1.1\r\nHost: srv.localhost\r\nX-API-Key: {server.key}\r\n\r\n".encode() + _get(server)
         )
@@ -290,8 +264,6 @@ def test_head_requests_get_no_body(server: Server) -> None:
         status, _, body = _read_response(sock, second)
         assert status == 200
         assert b'"method": "GET"' in body
-    finally:
-        sock.close()
 
 
 def test_streamed_upstream_body_is_chunk_coded_to_the_client(server: Server) -> None:
@@ -511,8 +483,7 @@ def test_an_upstream_resolving_to_a_metadata_address_is_never_connected(
 
 
 def test_an_upgrade_request_with_a_body_is_refused(server: Server) -> None:
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         smuggled = b"GET /smuggled HTTP/1.1\r\nHost: srv.localhost\r\n\r\n"
         sock.sendall(
             f"POST /upgrade-with-body HTTP/1.1\r\nHost: srv.localhost\r\nX-API-Key: {server.key}\r\n"
@@ -523,15 +494,12 @@ def test_an_upgrade_request_with_a_body_is_refused(server: Server) -> None:
         assert status == 400
         assert headers.get("connection") == "close"
         assert _closed_by_peer(sock, 5)
-    finally:
-        sock.close()
     seen = httpx.get(server.echo.url + "/upgrade-with-body", timeout=10).json()["count"]
     assert seen == 1  # only this probe: the gateway never forwarded the refused request
 
 
 def test_an_endless_header_line_is_cut_off(server: Server) -> None:
-    sock = _connect(server.gateway.port)
-    try:
+    with _connected(server.gateway.port) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: srv.localhost\r\nX-Endless: ")
         with contextlib.suppress(OSError):
             for _ in range(40):  # 40 x 16 KiB without a line end
@@ -541,8 +509,6 @@ def test_an_endless_header_line_is_cut_off(server: Server) -> None:
             while chunk := sock.recv(65536):
                 data += chunk
         assert data == b"" or data.startswith(b"HTTP/1.1 431")
-    finally:
-        sock.close()
 
 
 class _RawUpstream:

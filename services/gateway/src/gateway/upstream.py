@@ -18,6 +18,8 @@ from typing import Final
 import httptools
 import structlog
 
+from tenantry_common.addresses import forbidden_upstream_ip
+
 _log = structlog.get_logger("tenantry.gateway.upstream")
 Headers = list[tuple[bytes, bytes]]
 _HIGH_WATER: Final = 16
@@ -282,16 +284,11 @@ class UpstreamResponse:
 
 
 BodySource = Callable[[], Awaitable[tuple[bytes, bool]]]
-#: Cloud metadata services outside the link-local ranges.
-_METADATA_ADDRESSES: Final = frozenset({ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")})
 
 
 def forbidden_address(address: str) -> bool:
-    """Link-local (cloud metadata), multicast, unspecified or a known metadata address: never an upstream."""
-    ip = ipaddress.ip_address(address.partition("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip in _METADATA_ADDRESSES
+    """Whether ``address`` (as getaddrinfo gives it, maybe with a scope) may never be an upstream."""
+    return forbidden_upstream_ip(ipaddress.ip_address(address.partition("%")[0]))
 
 
 async def _allowed_address(loop: asyncio.AbstractEventLoop, origin: Origin) -> str:

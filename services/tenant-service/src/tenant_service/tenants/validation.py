@@ -8,14 +8,13 @@ import re
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from tenantry_common.addresses import forbidden_upstream_ip
 from tenantry_common.problems import FieldError, InvalidInputError, ProblemError
 
 _LABEL: Final = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _BLOCKED_HOSTS: Final = frozenset(
     {"metadata.google.internal", "metadata", "instance-data", "instance-data.ec2.internal"}
 )
-#: Cloud metadata endpoints outside the link-local ranges (Alibaba Cloud; AWS IMDS over IPv6).
-_METADATA_ADDRESSES: Final = frozenset({ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")})
 #: A last label that is a number (decimal, octal or 0x-hex): resolvers read such a host as an IPv4 address.
 _NUMERIC_LABEL: Final = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 
@@ -72,14 +71,6 @@ def check_json_text(value: Any, field: str) -> None:
             )
 
 
-def _ip_forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip in _METADATA_ADDRESSES:
-        return True
-    return not ip.is_loopback and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved)
-
-
 def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
     """Accept an upstream URL only when its host is inside the allow-list; return it normalised.
 
@@ -114,7 +105,7 @@ def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
                 "invalid upstream_url",
                 errors=[FieldError(field="upstream_url", message="an IPv4 host must be a dotted quad")],
             ) from None
-    if (ip is not None and _ip_forbidden(ip)) or host in _BLOCKED_HOSTS:
+    if (ip is not None and forbidden_upstream_ip(ip)) or host in _BLOCKED_HOSTS:
         raise refusal
     for entry in allowlist:
         if "/" in entry:

@@ -1,0 +1,27 @@
+"""Which network addresses may never be an upstream: one rule for the admin API and the gateway.
+
+The tenant-service refuses such an ``upstream_url`` when it is set; the gateway checks again at connect time,
+because a host name's DNS answer can change after the check.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Final
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: Cloud metadata endpoints outside the link-local ranges (Alibaba Cloud; AWS IMDS over IPv6).
+METADATA_ADDRESSES: Final = frozenset({ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")})
+
+
+def forbidden_upstream_ip(ip: IPAddress) -> bool:
+    """Link-local (cloud metadata), multicast, unspecified, reserved or a known metadata address.
+
+    An IPv4-mapped IPv6 address is judged by its IPv4 address; loopback is allowed (local development).
+    """
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return True
+    return not ip.is_loopback and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved)

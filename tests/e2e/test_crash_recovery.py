@@ -28,7 +28,16 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from support.platform import Installation, ServiceProcess, cluster_objects, wait_for, with_database
+from support.platform import (
+    Installation,
+    ServiceProcess,
+    assert_no_orphans,
+    cluster_objects,
+    registry,
+    tenant_row,
+    wait_for,
+    with_database,
+)
 from support.servers import PostgresServer
 from tenant_service import failpoints
 from tenant_service.app import create_app
@@ -64,31 +73,6 @@ async def inst(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-
-
-async def registry(inst: Installation, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(inst.database_url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
-async def tenant_row(inst: Installation, slug: str) -> asyncpg.Record | None:
-    rows = await registry(inst, "SELECT * FROM tenants WHERE slug = $1", slug)
-    return rows[0] if rows else None
-
-
-async def assert_consistent(inst: Installation, pg_url: str) -> list[asyncpg.Record]:
-    """Nobody stuck; each live tenant has its database and role; nothing with the prefix is unreferenced."""
-    rows = await registry(inst, "SELECT id, slug, status, db_name, db_role FROM tenants")
-    stuck = [r["slug"] for r in rows if r["status"] in ("provisioning", "deleting")]
-    assert not stuck, f"tenants stuck: {stuck}"
-    dbs, roles = await cluster_objects(pg_url, inst.prefix)
-    live = [r for r in rows if r["status"] in ("active", "suspended", "deleted")]
-    assert set(dbs) == {r["db_name"] for r in live}, "databases without a live tenant row, or missing ones"
-    assert set(roles) == {r["db_role"] for r in live}, "roles without a live tenant row, or missing ones"
-    return rows
 
 
 def scram_matches(password: str, verifier: str) -> bool:
@@ -225,7 +209,7 @@ async def test_kill_mid_provisioning_is_recovered(point: str, inst: Installation
     for log in logs:
         assert creds["password"] not in log
 
-    await assert_consistent(inst, pg_url)
+    await assert_no_orphans(inst, pg_url)
     dbs, roles = await cluster_objects(pg_url, inst.prefix + slug.replace("-", "_") + "_")
     assert list(dbs) == list(roles) == [row["db_name"]]
 
@@ -259,7 +243,7 @@ async def test_unreadable_secret_while_provisioning_ends_failed_not_stuck(inst: 
     assert row["failure_reason"] == "DecryptionError"
     dbs, roles = await cluster_objects(pg_url, row["db_name"])
     assert dbs == roles == {}
-    await assert_consistent(inst, pg_url)
+    await assert_no_orphans(inst, pg_url)
 
 
 # --- 4. orphans -------------------------------------------------------------------------------------
@@ -351,7 +335,7 @@ async def test_reconcile_drops_only_this_installations_orphans(inst: Installatio
         for role in planted_roles:
             await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         await admin.close()
-    await assert_consistent(inst, pg_url)
+    await assert_no_orphans(inst, pg_url)
 
 
 # --- 6. the template held open by a stray session ---------------------------------------------------
@@ -410,7 +394,7 @@ async def test_stray_connection_to_the_template_fails_the_create_cleanly(
         allowed = await admin.fetchval("SELECT datallowconn FROM pg_database WHERE datname = $1", inst.template)
         await admin.close()
     assert allowed is False
-    await assert_consistent(inst, pg_url)
+    await assert_no_orphans(inst, pg_url)
 
 
 # --- 7. Postgres restarts while tenants are being created -------------------------------------------
@@ -478,7 +462,7 @@ async def test_postgres_restart_during_creates(
                 break
     finally:
         await ctx.close()
-    rows = await assert_consistent(inst, pg_url)
+    rows = await assert_no_orphans(inst, pg_url)
     statuses = {r["slug"]: r["status"] for r in rows if r["slug"] in slugs}
     assert set(statuses) == set(slugs)
     assert set(statuses.values()) <= {"active", "failed"}

@@ -30,7 +30,16 @@ import asyncpg
 import httpx
 import pytest
 
-from support.platform import Installation, ServiceProcess, cluster_objects, wait_for, with_database
+from support.platform import (
+    Installation,
+    ServiceProcess,
+    assert_no_orphans,
+    cluster_objects,
+    registry,
+    tenant_row,
+    wait_for,
+    with_database,
+)
 from tenant_service.context import AppContext
 from tenant_service.provisioning.cluster import TenantCluster
 from tenant_service.provisioning.reconciler import Reconciler
@@ -66,19 +75,6 @@ def own_pg() -> Iterator[LocalPostgres]:
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-async def registry(inst: Installation, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(inst.database_url, timeout=10)
-    try:
-        return list(await conn.fetch(sql, *args, timeout=30))
-    finally:
-        await conn.close()
-
-
-async def tenant_row(inst: Installation, slug: str) -> asyncpg.Record | None:
-    rows = await registry(inst, "SELECT * FROM tenants WHERE slug = $1", slug)
-    return rows[0] if rows else None
-
-
 def stem(inst: Installation, slug: str) -> str:
     """The name prefix of the database and role a tenant with ``slug`` gets."""
     return inst.prefix + slug.replace("-", "_") + "_"
@@ -99,15 +95,11 @@ async def public_privileges(pg_url: str, database: str) -> tuple[bool, bool]:
     return bool(row["c"]), bool(row["t"])
 
 
-async def assert_no_orphans(inst: Installation, pg_url: str) -> list[asyncpg.Record]:
-    """Nobody stuck half-way; every live tenant has its database and role; nothing of ours is unreferenced."""
-    rows = await registry(inst, "SELECT id, slug, status, db_name, db_role FROM tenants")
-    stuck = [r["slug"] for r in rows if r["status"] in ("provisioning", "deleting")]
-    assert not stuck, f"tenants stuck: {stuck}"
-    dbs, roles = await cluster_objects(pg_url, inst.prefix)
+async def assert_no_orphans_closed(inst: Installation, pg_url: str) -> list[asyncpg.Record]:
+    """No orphans (support.platform), and every live tenant's database is marked and closed to PUBLIC."""
+    rows = await assert_no_orphans(inst, pg_url)
+    dbs, _ = await cluster_objects(pg_url, inst.prefix)
     live = [r for r in rows if r["status"] in ("active", "suspended", "deleted")]
-    assert set(dbs) == {r["db_name"] for r in live}, "databases without a live tenant, or missing ones"
-    assert set(roles) == {r["db_role"] for r in live}, "roles without a live tenant, or missing ones"
     for row in live:
         assert dbs[row["db_name"]], f"{row['db_name']} carries no marker"
         assert await public_privileges(pg_url, row["db_name"]) == (False, False), row["db_name"]
@@ -279,7 +271,7 @@ async def test_kill_at_a_provisioning_step_is_finished_or_compensated_after_rest
             await admin.execute(f'ALTER DATABASE "{inst.template}" ALLOW_CONNECTIONS false')
         await admin.close()
 
-    rows = await assert_no_orphans(inst, pg_url)
+    rows = await assert_no_orphans_closed(inst, pg_url)
     mine = [r for r in rows if r["slug"] == slug]
     dbs, roles = await cluster_objects(pg_url, stem(inst, slug))
     assert set(dbs) == set(roles) == {r["db_name"] for r in mine if r["status"] == "active"}
@@ -357,7 +349,7 @@ async def test_postgres_crash_during_a_create_settles_it_and_the_service_keeps_a
     finally:
         service.stop()
     assert "Traceback" not in service.log()
-    await assert_no_orphans(inst, own_pg.url)
+    await assert_no_orphans_closed(inst, own_pg.url)
 
 
 # --- 3. a stray session on the template -------------------------------------------------------------
@@ -436,7 +428,7 @@ async def test_stray_session_on_the_template_retried_then_failed_or_succeeds(
         await admin.execute(f'ALTER DATABASE "{inst.template}" ALLOW_CONNECTIONS false')
         await admin.close()
     assert "Traceback" not in service.log()
-    await assert_no_orphans(inst, pg_url)
+    await assert_no_orphans_closed(inst, pg_url)
 
 
 # --- 4. purge while the tenant's own role is connected ----------------------------------------------
@@ -505,4 +497,4 @@ async def test_purge_ends_the_tenants_open_connections_and_leaves_nothing(
                 conn.terminate()
     assert "Traceback" not in service.log()
     assert creds["password"] not in service.log()
-    await assert_no_orphans(inst, pg_url)
+    await assert_no_orphans_closed(inst, pg_url)

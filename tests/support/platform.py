@@ -263,6 +263,33 @@ async def cluster_objects(pg_url: str, prefix: str) -> tuple[dict[str, str | Non
     return {r["n"]: r["c"] for r in dbs}, {r["n"]: r["c"] for r in roles}
 
 
+async def registry(inst: Installation, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Rows of a query on the installation's registry (master) database."""
+    conn = await asyncpg.connect(inst.database_url, timeout=10)
+    try:
+        return list(await conn.fetch(sql, *args, timeout=30))
+    finally:
+        await conn.close()
+
+
+async def tenant_row(inst: Installation, slug: str) -> asyncpg.Record | None:
+    """The registry row of a tenant, or None."""
+    rows = await registry(inst, "SELECT * FROM tenants WHERE slug = $1", slug)
+    return rows[0] if rows else None
+
+
+async def assert_no_orphans(inst: Installation, pg_url: str) -> list[asyncpg.Record]:
+    """Nobody stuck half-way; every live tenant has its database and role; nothing of ours is unreferenced."""
+    rows = await registry(inst, "SELECT id, slug, status, db_name, db_role FROM tenants")
+    stuck = [r["slug"] for r in rows if r["status"] in ("provisioning", "deleting")]
+    assert not stuck, f"tenants stuck: {stuck}"
+    dbs, roles = await cluster_objects(pg_url, inst.prefix)
+    live = [r for r in rows if r["status"] in ("active", "suspended", "deleted")]
+    assert set(dbs) == {r["db_name"] for r in live}, "databases without a live tenant, or missing ones"
+    assert set(roles) == {r["db_role"] for r in live}, "roles without a live tenant, or missing ones"
+    return rows
+
+
 @contextlib.asynccontextmanager
 async def in_process(inst: Installation, **env: str) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     """The tenant-service app in-process on ``inst`` (``env`` overrides), with a context of its own, served on the

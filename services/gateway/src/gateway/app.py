@@ -69,7 +69,6 @@ _STATUS_ERRORS: Final = {
     "provisioning": (503, "tenant_unavailable", "The tenant is not ready yet."),
     "failed": (503, "tenant_unavailable", "The tenant is unavailable."),
 }
-_NO_BODY_STATUS: Final = frozenset({204, 304})
 _KEY_FILE_POLL_SECONDS: Final = 2.0
 
 

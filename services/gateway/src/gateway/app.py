@@ -113,18 +113,18 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.directory = Directory()
-        self.keys = KeyRing.from_config(settings.jwt_signing_keys, settings.jwt_algorithm)
+        keys = KeyRing.from_config(settings.jwt_signing_keys, settings.jwt_algorithm)
         self.resolver = Resolver(self.directory, settings.base_domain)
         self.authenticator = Authenticator(
             self.directory,
             settings.api_key_hash_secret,
-            self.keys,
+            keys,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             leeway=settings.jwt_leeway,
         )
         self.tokens = TokenIssuer(
-            self.keys,
+            keys,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             upstream_audience=settings.upstream_audience,
@@ -164,7 +164,6 @@ class Gateway:
                 _log.error("signing_keys_reload_failed", error=str(exc))  # keep the keys in use
                 continue
             self._key_spec = spec
-            self.keys = keys
             self.authenticator.use_keys(keys)
             self.tokens.use_keys(keys)
             _log.info("signing_keys_reloaded", kids=list(keys.private_keys), signing_kid=keys.primary_kid)

@@ -155,8 +155,9 @@ async def test_migrate_tenants_rolls_out_a_migration_and_resumes_after_fixing_th
             assert state["version"] == 3, (slug, state)
             assert state["pinned"], slug
             assert state["tags"], slug
-            # What the migration created belongs to the tenant, not to the superuser that ran it.
-            assert state["owners"] == {roles[slug]}, (slug, state)
+            # What the migration created belongs to the tenant (its role, or pg_database_owner: the cloned
+            # objects, whose one member is the database's owner), not to the superuser that ran it.
+            assert state["owners"] == {roles[slug], "pg_database_owner"}, (slug, state)
         # The broken tenant's transaction was rolled back as a whole: still at 2, nothing of 0003 left.
         assert states[BROKEN]["version"] == 2
         assert not states[BROKEN]["tags"]
@@ -185,7 +186,7 @@ async def test_migrate_tenants_rolls_out_a_migration_and_resumes_after_fixing_th
         assert {slug: state["version"] for slug, state in states.items()} == dict.fromkeys(databases, 3)
         assert states[BROKEN]["pinned"]
         assert states[BROKEN]["tags"]
-        assert states[BROKEN]["owners"] == {roles[BROKEN]}
+        assert states[BROKEN]["owners"] == {roles[BROKEN], "pg_database_owner"}
         assert await _registry_versions(inst) == dict.fromkeys(databases, 3)
         assert await _template_version(inst) == 3
 
@@ -203,6 +204,6 @@ async def test_migrate_tenants_rolls_out_a_migration_and_resumes_after_fixing_th
         assert late_state["version"] == 3
         assert late_state["pinned"]
         assert late_state["tags"]
-        assert late_state["owners"] == {late.view.database.name}
+        assert late_state["owners"] == {"pg_database_owner"}  # the template's objects, 0003's included
     finally:
         await ctx.close()

@@ -70,11 +70,14 @@ async def test_tenant_role_has_no_privileged_attributes(api, installation: Insta
     try:
         role = await conn.fetchrow("SELECT * FROM pg_roles WHERE rolname = $1", a["database"]["name"])
         acl = await conn.fetchval("SELECT datacl::text FROM pg_database WHERE datname = $1", a["database"]["name"])
+        memberships = await conn.fetchval("SELECT count(*) FROM pg_auth_members WHERE member = $1", role["oid"])
     finally:
         await conn.close()
     assert role["rolcanlogin"]
-    for attribute in ("rolsuper", "rolcreatedb", "rolcreaterole", "rolreplication", "rolbypassrls", "rolinherit"):
+    for attribute in ("rolsuper", "rolcreatedb", "rolcreaterole", "rolreplication", "rolbypassrls"):
         assert role[attribute] is False, attribute
+    # INHERIT only reaches pg_database_owner in its own database: the role is granted no role at all.
+    assert memberships == 0
     assert role["rolconnlimit"] == a["limits"]["max_connections"]
     # No "=..." entry: PUBLIC holds nothing on the tenant database.
     assert not any(entry.startswith("=") for entry in acl.strip("{}").split(","))
@@ -88,11 +91,41 @@ async def test_tenant_owns_the_objects_cloned_from_the_template(api, installatio
         owners = {
             r["tableowner"] for r in await conn.fetch("SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")
         }
-        # The tenant can evolve its own schema.
+        schema_owner = await conn.fetchval(
+            "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'"
+        )
+        # Cloned objects belong to pg_database_owner, whose one member here is the tenant's role (the owner of
+        # the database): the tenant holds owner rights on them and can evolve its own schema.
+        assert await conn.fetchval("SELECT pg_has_role(current_user, 'pg_database_owner', 'USAGE')")
+        await conn.execute("ALTER TABLE notes ADD COLUMN tag text")
         await conn.execute("CREATE TABLE app_private (id int)")
+        mine = await conn.fetchval("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'app_private'")
     finally:
         await conn.close()
-    assert owners == {creds["user"]}
+    assert owners == {"pg_database_owner"}
+    assert schema_owner == "pg_database_owner"
+    assert mine == creds["user"]
+
+
+async def test_owner_rights_do_not_reach_another_tenants_database(api, installation: Installation, pg_url: str) -> None:
+    a = await _create(api, "iso-foxtrot-two")
+    b = await _create(api, "iso-foxtrot-three")
+    creds_a = await _credentials(api, installation, a["id"])
+    # Even where a's role could connect to b's database (an operator's mistaken GRANT), it is not b's owner there.
+    admin = await asyncpg.connect(with_database(pg_url, b["database"]["name"]))
+    try:
+        await admin.execute(f'GRANT CONNECT ON DATABASE "{b["database"]["name"]}" TO "{creds_a["user"]}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(_dsn(creds_a, b["database"]["name"]))
+    try:
+        assert not await conn.fetchval("SELECT pg_has_role(current_user, 'pg_database_owner', 'USAGE')")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch("SELECT * FROM notes")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CREATE TABLE intruder (id int)")
+    finally:
+        await conn.close()
 
 
 async def test_master_registry_never_stores_plaintext_passwords(api, installation: Installation) -> None:

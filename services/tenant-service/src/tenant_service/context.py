@@ -70,6 +70,7 @@ class AppContext:
 
     async def close(self) -> None:
         """Release pools and clients."""
+        await self.cluster.close()
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose()

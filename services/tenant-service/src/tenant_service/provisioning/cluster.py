@@ -3,6 +3,12 @@
 Every statement here is a utility statement that Postgres cannot parameterise, so every identifier goes through
 :func:`quote_ident` (which refuses anything but a plain lowercase name) and no password is ever sent: roles get
 a SCRAM verifier computed locally.
+
+Ownership: what the migrations create in the template belongs to ``pg_database_owner``, the predefined role whose
+only member is, in each database, that database's owner. A clone made ``OWNER <tenant role>`` is therefore owned
+inside by the tenant's role from the first moment, without a connection to the new database. Templates made by
+earlier versions (objects owned by ``<template>_owner``) are converted by the next template migration; until
+then a clone is secured the old way (``REASSIGN OWNED`` inside the new database).
 """
 
 from __future__ import annotations
@@ -37,10 +43,27 @@ _OBJECT_IN_USE = "55006"
 #: Databases every cluster has that PUBLIC may connect to by default; tenant roles must not.
 MAINTENANCE_DATABASES = ("postgres", "template1")
 _MAINTENANCE_LOCK = zlib.crc32(b"tenantry:maintenance-databases")
+#: The predefined role whose member is, in each database, that database's owner (Postgres 14+).
+DATABASE_OWNER = "pg_database_owner"
+#: Comment on the template database once its objects belong to :data:`DATABASE_OWNER`; ends with the version.
+_TEMPLATE_MARK = "tenantry:template:owner=pg_database_owner:schema="
+#: Admin connections to the maintenance database kept open for provisioning and housekeeping.
+ADMIN_POOL_SIZE = 8
+#: An idle pooled admin connection is closed after this many seconds.
+ADMIN_POOL_IDLE_SECONDS = 60.0
 
 
 class TemplateBusyError(RuntimeError):
     """The template stayed in use by other sessions through every retry of CREATE DATABASE."""
+
+
+@dataclass(frozen=True)
+class Clone:
+    """The outcome of :meth:`TenantCluster.ensure_database`."""
+
+    created: bool
+    #: The template's schema version at the clone, when the clone needs no securing step (None: it does).
+    version: int | None
 
 
 @dataclass(frozen=True)
@@ -61,15 +84,34 @@ class TenantCluster:
         self.template_owner = template_owner_role(settings.template_name)
         quote_ident(self.template)
         self._template_lock = zlib.crc32(f"tenantry:template:{self.template}".encode())
+        self._pool: asyncpg.Pool | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
 
-    @contextlib.asynccontextmanager
-    async def connect(self, database: str | None = None) -> AsyncIterator[Any]:
-        """An admin connection, to the maintenance database or to ``database``."""
-        kwargs: dict[str, Any] = {
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
             "timeout": self._settings.connect_timeout,
             "command_timeout": self._settings.statement_timeout_ms / 1000,
             "server_settings": {"application_name": "tenantry-provisioner"},
         }
+
+    @contextlib.asynccontextmanager
+    async def connect(self, database: str | None = None, *, fresh: bool = False) -> AsyncIterator[Any]:
+        """An admin connection, to the maintenance database or to ``database``.
+
+        Connections to the maintenance database come from a small pool (a new backend costs a few milliseconds of
+        server CPU; provisioning would otherwise start one per tenant). On release the pool resets the session,
+        advisory locks included. ``fresh``: a new connection even so (health checks must see the server now).
+        """
+        if database is None and not fresh:
+            pool = await self._admin_pool()
+            conn = await pool.acquire(timeout=self._settings.connect_timeout)
+            try:
+                yield conn
+            finally:
+                with contextlib.suppress(Exception):
+                    await pool.release(conn, timeout=2)
+            return
+        kwargs = self._connect_kwargs()
         if database is not None:
             kwargs["database"] = database
         conn = await asyncpg.connect(self._dsn, **kwargs)
@@ -78,6 +120,32 @@ class TenantCluster:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), timeout=2)
+
+    async def _admin_pool(self) -> asyncpg.Pool:
+        loop = asyncio.get_running_loop()
+        if self._pool is None or self._pool_loop is not loop:
+            if self._pool is not None:  # made on another event loop (a CLI run before this one): unusable here
+                self._pool.terminate()
+            self._pool, self._pool_loop = None, loop
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=0,
+                max_size=ADMIN_POOL_SIZE,
+                max_inactive_connection_lifetime=ADMIN_POOL_IDLE_SECONDS,
+                **self._connect_kwargs(),
+            )
+        return self._pool
+
+    async def close(self) -> None:
+        """Close the pooled admin connections."""
+        pool, self._pool = self._pool, None
+        if pool is not None and self._pool_loop is asyncio.get_running_loop():
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+        elif pool is not None:
+            pool.terminate()
 
     # --- template -------------------------------------------------------------------------------------
 
@@ -130,9 +198,15 @@ class TenantCluster:
                 await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS true")
                 try:
                     async with self.connect(self.template) as tconn:
-                        await tconn.execute(f"ALTER SCHEMA public OWNER TO {quote_ident(self.template_owner)}")
-                        await tconn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-                        version = await apply_migrations(tconn, migrations, owner=self.template_owner)
+                        owner = quote_ident(self.template_owner)
+                        # Objects of templates made by earlier versions move to pg_database_owner.
+                        await tconn.execute(
+                            f"ALTER SCHEMA public OWNER TO {DATABASE_OWNER}; "
+                            "REVOKE CREATE ON SCHEMA public FROM PUBLIC; "
+                            f"REASSIGN OWNED BY {owner} TO {DATABASE_OWNER}; DROP OWNED BY {owner}"
+                        )
+                        version = await apply_migrations(tconn, migrations, owner=DATABASE_OWNER)
+                    await conn.execute(f"COMMENT ON DATABASE {tpl} IS {quote_literal(f'{_TEMPLATE_MARK}{version}')}")
                 finally:
                     await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS false")
             finally:
@@ -156,11 +230,15 @@ class TenantCluster:
         """Create the tenant's LOGIN role, or bring an existing one to the wanted attributes.
 
         ``conn``: an admin connection to reuse (provisioning shares one across its steps).
+
+        The role is a member of no role. It has INHERIT so that, in the one database it owns, it holds the rights
+        of ``pg_database_owner`` (the owner of everything cloned from the template); everywhere else that role's
+        only member is another database's owner.
         """
         ident = quote_ident(role)
         verifier = quote_literal(scram_sha256_verifier(password))
         attributes = (
-            f"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT "
+            f"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT "
             f"CONNECTION LIMIT {int(connection_limit)} PASSWORD {verifier}"
         )
         async with self._admin(conn) as admin:
@@ -169,23 +247,33 @@ class TenantCluster:
             # One round trip; a multi-statement query runs as one implicit transaction.
             await admin.execute(f"{verb} ROLE {ident} {attributes}; COMMENT ON ROLE {ident} IS {quote_literal(marker)}")
 
-    async def ensure_database(self, database: str, owner: str, marker: str, *, conn: Any | None = None) -> bool:
-        """Clone the template into ``database`` owned by ``owner`` unless it exists; return whether it was created.
+    async def ensure_database(self, database: str, owner: str, marker: str, *, conn: Any | None = None) -> Clone:
+        """Clone the template into ``database`` owned by ``owner`` unless it exists.
 
         Holds the template lock shared (clones run side by side; a template migration waits). A transient
         "source database is being accessed by other users" is retried with backoff.
+
+        Returns:
+            Whether it was created, and the template's schema version when the clone needs no
+            :meth:`secure_database` (made now, from a template whose objects belong to ``pg_database_owner``).
 
         Raises:
             TemplateBusyError: the template stayed in use through every attempt.
         """
         db, role, tpl = quote_ident(database), quote_ident(owner), quote_ident(self.template)
-        created = False
+        created, version = False, None
         async with self._admin(conn) as admin:
             if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
                 await admin.execute("SELECT pg_advisory_lock_shared($1)", self._template_lock)
                 try:
+                    # Read under the lock: no template migration can run until the clone is made.
+                    mark = await admin.fetchval(
+                        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+                        self.template,
+                    )
                     await failpoint("provision.before_database")
                     created = await self._clone(admin, db, role, tpl)
+                    version = _template_version(mark) if created else None
                 finally:
                     await admin.execute("SELECT pg_advisory_unlock_shared($1)", self._template_lock)
                 # Cloned, but not marked yet and still open to PUBLIC (a resumed run finishes the job).
@@ -194,7 +282,7 @@ class TenantCluster:
                 f"COMMENT ON DATABASE {db} IS {quote_literal(marker)}; REVOKE ALL ON DATABASE {db} FROM PUBLIC; "
                 f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}"
             )
-        return created
+        return Clone(created=created, version=version)
 
     async def _clone(self, conn: Any, db: str, role: str, tpl: str) -> bool:
         attempts = self._settings.create_database_attempts
@@ -216,6 +304,9 @@ class TenantCluster:
 
     async def secure_database(self, database: str, role: str) -> int:
         """Hand everything the template owner made inside ``database`` to the tenant's role. Idempotent.
+
+        Needed only for a clone of a template made by an earlier version (see the module's docstring), or when
+        the clone's template is unknown (a resumed provisioning).
 
         Returns:
             The schema version the database was cloned at.
@@ -276,9 +367,17 @@ class TenantCluster:
         )
 
     async def ping(self) -> None:
-        """Check that the cluster answers."""
-        async with self.connect() as conn:
+        """Check that the cluster answers (on a new connection: a pooled one may predate a restart)."""
+        async with self.connect(fresh=True) as conn:
             await conn.fetchval("SELECT 1")
 
 
-__all__ = ["MarkedObjects", "TemplateBusyError", "TenantCluster", "object_marker"]
+def _template_version(mark: str | None) -> int | None:
+    """The schema version in the template's comment, or None for a template not converted to pg_database_owner."""
+    if mark is None or not mark.startswith(_TEMPLATE_MARK):
+        return None
+    digits = mark.removeprefix(_TEMPLATE_MARK)
+    return int(digits) if digits.isdigit() else None
+
+
+__all__ = ["Clone", "MarkedObjects", "TemplateBusyError", "TenantCluster", "object_marker"]

@@ -113,8 +113,10 @@ class Provisioner:
         async with ctx.cluster.connect() as admin:  # one admin connection for the role and the database
             await ctx.cluster.ensure_role(tenant.db_role, password, conn_limit, marker, conn=admin)
             await failpoint("provision.after_role")
-            await ctx.cluster.ensure_database(tenant.db_name, tenant.db_role, marker, conn=admin)
+            clone = await ctx.cluster.ensure_database(tenant.db_name, tenant.db_role, marker, conn=admin)
         await failpoint("provision.after_database")
+        if clone.version is not None:  # cloned now from a template whose objects belong to pg_database_owner
+            return clone.version
         return await ctx.cluster.secure_database(tenant.db_name, tenant.db_role)
 
     async def _fail(self, tenant: Tenant, reason: str) -> None:

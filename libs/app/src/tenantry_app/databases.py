@@ -66,6 +66,7 @@ class TenantDatabases:
         self._closing = 0
         self._changed = asyncio.Event()
         self._reaper: asyncio.Task[None] | None = None
+        self._closers: set[asyncio.Task[None]] = set()
 
     def active_tenants(self) -> list[str]:
         """Tenants that have an engine now, least recently used first."""
@@ -108,7 +109,10 @@ class TenantDatabases:
                 return entry
             victim = next((tid for tid, e in self._engines.items() if e.leases == 0), None)
             if victim is not None:
-                await self._dispose(victim)
+                # The victim's connection closes in the background (its slot stays counted until it has) while
+                # this request fetches its credentials: the two waits overlap instead of adding up.
+                self._dispose_soon(victim)
+                await self._credentials.get(tenant_id)
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -122,11 +126,29 @@ class TenantDatabases:
         if entry is None:
             return
         self._closing += 1
+        await self._close(entry)
+
+    async def _close(self, entry: _Engine) -> None:
         try:
             await entry.engine.dispose()
         finally:
             self._closing -= 1
             self._changed.set()
+
+    def _dispose_soon(self, tenant_id: str) -> None:
+        """Take the tenant's engine out now and close it in a task; it counts against the budget until closed."""
+        entry = self._engines.pop(tenant_id, None)
+        if entry is None:
+            return
+        self._closing += 1
+        task = asyncio.create_task(self._close(entry))
+        self._closers.add(task)
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closers.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            _log.warning("engine_close_failed", error=type(exc).__name__)
 
     @contextlib.asynccontextmanager
     async def session(self, tenant_id: str) -> AsyncIterator[AsyncSession]:
@@ -178,3 +200,5 @@ class TenantDatabases:
                 await self._reaper
         for tenant_id in list(self._engines):
             await self._dispose(tenant_id)
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)

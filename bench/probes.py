@@ -4,7 +4,8 @@
   SCRAM, SQLAlchemy's first-connect dialect initialisation, the query) next to a warm query; the tenant-service
   runs as a real process, the app's database layer (tenantry_app.TenantDatabases) in this process.
 * ``provision``: a synchronous tenant create in this process (registry writes, CREATE ROLE, the clone, grants,
-  REASSIGN OWNED in the new database, activation) next to a raw CREATE DATABASE of the same template.
+  activation; REASSIGN OWNED in the new database only for a template made by an earlier version) next to a raw
+  CREATE DATABASE of the same template.
 
 Each step is timed by wrapping the library function that performs it; the numbers are medians in milliseconds.
 Everything runs on throw-away servers in a temporary directory, like ``make bench``.
@@ -125,14 +126,14 @@ async def _provision(inst: Installation, tenants: int) -> Timings:
     steps: list[tuple[Any, str, str]] = [
         (TenantService, "create", "TenantService.create, total"),
         (provisioner.Provisioner, "provision", "  provision (after the registry insert)"),
-        (cluster.TenantCluster, "ensure_role", "    ensure_role (connect, CREATE ROLE, COMMENT)"),
-        (cluster.TenantCluster, "ensure_database", "    ensure_database (connect, clone, grants)"),
+        (cluster.TenantCluster, "ensure_role", "    ensure_role (CREATE ROLE + COMMENT, pooled conn)"),
+        (cluster.TenantCluster, "ensure_database", "    ensure_database (clone, COMMENT/REVOKE/GRANT)"),
         (cluster.TenantCluster, "_clone", "      CREATE DATABASE ... TEMPLATE (the clone)"),
-        (cluster.TenantCluster, "secure_database", "    secure_database (connect, REASSIGN/DROP OWNED)"),
+        (cluster.TenantCluster, "secure_database", "    secure_database (earlier templates only)"),
     ]
     for owner, attribute, name in steps:
         _time_async(timings, owner, attribute, name)
-    _time_async(timings, asyncpg, "connect", "admin asyncpg.connect (each)")
+    _time_async(timings, asyncpg, "connect", "asyncpg.connect (new admin connections)")
     os.environ.update(inst.env())
     ctx = AppContext.build(Settings.from_env())
     try:

@@ -19,7 +19,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
 from support.gateway_support import EchoUpstream, GatewayProcess
-from support.platform import Installation, ServiceProcess
+from support.platform import Installation, ServiceProcess, wait_until
 from tenantry_common.jwt_keys import generate_signing_key
 
 
@@ -70,15 +70,6 @@ def make_tenant(stack: Stack, slug: str, **body: object) -> Tenant:
 
 def get(stack: Stack, path: str, **kwargs: object) -> httpx.Response:
     return httpx.get(stack.gateway.url + path, timeout=10, **kwargs)  # type: ignore[arg-type]
-
-
-def wait_until(predicate, timeout: float = 5.0) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout:.1f}s")
 
 
 def upstream_headers(response: httpx.Response) -> dict[str, list[str]]:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from support.gateway_support import EchoUpstream, GatewayProcess
-from support.platform import Installation, ServiceProcess
+from support.platform import Installation, ServiceProcess, wait_until
 from tenantry_common.jwt_keys import generate_signing_key
 from tenantry_devtools.servers import LocalRedis
 
@@ -33,15 +33,6 @@ def _tenant(admin: httpx.Client, slug: str) -> dict:
     response = admin.post("/admin/tenants", json={"slug": slug, "name": slug})
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def _wait(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -66,7 +57,7 @@ def test_unresponsive_redis_applies_the_failure_mode_within_the_timeout(
     ).start(ready_path="/_gateway/healthz")  # fmt: skip
     try:
         key = {"X-API-Key": tenant["api_key"]["key"]}
-        _wait(lambda: httpx.get(gateway.url + "/x", headers=key).status_code != 401, timeout=10)
+        wait_until(lambda: httpx.get(gateway.url + "/x", headers=key).status_code != 401, timeout=10)
         assert httpx.get(gateway.url + "/_gateway/readyz").status_code == 503
         for _ in range(10):
             started = time.monotonic()
@@ -97,7 +88,7 @@ def test_redis_killed_mid_run_fails_open_then_recovers(
     ).start()
     try:
         key = {"X-API-Key": tenant["api_key"]["key"]}
-        _wait(lambda: httpx.get(gateway.url + "/x", headers=key).status_code == 200, timeout=10)
+        wait_until(lambda: httpx.get(gateway.url + "/x", headers=key).status_code == 200, timeout=10)
         assert "ratelimit-limit" in httpx.get(gateway.url + "/x", headers=key).headers
         redis.kill()
         for _ in range(10):
@@ -106,7 +97,7 @@ def test_redis_killed_mid_run_fails_open_then_recovers(
             assert response.status_code == 200
             assert time.monotonic() - started < 0.2 + 1.5
         redis.start()
-        _wait(lambda: "ratelimit-limit" in httpx.get(gateway.url + "/x", headers=key).headers, timeout=10)
+        wait_until(lambda: "ratelimit-limit" in httpx.get(gateway.url + "/x", headers=key).headers, timeout=10)
     finally:
         gateway.stop()
         redis.stop()
@@ -125,8 +116,8 @@ def test_forwarded_headers_are_believed_only_from_trusted_proxies(
     ).start()
     try:
         headers = {**key, "X-Forwarded-Host": "gw-proxy-other.localhost", "X-Forwarded-For": "203.0.113.7"}
-        _wait(lambda: httpx.get(untrusted.url + "/x", headers=key).status_code == 200, timeout=10)
-        _wait(lambda: httpx.get(trusted.url + "/x", headers=key).status_code == 200, timeout=10)
+        wait_until(lambda: httpx.get(untrusted.url + "/x", headers=key).status_code == 200, timeout=10)
+        wait_until(lambda: httpx.get(trusted.url + "/x", headers=key).status_code == 200, timeout=10)
         # Untrusted peer: X-Forwarded-Host is ignored, so no conflict with the credential's tenant.
         response = httpx.get(untrusted.url + "/x", headers=headers)
         assert response.status_code == 200

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from support.gateway_support import EchoUpstream, GatewayProcess
-from support.platform import Installation, ServiceProcess
+from support.platform import Installation, ServiceProcess, wait_until
 from tenantry_common.jwt_keys import generate_signing_key
 
 
@@ -51,21 +51,14 @@ def server(installation: Installation, tmp_path_factory: pytest.TempPathFactory)
     response = admin.post("/admin/tenants", json={"slug": "srv", "name": "srv"})
     assert response.status_code == 201, response.text
     key = response.json()["api_key"]["key"]
-    _wait(lambda: httpx.get(gateway.url + "/x", headers={"X-API-Key": key}, timeout=5).status_code == 200)
+    wait_until(
+        lambda: httpx.get(gateway.url + "/x", headers={"X-API-Key": key}, timeout=5).status_code == 200, timeout=10
+    )
     yield Server(service, echo, gateway, keys, admin, key, "srv", folder)
     admin.close()
     gateway.stop()
     echo.stop()
     service.stop()
-
-
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @contextlib.contextmanager
@@ -310,7 +303,7 @@ def test_sigterm_lets_the_request_in_flight_finish(server: Server, installation:
     ).start()
     try:
         headers = {"Host": "srv.localhost", "X-API-Key": server.key}
-        _wait(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code == 200)
+        wait_until(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code == 200, timeout=10)
         result: dict[str, int] = {}
 
         def slow() -> None:
@@ -345,14 +338,16 @@ def test_worker_processes_serve_and_a_dead_worker_is_replaced(
     try:
         assert gateway.proc is not None
         headers = {"Host": "srv.localhost", "X-API-Key": server.key}
-        _wait(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code == 200)
+        wait_until(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code == 200, timeout=10)
         workers = _children(gateway.proc.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
-        _wait(lambda: len(_children(gateway.proc.pid)) == 2 and workers[0] not in _children(gateway.proc.pid))
+        wait_until(
+            lambda: len(_children(gateway.proc.pid)) == 2 and workers[0] not in _children(gateway.proc.pid), timeout=10
+        )
         for _ in range(20):
             assert httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code in (200, 401)
-        _wait(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code == 200)
+        wait_until(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=5).status_code == 200, timeout=10)
         gateway.proc.send_signal(signal.SIGTERM)
         assert gateway.proc.wait(timeout=30) == 0
         assert _children(gateway.proc.pid) == []
@@ -368,7 +363,10 @@ def test_passthrough_mode_resolves_and_forwards_without_credentials_or_redis(
         installation, server.service.url, server.echo.url, tmp_path / "gw.log", server.keys, GATEWAY_MODE="passthrough"
     ).start()
     try:
-        _wait(lambda: httpx.get(gateway.url + "/x", headers={"Host": "srv.localhost"}, timeout=5).status_code == 200)
+        wait_until(
+            lambda: httpx.get(gateway.url + "/x", headers={"Host": "srv.localhost"}, timeout=5).status_code == 200,
+            timeout=10,
+        )
         before = client.info("commandstats")
         response = httpx.get(gateway.url + "/echo", headers={"Host": "srv.localhost"}, timeout=10)
         assert response.status_code == 200
@@ -414,20 +412,23 @@ def test_signing_keys_rotate_from_a_file_without_a_restart(
         return {key["kid"] for key in httpx.get(gateway.url + "/_gateway/jwks.json", timeout=10).json()["keys"]}
 
     try:
-        _wait(lambda: httpx.post(gateway.url + "/_gateway/token", headers={"X-API-Key": server.key}).status_code == 200)
+        wait_until(
+            lambda: httpx.post(gateway.url + "/_gateway/token", headers={"X-API-Key": server.key}).status_code == 200,
+            timeout=10,
+        )
         old = token()
         assert pyjwt.get_unverified_header(old)["kid"] == "k1"
         assert status(old) == 200
         keys_file.write_text(f"{k2}\n{k1}\n")  # the new key signs, the old one is still accepted
-        _wait(lambda: kids() == {"k1", "k2"})
+        wait_until(lambda: kids() == {"k1", "k2"}, timeout=10)
         new = token()
         assert pyjwt.get_unverified_header(new)["kid"] == "k2"
         assert status(old) == status(new) == 200
         keys_file.write_text("this is not a key list")  # a broken file keeps the keys in use
-        _wait(lambda: "signing_keys_reload_failed" in gateway.log())
+        wait_until(lambda: "signing_keys_reload_failed" in gateway.log(), timeout=10)
         assert status(new) == 200
         keys_file.write_text(k2)  # the old key is retired
-        _wait(lambda: kids() == {"k2"})
+        wait_until(lambda: kids() == {"k2"}, timeout=10)
         assert status(old) == 401
         assert status(new) == 200
         assert gateway.proc is not None
@@ -471,7 +472,7 @@ def test_an_upstream_resolving_to_a_metadata_address_is_never_connected(
     ).start()  # fmt: skip
     try:
         headers = {"Host": "srv.localhost", "X-API-Key": server.key}
-        _wait(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=20).status_code != 401, timeout=20)
+        wait_until(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=20).status_code != 401, timeout=20)
         started = time.monotonic()
         response = httpx.get(gateway.url + "/x", headers=headers, timeout=20)
         assert response.status_code == 502
@@ -558,7 +559,7 @@ def test_interim_responses_and_upstream_ratelimit_headers(
     ).start()
     try:
         headers = {"Host": "srv.localhost", "X-API-Key": server.key}
-        _wait(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=10).status_code == 200)
+        wait_until(lambda: httpx.get(gateway.url + "/x", headers=headers, timeout=10).status_code == 200, timeout=10)
         with httpx.Client(timeout=10) as client:
             for _ in range(3):  # the same pooled upstream connection: each answer is its own request's
                 response = client.get(gateway.url + "/x", headers=headers)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from support.gateway_support import GatewayProcess, NotesProcess
-from support.platform import Installation, ServiceProcess, free_port
+from support.platform import Installation, ServiceProcess, free_port, wait_until
 from tenantry_common.jwt_keys import generate_signing_key
 
 BUDGET = 5
@@ -65,15 +65,6 @@ def platform(installation: Installation, tmp_path_factory: pytest.TempPathFactor
     started = _start(installation, tmp_path_factory.mktemp("apps"), APP_CONNECTION_BUDGET=str(BUDGET))
     yield started
     _stop(started)
-
-
-def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def make_tenant(platform: Platform, slug: str, **body: object) -> Tenant:

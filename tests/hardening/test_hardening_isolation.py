@@ -29,7 +29,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from support.platform import Installation, in_process
+from support.platform import Installation, in_process, template_open
 from tenant_service.secretbox import DecryptionError, SecretBox, generate_key
 from tenantry_app import TenantRedis
 from tenantry_common.redis_keys import minute_counter_key, platform_key
@@ -165,20 +165,13 @@ async def test_a_cannot_connect_to_b_the_template_the_master_or_the_maintenance_
     pair: dict[str, dict[str, Any]], inst: Installation
 ) -> None:
     a, b = pair["a"]["creds"], pair["b"]["creds"]
-    admin = await asyncpg.connect(inst.pg_url, timeout=10)
-    try:
-        # The template normally refuses every connection; open it, so that only privileges stand in the way.
-        await admin.execute(f'ALTER DATABASE "{inst.template}" ALLOW_CONNECTIONS true')
-        try:
-            for database in (b["database"], inst.template, inst.master_db, "postgres", "template1"):
-                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for database"):
-                    await asyncpg.connect(dsn(a, database=database), timeout=10)
-        finally:
-            await admin.execute(f'ALTER DATABASE "{inst.template}" ALLOW_CONNECTIONS false')
-        with pytest.raises(asyncpg.PostgresError, match="not currently accepting connections"):
-            await asyncpg.connect(dsn(a, database="template0"), timeout=10)
-    finally:
-        await admin.close()
+    # The template normally refuses every connection; open it, so that only privileges stand in the way.
+    async with template_open(inst.pg_url, inst.template):
+        for database in (b["database"], inst.template, inst.master_db, "postgres", "template1"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for database"):
+                await asyncpg.connect(dsn(a, database=database), timeout=10)
+    with pytest.raises(asyncpg.PostgresError, match="not currently accepting connections"):
+        await asyncpg.connect(dsn(a, database="template0"), timeout=10)
 
 
 async def test_no_public_connect_or_temp_on_any_platform_database(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from support.platform import Installation, with_database
+from support.platform import Installation, template_open, with_database
 from tenant_service.context import AppContext
 from tenant_service.provisioning.fleet import migrate_template
 from tenant_service.tenants.schemas import TenantCreate
@@ -33,9 +33,7 @@ async def _owners(pg_url: str, database: str) -> set[str]:
 async def _make_legacy(pg_url: str, inst: Installation) -> None:
     """Turn the template into what an earlier version made: objects owned by the template owner, no comment."""
     owner = f"{inst.template}_owner"
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'ALTER DATABASE "{inst.template}" ALLOW_CONNECTIONS true')
+    async with template_open(pg_url, inst.template) as admin:
         tpl = await asyncpg.connect(with_database(pg_url, inst.template))
         try:
             tables = await tpl.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -44,10 +42,7 @@ async def _make_legacy(pg_url: str, inst: Installation) -> None:
             await tpl.execute(f'ALTER SCHEMA public OWNER TO "{owner}"')
         finally:
             await tpl.close()
-        await admin.execute(f'ALTER DATABASE "{inst.template}" ALLOW_CONNECTIONS false')
         await admin.execute(f'COMMENT ON DATABASE "{inst.template}" IS NULL')
-    finally:
-        await admin.close()
 
 
 async def test_a_template_made_by_an_earlier_version_is_converted_by_the_next_migration(
@@ -80,12 +75,5 @@ async def test_a_template_made_by_an_earlier_version_is_converted_by_the_next_mi
 
 
 async def _owners_of_template(pg_url: str, inst: Installation) -> set[str]:
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'ALTER DATABASE "{inst.template}" ALLOW_CONNECTIONS true')
-        try:
-            return await _owners(pg_url, inst.template)
-        finally:
-            await admin.execute(f'ALTER DATABASE "{inst.template}" ALLOW_CONNECTIONS false')
-    finally:
-        await admin.close()
+    async with template_open(pg_url, inst.template):
+        return await _owners(pg_url, inst.template)

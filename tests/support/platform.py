@@ -244,6 +244,31 @@ async def wait_for(predicate: Any, timeout: float = 10, interval: float = 0.05) 
         await asyncio.sleep(interval)
 
 
+def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> float:
+    """Poll a synchronous predicate until it is truthy; return the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout:.1f}s")
+
+
+@contextlib.asynccontextmanager
+async def template_open(pg_url: str, template: str) -> AsyncIterator[asyncpg.Connection]:
+    """The template accepts connections for the block (it refuses them otherwise); yields a superuser
+    connection to the maintenance database."""
+    admin = await asyncpg.connect(pg_url, timeout=10)
+    try:
+        await admin.execute(f'ALTER DATABASE "{template}" ALLOW_CONNECTIONS true')
+        try:
+            yield admin
+        finally:
+            await admin.execute(f'ALTER DATABASE "{template}" ALLOW_CONNECTIONS false')
+    finally:
+        await admin.close()
+
+
 async def cluster_objects(pg_url: str, prefix: str) -> tuple[dict[str, str | None], dict[str, str | None]]:
     """Databases and roles whose name starts with ``prefix``, with their COMMENT (the ownership marker)."""
     conn = await asyncpg.connect(pg_url)

@@ -121,12 +121,12 @@ class TenantDatabases:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def _dispose(self, tenant_id: str) -> None:
+    def _take(self, tenant_id: str) -> _Engine | None:
+        """Take the tenant's engine out; it counts against the budget (as closing) until :meth:`_close` ends."""
         entry = self._engines.pop(tenant_id, None)
-        if entry is None:
-            return
-        self._closing += 1
-        await self._close(entry)
+        if entry is not None:
+            self._closing += 1
+        return entry
 
     async def _close(self, entry: _Engine) -> None:
         try:
@@ -135,12 +135,15 @@ class TenantDatabases:
             self._closing -= 1
             self._changed.set()
 
+    async def _dispose(self, tenant_id: str) -> None:
+        if (entry := self._take(tenant_id)) is not None:
+            await self._close(entry)
+
     def _dispose_soon(self, tenant_id: str) -> None:
-        """Take the tenant's engine out now and close it in a task; it counts against the budget until closed."""
-        entry = self._engines.pop(tenant_id, None)
+        """Like :meth:`_dispose`, with the close in a task."""
+        entry = self._take(tenant_id)
         if entry is None:
             return
-        self._closing += 1
         task = asyncio.create_task(self._close(entry))
         self._closers.add(task)
         task.add_done_callback(self._closed)

@@ -178,6 +178,7 @@ def test_unknown_and_privileged_fields_on_every_body_get_422_naming_them_and_cha
     keys_before = admin.get(f"/admin/tenants/{tid}/api-keys").json()["items"]
     plan = "hz-" + secrets.token_hex(3)
     limits = {"requests_per_minute": 5, "requests_per_day": 50}
+    issuer = {"issuer": "https://hz.example.com/", "audience": "hz", "jwks_url": "https://hz.example.com/jwks"}
     cases = [
         ("POST", f"/admin/tenants/{tid}/api-keys", {"name": "k", "key": "tk_" + "A" * 38}, "key"),
         ("POST", f"/admin/tenants/{tid}/api-keys", {"name": "k", "key_hash": "00" * 32}, "key_hash"),
@@ -201,6 +202,9 @@ def test_unknown_and_privileged_fields_on_every_body_get_422_naming_them_and_cha
             "tenant_id",
         ),
         ("POST", f"/admin/tenants/{tid}/domains", {"domain": "hz-b.example.com", "verified": True}, "verified"),
+        ("POST", f"/admin/tenants/{tid}/jwt-issuers", {**issuer, "tenant_id": other["id"]}, "tenant_id"),
+        ("POST", f"/admin/tenants/{tid}/jwt-issuers", {**issuer, "id": key_id}, "id"),
+        ("POST", f"/admin/tenants/{tid}/jwt-issuers", {**issuer, "secret": "shared"}, "secret"),
         ("PUT", f"/admin/plans/{plan}", {"limits": limits, "name": "free"}, "name"),
         ("PUT", f"/admin/plans/{plan}", {"limits": limits, "created_at": "2020-01-01T00:00:00Z"}, "created_at"),
         ("PUT", f"/admin/plans/{plan}", {"limits": {**limits, "max_databases": 9}}, "limits.max_databases"),
@@ -212,6 +216,7 @@ def test_unknown_and_privileged_fields_on_every_body_get_422_naming_them_and_cha
     for method, path, body, field in cases:
         assert_problem(admin.request(method, path, json=body), 422, "validation_error", field=field)
     assert admin.get(f"/admin/tenants/{tid}/api-keys").json()["items"] == keys_before
+    assert admin.get(f"/admin/tenants/{tid}/jwt-issuers").json()["items"] == []
     assert plan not in {p["name"] for p in admin.get("/admin/plans").json()["items"]}
     assert_unchanged(admin, tenant)
     assert_unchanged(admin, other)
@@ -356,6 +361,7 @@ def test_malformed_json_gets_400_malformed_body_on_every_body_endpoint(admin: ht
         ("POST", f"/admin/tenants/{ref}/api-keys"),
         ("POST", f"/admin/tenants/{ref}/api-keys/{key_id}/rotate"),
         ("POST", f"/admin/tenants/{ref}/domains"),
+        ("POST", f"/admin/tenants/{ref}/jwt-issuers"),
         ("PUT", "/admin/plans/hz-malformed"),
     ]:
         response = admin.request(method, path, content=raw, headers=json_type)
@@ -381,6 +387,7 @@ def test_a_two_megabyte_body_gets_413_on_every_body_endpoint_and_the_service_kee
         ("POST", f"/admin/tenants/{ref}/api-keys"),
         ("POST", f"/admin/tenants/{ref}/api-keys/{key_id}/rotate"),
         ("POST", f"/admin/tenants/{ref}/domains"),
+        ("POST", f"/admin/tenants/{ref}/jwt-issuers"),
         ("PUT", "/admin/plans/hz-big"),
     ]:
         assert_problem(admin.request(method, path, content=_big_body(), headers=json_type), 413, "payload_too_large")
@@ -495,6 +502,13 @@ def test_tenant_and_gateway_credentials_get_401_on_the_admin_and_internal_apis(
         ("GET", f"/admin/tenants/{tid}/api-keys", None),
         ("POST", f"/admin/tenants/{tid}/api-keys", {"name": "stolen"}),
         ("POST", f"/admin/tenants/{tid}/api-keys/{key_id}/rotate", {}),
+        ("GET", f"/admin/tenants/{tid}/jwt-issuers", None),
+        (
+            "POST",
+            f"/admin/tenants/{tid}/jwt-issuers",
+            {"issuer": "https://evil.example.com/", "audience": "x", "jwks_url": "https://evil.example.com/jwks"},
+        ),
+        ("DELETE", f"/admin/tenants/{tid}/jwt-issuers/{key_id}", None),
         ("DELETE", f"/admin/tenants/{tid}", None),
         ("PUT", "/admin/plans/free", {"limits": {"requests_per_minute": 1, "requests_per_day": 1}}),
         ("GET", "/admin/audit", None),
@@ -520,6 +534,7 @@ def test_tenant_and_gateway_credentials_get_401_on_the_admin_and_internal_apis(
     assert (after["status"], after["name"]) == ("active", tenant["name"])
     keys = admin.get(f"/admin/tenants/{tid}/api-keys").json()["items"]
     assert [(k["id"], k["status"]) for k in keys] == [(key_id, "active")]
+    assert admin.get(f"/admin/tenants/{tid}/jwt-issuers").json()["items"] == []
     assert admin.get("/admin/plans").json()["items"] == plans_before
 
 

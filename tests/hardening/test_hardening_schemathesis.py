@@ -6,8 +6,9 @@ its API (admin for ``/admin``, service for ``/internal``). Every response must b
 code, a documented content type, a body matching the documented schema, and a 4xx for every request the schema
 forbids.
 
-Valid path parameters are pointed at a real tenant (and its API key and domain), reset before each operation, so
-that valid requests reach the handlers instead of ending in 404; schema-violating ones keep their generated values.
+Valid path parameters are pointed at a real tenant (and its API key, domain and JWT issuer), reset before each
+operation, so that valid requests reach the handlers instead of ending in 404; schema-violating ones keep their
+generated values.
 Nothing is excluded.
 
 The run is bounded (``max-examples`` per operation, a fixed seed, deterministic generation) so CI is stable and
@@ -44,6 +45,7 @@ MAX_EXAMPLES = 15
 SEED = 20240607
 TARGET = "fuzz-target"
 TARGET_DOMAIN = "fuzz-target.example.com"
+TARGET_ISSUER = "https://fuzz-target.example.com/"
 
 
 def _openapi_document() -> dict[str, Any]:
@@ -99,11 +101,13 @@ class Target:
 
     tenant_id: str
     key_id: str
+    issuer_id: str
 
 
 @pytest.fixture
 def fuzz_target(fuzz_service: ServiceProcess) -> Target:
-    """The tenant ``fuzz-target``, active, with an active API key and its domain, whatever the last operation did."""
+    """The tenant ``fuzz-target``, active, with an active API key, its domain and an external JWT issuer, whatever
+    the last operation did."""
     with fuzz_service.client() as admin:
         got = admin.get(f"/admin/tenants/{TARGET}")
         if got.status_code == 404:
@@ -120,7 +124,15 @@ def fuzz_target(fuzz_service: ServiceProcess) -> Target:
             made = admin.post(f"/admin/tenants/{TARGET}/api-keys", json={"name": "fuzz"})
             assert made.status_code == 201, made.text
             active = [made.json()["id"]]
-        return Target(tenant_id=tenant["id"], key_id=active[0])
+        issuers = admin.get(f"/admin/tenants/{TARGET}/jwt-issuers").json()["items"]
+        if not issuers:
+            made = admin.post(
+                f"/admin/tenants/{TARGET}/jwt-issuers",
+                json={"issuer": TARGET_ISSUER, "audience": TARGET, "jwks_url": TARGET_ISSUER + "jwks.json"},
+            )
+            assert made.status_code == 201, made.text
+            issuers = [made.json()]
+        return Target(tenant_id=tenant["id"], key_id=active[0], issuer_id=issuers[0]["id"])
 
 
 def authorize(case: Any, inst: Installation) -> None:
@@ -140,7 +152,13 @@ def point_at_target(case: Any, target: Target) -> None:
     path = case.meta.components.get(ParameterLocation.PATH) if case.meta else None
     if not case.path_parameters or path is None or path.mode != GenerationMode.POSITIVE:
         return
-    real = {"ref": TARGET, "tenant_id": target.tenant_id, "key_id": target.key_id, "domain": TARGET_DOMAIN}
+    real = {
+        "ref": TARGET,
+        "tenant_id": target.tenant_id,
+        "key_id": target.key_id,
+        "issuer_id": target.issuer_id,
+        "domain": TARGET_DOMAIN,
+    }
     for name in case.path_parameters:
         if name in real:
             case.path_parameters[name] = real[name]

@@ -19,6 +19,18 @@ class DirectoryKey(msgspec.Struct, frozen=True):
     revoked: bool
 
 
+class DirectoryIssuer(msgspec.Struct, frozen=True):
+    """An external JWT issuer a tenant trusts: tokens whose ``iss`` and ``aud`` match, signed by a key published
+    at ``jwks_url`` with one of ``algorithms``, authenticate as that tenant. An (issuer, audience) pair belongs to
+    one tenant at most."""
+
+    id: str
+    issuer: str
+    audience: str
+    jwks_url: str
+    algorithms: list[str]
+
+
 class DirectoryTenant(msgspec.Struct, frozen=True):
     """A tenant as a gateway needs it."""
 
@@ -31,6 +43,8 @@ class DirectoryTenant(msgspec.Struct, frozen=True):
     domains: list[str]
     keys: list[DirectoryKey]
     revision: int
+    #: Absent in pages from a tenant-service older than the feature: no external issuers.
+    jwt_issuers: list[DirectoryIssuer] = msgspec.field(default_factory=list)
 
 
 class DirectoryPage(msgspec.Struct, frozen=True):

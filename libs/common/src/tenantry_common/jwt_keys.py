@@ -20,6 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from tenantry_common.settings import ConfigError
 
 SUPPORTED_ALGORITHMS: Final = ("EdDSA", "RS256")
+#: Algorithms a tenant's external issuer may use: asymmetric only (never HS*, never ``none``), so a published
+#: JWKS can never double as an HMAC secret.
+EXTERNAL_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 

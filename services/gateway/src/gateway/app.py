@@ -42,6 +42,7 @@ from gateway.http import (
     MalformedBodyError,
     Request,
 )
+from gateway.jwks import JwksCache
 from gateway.limit import ALLOWED_UNMETERED, Limiter, QuotaUnavailableError
 from gateway.resolve import Location, Resolver, normalize_host
 from gateway.resp import RespClient
@@ -123,6 +124,10 @@ class Gateway:
             audience=settings.jwt_audience,
             leeway=settings.jwt_leeway,
         )
+        self.jwks = JwksCache(
+            timeout=settings.jwks_timeout, min_refetch=settings.jwks_min_refetch, max_age=settings.jwks_max_age
+        )
+        self.authenticator.use_jwks(self.jwks)
         self.tokens = TokenIssuer(
             keys,
             issuer=settings.jwt_issuer,
@@ -192,6 +197,7 @@ class Gateway:
             await self.sync.stop()
         self.pool.close()
         self.quota_redis.close()
+        await self.jwks.close()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
@@ -271,7 +277,9 @@ class Gateway:
             if self._passthrough:
                 tenant = self._located(location)
             else:
-                principal, drop = self._authenticate(tracked[API_KEY], tracked[AUTHORIZATION])
+                principal, drop, external = self._authenticate(tracked[API_KEY], tracked[AUTHORIZATION])
+                if principal is None:  # a token from the tenant's own identity provider, not verified yet
+                    principal = await self.authenticator.external(external)
                 tenant = self._tenant(location.tenant, location.named, principal)
                 tenant_id = tenant.id
                 try:
@@ -332,16 +340,18 @@ class Gateway:
                     duration_ms=round(elapsed * 1000, 3),
                 )
 
-    def _authenticate(self, api_key: bytes | None, authorization: bytes | None) -> tuple[Principal, bytes]:
+    def _authenticate(self, api_key: bytes | None, authorization: bytes | None) -> tuple[Principal | None, bytes, str]:
+        """The principal, the credential header (not forwarded), and the token when it needs async verification
+        (principal None: an external issuer's token)."""
         if api_key is not None:
-            return self.authenticator.api_key(api_key.decode("latin-1").strip()), b"x-api-key"
+            return self.authenticator.api_key(api_key.decode("latin-1").strip()), b"x-api-key", ""
         if authorization is not None:
             scheme, _, credential = authorization.decode("latin-1").partition(" ")
             credential = credential.strip()
             if scheme.lower() == "bearer" and credential:
                 if looks_like_api_key(credential):
-                    return self.authenticator.api_key(credential), b"authorization"
-                return self.authenticator.jwt(credential), b"authorization"
+                    return self.authenticator.api_key(credential), b"authorization", ""
+                return self.authenticator.jwt(credential), b"authorization", credential
         raise unauthorized()
 
     def _usable(self, tenant: TenantEntry | None) -> TenantEntry:

@@ -3,6 +3,12 @@
 API keys: the checksum rejects malformed keys without any lookup; the keyed hash is looked up in memory.
 JWTs: the algorithm is fixed by configuration; verified tokens are cached until they expire, so the signature
 is checked once per token, not once per request. Every defect gives the same 401.
+
+External JWTs (a tenant's own identity provider): a token whose ``iss`` is not the gateway's is looked up by
+its ``iss`` and ``aud`` among the issuers tenants configured; no match is a 401 without any network call. A
+match is verified with a key from that issuer's JWKS (see :mod:`gateway.jwks`) and the algorithms configured
+for it; ``exp``, ``iss``, ``aud`` and ``sub`` are required. The principal is the token's tenant, its ``sub`` and
+its ``scope`` (or ``scp``). Removing the issuer from the tenant revokes its cached tokens with the next sync.
 """
 
 from __future__ import annotations
@@ -11,8 +17,11 @@ import time
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
-from gateway.directory import Directory, KeyEntry
+import jwt
+
+from gateway.directory import Directory, IssuerEntry, KeyEntry
 from gateway.errors import unauthorized
+from gateway.jwks import JwksCache
 from tenantry_common.apikeys import hash_api_key, is_well_formed
 from tenantry_common.jwt_keys import InvalidTokenError, KeyRing
 
@@ -43,11 +52,17 @@ class Authenticator:
         # Well-formed keys seen recently → their keyed hash: the checksum and HMAC run once per key, not per request.
         self._digests: dict[str, bytes] = {}
         self._verified: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+        self._external: OrderedDict[str, tuple[Principal, IssuerEntry, float]] = OrderedDict()
+        self.jwks: JwksCache | None = None
 
     def use_keys(self, keys: KeyRing) -> None:
         """Verify with a new key ring from now on; tokens verified with the old one are checked again."""
         self._keys = keys
         self._verified.clear()
+
+    def use_jwks(self, cache: JwksCache) -> None:
+        """Accept tokens of tenants' external issuers, with keys from ``cache``."""
+        self.jwks = cache
 
     def _usable_key(self, key: KeyEntry | None, now: float) -> KeyEntry:
         if key is None or not key.usable(now):
@@ -91,13 +106,20 @@ class Authenticator:
             self._verified.popitem(last=False)
         return claims
 
-    def jwt(self, token: str) -> Principal:
+    def jwt(self, token: str) -> Principal | None:
         """The principal of an access token; the API key it was issued for must still be usable.
+
+        None for a token of a tenant's external issuer that is not verified yet: :meth:`external` verifies it.
 
         Raises:
             GatewayError: 401 for any defect, and for a token whose API key was revoked since.
         """
         now = time.time()
+        external = self._external.get(token)
+        if external is not None:
+            return self._external_principal(token, external, now)
+        if token not in self._verified and self._external_issuer(token) is not None:
+            return None
         claims = self._claims(token, now)
         if claims["exp"] + self._leeway <= now:
             self._verified.pop(token, None)
@@ -106,3 +128,89 @@ class Authenticator:
         if key.tenant_id != claims["tid"]:
             raise unauthorized()
         return Principal(tenant_id=key.tenant_id, key_id=key.id, scope=str(claims.get("scope", "")))
+
+    # external issuers ---------------------------------------------------------------------------------
+    def _external_issuer(self, token: str) -> str | None:
+        """The token's ``iss`` when it is not the gateway's (read without verifying: only to pick the keys)."""
+        if self.jwks is None or not self._directory.issuers or len(token) > 8192:
+            return None
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return None
+        issuer = claims.get("iss")
+        if not isinstance(issuer, str) or issuer == self._issuer:
+            return None
+        return issuer
+
+    def _external_principal(self, token: str, cached: tuple[Principal, IssuerEntry, float], now: float) -> Principal:
+        principal, issuer, expires = cached
+        current = self._directory.issuers.get(issuer.issuer, {}).get(issuer.audience)
+        if expires + self._leeway <= now or current is None or current.id != issuer.id:
+            self._external.pop(token, None)  # expired, or the tenant no longer trusts this issuer
+            raise unauthorized()
+        return principal
+
+    def _match(self, claims: dict[str, Any]) -> IssuerEntry:
+        """The one configured issuer the token's ``iss`` and ``aud`` name (401 when none, or several)."""
+        iss, aud = claims.get("iss"), claims.get("aud")
+        audiences = self._directory.issuers.get(iss) if isinstance(iss, str) else None
+        names = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        matches = {}
+        if audiences:
+            for name in names:
+                if isinstance(name, str) and (entry := audiences.get(name)) is not None:
+                    matches[entry.id] = entry
+        if len(matches) != 1:
+            raise unauthorized()
+        return next(iter(matches.values()))
+
+    async def external(self, token: str) -> Principal:
+        """Verify a token of a tenant's external issuer (fetching its keys when needed) and cache it.
+
+        Raises:
+            GatewayError: 401 for any defect: unknown issuer or audience, unknown ``kid`` after one rate-limited
+                JWKS refetch, a bad signature, a missing or expired claim, an algorithm not configured.
+        """
+        if self.jwks is None:
+            raise unauthorized()
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise unauthorized() from None
+        issuer = self._match(unverified)
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if algorithm not in issuer.algorithms or not (kid is None or isinstance(kid, str)):
+            raise unauthorized()
+        key = await self.jwks.key(issuer.jwks_url, kid, algorithm)
+        if key is None:
+            raise unauthorized()
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=list(issuer.algorithms),
+                audience=issuer.audience,
+                issuer=issuer.issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError:
+            raise unauthorized() from None
+        subject, expires = claims.get("sub"), claims.get("exp")
+        if not isinstance(subject, str) or not subject or not isinstance(expires, int | float):
+            raise unauthorized()
+        current = self._directory.issuers.get(issuer.issuer, {}).get(issuer.audience)
+        if current is None or current.id != issuer.id:
+            raise unauthorized()  # the directory changed while the keys were fetched
+        scope = claims.get("scope", claims.get("scp", ""))
+        if isinstance(scope, list) and all(isinstance(s, str) for s in scope):
+            scope = " ".join(scope)
+        if not isinstance(scope, str):
+            raise unauthorized()  # a scope that is neither a string nor a list of strings is malformed
+        principal = Principal(tenant_id=issuer.tenant_id, key_id=subject, scope=scope)
+        self._external[token] = (principal, issuer, float(expires))
+        if len(self._external) > _MAX_CACHED_TOKENS:
+            self._external.popitem(last=False)
+        return principal

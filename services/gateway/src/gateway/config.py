@@ -92,6 +92,12 @@ class GatewaySettings:
     """Lifetime of X-Tenant-Token (at most 60 s)."""
     jwt_leeway: float
     """Clock skew tolerated on exp/nbf/iat."""
+    jwks_timeout: float
+    """Seconds a fetch of a tenant's external issuer's JWKS may take (JWKS_TIMEOUT)."""
+    jwks_min_refetch: float
+    """At most one JWKS refetch per URL in this many seconds, for unknown ``kid``s (JWKS_MIN_REFETCH_SECONDS)."""
+    jwks_max_age: float
+    """Seconds a fetched JWKS is used before it is fetched again (JWKS_CACHE_SECONDS)."""
     default_upstream: str
     """Upstream for tenants without their own upstream_url."""
     trusted_proxies: tuple[Network, ...]
@@ -154,6 +160,9 @@ class GatewaySettings:
             access_token_ttl=env_int("ACCESS_TOKEN_TTL_SECONDS", 900, minimum=30, maximum=86400),
             tenant_token_ttl=tenant_token_ttl,
             jwt_leeway=env_float("JWT_LEEWAY_SECONDS", 30.0),
+            jwks_timeout=env_float("JWKS_TIMEOUT", 3.0, minimum=0.05),
+            jwks_min_refetch=env_float("JWKS_MIN_REFETCH_SECONDS", 30.0, minimum=0.0),
+            jwks_max_age=env_float("JWKS_CACHE_SECONDS", 600.0, minimum=1.0),
             default_upstream=upstream,
             trusted_proxies=parse_networks("TRUSTED_PROXIES", env_list("TRUSTED_PROXIES")),
             max_body_bytes=env_int("MAX_REQUEST_BODY_BYTES", 10 * 1024 * 1024, minimum=0),

@@ -47,6 +47,18 @@ class KeyEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class IssuerEntry:
+    """An external JWT issuer a tenant trusts (its tokens with this ``iss`` and ``aud`` are that tenant's)."""
+
+    id: str
+    tenant_id: str
+    issuer: str
+    audience: str
+    jwks_url: str
+    algorithms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TenantEntry:
     """A tenant as the hot path needs it."""
 
@@ -59,6 +71,7 @@ class TenantEntry:
     upstream_url: str | None
     domains: tuple[str, ...]
     key_hashes: tuple[bytes, ...]
+    issuers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -70,6 +83,8 @@ class Directory:
     by_domain: dict[str, TenantEntry] = field(default_factory=dict)
     keys_by_hash: dict[bytes, KeyEntry] = field(default_factory=dict)
     keys_by_id: dict[str, KeyEntry] = field(default_factory=dict)
+    #: External issuers: ``iss`` → ``aud`` → the issuer (a pair belongs to one tenant at most).
+    issuers: dict[str, dict[str, IssuerEntry]] = field(default_factory=dict)
     #: The revision each tenant's entry was built from: overlapping polls skip what did not change.
     revisions: dict[str, int] = field(default_factory=dict)
     revision: int = 0
@@ -90,6 +105,12 @@ class Directory:
             key = self.keys_by_hash.pop(key_hash, None)
             if key is not None:
                 self.keys_by_id.pop(key.id, None)
+        for issuer, audience in old.issuers:
+            audiences = self.issuers.get(issuer)
+            if audiences is not None and (known := audiences.get(audience)) is not None and known.tenant_id == old.id:
+                del audiences[audience]
+                if not audiences:
+                    del self.issuers[issuer]
 
     def apply(self, tenant: DirectoryTenant) -> None:
         """Insert or replace one tenant (all of its routes and keys at once); an unchanged one costs a lookup."""
@@ -107,6 +128,7 @@ class Directory:
             upstream_url=tenant.upstream_url,
             domains=tuple(tenant.domains),
             key_hashes=tuple(bytes.fromhex(k.hash) for k in tenant.keys),
+            issuers=tuple((i.issuer, i.audience) for i in tenant.jwt_issuers),
         )
         self.by_id[entry.id] = entry
         self.by_slug[entry.slug] = entry
@@ -122,6 +144,15 @@ class Directory:
             )
             self.keys_by_hash[bytes.fromhex(key.hash)] = known
             self.keys_by_id[key.id] = known
+        for issuer in tenant.jwt_issuers:
+            self.issuers.setdefault(issuer.issuer, {})[issuer.audience] = IssuerEntry(
+                id=issuer.id,
+                tenant_id=tenant.id,
+                issuer=issuer.issuer,
+                audience=issuer.audience,
+                jwks_url=issuer.jwks_url,
+                algorithms=tuple(issuer.algorithms),
+            )
 
     def apply_page(self, page: DirectoryPage) -> None:
         """Apply a sync answer; a full one replaces everything."""
@@ -131,6 +162,7 @@ class Directory:
                 fresh.apply(tenant)
             self.by_id, self.by_slug, self.by_domain = fresh.by_id, fresh.by_slug, fresh.by_domain
             self.keys_by_hash, self.keys_by_id = fresh.keys_by_hash, fresh.keys_by_id
+            self.issuers = fresh.issuers
             self.revisions = fresh.revisions
         else:
             for tenant in page.tenants:

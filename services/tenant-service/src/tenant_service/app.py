@@ -31,7 +31,7 @@ from tenant_service.internal.directory import DirectoryController
 from tenant_service.openapi import COMPONENTS
 from tenant_service.plans.controllers import PlanController
 from tenant_service.strict_requests import strict_request
-from tenant_service.tenants.controllers import TenantController
+from tenant_service.tenants.controllers import JwtIssuerController, TenantController
 from tenantry_common.litestar_problems import problem_exception_handlers, problem_response
 from tenantry_common.logging import configure_logging
 
@@ -138,6 +138,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
     return Litestar(
         route_handlers=[
             TenantController,
+            JwtIssuerController,
             ApiKeyController,
             PlanController,
             AuditController,

@@ -17,10 +17,11 @@ from sqlalchemy import (
     MetaData,
     Sequence,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 TENANT_STATUSES: Final = ("provisioning", "active", "suspended", "failed", "deleting", "deleted")
@@ -106,6 +107,27 @@ class TenantDomain(Base):
         UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TenantJwtIssuer(Base):
+    """An external identity provider a tenant trusts: its tokens for ``audience`` authenticate as the tenant."""
+
+    __tablename__ = "tenant_jwt_issuers"
+    __table_args__ = (
+        # Isolation: a gateway maps a token to a tenant by its (iss, aud) pair alone, so the pair may be trusted by
+        # one tenant only. Were it trusted by two, a token minted for tenant A's users would be accepted as
+        # tenant B's.
+        UniqueConstraint("issuer", "audience", name="uq_tenant_jwt_issuers_issuer_audience"),
+    )
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    issuer: Mapped[str] = mapped_column(Text, nullable=False)
+    audience: Mapped[str] = mapped_column(Text, nullable=False)
+    jwks_url: Mapped[str] = mapped_column(Text, nullable=False)
+    algorithms: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
 class ApiKey(Base):

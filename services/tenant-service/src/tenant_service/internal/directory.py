@@ -1,4 +1,5 @@
-"""The tenant directory for gateways: tenants, domains, limits and API key hashes changed since a revision."""
+"""The tenant directory for gateways: tenants, domains, limits, API key hashes and external JWT issuers changed
+since a revision."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from sqlalchemy import func, select
 
 from tenant_service.auth import service_guard
 from tenant_service.context import AppContext
-from tenant_service.db.models import ApiKey, Plan, Tenant, TenantDomain, TenantTombstone
+from tenant_service.db.models import ApiKey, Plan, Tenant, TenantDomain, TenantJwtIssuer, TenantTombstone
 from tenant_service.deps import Ctx
 from tenant_service.openapi import SERVICE_SECURITY, problems
-from tenantry_common.directory import DirectoryKey, DirectoryPage, DirectoryTenant
+from tenantry_common.directory import DirectoryIssuer, DirectoryKey, DirectoryPage, DirectoryTenant
 
 #: Statuses a gateway needs to know (to serve, or to refuse with the right error).
 _VISIBLE = ("provisioning", "active", "suspended", "failed", "deleting", "deleted")
@@ -48,6 +49,7 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
         ids = [t.id for t in tenants]
         domains: dict[uuid.UUID, list[str]] = defaultdict(list)
         keys: dict[uuid.UUID, list[DirectoryKey]] = defaultdict(list)
+        issuers: dict[uuid.UUID, list[DirectoryIssuer]] = defaultdict(list)
         if ids:
             for tid, domain in await session.execute(
                 select(TenantDomain.tenant_id, TenantDomain.domain).where(TenantDomain.tenant_id.in_(ids))
@@ -61,6 +63,22 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
                         scopes=list(key.scopes),
                         expires_at=key.expires_at.timestamp() if key.expires_at else None,
                         revoked=key.revoked_at is not None,
+                    )
+                )
+            for row in (
+                await session.execute(
+                    select(TenantJwtIssuer)
+                    .where(TenantJwtIssuer.tenant_id.in_(ids))
+                    .order_by(TenantJwtIssuer.created_at, TenantJwtIssuer.id)
+                )
+            ).scalars():
+                issuers[row.tenant_id].append(
+                    DirectoryIssuer(
+                        id=str(row.id),
+                        issuer=row.issuer,
+                        audience=row.audience,
+                        jwks_url=row.jwks_url,
+                        algorithms=list(row.algorithms),
                     )
                 )
         plans: dict[str, dict[str, Any]] = {p.name: p.limits for p in (await session.execute(select(Plan))).scalars()}
@@ -77,6 +95,7 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
                 domains=sorted(domains[t.id]),
                 keys=keys[t.id],
                 revision=t.revision,
+                jwt_issuers=issuers[t.id],
             )
             for t in tenants
         ],

@@ -1,4 +1,4 @@
-"""HTTP endpoints under ``/admin/tenants``: tenants, their domains and usage."""
+"""HTTP endpoints under ``/admin/tenants``: tenants, their domains, external JWT issuers and usage."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 from tenant_service.auth import actor, admin_guard
 from tenant_service.deps import Ctx
 from tenant_service.openapi import ADMIN_SECURITY, problems
+from tenant_service.tenants.issuers import JwtIssuerService
 from tenant_service.tenants.schemas import (
     NO_NUL,
+    JwtIssuerCreate,
+    JwtIssuerPage,
+    JwtIssuerView,
     TenantCreate,
     TenantCreated,
     TenantPage,
@@ -28,6 +32,7 @@ from tenant_service.tenants.usage import tenant_usage
 _TRANSITION = problems(401, 404, 409, 422, 503)
 
 Ref = Annotated[str, PathParameter(description="Tenant id (UUID) or slug", max_length=64)]
+IssuerId = Annotated[str, PathParameter(description="JWT issuer id (UUID)", max_length=64)]
 
 
 class DomainCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -158,3 +163,41 @@ class TenantController(Controller):
     ) -> None:
         """Stop routing ``domain`` to this tenant."""
         await TenantService(ctx).remove_domain(ref, domain, actor=actor(request))
+
+
+class JwtIssuerController(Controller):
+    """External JWT issuers of one tenant: identity providers whose tokens the gateways accept as the tenant's."""
+
+    path = "/admin/tenants/{ref:str}/jwt-issuers"
+    guards = [admin_guard]  # noqa: RUF012
+    tags = ["jwt-issuers"]  # noqa: RUF012
+    security = ADMIN_SECURITY
+
+    @post(
+        "/",
+        status_code=201,
+        summary="Trust an external JWT issuer",
+        responses=problems(401, 404, 409, 413, 415, 422, 503),
+    )
+    async def add(
+        self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref, data: JSONBody[JwtIssuerCreate]
+    ) -> JwtIssuerView:
+        """Tokens with this ``iss`` and ``aud``, signed by a key of ``jwks_url`` with one of ``algorithms`` (default
+        RS256), authenticate as the tenant. An (issuer, audience) pair is trusted by one tenant at most (409
+        ``issuer_taken``); a tenant trusts at most 10 issuers (409 ``too_many_issuers``)."""
+        return await JwtIssuerService(ctx).add(ref, data, actor=actor(request))
+
+    @get("/", summary="List external JWT issuers", responses=problems(401, 404, 422, 503))
+    async def list_issuers(self, ctx: Ctx, ref: Ref) -> JwtIssuerPage:
+        """Every issuer the tenant trusts, oldest first."""
+        return JwtIssuerPage(items=await JwtIssuerService(ctx).list(ref))
+
+    @delete(
+        "/{issuer_id:str}",
+        status_code=204,
+        summary="Stop trusting an external JWT issuer",
+        responses=problems(401, 404, 422, 503),
+    )
+    async def remove(self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref, issuer_id: IssuerId) -> None:
+        """Its tokens stop working at every gateway within seconds."""
+        await JwtIssuerService(ctx).remove(ref, issuer_id, actor=actor(request))

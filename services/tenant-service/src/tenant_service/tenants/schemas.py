@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
+from tenantry_common.jwt_keys import EXTERNAL_ALGORITHMS
 from tenantry_common.slugs import SLUG_MAX_LENGTH, SLUG_MIN_LENGTH, SLUG_PATTERN
 
 #: Postgres text (and JSONB) cannot hold NUL characters.
@@ -20,6 +21,12 @@ Domain = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=NO_NUL)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 ConnectionLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+IssuerText = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=NO_NUL)]
+if TYPE_CHECKING:
+    ExternalAlgorithm = str
+else:
+    #: One of ``EXTERNAL_ALGORITHMS`` (an enum in the OpenAPI document; anything else is refused when decoding).
+    ExternalAlgorithm = Literal[EXTERNAL_ALGORITHMS]
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -129,3 +136,32 @@ class TenantUsage(msgspec.Struct):
     requests_minute: RequestUsage | None
     requests_day: RequestUsage | None
     quota_counters_available: bool
+
+
+class JwtIssuerCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /admin/tenants/{ref}/jwt-issuers``: an external issuer whose tokens the gateways accept."""
+
+    issuer: IssuerText
+    audience: IssuerText
+    jwks_url: Url
+    algorithms: Annotated[list[ExternalAlgorithm], msgspec.Meta(min_length=1, max_length=len(EXTERNAL_ALGORITHMS))] = (
+        msgspec.field(default_factory=lambda: ["RS256"])
+    )
+
+
+class JwtIssuerView(msgspec.Struct):
+    """An external JWT issuer of a tenant."""
+
+    id: str
+    issuer: str
+    audience: str
+    jwks_url: str
+    algorithms: list[str]
+    created_at: datetime
+
+
+class JwtIssuerPage(msgspec.Struct):
+    """All external JWT issuers of a tenant, oldest first."""
+
+    items: list[JwtIssuerView]
+    next_cursor: str | None = None

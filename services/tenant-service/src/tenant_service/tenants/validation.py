@@ -1,4 +1,4 @@
-"""Validation of tenant inputs that msgspec's types cannot express: domains and upstream URLs."""
+"""Validation of tenant inputs that msgspec's types cannot express: domains, upstream and JWKS URLs."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import re
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from tenantry_common.addresses import forbidden_upstream_ip
+from tenantry_common.addresses import IPAddress, forbidden_upstream_ip
 from tenantry_common.problems import FieldError, InvalidInputError, ProblemError
 
 _LABEL: Final = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _BLOCKED_HOSTS: Final = frozenset(
     {"metadata.google.internal", "metadata", "instance-data", "instance-data.ec2.internal"}
 )
+#: A label of a host name in a JWKS URL (underscores allowed: some internal service names have them).
+_HOST_LABEL: Final = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 #: A last label that is a number (decimal, octal or 0x-hex): resolvers read such a host as an IPv4 address.
 _NUMERIC_LABEL: Final = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 
@@ -24,6 +26,13 @@ class UpstreamNotAllowedError(ProblemError):
 
     status = 422
     code = "upstream_not_allowed"
+
+
+class JwksUrlNotAllowedError(ProblemError):
+    """A ``jwks_url`` whose host may never be fetched, or ``http://`` to a host outside ``UPSTREAM_ALLOWLIST``."""
+
+    status = 422
+    code = "jwks_url_not_allowed"
 
 
 def normalize_domain(raw: str, base_domain: str, field: str = "domain") -> str:
@@ -71,6 +80,38 @@ def check_json_text(value: Any, field: str) -> None:
             )
 
 
+def _host_ip(host: str, field: str) -> IPAddress | None:
+    """The IP address a URL's host spells, or None for a host name.
+
+    Raises:
+        InvalidInputError: a host that resolvers read as an IPv4 address but that is not a canonical dotted quad.
+    """
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
+            raise InvalidInputError(
+                f"invalid {field}", errors=[FieldError(field=field, message="an IPv4 host must be a dotted quad")]
+            ) from None
+        return None
+
+
+def _never_allowed(host: str, ip: IPAddress | None) -> bool:
+    """Link-local (cloud metadata), multicast, unspecified or reserved addresses and known metadata host names."""
+    return (ip is not None and forbidden_upstream_ip(ip)) or host in _BLOCKED_HOSTS
+
+
+def _allowlisted(host: str, ip: IPAddress | None, allowlist: tuple[str, ...]) -> bool:
+    """Whether a host matches an ``UPSTREAM_ALLOWLIST`` entry: a glob of host names, or a CIDR for addresses."""
+    for entry in allowlist:
+        if "/" in entry:
+            if ip is not None and ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        elif fnmatch.fnmatchcase(host, entry.lower()):
+            return True
+    return False
+
+
 def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
     """Accept an upstream URL only when its host is inside the allow-list; return it normalised.
 
@@ -95,22 +136,64 @@ def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
             "invalid upstream_url",
             errors=[FieldError(field="upstream_url", message="must be an http(s) URL with a host and no userinfo")],
         )
-    refusal = UpstreamNotAllowedError(f"upstream host {host!r} is not in UPSTREAM_ALLOWLIST")
+    ip = _host_ip(host, "upstream_url")
+    if _never_allowed(host, ip) or not _allowlisted(host, ip, allowlist):
+        raise UpstreamNotAllowedError(f"upstream host {host!r} is not in UPSTREAM_ALLOWLIST")
+    return url
+
+
+def check_jwks_url(url: str, allowlist: tuple[str, ...]) -> str:
+    """Accept the JWKS URL of a tenant's external JWT issuer, which gateways will fetch; return it unchanged.
+
+    It must be an absolute ``https://`` URL with a host (a DNS name or an IP address), no userinfo and no fragment,
+    in printable ASCII. A plain ``http://`` URL is accepted only for a host in ``UPSTREAM_ALLOWLIST`` (an identity
+    provider on the platform's own network, or local development). Whatever the scheme, the hosts an upstream may
+    never be (link-local and metadata addresses, metadata host names, IPv4 hosts that are not a dotted quad) are
+    refused, as for ``upstream_url``.
+
+    Raises:
+        InvalidInputError: the URL is malformed.
+        JwksUrlNotAllowedError: the host is never allowed, or ``http://`` to a host outside the allow-list.
+    """
+    field = "jwks_url"
     try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower().removesuffix(".")
+        _ = parts.port
+        valid = (
+            url.isascii()
+            and url.isprintable()
+            and " " not in url
+            and "#" not in url
+            and "@" not in parts.netloc
+            and parts.scheme in ("http", "https")
+            and bool(host)
+        )
     except ValueError:
-        ip = None
-        if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
-            raise InvalidInputError(
-                "invalid upstream_url",
-                errors=[FieldError(field="upstream_url", message="an IPv4 host must be a dotted quad")],
-            ) from None
-    if (ip is not None and forbidden_upstream_ip(ip)) or host in _BLOCKED_HOSTS:
-        raise refusal
-    for entry in allowlist:
-        if "/" in entry:
-            if ip is not None and ip in ipaddress.ip_network(entry, strict=False):
-                return url
-        elif fnmatch.fnmatchcase(host, entry.lower()):
-            return url
-    raise refusal
+        valid, host = False, ""
+    if not valid:
+        raise InvalidInputError(
+            "invalid jwks_url",
+            errors=[
+                FieldError(
+                    field=field, message="must be an absolute https:// URL with a host, no userinfo and no fragment"
+                )
+            ],
+        )
+    ip = _host_ip(host, field)
+    name_ok = "[" not in parts.netloc and all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
+    if ip is None and not name_ok:  # brackets hold an IP address, never a name ("[v1.x]" is IPvFuture)
+        raise InvalidInputError(
+            "invalid jwks_url", errors=[FieldError(field=field, message="the host must be a DNS name or an IP address")]
+        )
+    if _never_allowed(host, ip):
+        raise JwksUrlNotAllowedError(
+            f"JWKS host {host!r} is not allowed",
+            errors=[FieldError(field=field, message="a link-local, metadata or reserved host is never allowed")],
+        )
+    if parts.scheme == "http" and not _allowlisted(host, ip, allowlist):
+        raise JwksUrlNotAllowedError(
+            f"JWKS host {host!r} is not in UPSTREAM_ALLOWLIST: use https://",
+            errors=[FieldError(field=field, message="http:// is allowed only for hosts in UPSTREAM_ALLOWLIST")],
+        )
+    return url

@@ -1,0 +1,468 @@
+"""Tenants' own identity providers: tokens signed by a tenant's external issuer, through the real gateway.
+
+tenant-service, gateway and the echo upstream run as processes; the identity provider is a small HTTP server in
+this process that publishes a JWKS and counts how often it is fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from support.gateway_support import EchoUpstream, GatewayProcess
+from support.platform import Installation, ServiceProcess, wait_until
+from tenantry_common.jwt_keys import generate_signing_key
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+def _public_jwk(kid: str, key: PrivateKey, alg: str | None) -> dict[str, Any]:
+    public = key.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        jwk = json.loads(RSAAlgorithm.to_jwk(public))
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        jwk = json.loads(ECAlgorithm.to_jwk(public))
+    else:
+        jwk = json.loads(OKPAlgorithm.to_jwk(public))
+    jwk["kid"] = kid
+    if alg is not None:
+        jwk["alg"] = alg
+    return jwk
+
+
+@dataclass
+class IdentityProvider:
+    """Publishes ``/jwks.json``; ``fetches`` counts the gateway's requests; ``fail`` makes it answer 500."""
+
+    keys: dict[str, tuple[PrivateKey, str | None]] = field(default_factory=dict)
+    fetches: int = 0
+    fail: bool = False
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def jwks_url(self) -> str:
+        return self.url + "/jwks.json"
+
+    def add(self, kid: str, key: PrivateKey | None = None, alg: str | None = "RS256") -> PrivateKey:
+        key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.keys[kid] = (key, alg)
+        return key
+
+    def body(self) -> bytes:
+        return json.dumps({"keys": [_public_jwk(kid, key, alg) for kid, (key, alg) in self.keys.items()]}).encode()
+
+    def start(self) -> IdentityProvider:
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                provider.fetches += 1
+                if provider.fail or self.path != "/jwks.json":
+                    self.send_response(500 if provider.fail else 404)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                body = provider.body()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@dataclass
+class Stack:
+    service: ServiceProcess
+    gateway: GatewayProcess
+    admin: httpx.Client
+    idp: IdentityProvider
+    issuer: str
+
+
+@pytest.fixture(scope="module")
+def stack(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    folder: Path = tmp_path_factory.mktemp("external-issuers")
+    idp = IdentityProvider().start()
+    idp.add("k1")
+    service = ServiceProcess(installation, folder / "tenant-service.log").start()
+    echo = EchoUpstream(folder / "echo.log").start()
+    gateway = GatewayProcess(
+        installation,
+        service.url,
+        echo.url,
+        folder / "gateway.log",
+        "k1:" + generate_signing_key(),
+        REDIS_TIMEOUT="2",
+        JWKS_MIN_REFETCH_SECONDS="2",
+        JWKS_TIMEOUT="1",
+    ).start()
+    admin = service.client()
+    try:
+        yield Stack(service, gateway, admin, idp, idp.url + "/")
+    finally:
+        admin.close()
+        gateway.stop()
+        echo.stop()
+        service.stop()
+        idp.stop()
+
+
+def _tenant(stack: Stack, slug: str) -> dict[str, Any]:
+    response = stack.admin.post("/admin/tenants", json={"slug": slug, "name": slug})
+    assert response.status_code == 201, response.text
+    tenant: dict[str, Any] = response.json()
+    return tenant
+
+
+def _trust(stack: Stack, tenant: dict[str, Any], audience: str, **extra: Any) -> dict[str, Any]:
+    body = {"issuer": stack.issuer, "audience": audience, "jwks_url": stack.idp.jwks_url, **extra}
+    response = stack.admin.post(f"/admin/tenants/{tenant['id']}/jwt-issuers", json=body)
+    assert response.status_code == 201, response.text
+    issuer: dict[str, Any] = response.json()
+    return issuer
+
+
+def _token(stack: Stack, audience: str | list[str], *, kid: str = "k1", alg: str = "RS256", **claims: Any) -> str:
+    key, _ = stack.idp.keys[kid]
+    now = int(time.time())
+    payload = {"iss": stack.issuer, "aud": audience, "sub": "user-1", "iat": now, "exp": now + 300, **claims}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return pyjwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
+
+
+def _get(stack: Stack, token: str, **headers: str) -> httpx.Response:
+    return httpx.get(stack.gateway.url + "/hello", headers={"Authorization": f"Bearer {token}", **headers}, timeout=10)
+
+
+def _seen(response: httpx.Response) -> dict[str, str]:
+    return dict(response.json()["headers"])
+
+
+def _accepted(stack: Stack, token: str) -> None:
+    """Wait until the gateway has synced the issuer and accepts the token."""
+    wait_until(lambda: _get(stack, token).status_code == 200, timeout=10)
+
+
+def _unauthorized(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.json()["code"] == "unauthorized"
+    assert "www-authenticate" in response.headers
+
+
+def test_a_tenants_idp_token_reaches_that_tenant_with_its_subject_and_quota(stack: Stack) -> None:
+    tenant = _tenant(stack, "ext-basic")
+    _trust(stack, tenant, "ext-basic-api")
+    token = _token(stack, "ext-basic-api", sub="alice@ext-basic", scope="notes:read notes:write")
+    _accepted(stack, token)
+    fetches = stack.idp.fetches
+    response = _get(stack, token)
+    assert response.status_code == 200
+    seen = _seen(response)
+    assert seen["x-tenant-id"] == tenant["id"]
+    assert seen["x-tenant-slug"] == "ext-basic"
+    assert "authorization" not in seen  # the credential stays at the gateway
+    assert int(response.headers["ratelimit-remaining"]) < int(response.headers["ratelimit-limit"])
+    identity = pyjwt.decode(seen["x-tenant-token"], options={"verify_signature": False})
+    assert identity["tid"] == tenant["id"]
+    assert identity["sub"] == "alice@ext-basic"
+    assert identity["scope"] == "notes:read notes:write"
+    # Verified once: repeated requests neither verify nor fetch again.
+    for _ in range(5):
+        assert _get(stack, token).status_code == 200
+    assert stack.idp.fetches == fetches
+
+
+def test_tokens_the_configuration_does_not_match_get_401_without_a_fetch(stack: Stack) -> None:
+    tenant = _tenant(stack, "ext-nomatch")
+    _trust(stack, tenant, "ext-nomatch-api")
+    _accepted(stack, _token(stack, "ext-nomatch-api"))
+    fetches = stack.idp.fetches
+    other_issuer = pyjwt.encode(
+        {"iss": "https://evil.example/", "aud": "ext-nomatch-api", "sub": "x", "exp": int(time.time()) + 60},
+        stack.idp.keys["k1"][0],
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
+    _unauthorized(_get(stack, other_issuer))
+    _unauthorized(_get(stack, _token(stack, "someone-elses-api")))
+    _unauthorized(_get(stack, _token(stack, "ext-nomatch-api", exp=int(time.time()) - 120)))
+    _unauthorized(_get(stack, _token(stack, "ext-nomatch-api", exp=None)))
+    _unauthorized(_get(stack, _token(stack, "ext-nomatch-api", sub=None)))
+    assert stack.idp.fetches == fetches
+
+
+def test_forged_and_confused_tokens_get_401(stack: Stack) -> None:
+    tenant = _tenant(stack, "ext-forged")
+    _trust(stack, tenant, "ext-forged-api")
+    good = _token(stack, "ext-forged-api")
+    _accepted(stack, good)
+    now = int(time.time())
+    claims = {"iss": stack.issuer, "aud": "ext-forged-api", "sub": "mallory", "exp": now + 60}
+    # Signed by another key under the known kid.
+    impostor = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _unauthorized(_get(stack, pyjwt.encode(claims, impostor, algorithm="RS256", headers={"kid": "k1"})))
+    # HS256 with the published public key as the secret (algorithm confusion).
+    public_pem = (
+        stack.idp.keys["k1"][0]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    header = {"alg": "HS256", "typ": "JWT", "kid": "k1"}
+    segments = [base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=") for p in (header, claims)]
+    signature = hmac.new(public_pem, b".".join(segments), hashlib.sha256).digest()
+    confused = b".".join([*segments, base64.urlsafe_b64encode(signature).rstrip(b"=")]).decode()
+    _unauthorized(_get(stack, confused))
+    # alg "none".
+    none_header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "kid": "k1"}).encode()).rstrip(b"=")
+    _unauthorized(_get(stack, (none_header + b"." + segments[1] + b".").decode()))
+    # A correctly signed token whose payload was altered afterwards.
+    head, _, rest = good.partition(".")
+    body, _, sig = rest.partition(".")
+    altered = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    altered["sub"] = "admin"
+    new_body = base64.urlsafe_b64encode(json.dumps(altered).encode()).rstrip(b"=").decode()
+    _unauthorized(_get(stack, f"{head}.{new_body}.{sig}"))
+    # An algorithm the tenant did not configure (PS256 over the same RSA key).
+    _unauthorized(_get(stack, _token(stack, "ext-forged-api", alg="PS256")))
+    assert _get(stack, good).status_code == 200
+
+
+def test_unknown_kid_gets_one_rate_limited_refetch_and_rotation_is_picked_up(stack: Stack) -> None:
+    tenant = _tenant(stack, "ext-rotate")
+    _trust(stack, tenant, "ext-rotate-api")
+    _accepted(stack, _token(stack, "ext-rotate-api"))
+    time.sleep(2.1)  # past JWKS_MIN_REFETCH_SECONDS (2 s here)
+    before = stack.idp.fetches
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    sprayed = [
+        pyjwt.encode(
+            {"iss": stack.issuer, "aud": "ext-rotate-api", "sub": "x", "exp": now + 60},
+            stranger,
+            algorithm="RS256",
+            headers={"kid": f"random-{i}"},
+        )
+        for i in range(10)
+    ]
+    for token in sprayed:
+        _unauthorized(_get(stack, token))
+    assert stack.idp.fetches - before == 1  # one refetch for ten unknown kids within the interval
+    # The IdP rotates: a new key appears; after the interval its tokens are accepted after one refetch.
+    stack.idp.add("k2", ec.generate_private_key(ec.SECP256R1()), alg="ES256")
+    time.sleep(2.1)
+    before = stack.idp.fetches
+    stack.admin.post(
+        f"/admin/tenants/{tenant['id']}/jwt-issuers",
+        json={
+            "issuer": stack.issuer,
+            "audience": "ext-rotate-es",
+            "jwks_url": stack.idp.jwks_url,
+            "algorithms": ["ES256"],
+        },
+    ).raise_for_status()
+    es_token = _token(stack, "ext-rotate-es", kid="k2", alg="ES256")
+    _accepted(stack, es_token)
+    assert stack.idp.fetches - before == 1
+
+
+def test_isolation_between_tenants_sharing_an_identity_provider(stack: Stack) -> None:
+    a = _tenant(stack, "ext-iso-a")
+    b = _tenant(stack, "ext-iso-b")
+    _trust(stack, a, "ext-iso-a-api")
+    _trust(stack, b, "ext-iso-b-api")
+    token_a = _token(stack, "ext-iso-a-api", sub="user-of-a")
+    token_b = _token(stack, "ext-iso-b-api", sub="user-of-b")
+    _accepted(stack, token_a)
+    _accepted(stack, token_b)
+    assert _seen(_get(stack, token_a))["x-tenant-id"] == a["id"]
+    assert _seen(_get(stack, token_b))["x-tenant-id"] == b["id"]
+    # A's user at B's address: the credential belongs to A.
+    for headers in ({"X-Tenant-ID": b["id"]}, {"Host": "ext-iso-b.localhost"}):
+        response = _get(stack, token_a, **headers)
+        assert response.status_code == 403, response.text
+        assert response.json()["code"] == "tenant_mismatch"
+    # A token naming both audiences cannot pick its tenant.
+    _unauthorized(_get(stack, _token(stack, ["ext-iso-a-api", "ext-iso-b-api"])))
+    # The same (issuer, audience) cannot be trusted by a second tenant.
+    response = stack.admin.post(
+        f"/admin/tenants/{b['id']}/jwt-issuers",
+        json={"issuer": stack.issuer, "audience": "ext-iso-a-api", "jwks_url": stack.idp.jwks_url},
+    )
+    assert response.status_code == 409, response.text
+    assert a["id"] not in response.text
+    assert 'ext-iso-a"' not in response.text
+    # Quotas are per tenant: A's requests do not count against B.
+    remaining_b = int(_get(stack, token_b).headers["ratelimit-remaining"])
+    for _ in range(5):
+        assert _get(stack, token_a).status_code == 200
+    # (>=: when the minute rolls over in between, B's counter starts afresh.)
+    assert int(_get(stack, token_b).headers["ratelimit-remaining"]) >= remaining_b - 1
+
+
+def test_removing_the_issuer_or_suspending_the_tenant_stops_its_tokens(stack: Stack) -> None:
+    tenant = _tenant(stack, "ext-revoke")
+    issuer = _trust(stack, tenant, "ext-revoke-api")
+    token = _token(stack, "ext-revoke-api")
+    _accepted(stack, token)
+    assert stack.admin.post(f"/admin/tenants/{tenant['id']}/suspend").status_code == 200
+    wait_until(lambda: _get(stack, token).status_code == 403, timeout=5)
+    assert _get(stack, token).json()["code"] == "tenant_suspended"
+    assert stack.admin.post(f"/admin/tenants/{tenant['id']}/resume").status_code == 200
+    _accepted(stack, token)
+    response = stack.admin.delete(f"/admin/tenants/{tenant['id']}/jwt-issuers/{issuer['id']}")
+    assert response.status_code == 204, response.text
+    waited = wait_until(lambda: _get(stack, token).status_code == 401, timeout=5)
+    assert waited < 2.5  # the contract's propagation bound, with margin for the poll interval
+    _unauthorized(_get(stack, token))
+
+
+def test_an_unreachable_or_broken_jwks_gives_401_not_an_error(stack: Stack) -> None:
+    tenant = _tenant(stack, "ext-down")
+    broken = IdentityProvider().start()
+    broken.add("k1", stack.idp.keys["k1"][0])
+    broken.fail = True
+    try:
+        response = stack.admin.post(
+            f"/admin/tenants/{tenant['id']}/jwt-issuers",
+            json={"issuer": stack.issuer, "audience": "ext-down-api", "jwks_url": broken.jwks_url},
+        )
+        assert response.status_code == 201, response.text
+        token = _token(stack, "ext-down-api")
+        wait_until(lambda: broken.fetches > 0 or _get(stack, token).status_code != 401, timeout=10)
+        started = time.monotonic()
+        _unauthorized(_get(stack, token))
+        assert time.monotonic() - started < 5
+        # The IdP recovers: after the refetch interval the same token is accepted.
+        broken.fail = False
+        time.sleep(2.1)
+        _accepted(stack, token)
+    finally:
+        broken.stop()
+    # A JWKS URL that never answers: bounded by JWKS_TIMEOUT, then 401.
+    silent = IdentityProvider()
+    silent.server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)  # accepts, never answers
+    response = stack.admin.post(
+        f"/admin/tenants/{tenant['id']}/jwt-issuers",
+        json={"issuer": stack.issuer, "audience": "ext-silent-api", "jwks_url": silent.jwks_url},
+    )
+    assert response.status_code == 201, response.text
+    token = _token(stack, "ext-silent-api")
+    try:
+        wait_until(lambda: _get(stack, token).status_code == 401, timeout=10)
+        started = time.monotonic()
+        _get(stack, token)
+        assert time.monotonic() - started < 5
+    finally:
+        silent.server.server_close()
+    assert "Traceback" not in stack.gateway.log()
+
+
+def test_eddsa_keys_and_jwks_without_alg(stack: Stack) -> None:
+    tenant = _tenant(stack, "ext-eddsa")
+    stack.idp.add("ed1", ed25519.Ed25519PrivateKey.generate(), alg=None)
+    stack.idp.add("rsa-noalg", alg=None)
+    time.sleep(2.1)
+    response = stack.admin.post(
+        f"/admin/tenants/{tenant['id']}/jwt-issuers",
+        json={
+            "issuer": stack.issuer,
+            "audience": "ext-eddsa-api",
+            "jwks_url": stack.idp.jwks_url,
+            "algorithms": ["EdDSA", "RS384"],
+        },
+    )
+    assert response.status_code == 201, response.text
+    _accepted(stack, _token(stack, "ext-eddsa-api", kid="ed1", alg="EdDSA", jti=uuid.uuid4().hex))
+    assert _get(stack, _token(stack, "ext-eddsa-api", kid="rsa-noalg", alg="RS384")).status_code == 200
+    # The RSA key is not bound to an algorithm, but RS256 is not configured for this issuer.
+    _unauthorized(_get(stack, _token(stack, "ext-eddsa-api", kid="rsa-noalg", alg="RS256")))
+
+
+def _b64(data: object) -> bytes:
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
+def _rs256(header: dict[str, Any], claims: dict[str, Any], key: PrivateKey) -> str:
+    """A token signed with RS256 whatever its content (PyJWT refuses to encode some of these)."""
+    assert isinstance(key, rsa.RSAPrivateKey)
+    signing_input = _b64(header) + b"." + _b64(claims)
+    signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    return (signing_input + b"." + _b64(signature)).decode()
+
+
+def test_hostile_tokens_naming_a_configured_issuer_get_401_never_an_error(stack: Stack) -> None:
+    tenant = _tenant(stack, "ext-hostile")
+    _trust(stack, tenant, "ext-hostile-api")
+    _accepted(stack, _token(stack, "ext-hostile-api"))
+    key = stack.idp.keys["k1"][0]
+    now = int(time.time())
+    base = {"iss": stack.issuer, "aud": "ext-hostile-api", "sub": "x", "exp": now + 60}
+    signed_claims: list[dict[str, Any]] = [
+        {**base, "iss": [stack.issuer]},
+        {**base, "iss": {"a": 1}},
+        {**base, "aud": {"ext-hostile-api": 1}},
+        {**base, "aud": [["ext-hostile-api"]]},
+        {**base, "aud": []},
+        {**base, "aud": None},
+        {**base, "sub": 42},
+        {**base, "sub": ""},
+        {**base, "exp": "tomorrow"},
+        {**base, "nbf": now + 3600},
+        {**base, "scope": {"nested": ["x"]}},
+        {**base, "scope": ["a", 1]},
+        {**base, "scp": 7},
+    ]
+    hostile = [_rs256({"alg": "RS256", "kid": "k1"}, claims, key) for claims in signed_claims]
+    for kid in (42, ["k1"], {"k": 1}, "", "../../etc/passwd", "k1\x00", "x" * 4000):
+        hostile.append(_rs256({"alg": "RS256", "kid": kid}, base, key))
+    payload = _b64(base)
+    hostile += [
+        (_b64({"alg": "RS256", "kid": "k1"}) + b"." + payload).decode(),  # two segments
+        (_b64(b"not json") + b"." + payload + b".c2ln").decode(),
+        (_b64([1, 2]) + b"." + payload + b".c2ln").decode(),
+        (_b64({"alg": ["RS256"], "kid": "k1"}) + b"." + payload + b".c2ln").decode(),
+        (_b64({"alg": "RS256", "kid": "k1"}) + b"." + _b64(b"[1]") + b".c2ln").decode(),
+        (_b64({"alg": "RS256", "kid": "k1", "jku": stack.idp.url + "/evil"}) + b"." + payload + b".c2ln").decode(),
+    ]
+    fetches = stack.idp.fetches
+    for number, token in enumerate(hostile):
+        response = _get(stack, token)
+        assert response.status_code == 401, (number, response.status_code)
+        assert response.json()["code"] == "unauthorized"
+    assert stack.idp.fetches - fetches <= 1  # an unknown kid may cause one (rate-limited) refetch, nothing more
+    assert "unhandled_error" not in stack.gateway.log()

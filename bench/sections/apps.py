@@ -155,14 +155,19 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
     cold_ms: list[float] = []
     per_run: list[dict[str, float]] = []
     bad: list[str] = []
-    cold_pool = tenants[1:]
-    needed = settings.runs * settings.cold_per_run
-    if needed > len(cold_pool):
-        raise RuntimeError(f"{needed} cold tenants needed, only {len(cold_pool)} exist (raise --app-tenants)")
+    floor_ms: list[float] = []
+    per_cold = settings.cold_per_run
+    needed = settings.runs * per_cold * 2  # half for the app's cold requests, half for the bare-connection floor
+    if needed > len(tenants) - 1:
+        raise RuntimeError(f"{needed} cold tenants needed, only {len(tenants) - 1} exist (raise --app-tenants)")
+    cold_pool, floor_pool = tenants[1 : 1 + needed // 2], tenants[1 + needed // 2 : 1 + needed]
+    floor_credentials = _credentials(service.url, ctx.secrets.service_token, floor_pool)
     for run_no in range(settings.runs):
         run_warm: list[float] = []
         run_cold: list[float] = []
-        for tenant in cold_pool[run_no * settings.cold_per_run : (run_no + 1) * settings.cold_per_run]:
+        run_floor: list[float] = []
+        chunk = slice(run_no * per_cold, (run_no + 1) * per_cold)
+        for tenant, floor_dsn in zip(cold_pool[chunk], floor_credentials[chunk], strict=True):
             for _ in range(settings.warm_per_cold):
                 ms, status = client.get_notes(warm_tenant)
                 run_warm.append(ms)
@@ -172,10 +177,17 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
             run_cold.append(ms)
             if status != 200:
                 bad.append(f"cold {tenant.slug}: {status}")
-        per_run.append({"warm_p50_ms": median(run_warm), "cold_p50_ms": median(run_cold)})
+            run_floor.append(asyncio.run(_bare_connection_ms(floor_dsn)))
+        per_run.append(
+            {"warm_p50_ms": median(run_warm), "cold_p50_ms": median(run_cold), "floor_p50_ms": median(run_floor)}
+        )
         warm_ms += run_warm
         cold_ms += run_cold
-        say(f"apps run {run_no + 1}: warm p50 {median(run_warm):.2f} ms, cold p50 {median(run_cold):.2f} ms")
+        floor_ms += run_floor
+        say(
+            f"apps run {run_no + 1}: warm p50 {median(run_warm):.2f} ms, cold p50 {median(run_cold):.2f} ms, "
+            f"bare new connection p50 {median(run_floor):.2f} ms"
+        )
 
     # Every tenant active in turn: one request each, serially, then 8 clients at once.
     loops: dict[str, dict[str, Any]] = {}
@@ -206,6 +218,7 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
 
     warm_p50 = median([r["warm_p50_ms"] for r in per_run])
     cold_p50 = median([r["cold_p50_ms"] for r in per_run])
+    floor_p50 = median([r["floor_p50_ms"] for r in per_run])
     report.method = [
         f"tenant-service, gateway (1 worker, full pipeline) and notes app as real processes (not pinned); "
         f"{settings.app_tenants} tenants provisioned through the admin API. The app runs with its defaults: "
@@ -216,6 +229,10 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
         f"Warm vs cold: per run, {settings.cold_per_run} tenants the app has never served each get one request "
         f"(their first: credential vending, engine creation, connection with SCRAM, query), each preceded by "
         f"{settings.warm_per_cold} requests of a warm tenant; medians per run, then the median over runs.",
+        "Floor, in the same runs: after each cold request the bench itself opens a new connection to another "
+        "tenant database nobody has connected to yet (asyncpg, that tenant's own role and SCRAM, "
+        "`sslmode=disable`) and runs `SELECT 1`: what any design pays that opens a server connection for a "
+        "tenant's first request, without gateway, app, SQLAlchemy or credential vending.",
         "Connections: every tenant gets one request, in turn (serially, then 8 clients at once), while a sampler "
         "counts `SELECT count(*) FROM pg_stat_activity` rows with the app's application_name (and, as a check, "
         "with the tenant role prefix) every 20 ms.",
@@ -234,6 +251,12 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
             format_number(cold_p50),
             format_number(percentile(cold_ms, 90)),
             format_number(safe_ratio(cold_p50, warm_p50)),
+        ],
+        [
+            "floor: bare new connection + `SELECT 1` to a fresh tenant database (no gateway, no app)",
+            format_number(floor_p50),
+            format_number(percentile(floor_ms, 90)),
+            format_number(safe_ratio(floor_p50, warm_p50)),
         ],
     ]
     conn_table = report.table(
@@ -258,6 +281,7 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
         "per_run": per_run,
         "warm_ms": warm_ms,
         "cold_ms": cold_ms,
+        "floor_ms": floor_ms,
         "loops": loops,
         "engines_after": engines,
     }
@@ -269,7 +293,10 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
             safe_ratio(cold_p50, warm_p50),
             "<=",
             3.0,
-            detail=f"{format_number(cold_p50)} ms ÷ {format_number(warm_p50)} ms",
+            detail=(
+                f"{format_number(cold_p50)} ms ÷ {format_number(warm_p50)} ms; a bare new connection alone: "
+                f"{format_number(safe_ratio(floor_p50, warm_p50))} x warm"
+            ),
         ),
         Target(
             "apps.connections",
@@ -280,6 +307,29 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
             detail=f"budget {budget}",
         ),
     ]
+
+
+def _credentials(service_url: str, service_token: str, tenants: list[Tenant]) -> list[dict[str, Any]]:
+    """Each tenant's own connection parameters, vended by the tenant-service's internal API (as the app gets them)."""
+    dsns = []
+    with httpx.Client(base_url=service_url, headers={"Authorization": f"Bearer {service_token}"}, timeout=30) as http:
+        for tenant in tenants:
+            response = http.get(f"/internal/v1/tenants/{tenant.id}/database")
+            response.raise_for_status()
+            c = response.json()
+            dsns.append({k: c[k] for k in ("host", "port", "user", "password", "database")})
+    return dsns
+
+
+async def _bare_connection_ms(params: dict[str, Any]) -> float:
+    """Milliseconds for a new connection to a tenant database and its first query."""
+    started = time.perf_counter()
+    conn = await asyncpg.connect(**params, ssl=False, timeout=30)
+    try:
+        await conn.fetchval("SELECT 1")
+        return (time.perf_counter() - started) * 1000
+    finally:
+        await conn.close()
 
 
 def _tenants(admin: Admin, slugs: list[str]) -> list[Tenant]:

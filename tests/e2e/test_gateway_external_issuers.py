@@ -118,6 +118,7 @@ def stack(installation: Installation, tmp_path_factory: pytest.TempPathFactory) 
     folder: Path = tmp_path_factory.mktemp("external-issuers")
     idp = IdentityProvider().start()
     idp.add("k1")
+    idp.add("weak", rsa.generate_private_key(public_exponent=65537, key_size=1024))  # below PyJWT's minimum
     service = ServiceProcess(installation, folder / "tenant-service.log").start()
     echo = EchoUpstream(folder / "echo.log").start()
     gateway = GatewayProcess(
@@ -185,7 +186,7 @@ def _unauthorized(response: httpx.Response) -> None:
 
 def test_a_tenants_idp_token_reaches_that_tenant_with_its_subject_and_quota(stack: Stack) -> None:
     tenant = _tenant(stack, "ext-basic")
-    _trust(stack, tenant, "ext-basic-api")
+    trusted = _trust(stack, tenant, "ext-basic-api")
     token = _token(stack, "ext-basic-api", sub="alice@ext-basic", scope="notes:read notes:write")
     _accepted(stack, token)
     fetches = stack.idp.fetches
@@ -200,6 +201,7 @@ def test_a_tenants_idp_token_reaches_that_tenant_with_its_subject_and_quota(stac
     assert identity["tid"] == tenant["id"]
     assert identity["sub"] == "alice@ext-basic"
     assert identity["scope"] == "notes:read notes:write"
+    assert identity["idp"] == trusted["id"]  # sub is the IdP's subject, not an API key id
     # Verified once: repeated requests neither verify nor fetch again.
     for _ in range(5):
         assert _get(stack, token).status_code == 200
@@ -225,6 +227,7 @@ def test_tokens_the_configuration_does_not_match_get_401_without_a_fetch(stack: 
     assert stack.idp.fetches == fetches
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the test signs with a weak key
 def test_forged_and_confused_tokens_get_401(stack: Stack) -> None:
     tenant = _tenant(stack, "ext-forged")
     _trust(stack, tenant, "ext-forged-api")
@@ -258,6 +261,8 @@ def test_forged_and_confused_tokens_get_401(stack: Stack) -> None:
     _unauthorized(_get(stack, f"{head}.{new_body}.{sig}"))
     # An algorithm the tenant did not configure (PS256 over the same RSA key).
     _unauthorized(_get(stack, _token(stack, "ext-forged-api", alg="PS256")))
+    # A 1024-bit RSA key published by the IdP: too weak to trust.
+    _unauthorized(_get(stack, _token(stack, "ext-forged-api", kid="weak")))
     assert _get(stack, good).status_code == 200
 
 
@@ -446,6 +451,8 @@ def test_hostile_tokens_naming_a_configured_issuer_get_401_never_an_error(stack:
         {**base, "scope": {"nested": ["x"]}},
         {**base, "scope": ["a", 1]},
         {**base, "scp": 7},
+        {**base, "sub": "u" * 257},
+        {**base, "scope": "s" * 1025},
     ]
     hostile = [_rs256({"alg": "RS256", "kid": "k1"}, claims, key) for claims in signed_claims]
     for kid in (42, ["k1"], {"k": 1}, "", "../../etc/passwd", "k1\x00", "x" * 4000):

@@ -282,6 +282,23 @@ async def test_plain_http_to_an_allowlisted_host_is_accepted(api, jwks_url: str)
 
 
 @pytest.mark.parametrize(
+    "jwks_url", ["https://10.0.0.1/jwks", "https://192.168.1.5/jwks", "https://[fd12::1]/jwks", "https://127.0.0.2/j"]
+)
+async def test_https_to_a_private_address_outside_the_allowlist_gets_422(api, jwks_url: str) -> None:
+    tenant = await create(api, "private")
+    response = await api.post(f"/admin/tenants/{tenant['id']}/jwt-issuers", json=body(jwks_url=jwks_url))
+    assert_problem(response, 422, "jwks_url_not_allowed", field="jwks_url")
+    assert await issuers(api, tenant["id"]) == []
+
+
+@pytest.mark.parametrize("jwks_url", ["https://127.0.0.1:8443/jwks", "https://[::1]/jwks", "https://8.8.8.8/jwks"])
+async def test_https_to_an_allowlisted_or_public_address_is_accepted(api, jwks_url: str) -> None:
+    tenant = await create(api, "httpsip")
+    made = await add(api, tenant["id"], body(jwks_url=jwks_url))
+    assert made["jwks_url"] == jwks_url
+
+
+@pytest.mark.parametrize(
     "jwks_url",
     [
         "https://169.254.169.254/latest/meta-data",

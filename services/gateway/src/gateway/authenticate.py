@@ -26,6 +26,11 @@ from tenantry_common.apikeys import hash_api_key, is_well_formed
 from tenantry_common.jwt_keys import InvalidTokenError, KeyRing
 
 _MAX_CACHED_TOKENS = 100_000
+#: External tokens are minted by tenants' identity providers, not by the platform: fewer are cached, and their
+#: ``sub`` and ``scope`` are bounded, so no tenant's IdP can grow the gateway's memory without limit.
+_MAX_CACHED_EXTERNAL = 20_000
+_MAX_EXTERNAL_SUB = 256
+_MAX_EXTERNAL_SCOPE = 1024
 _MAX_CACHED_DIGESTS = 100_000
 
 
@@ -35,6 +40,9 @@ class Principal(NamedTuple):
     tenant_id: str
     key_id: str
     scope: str
+    #: The external issuer's id for a token of a tenant's own identity provider ("" for API keys and the
+    #: gateway's own tokens); ``key_id`` is then the token's ``sub``.
+    issuer: str = ""
 
 
 class Authenticator:
@@ -194,12 +202,14 @@ class Authenticator:
                 audience=issuer.audience,
                 issuer=issuer.issuer,
                 leeway=self._leeway,
-                options={"require": ["exp", "iss", "aud", "sub"]},
+                options={"require": ["exp", "iss", "aud", "sub"], "enforce_minimum_key_length": True},
             )
         except jwt.PyJWTError:
             raise unauthorized() from None
         subject, expires = claims.get("sub"), claims.get("exp")
-        if not isinstance(subject, str) or not subject or not isinstance(expires, int | float):
+        if not isinstance(subject, str) or not 0 < len(subject) <= _MAX_EXTERNAL_SUB:
+            raise unauthorized()
+        if not isinstance(expires, int | float):
             raise unauthorized()
         current = self._directory.issuers.get(issuer.issuer, {}).get(issuer.audience)
         if current is None or current.id != issuer.id:
@@ -207,10 +217,10 @@ class Authenticator:
         scope = claims.get("scope", claims.get("scp", ""))
         if isinstance(scope, list) and all(isinstance(s, str) for s in scope):
             scope = " ".join(scope)
-        if not isinstance(scope, str):
-            raise unauthorized()  # a scope that is neither a string nor a list of strings is malformed
-        principal = Principal(tenant_id=issuer.tenant_id, key_id=subject, scope=scope)
+        if not isinstance(scope, str) or len(scope) > _MAX_EXTERNAL_SCOPE:
+            raise unauthorized()  # neither a string nor a list of strings, or beyond reason
+        principal = Principal(tenant_id=issuer.tenant_id, key_id=subject, scope=scope, issuer=issuer.id)
         self._external[token] = (principal, issuer, float(expires))
-        if len(self._external) > _MAX_CACHED_TOKENS:
+        if len(self._external) > _MAX_CACHED_EXTERNAL:
             self._external.popitem(last=False)
         return principal

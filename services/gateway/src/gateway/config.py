@@ -161,7 +161,7 @@ class GatewaySettings:
             tenant_token_ttl=tenant_token_ttl,
             jwt_leeway=env_float("JWT_LEEWAY_SECONDS", 30.0),
             jwks_timeout=env_float("JWKS_TIMEOUT", 3.0, minimum=0.05),
-            jwks_min_refetch=env_float("JWKS_MIN_REFETCH_SECONDS", 30.0, minimum=0.0),
+            jwks_min_refetch=env_float("JWKS_MIN_REFETCH_SECONDS", 30.0, minimum=1.0),
             jwks_max_age=env_float("JWKS_CACHE_SECONDS", 600.0, minimum=1.0),
             default_upstream=upstream,
             trusted_proxies=parse_networks("TRUSTED_PROXIES", env_list("TRUSTED_PROXIES")),

@@ -4,9 +4,11 @@ Only URLs from the directory are ever fetched (an admin configured them; a token
 fetched on first use and again after ``max_age``; a token whose ``kid`` the cached set lacks triggers at most one
 refetch per URL per ``min_refetch`` seconds (an IdP that rotated its keys is picked up, a client spraying random
 ``kid``s cannot make the gateway hammer the IdP), and concurrent requests wait for the same fetch. A failed
-refetch keeps the keys already known. Fetches have a timeout, a size cap, no redirects, no proxy from the
-environment, and refuse hosts that resolve to link-local, multicast, unspecified or reserved addresses (cloud
-metadata), the same rule as for upstreams.
+refetch keeps the keys already known, and a set past ``max_age`` is refreshed in the background while its keys
+stay in use. Fetches have a timeout, a size cap on the bytes received (``Accept-Encoding: identity``; a
+compressed answer is refused, never inflated), no redirects, no proxy from the environment, and refuse hosts that
+resolve to link-local, multicast, unspecified or reserved addresses (cloud metadata), the same rule as for
+upstreams. Whatever goes wrong while fetching or reading a set, the token in hand gets a 401, never a 500.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -52,11 +55,14 @@ class JwksCache:
         self._max_bytes = max_bytes
         self._sets: dict[str, _KeySet] = {}
         self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._background: set[asyncio.Future[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self.fetches = 0
 
     async def close(self) -> None:
-        """Close the HTTP client."""
+        """Stop background refreshes and close the HTTP client."""
+        for task in [*self._background, *self._inflight.values()]:
+            task.cancel()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -69,17 +75,43 @@ class JwksCache:
         now = time.monotonic()
         keys = self._sets.get(url)
         wanted = kid or ""
-        known = keys is not None and wanted in keys.jwks
-        stale = keys is None or now - keys.fetched >= self._max_age
-        if (not known or stale) and (keys is None or now - keys.attempted >= self._min_refetch):
-            try:
-                await self._refresh(url)
-            except JwksUnavailableError as exc:
-                _log.warning("jwks_fetch_failed", url=url, error=str(exc))
-            keys = self._sets.get(url)
-        if keys is None:
-            return None
-        return self._prepared(keys, wanted, algorithm)
+        if keys is not None and wanted in keys.jwks:
+            if now - keys.fetched >= self._max_age and now - keys.attempted >= self._min_refetch:
+                self._refresh_soon(url)  # stale: refresh in the background, use the keys meanwhile
+            return self._prepared(keys, wanted, algorithm)
+        inflight = self._inflight.get(url)
+        if inflight is not None:
+            await self._wait(inflight, url)  # a fetch is under way (the first, or a rotation): its answer counts
+        elif keys is None or now - keys.attempted >= self._min_refetch:
+            await self._wait(self._refresh(url), url)
+        keys = self._sets.get(url)
+        return None if keys is None else self._prepared(keys, wanted, algorithm)
+
+    @staticmethod
+    async def _wait(fetch: Awaitable[None], url: str) -> None:
+        try:
+            await asyncio.shield(fetch)
+        except asyncio.CancelledError:
+            raise
+        except JwksUnavailableError as exc:
+            _log.warning("jwks_fetch_failed", url=url, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a fetch that fails in an unforeseen way is a 401, never a 500
+            _log.warning("jwks_fetch_failed", url=url, error=type(exc).__name__)
+
+    def _refresh_soon(self, url: str) -> None:
+        if url in self._inflight:
+            return
+        task = asyncio.ensure_future(self._wait(self._refresh(url), url))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _refresh(self, url: str) -> asyncio.Future[None]:
+        """The fetch of the set under way, started when there is none: one at a time per URL."""
+        inflight = self._inflight.get(url)
+        if inflight is None:
+            inflight = self._inflight[url] = asyncio.ensure_future(self._fetch(url))
+            inflight.add_done_callback(lambda _: self._inflight.pop(url, None))
+        return inflight
 
     @staticmethod
     def _prepared(keys: _KeySet, kid: str, algorithm: str) -> jwt.PyJWK | None:
@@ -93,18 +125,10 @@ class JwksCache:
             return None  # the key is bound to another algorithm than the token claims
         try:
             prepared = jwt.PyJWK(jwk, algorithm=algorithm)
-        except jwt.PyJWTError:
-            return None  # e.g. an EC key for an RS256 token
+        except Exception:  # noqa: BLE001 - an EC key for an RS256 token, or a JWK whose members are garbage
+            return None
         keys.keys[(kid, algorithm)] = prepared
         return prepared
-
-    async def _refresh(self, url: str) -> None:
-        """Fetch the set once, however many requests ask at the same time."""
-        inflight = self._inflight.get(url)
-        if inflight is None:
-            inflight = self._inflight[url] = asyncio.ensure_future(self._fetch(url))
-            inflight.add_done_callback(lambda _: self._inflight.pop(url, None))
-        await asyncio.shield(inflight)
 
     async def _fetch(self, url: str) -> None:
         keys = self._sets.get(url)
@@ -120,7 +144,7 @@ class JwksCache:
                 body = await self._get(url)
         except TimeoutError:
             raise JwksUnavailableError("timed out") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
             raise JwksUnavailableError(type(exc).__name__) from None
         jwks = _parse(body)
         keys.jwks, keys.keys, keys.fetched = jwks, {}, time.monotonic()
@@ -130,11 +154,14 @@ class JwksCache:
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(self._timeout), follow_redirects=False, trust_env=False
             )
-        async with self._http.stream("GET", url, headers={"accept": "application/json"}) as response:
+        headers = {"accept": "application/json", "accept-encoding": "identity"}
+        async with self._http.stream("GET", url, headers=headers) as response:
             if response.status_code != 200:
                 raise JwksUnavailableError(f"HTTP {response.status_code}")
+            if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+                raise JwksUnavailableError("compressed key set refused")  # never inflate what a server sends
             body = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
                 body += chunk
                 if len(body) > self._max_bytes:
                     raise JwksUnavailableError("key set too large")
@@ -161,8 +188,8 @@ def _parse(body: bytes) -> dict[str, dict[str, Any]]:
     """Signing JWKs by kid; public keys only."""
     try:
         document = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise JwksUnavailableError("not JSON") from None
+    except (msgspec.DecodeError, RecursionError):
+        raise JwksUnavailableError("not JSON, or nested too deeply") from None
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise JwksUnavailableError("no keys array")

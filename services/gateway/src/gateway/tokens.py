@@ -1,7 +1,9 @@
 """Tokens the gateway signs: access tokens (``POST /_gateway/token``) and the per-request ``X-Tenant-Token``.
 
-X-Tenant-Tokens are cached per (tenant, key, scope, plan) and re-signed when less than half their lifetime is
-left, so signing costs nothing on most requests while every token an upstream sees is at most 60 s old.
+X-Tenant-Tokens are cached per (tenant, key or external subject, scope, plan, issuer) and re-signed when less
+than half their lifetime is left, so signing costs nothing on most requests while every token an upstream sees
+is at most 60 s old. For a token of a tenant's own identity provider, ``sub`` is that provider's subject and the
+``idp`` claim names the tenant's issuer (its id in the admin API).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class TokenIssuer:
         self._upstream_audience = upstream_audience
         self.access_ttl = access_ttl
         self._tenant_ttl = tenant_ttl
-        self._tenant_tokens: dict[tuple[str, str, str, str, str], tuple[bytes, float]] = {}
+        self._tenant_tokens: dict[tuple[str, str, str, str, str, str], tuple[bytes, float]] = {}
         self.jwks_body = msgspec.json.encode(keys.jwks())
 
     def use_keys(self, keys: KeyRing) -> None:
@@ -64,26 +66,27 @@ class TokenIssuer:
     def tenant_token(self, tenant: TenantEntry, principal: Principal) -> bytes:
         """The X-Tenant-Token for a forwarded request (cached while more than half its life is left)."""
         now = time.time()
-        cache_key = (tenant.id, tenant.slug, principal.key_id, principal.scope, tenant.plan)
+        cache_key = (tenant.id, tenant.slug, principal.key_id, principal.scope, tenant.plan, principal.issuer)
         cached = self._tenant_tokens.get(cache_key)
         if cached is not None and cached[1] - now > self._tenant_ttl / 2:
             return cached[0]
         issued = int(now)
-        token = self._keys.sign(
-            {
-                "iss": self._issuer,
-                "aud": self._upstream_audience,
-                "sub": principal.key_id,
-                "tid": tenant.id,
-                "slug": tenant.slug,
-                "scope": principal.scope,
-                "plan": tenant.plan,
-                "iat": issued,
-                "nbf": issued,
-                "exp": issued + self._tenant_ttl,
-                "jti": uuid.uuid4().hex,
-            }
-        ).encode()
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "aud": self._upstream_audience,
+            "sub": principal.key_id,
+            "tid": tenant.id,
+            "slug": tenant.slug,
+            "scope": principal.scope,
+            "plan": tenant.plan,
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + self._tenant_ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        if principal.issuer:
+            claims["idp"] = principal.issuer  # sub is then a user of the tenant's identity provider, not a key id
+        token = self._keys.sign(claims).encode()
         if len(self._tenant_tokens) > 100_000:
             self._tenant_tokens.clear()
         self._tenant_tokens[cache_key] = (token, issued + self._tenant_ttl)

@@ -146,14 +146,14 @@ def check_jwks_url(url: str, allowlist: tuple[str, ...]) -> str:
     """Accept the JWKS URL of a tenant's external JWT issuer, which gateways will fetch; return it unchanged.
 
     It must be an absolute ``https://`` URL with a host (a DNS name or an IP address), no userinfo and no fragment,
-    in printable ASCII. A plain ``http://`` URL is accepted only for a host in ``UPSTREAM_ALLOWLIST`` (an identity
-    provider on the platform's own network, or local development). Whatever the scheme, the hosts an upstream may
-    never be (link-local and metadata addresses, metadata host names, IPv4 hosts that are not a dotted quad) are
-    refused, as for ``upstream_url``.
+    in printable ASCII. A plain ``http://`` URL, or a private or loopback IP address, is accepted only for a host in
+    ``UPSTREAM_ALLOWLIST`` (an identity provider on the platform's own network, or local development). Whatever the
+    scheme, the hosts an upstream may never be (link-local and metadata addresses, metadata host names, IPv4 hosts
+    that are not a dotted quad) are refused, as for ``upstream_url``.
 
     Raises:
         InvalidInputError: the URL is malformed.
-        JwksUrlNotAllowedError: the host is never allowed, or ``http://`` to a host outside the allow-list.
+        JwksUrlNotAllowedError: the host is never allowed, or ``http://`` or a private address outside the allow-list.
     """
     field = "jwks_url"
     try:
@@ -196,4 +196,16 @@ def check_jwks_url(url: str, allowlist: tuple[str, ...]) -> str:
             f"JWKS host {host!r} is not in UPSTREAM_ALLOWLIST: use https://",
             errors=[FieldError(field=field, message="http:// is allowed only for hosts in UPSTREAM_ALLOWLIST")],
         )
+    if ip is not None and not _global(ip) and not _allowlisted(host, ip, allowlist):
+        raise JwksUrlNotAllowedError(
+            f"JWKS host {host!r} is a private address outside UPSTREAM_ALLOWLIST",
+            errors=[FieldError(field=field, message="a private or loopback address must be in UPSTREAM_ALLOWLIST")],
+        )
     return url
+
+
+def _global(ip: IPAddress) -> bool:
+    """A public address (an IPv4-mapped IPv6 address is judged by its IPv4 address)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global

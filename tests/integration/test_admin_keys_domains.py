@@ -98,6 +98,45 @@ async def test_list_api_keys_never_contains_a_secret(api) -> None:
         assert item["prefix"].startswith("tk_")
 
 
+async def test_api_keys_page_newest_first_with_a_cursor(api) -> None:
+    tenant = await create(api, uniq("pages"))
+    made = [tenant["api_key"]["id"]]
+    for n in range(6):
+        response = await api.post(f"/admin/tenants/{tenant['id']}/api-keys", json={"name": f"k{n}"})
+        assert response.status_code == 201
+        made.append(response.json()["id"])
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        response = await api.get(f"/admin/tenants/{tenant['id']}/api-keys", params=params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert len(body["items"]) <= 3
+        seen += [item["id"] for item in body["items"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == list(reversed(made))  # newest first, each key once
+    everything = (await api.get(f"/admin/tenants/{tenant['id']}/api-keys")).json()
+    assert [item["id"] for item in everything["items"]] == seen
+    assert everything["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": 0}, {"limit": 201}, {"limit": "x"}, {"cursor": "not-a-cursor"}, {"cursor": "W10="}, {"curser": "x"}],
+)
+async def test_api_keys_list_refuses_bad_paging_parameters_with_422(api, params: dict) -> None:
+    tenant = await create(api, uniq("badpage"))
+    response = await api.get(f"/admin/tenants/{tenant['id']}/api-keys", params=params)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"]
+
+
 async def test_revoke_api_key_returns_204_and_lists_it_as_revoked(api) -> None:
     tenant = await create(api, uniq("revoke"))
     key = (await api.post(f"/admin/tenants/{tenant['id']}/api-keys", json={"name": "temp"})).json()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
-from litestar.params import JSONBody, PathParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from tenant_service.apikeys.schemas import ApiKeyCreate, ApiKeyCreatedView, ApiKeyPage, ApiKeyRotate
 from tenant_service.apikeys.service import ApiKeyService
@@ -33,9 +33,15 @@ class ApiKeyController(Controller):
         return await ApiKeyService(ctx).create(ref, data, actor=actor(request))
 
     @get("/", summary="List API keys", responses=problems(401, 404, 422, 503))
-    async def list_keys(self, ctx: Ctx, ref: Ref) -> ApiKeyPage:
-        """Every key of the tenant, never with secrets."""
-        return ApiKeyPage(items=await ApiKeyService(ctx).list(ref))
+    async def list_keys(
+        self,
+        ctx: Ctx,
+        ref: Ref,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 100,
+        cursor: Annotated[str | None, QueryParameter(required=False, max_length=512)] = None,
+    ) -> ApiKeyPage:
+        """A page of the tenant's keys, newest first, never with secrets; pass ``next_cursor`` back as ``cursor``."""
+        return await ApiKeyService(ctx).list(ref, limit=limit, cursor=cursor)
 
     @delete("/{key_id:str}", status_code=204, summary="Revoke an API key", responses=problems(401, 404, 422, 503))
     async def revoke(self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref, key_id: KeyId) -> None:

@@ -48,7 +48,7 @@ class ApiKeyCreatedView(ApiKeyView, kw_only=True):
 
 
 class ApiKeyPage(msgspec.Struct):
-    """All keys of a tenant."""
+    """A page of a tenant's keys (newest first)."""
 
     items: list[ApiKeyView]
     next_cursor: str | None = None

@@ -7,11 +7,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_service.apikeys.schemas import ApiKeyCreate, ApiKeyCreatedView, ApiKeyView
+from tenant_service.apikeys.schemas import ApiKeyCreate, ApiKeyCreatedView, ApiKeyPage, ApiKeyView
 from tenant_service.audit.service import record
+from tenant_service.cursors import decode_cursor, encode_cursor
 from tenant_service.db.models import ApiKey, Tenant
 from tenant_service.tenants.lookup import find_tenant, touch
 from tenantry_common.apikeys import display_prefix, generate_api_key, hash_api_key
@@ -135,14 +136,24 @@ class ApiKeyService:
         if tenant.status in ("deleting", "deleted"):
             raise ConflictError(f"the tenant is {tenant.status}", code="invalid_state")
 
-    async def list(self, ref: str) -> list[ApiKeyView]:
-        """All keys of the tenant, newest first."""
+    async def list(self, ref: str, *, limit: int = 100, cursor: str | None = None) -> ApiKeyPage:
+        """A page of the tenant's keys, newest first; ``next_cursor`` continues after the page's last key.
+
+        Raises:
+            TenantNotFoundError: no such tenant.
+            InvalidInputError: a cursor this API did not make.
+        """
+        after = decode_cursor(cursor) if cursor else None
         async with self._ctx.sessions() as session:
             tenant = await find_tenant(session, ref)
-            rows = await session.execute(
-                select(ApiKey).where(ApiKey.tenant_id == tenant.id).order_by(ApiKey.created_at.desc())
-            )
-            return [key_view(r) for r in rows.scalars()]
+            query = select(ApiKey).where(ApiKey.tenant_id == tenant.id)
+            if after is not None:
+                query = query.where(tuple_(ApiKey.created_at, ApiKey.id) < tuple_(*after))
+            rows = await session.execute(query.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(limit + 1))
+            keys = list(rows.scalars())
+        page = keys[:limit]
+        next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(keys) > limit else None
+        return ApiKeyPage(items=[key_view(k) for k in page], next_cursor=next_cursor)
 
     async def _key(self, session: AsyncSession, tenant: Tenant, key_id: str) -> ApiKey:
         try:

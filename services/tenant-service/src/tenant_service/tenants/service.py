@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -19,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_service.apikeys.service import create_key
 from tenant_service.audit.service import record
 from tenant_service.context import AppContext
+from tenant_service.cursors import decode_cursor, encode_cursor
 from tenant_service.db.models import TENANT_STATUSES, Plan, Tenant, TenantDomain
 from tenant_service.failpoints import failpoint
 from tenant_service.provisioning.names import tenant_object_name
@@ -68,26 +67,6 @@ class ProvisioningFailedError(ProblemError):
 
 def _limits_dict(limits: Limits | None) -> dict[str, int]:
     return {k: v for k, v in msgspec.structs.asdict(limits).items() if v is not None} if limits else {}
-
-
-def encode_cursor(created_at: datetime, tenant_id: uuid.UUID) -> str:
-    """An opaque keyset cursor."""
-    return base64.urlsafe_b64encode(msgspec.json.encode([created_at.isoformat(), str(tenant_id)])).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Inverse of :func:`encode_cursor`.
-
-    Raises:
-        InvalidInputError: the cursor was not made by this API.
-    """
-    try:
-        created, tid = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created).astimezone(UTC), uuid.UUID(tid)
-    except (ValueError, TypeError, OverflowError, binascii.Error, msgspec.DecodeError):
-        raise InvalidInputError(
-            "invalid cursor", errors=[FieldError(field="cursor", message="not a cursor from this API")]
-        ) from None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,32 @@
+"""Opaque keyset cursors for the admin API's lists: the (created_at, id) of the last item of a page."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import UTC, datetime
+
+import msgspec
+
+from tenantry_common.problems import FieldError, InvalidInputError
+
+
+def encode_cursor(created_at: datetime, item_id: uuid.UUID) -> str:
+    """An opaque keyset cursor."""
+    return base64.urlsafe_b64encode(msgspec.json.encode([created_at.isoformat(), str(item_id)])).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Inverse of :func:`encode_cursor`.
+
+    Raises:
+        InvalidInputError: the cursor was not made by this API.
+    """
+    try:
+        created, tid = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created).astimezone(UTC), uuid.UUID(tid)
+    except (ValueError, TypeError, OverflowError, binascii.Error, msgspec.DecodeError):
+        raise InvalidInputError(
+            "invalid cursor", errors=[FieldError(field="cursor", message="not a cursor from this API")]
+        ) from None

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 import uuid
@@ -394,6 +395,9 @@ def test_an_unreachable_or_broken_jwks_gives_401_not_an_error(stack: Stack) -> N
     finally:
         silent.server.server_close()
     assert "Traceback" not in stack.gateway.log()
+    metrics = httpx.get(stack.gateway.url + "/_gateway/metrics", timeout=10).text
+    assert re.search(r'tenantry_gateway_jwks_fetches_total\{outcome="error"\} [1-9]', metrics), metrics
+    assert re.search(r'tenantry_gateway_jwks_fetches_total\{outcome="ok"\} [1-9]', metrics), metrics
 
 
 def test_eddsa_keys_and_jwks_without_alg(stack: Stack) -> None:

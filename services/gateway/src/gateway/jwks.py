@@ -25,10 +25,13 @@ import httpx
 import jwt
 import msgspec
 import structlog
+from prometheus_client import Counter
 
 from tenantry_common.addresses import forbidden_upstream_ip
 
 _log = structlog.get_logger("tenantry.gateway.jwks")
+#: Fetches of tenants' JWKS documents by outcome (no per-tenant or per-URL label: cardinality stays bounded).
+JWKS_FETCHES: Final = Counter("tenantry_gateway_jwks_fetches_total", "JWKS fetches of external issuers", ["outcome"])
 _MAX_KEYS: Final = 100
 _MAX_URLS: Final = 10_000
 
@@ -139,14 +142,19 @@ class JwksCache:
         keys.attempted = time.monotonic()
         self.fetches += 1
         try:
-            async with asyncio.timeout(self._timeout):
-                await _check_host(url)
-                body = await self._get(url)
-        except TimeoutError:
-            raise JwksUnavailableError("timed out") from None
-        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
-            raise JwksUnavailableError(type(exc).__name__) from None
-        jwks = _parse(body)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await _check_host(url)
+                    body = await self._get(url)
+            except TimeoutError:
+                raise JwksUnavailableError("timed out") from None
+            except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
+                raise JwksUnavailableError(type(exc).__name__) from None
+            jwks = _parse(body)
+        except BaseException:
+            JWKS_FETCHES.labels("error").inc()
+            raise
+        JWKS_FETCHES.labels("ok").inc()
         keys.jwks, keys.keys, keys.fetched = jwks, {}, time.monotonic()
 
     async def _get(self, url: str) -> bytes:

@@ -367,6 +367,29 @@ async def test_every_counter_carries_a_ttl_and_lives_in_its_tenant_namespace(quo
         assert any(key.startswith(f"t:{{{tenant.id}}}:rl:d:") for key in kinds["day"]), tenant
 
 
+async def test_a_counter_that_lost_its_ttl_gets_it_back_within_a_hundred_requests(quota: QuotaStack) -> None:
+    # The script gives a counter its TTL when it creates it, and checks it again every 100th increment.
+    tenant = quota.tenant("heal", quota.plan(requests_per_minute=10**9, requests_per_day=10**12))
+    request = (f"{quota.gateways[0].url}/heal", {"X-API-Key": tenant.key})
+    assert statuses(await send_all([request])) == {200: 1}
+    minute_keys = list(quota.redis.scan_iter(f"t:{{{tenant.id}}}:rl:m:*"))
+    day_keys = list(quota.redis.scan_iter(f"t:{{{tenant.id}}}:rl:d:*"))
+    assert minute_keys, "no minute counter"
+    assert day_keys, "no day counter"
+    for key in (*minute_keys, *day_keys):
+        assert quota.redis.ttl(key) > 0, key  # set when created
+        quota.redis.persist(key)
+    for _ in range(3):
+        assert statuses(await send_all([request] * 50)) == {200: 50}
+    for key in day_keys:
+        assert quota.redis.ttl(key) > 0, f"{key!r} still has no TTL after 150 increments"
+    minute_now = list(quota.redis.scan_iter(f"t:{{{tenant.id}}}:rl:m:*"))
+    for key in minute_keys:
+        # Healed, unless the minute rolled over meanwhile (then the old counter gets no more increments).
+        assert quota.redis.ttl(key) > 0 or len(minute_now) > len(minute_keys), key
+        quota.redis.delete(key)
+
+
 # --- Redis failing mid-run ---------------------------------------------------------------------------------
 
 #: The failure-mode gateways' Redis timeout (seconds).

@@ -257,68 +257,51 @@ async def test_an_eleventh_issuer_gets_409_too_many_issuers(api) -> None:
 # --- validation ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "jwks_url",
-    [
-        "http://idp.example.com/jwks",
-        "http://10.0.0.1/jwks",
-        "http://localhost.evil.example/jwks",
-    ],
-)
-async def test_plain_http_outside_the_allowlist_gets_422(api, jwks_url: str) -> None:
-    tenant = await create(api, "http")
+#: Plain http:// or a private address outside UPSTREAM_ALLOWLIST (the test installation allows loopback names and
+#: 127.0.0.1 / ::1), and hosts never allowed: link-local, metadata, reserved, multicast, unspecified.
+REFUSED_JWKS_URLS = [
+    "http://idp.example.com/jwks",
+    "http://10.0.0.1/jwks",
+    "http://localhost.evil.example/jwks",
+    "https://10.0.0.1/jwks",
+    "https://192.168.1.5/jwks",
+    "https://[fd12::1]/jwks",
+    "https://127.0.0.2/j",
+    "https://169.254.169.254/latest/meta-data",
+    "https://169.254.169.254./jwks",
+    "https://[fe80::1]/jwks",
+    "https://[::ffff:169.254.169.254]/jwks",
+    "https://100.100.100.200/jwks",
+    "https://metadata.google.internal/computeMetadata/v1",
+    "https://METADATA.GOOGLE.INTERNAL./jwks",
+    "https://instance-data/jwks",
+    "https://0.0.0.0/jwks",
+    "https://224.0.0.1/jwks",
+    "http://169.254.169.254/jwks",
+]
+ACCEPTED_JWKS_URLS = [
+    "http://localhost:8080/jwks",
+    "http://127.0.0.1:9/.well-known/jwks.json",
+    "http://[::1]:8443/jwks",
+    "https://127.0.0.1:8443/jwks",
+    "https://[::1]/jwks",
+    "https://8.8.8.8/jwks",
+]
+
+
+@pytest.mark.parametrize("jwks_url", REFUSED_JWKS_URLS)
+async def test_a_host_outside_the_allowlist_or_never_allowed_gets_422_jwks_url_not_allowed(api, jwks_url: str) -> None:
+    tenant = await create(api, "refused")
     response = await api.post(f"/admin/tenants/{tenant['id']}/jwt-issuers", json=body(jwks_url=jwks_url))
     assert_problem(response, 422, "jwks_url_not_allowed", field="jwks_url")
     assert await issuers(api, tenant["id"]) == []
 
 
-@pytest.mark.parametrize(
-    "jwks_url", ["http://localhost:8080/jwks", "http://127.0.0.1:9/.well-known/jwks.json", "http://[::1]:8443/jwks"]
-)
-async def test_plain_http_to_an_allowlisted_host_is_accepted(api, jwks_url: str) -> None:
-    tenant = await create(api, "httpok")
+@pytest.mark.parametrize("jwks_url", ACCEPTED_JWKS_URLS)
+async def test_an_allowlisted_or_public_host_is_accepted(api, jwks_url: str) -> None:
+    tenant = await create(api, "accepted")
     made = await add(api, tenant["id"], body(jwks_url=jwks_url))
     assert made["jwks_url"] == jwks_url
-
-
-@pytest.mark.parametrize(
-    "jwks_url", ["https://10.0.0.1/jwks", "https://192.168.1.5/jwks", "https://[fd12::1]/jwks", "https://127.0.0.2/j"]
-)
-async def test_https_to_a_private_address_outside_the_allowlist_gets_422(api, jwks_url: str) -> None:
-    tenant = await create(api, "private")
-    response = await api.post(f"/admin/tenants/{tenant['id']}/jwt-issuers", json=body(jwks_url=jwks_url))
-    assert_problem(response, 422, "jwks_url_not_allowed", field="jwks_url")
-    assert await issuers(api, tenant["id"]) == []
-
-
-@pytest.mark.parametrize("jwks_url", ["https://127.0.0.1:8443/jwks", "https://[::1]/jwks", "https://8.8.8.8/jwks"])
-async def test_https_to_an_allowlisted_or_public_address_is_accepted(api, jwks_url: str) -> None:
-    tenant = await create(api, "httpsip")
-    made = await add(api, tenant["id"], body(jwks_url=jwks_url))
-    assert made["jwks_url"] == jwks_url
-
-
-@pytest.mark.parametrize(
-    "jwks_url",
-    [
-        "https://169.254.169.254/latest/meta-data",
-        "https://169.254.169.254./jwks",
-        "https://[fe80::1]/jwks",
-        "https://[::ffff:169.254.169.254]/jwks",
-        "https://100.100.100.200/jwks",
-        "https://metadata.google.internal/computeMetadata/v1",
-        "https://METADATA.GOOGLE.INTERNAL./jwks",
-        "https://instance-data/jwks",
-        "https://0.0.0.0/jwks",
-        "https://224.0.0.1/jwks",
-        "http://169.254.169.254/jwks",
-    ],
-)
-async def test_a_metadata_link_local_or_reserved_host_gets_422_jwks_url_not_allowed(api, jwks_url: str) -> None:
-    tenant = await create(api, "meta")
-    response = await api.post(f"/admin/tenants/{tenant['id']}/jwt-issuers", json=body(jwks_url=jwks_url))
-    assert_problem(response, 422, "jwks_url_not_allowed", field="jwks_url")
-    assert await issuers(api, tenant["id"]) == []
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,9 @@ def render(results: dict[str, Any], analyses: dict[str, str] | None = None) -> s
         "loads them with `wrk` and raw PostgreSQL statements, and writes this page and `bench/results.json` "
         "(every number, target and verdict). Ratios compare numbers measured in the same run on the same machine.",
         "",
+        "- A target's ratio is the median of the runs' own ratios: each run measures both sides side by side (the "
+        "rows interleave), so a machine that speeds up or slows down between runs cancels out. The target's "
+        "detail lists every run's ratio and the medians of each side; the section tables show medians over runs.",
         '- Everything: `make bench`. One or more sections: `make bench ARGS="--only gateway,tenants --runs 3 '
         '--duration 5"` (sections: gateway, tenants, provisioning, fleet, apps; `python -m bench --help` lists '
         "every option).",

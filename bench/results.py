@@ -56,6 +56,15 @@ def safe_ratio(numerator: float | None, denominator: float | None) -> float | No
     return numerator / denominator
 
 
+def paired_ratio(numerators: list[float], denominators: list[float]) -> tuple[float | None, str]:
+    """The median of run-by-run ratios (each run's two numbers were measured side by side, so a machine that
+    drifts between runs cancels out), and a text listing those ratios for a target's detail."""
+    ratios = [r for r in (safe_ratio(n, d) for n, d in zip(numerators, denominators, strict=True)) if r is not None]
+    if not ratios:
+        return None, "no complete run"
+    return median(ratios), "median of the runs' ratios " + ", ".join(format_number(r) for r in ratios)
+
+
 @dataclass(frozen=True)
 class Target:
     """One number the issue demands, with what was measured.

@@ -13,7 +13,7 @@ from bench.nginx import BODY_BYTES, nginx_service, served_requests, upstream_con
 from bench.platform import Installation
 from bench.procs import CpuMeter, Service, http_ok
 from bench.redisstats import RedisMonitor, calls_delta
-from bench.results import median
+from bench.results import median, paired_ratio
 from bench.wrk import display_command, run_wrk, wrk_command
 from tenantry_devtools.servers import free_port
 
@@ -180,6 +180,12 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
         "socket_errors": sum(s.socket_errors for s in samples),
         "samples": [s.to_dict() for s in samples],
     }
+
+
+def paired_rps(numerator: dict[str, Any], denominator: dict[str, Any]) -> tuple[float | None, str]:
+    """:func:`bench.results.paired_ratio` of two summarised rows' request rates (runs interleave the rows, so
+    run i of each was measured side by side)."""
+    return paired_ratio([s["rps"] for s in numerator["samples"]], [s["rps"] for s in denominator["samples"]])
 
 
 def in_installation(

@@ -33,7 +33,7 @@ from bench.platform import (
 )
 from bench.procs import Service, wait_until
 from bench.results import Target, format_number, safe_ratio
-from bench.sections.common import BENCH_PATH, Sample, check_body, measure, start_upstream, summarize
+from bench.sections.common import BENCH_PATH, Sample, check_body, measure, paired_rps, start_upstream, summarize
 from tenantry_common.apikeys import display_prefix, generate_api_key, hash_api_key
 
 NAME = "tenants"
@@ -194,7 +194,7 @@ def _run(ctx: BenchContext, report: SectionReport, installations: list[Installat
         }
     }
     largest = stacks[-1]
-    ratio = safe_ratio(base, summary[largest.count]["rps"])
+    ratio, runs = paired_rps(summary[stacks[0].count], summary[largest.count])
     report.targets.append(
         Target(
             "tenants.largest_vs_one",
@@ -203,7 +203,7 @@ def _run(ctx: BenchContext, report: SectionReport, installations: list[Installat
             "<=",
             1.1,
             ratio=ratio,
-            detail=f"{format_number(base)} ÷ {format_number(summary[largest.count]['rps'])} req/s",
+            detail=f"{runs}; medians {format_number(base)} ÷ {format_number(summary[largest.count]['rps'])} req/s",
         )
     )
 

@@ -318,3 +318,13 @@ def test_report_shows_targets_verdicts_and_analysis_placeholders(tmp_path) -> No
     analysis.write_text("# Analyses\n\n## fleet.ratio\nText one.\n\n## apps.cold_vs_warm\nText two.\n")
     assert load_analyses(analysis) == {"fleet.ratio": "Text one.", "apps.cold_vs_warm": "Text two."}
     assert load_analyses(tmp_path / "missing.md") == {}
+
+
+def test_paired_ratio_is_the_median_of_the_runs_own_ratios() -> None:
+    from bench.results import paired_ratio
+
+    # The machine slows down in the second run: both sides drop, their ratio does not.
+    value, text = paired_ratio([80.0, 40.0, 90.0], [100.0, 50.0, 100.0])
+    assert value == 0.8
+    assert text == "median of the runs' ratios 0.800, 0.800, 0.900"
+    assert paired_ratio([1.0], [0.0]) == (None, "no complete run")

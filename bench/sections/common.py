@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.context import BenchContext, SectionReport, say
 from bench.nginx import BODY_BYTES, nginx_service, served_requests, upstream_config
@@ -18,6 +18,7 @@ from bench.wrk import display_command, run_wrk, wrk_command
 from tenantry_devtools.servers import free_port
 
 BENCH_PATH = "/bench"
+T = TypeVar("T")
 DRAIN_SECONDS = 0.3
 
 
@@ -180,6 +181,12 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
         "socket_errors": sum(s.socket_errors for s in samples),
         "samples": [s.to_dict() for s in samples],
     }
+
+
+def run_order(items: list[T], run_no: int) -> list[T]:
+    """The rows of run ``run_no`` (1-based): forward in odd runs, reversed in even ones, so no row always runs
+    right after another (an order effect on a noisy machine averages out over the runs)."""
+    return items if run_no % 2 else items[::-1]
 
 
 def paired_rps(numerator: dict[str, Any], denominator: dict[str, Any]) -> tuple[float | None, str]:

@@ -29,6 +29,7 @@ from bench.sections.common import (
     measure,
     paired_rps,
     port_of,
+    run_order,
     start_upstream,
     summarize,
 )
@@ -146,8 +147,8 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
         "upstream served in that run (nginx `stub_status`; it includes the requests still in flight when wrk "
         "stops, which wrk does not count but which did call Redis). `INFO commandstats` deltas over the measured "
         "runs are shown too: they also count the commands the quota script executes inside Redis.",
-        f"Runs interleave the rows (a, b, c, d, e, d') {settings.runs} times after a 2 s warm-up of each; the "
-        "tables show medians over the runs.",
+        f"Runs interleave the rows {settings.runs} times after a 2 s warm-up of each, in the order a, b, c, d, e, "
+        "d' in odd runs and reversed in even ones; the tables show medians over the runs.",
         "On this 2-core machine wrk, the upstream nginx, Redis and the tenant-service share one core, so the rows "
         "whose process under test is cheap (nginx) may be limited by that core rather than by themselves: the "
         "CPU µs/request column is the per-request cost independent of that limit.",
@@ -159,7 +160,7 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
     for run_no in range(1, settings.runs + 1):
         jwt["Authorization"] = f"Bearer {access_token(gw_full.url, tenant)}"  # fresh each run (TTL 15 min)
         secrets[jwt["Authorization"][7:]] = "<access token>"
-        for row in rows:
+        for row in run_order(rows, run_no):
             label = f"run {run_no} {row.key}"
             sample = measure(
                 ctx, report, label, row.url, row.headers, under_test=row.under_test, secrets=secrets, upstream=upstream
@@ -209,7 +210,7 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
         scripts[row.key].write_text(delay_script(delays[row.key]))
     say(f"gateway: paced runs at ~{half_rate:,.0f} req/s ({conns} connections, delays {delays} ms)")
     for run_no in range(1, settings.runs + 1):
-        for row in (rows[0], rows[3]):
+        for row in run_order([rows[0], rows[3]], run_no):
             sample = measure(
                 ctx,
                 report,

@@ -33,7 +33,16 @@ from bench.platform import (
 )
 from bench.procs import Service, wait_until
 from bench.results import Target, format_number, safe_ratio
-from bench.sections.common import BENCH_PATH, Sample, check_body, measure, paired_rps, start_upstream, summarize
+from bench.sections.common import (
+    BENCH_PATH,
+    Sample,
+    check_body,
+    measure,
+    paired_rps,
+    run_order,
+    start_upstream,
+    summarize,
+)
 from tenantry_common.apikeys import display_prefix, generate_api_key, hash_api_key
 
 NAME = "tenants"
@@ -119,7 +128,8 @@ def _run(ctx: BenchContext, report: SectionReport, installations: list[Installat
         __doc__.split("\n\n", 1)[1].replace("\n", " ").strip() if __doc__ else "",
         "Each directory size has its own installation (registry database), tenant-service and gateway (1 worker, "
         f"pinned to core {ctx.cpu_test}; tenant-services, the upstream nginx, Redis and wrk on core {ctx.cpu_load}). "
-        "The runs interleave the sizes, so a change of machine load hits them alike.",
+        "The runs interleave the sizes (ascending in odd runs, descending in even ones), so a change of machine "
+        "load hits them alike and no size always runs first.",
         "The request is row (d) of section 1: `GET /bench` with `Host: bench.localhost` and `X-API-Key`. The "
         "gateways keep their default directory sync (incremental poll every second, full resync every 60 s), "
         "so a full resync of a large directory during a run is part of the measurement.",
@@ -139,7 +149,7 @@ def _run(ctx: BenchContext, report: SectionReport, installations: list[Installat
         )
     samples: dict[int, list[Sample]] = {s.count: [] for s in stacks}
     for run_no in range(1, settings.runs + 1):
-        for stack in stacks:
+        for stack in run_order(stacks, run_no):
             sample = measure(
                 ctx,
                 report,

@@ -142,7 +142,7 @@ async def test_api_keys_from_the_command_line(installation: Installation, ctx: A
     assert created["status"] == "active"
     assert is_well_formed(created["key"])
     assert created["key"] not in made.stderr
-    stored = {k.id: k for k in await keys.list("cli-keys")}
+    stored = {k.id: k for k in (await keys.list("cli-keys")).items}
     assert stored[created["id"]].prefix == created["key"][:11]
 
     rotated = _json(_cli(installation, "api-keys", "rotate", "cli-keys", created["id"], "--grace-seconds", "60"))
@@ -150,7 +150,7 @@ async def test_api_keys_from_the_command_line(installation: Installation, ctx: A
     assert rotated["key"] != created["key"]
     assert is_well_formed(rotated["key"])
     assert rotated["scopes"] == ["notes:read", "notes:write"]
-    stored = {k.id: k for k in await keys.list("cli-keys")}
+    stored = {k.id: k for k in (await keys.list("cli-keys")).items}
     old = stored[created["id"]]
     assert old.rotated_to == rotated["id"]
     assert old.status == "active"  # still inside its grace period
@@ -159,7 +159,7 @@ async def test_api_keys_from_the_command_line(installation: Installation, ctx: A
 
     revoked = _cli(installation, "api-keys", "revoke", "cli-keys", rotated["id"])
     assert revoked.stdout.strip() == "revoked"
-    stored = {k.id: k for k in await keys.list("cli-keys")}
+    stored = {k.id: k for k in (await keys.list("cli-keys")).items}
     assert stored[rotated["id"]].status == "revoked"
 
     # Only hashes are kept, and they are the keyed hashes of the printed keys.

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as redis
 
 from support.assertions import assert_problem, unique_slug
-from support.platform import Installation, registry
+from support.platform import Installation, directory_page, registry
 from tenantry_common.jwt_keys import EXTERNAL_ALGORITHMS
 from tenantry_common.redis_keys import EVENTS_CHANNEL
 
@@ -65,16 +65,6 @@ async def rows_of(installation: Installation, tenant_id: str) -> list[dict]:
         uuid.UUID(tenant_id),
     )
     return [dict(r) for r in rows]
-
-
-async def directory(api, installation: Installation, since: int = 0) -> dict:
-    response = await api.get(
-        "/internal/v1/directory/",
-        params={"since": since},
-        headers={"Authorization": f"Bearer {installation.service_token}"},
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def entry_of(page: dict, tenant_id: str) -> dict:
@@ -448,13 +438,13 @@ async def test_add_and_remove_publish_a_change_event(api, redis_url: str) -> Non
 
 async def test_the_directory_carries_the_issuers_and_every_change_raises_the_revision(api, installation) -> None:
     tenant = await create(api, "dir")
-    full = await directory(api, installation)
+    full = await directory_page(api, installation)
     entry = entry_of(full, tenant["id"])
     assert entry["jwt_issuers"] == []
     revision, since = entry["revision"], full["revision"]
 
     made = await add(api, tenant["id"], body(algorithms=["EdDSA", "PS256"]))
-    changed = await directory(api, installation, since)
+    changed = await directory_page(api, installation, since)
     assert changed["revision"] > since
     entry = entry_of(changed, tenant["id"])
     assert entry["revision"] > revision
@@ -465,11 +455,11 @@ async def test_the_directory_carries_the_issuers_and_every_change_raises_the_rev
     )
     assert one.status_code == 200, one.text
     assert [t["jwt_issuers"] for t in one.json()["tenants"]] == [entry["jwt_issuers"]]
-    assert entry_of(await directory(api, installation), tenant["id"])["jwt_issuers"] == entry["jwt_issuers"]
+    assert entry_of(await directory_page(api, installation), tenant["id"])["jwt_issuers"] == entry["jwt_issuers"]
 
     revision, since = entry["revision"], changed["revision"]
     assert (await api.delete(f"/admin/tenants/{tenant['id']}/jwt-issuers/{made['id']}")).status_code == 204
-    changed = await directory(api, installation, since)
+    changed = await directory_page(api, installation, since)
     entry = entry_of(changed, tenant["id"])
     assert entry["revision"] > revision
     assert entry["jwt_issuers"] == []
@@ -478,7 +468,7 @@ async def test_the_directory_carries_the_issuers_and_every_change_raises_the_rev
     since = changed["revision"]
     bad = body(algorithms=["HS256"])
     assert_problem(await api.post(f"/admin/tenants/{tenant['id']}/jwt-issuers", json=bad), 422)
-    assert all(t["id"] != tenant["id"] for t in (await directory(api, installation, since))["tenants"])
+    assert all(t["id"] != tenant["id"] for t in (await directory_page(api, installation, since))["tenants"])
 
 
 async def test_the_directory_keeps_each_tenants_issuers_apart(api, installation) -> None:
@@ -487,7 +477,7 @@ async def test_the_directory_keeps_each_tenants_issuers_apart(api, installation)
     issuer = idp()
     mine = await add(api, a["id"], body(issuer=issuer, audience="a-api"))
     theirs = await add(api, b["id"], body(issuer=issuer, audience="b-api"))
-    full = await directory(api, installation)
+    full = await directory_page(api, installation)
     assert [i["id"] for i in entry_of(full, a["id"])["jwt_issuers"]] == [mine["id"]]
     assert [i["id"] for i in entry_of(full, b["id"])["jwt_issuers"]] == [theirs["id"]]
 

@@ -3,16 +3,7 @@
 from __future__ import annotations
 
 from support.platform import Installation
-
-
-async def _directory(api, installation: Installation, since: int = 0) -> dict:
-    response = await api.get(
-        "/internal/v1/directory/",
-        params={"since": since},
-        headers={"Authorization": f"Bearer {installation.service_token}"},
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
+from support.platform import directory_page as _directory
 
 
 async def test_directory_needs_a_service_token(api) -> None:

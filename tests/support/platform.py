@@ -269,6 +269,18 @@ async def template_open(pg_url: str, template: str) -> AsyncIterator[asyncpg.Con
         await admin.close()
 
 
+async def directory_page(api: httpx.AsyncClient, installation: Installation, since: int = 0) -> dict[str, Any]:
+    """``GET /internal/v1/directory/?since=`` with the installation's service token (what gateways sync from)."""
+    response = await api.get(
+        "/internal/v1/directory/",
+        params={"since": since},
+        headers={"Authorization": f"Bearer {installation.service_token}"},
+    )
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
 async def cluster_objects(pg_url: str, prefix: str) -> tuple[dict[str, str | None], dict[str, str | None]]:
     """Databases and roles whose name starts with ``prefix``, with their COMMENT (the ownership marker)."""
     conn = await asyncpg.connect(pg_url)

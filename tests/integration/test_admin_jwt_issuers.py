@@ -15,7 +15,7 @@ import msgspec
 import pytest
 import redis.asyncio as redis
 
-from support.assertions import assert_problem, unique_slug
+from support.assertions import assert_problem, create_tenant, unique_slug
 from support.platform import Installation, directory_page, registry
 from tenantry_common.jwt_keys import EXTERNAL_ALGORITHMS
 from tenantry_common.redis_keys import EVENTS_CHANNEL
@@ -39,9 +39,7 @@ def body(**fields: object) -> dict:
 
 
 async def create(api, stem: str) -> dict:
-    response = await api.post("/admin/tenants", json={"slug": uniq(stem), "name": stem.title()})
-    assert response.status_code == 201, response.text
-    return response.json()
+    return await create_tenant(api, uniq(stem))
 
 
 async def add(api, ref: str, payload: dict) -> dict:

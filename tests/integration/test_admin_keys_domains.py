@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from support.assertions import API_KEY, KEYLIKE, assert_problem, unique_slug
+from support.assertions import create_tenant as create
 
 
 def uniq(stem: str) -> str:
@@ -21,12 +22,6 @@ def domain_of(stem: str) -> str:
 
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-async def create(api, slug: str, **extra) -> dict:
-    response = await api.post("/admin/tenants", json={"slug": slug, "name": slug.title(), **extra})
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 async def list_keys(api, ref: str) -> list[dict]:

@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from support.assertions import assert_problem, unique_slug
+from support.assertions import create_tenant as create
 
 ACTOR = "admin:admin"
 
@@ -18,12 +19,6 @@ def uniq(stem: str) -> str:
 
 def plan_name(stem: str) -> str:
     return f"{stem}-{secrets.token_hex(3)}"
-
-
-async def create(api, slug: str, **extra) -> dict:
-    response = await api.post("/admin/tenants", json={"slug": slug, "name": slug.title(), **extra})
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 async def audit(api, **params) -> list[dict]:

@@ -10,17 +10,12 @@ import asyncpg
 import pytest
 
 from support.assertions import API_KEY, assert_problem, unique_slug
+from support.assertions import create_tenant as create
 from support.platform import wait_for
 
 
 def uniq(stem: str) -> str:
     return unique_slug("api", stem)
-
-
-async def create(api, slug: str, **extra) -> dict:
-    response = await api.post("/admin/tenants", json={"slug": slug, "name": slug.title(), **extra})
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 # --- create ---------------------------------------------------------------------------------------------

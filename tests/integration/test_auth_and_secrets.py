@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from support.assertions import KEYLIKE, assert_problem, unique_slug
+from support.assertions import create_tenant as create
 from support.platform import Installation, ServiceProcess, wait_for
 
 
@@ -23,12 +24,6 @@ def uniq(stem: str) -> str:
 def assert_unauthorized(response) -> None:
     assert_problem(response, 401, "unauthorized")
     assert response.headers.get("www-authenticate", "").lower().startswith("bearer"), response.headers
-
-
-async def create(api, slug: str, **extra) -> dict:
-    response = await api.post("/admin/tenants", json={"slug": slug, "name": slug.title(), **extra})
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def fake_jwt(tenant_id: str) -> str:

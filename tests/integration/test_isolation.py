@@ -5,13 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from support.assertions import create_tenant as _create
 from support.platform import Installation, with_database
-
-
-async def _create(api, slug: str) -> dict:
-    response = await api.post("/admin/tenants", json={"slug": slug, "name": slug.title()})
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 async def _credentials(api, installation: Installation, tenant_id: str) -> dict:

@@ -35,3 +35,11 @@ def assert_problem(response: Any, status: int, code: str | None = None, field: s
         assert field in [e["field"] for e in body.get("errors", [])], body
     assert "Traceback" not in response.text
     return body
+
+
+async def create_tenant(api: Any, slug: str, **extra: Any) -> dict[str, Any]:
+    """``POST /admin/tenants`` (named after its slug) through an admin client; asserts the 201."""
+    response = await api.post("/admin/tenants", json={"slug": slug, "name": slug.title(), **extra})
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from prometheus_client import REGISTRY
 
 from gateway.directory import Directory
 from gateway.jwks import JwksCache, JwksUnavailableError, _check_host, _parse
@@ -99,13 +100,22 @@ def test_fetches_never_reach_metadata_or_link_local_addresses(url: str) -> None:
         asyncio.run(_check_host(url))
 
 
+def _fetch_attempts() -> float:
+    """Fetches counted by ``tenantry_gateway_jwks_fetches_total`` so far, whatever their outcome."""
+    return sum(
+        REGISTRY.get_sample_value("tenantry_gateway_jwks_fetches_total", {"outcome": outcome}) or 0.0
+        for outcome in ("ok", "error")
+    )
+
+
 def test_a_refused_host_is_not_fetched_and_the_refetch_is_rate_limited() -> None:
-    async def scenario() -> tuple[object, object, int]:
+    async def scenario() -> tuple[object, object, float]:
         cache = JwksCache(timeout=1, min_refetch=60, max_age=600)
+        before = _fetch_attempts()
         try:
             first = await cache.key("http://169.254.169.254/jwks", "k", "RS256")
             second = await cache.key("http://169.254.169.254/jwks", "k", "RS256")
-            return first, second, cache.fetches
+            return first, second, _fetch_attempts() - before
         finally:
             await cache.close()
 
@@ -150,11 +160,12 @@ def _jwks(*kids: str) -> bytes:
 def test_a_compressed_key_set_is_refused_without_inflating_it() -> None:
     bomb = gzip.compress(b"\x00" * (32 * 1024 * 1024))  # 32 MiB of zeros in ~32 KiB
 
-    async def scenario() -> tuple[object, int]:
+    async def scenario() -> tuple[object, float]:
         cache = JwksCache(timeout=2, min_refetch=60, max_age=600)
+        before = _fetch_attempts()
         async with _Idp(bomb, headers=b"content-encoding: gzip\r\n") as url:
             try:
-                return await cache.key(url, "k1", "RS256"), cache.fetches
+                return await cache.key(url, "k1", "RS256"), _fetch_attempts() - before
             finally:
                 await cache.close()
 

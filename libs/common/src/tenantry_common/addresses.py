@@ -15,13 +15,19 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 METADATA_ADDRESSES: Final = frozenset({ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")})
 
 
+def unmapped(ip: IPAddress) -> IPAddress:
+    """The IPv4 address inside an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``), else ``ip``: judge that one."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def forbidden_upstream_ip(ip: IPAddress) -> bool:
     """Link-local (cloud metadata), multicast, unspecified, reserved or a known metadata address.
 
     An IPv4-mapped IPv6 address is judged by its IPv4 address; loopback is allowed (local development).
     """
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = unmapped(ip)
     if ip in METADATA_ADDRESSES:
         return True
     return not ip.is_loopback and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved)

@@ -116,6 +116,9 @@ class Gateway:
         self.directory = Directory()
         keys = KeyRing.from_config(settings.jwt_signing_keys, settings.jwt_algorithm)
         self.resolver = Resolver(self.directory, settings.base_domain)
+        self.jwks = JwksCache(
+            timeout=settings.jwks_timeout, min_refetch=settings.jwks_min_refetch, max_age=settings.jwks_max_age
+        )
         self.authenticator = Authenticator(
             self.directory,
             settings.api_key_hash_secret,
@@ -123,11 +126,8 @@ class Gateway:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             leeway=settings.jwt_leeway,
+            jwks=self.jwks,
         )
-        self.jwks = JwksCache(
-            timeout=settings.jwks_timeout, min_refetch=settings.jwks_min_refetch, max_age=settings.jwks_max_age
-        )
-        self.authenticator.use_jwks(self.jwks)
         self.tokens = TokenIssuer(
             keys,
             issuer=settings.jwt_issuer,

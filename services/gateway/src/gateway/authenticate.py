@@ -49,8 +49,17 @@ class Authenticator:
     """Turns the request's credential into a :class:`Principal`."""
 
     def __init__(
-        self, directory: Directory, hash_secret: bytes, keys: KeyRing, *, issuer: str, audience: str, leeway: float
+        self,
+        directory: Directory,
+        hash_secret: bytes,
+        keys: KeyRing,
+        *,
+        issuer: str,
+        audience: str,
+        leeway: float,
+        jwks: JwksCache | None = None,
     ) -> None:
+        """``jwks``: where the keys of tenants' external issuers come from (None: only the gateway's own tokens)."""
         self._directory = directory
         self._secret = hash_secret
         self._keys = keys
@@ -61,16 +70,12 @@ class Authenticator:
         self._digests: dict[str, bytes] = {}
         self._verified: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self._external: OrderedDict[str, tuple[Principal, IssuerEntry, float]] = OrderedDict()
-        self.jwks: JwksCache | None = None
+        self.jwks = jwks
 
     def use_keys(self, keys: KeyRing) -> None:
         """Verify with a new key ring from now on; tokens verified with the old one are checked again."""
         self._keys = keys
         self._verified.clear()
-
-    def use_jwks(self, cache: JwksCache) -> None:
-        """Accept tokens of tenants' external issuers, with keys from ``cache``."""
-        self.jwks = cache
 
     def _usable_key(self, key: KeyEntry | None, now: float) -> KeyEntry:
         if key is None or not key.usable(now):
@@ -123,11 +128,12 @@ class Authenticator:
             GatewayError: 401 for any defect, and for a token whose API key was revoked since.
         """
         now = time.time()
-        external = self._external.get(token)
-        if external is not None:
-            return self._external_principal(token, external, now)
-        if token not in self._verified and self._external_issuer(token) is not None:
-            return None
+        if token not in self._verified:  # the gateway's own tokens, once verified, skip the external checks
+            external = self._external.get(token)
+            if external is not None:
+                return self._external_principal(token, external, now)
+            if self._external_issuer(token) is not None:
+                return None
         claims = self._claims(token, now)
         if claims["exp"] + self._leeway <= now:
             self._verified.pop(token, None)

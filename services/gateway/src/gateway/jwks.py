@@ -60,7 +60,6 @@ class JwksCache:
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._http: httpx.AsyncClient | None = None
-        self.fetches = 0
 
     async def close(self) -> None:
         """Stop background refreshes and close the HTTP client."""
@@ -140,7 +139,6 @@ class JwksCache:
                 self._sets.clear()
             keys = self._sets[url] = _KeySet()
         keys.attempted = time.monotonic()
-        self.fetches += 1
         try:
             try:
                 async with asyncio.timeout(self._timeout):

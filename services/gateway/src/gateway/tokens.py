@@ -47,21 +47,24 @@ class TokenIssuer:
         self._tenant_tokens.clear()
         self.jwks_body = msgspec.json.encode(keys.jwks())
 
-    def access_token(self, principal: Principal) -> str:
-        """A new access token for the principal."""
-        now = int(time.time())
+    def _sign(self, audience: str, ttl: int, now: int, principal: Principal, extra: dict[str, Any]) -> str:
+        """Sign the claims every token of the gateway carries, plus ``extra``."""
         claims: dict[str, Any] = {
             "iss": self._issuer,
-            "aud": self._audience,
+            "aud": audience,
             "sub": principal.key_id,
-            "tid": principal.tenant_id,
             "scope": principal.scope,
             "iat": now,
             "nbf": now,
-            "exp": now + self.access_ttl,
+            "exp": now + ttl,
             "jti": uuid.uuid4().hex,
+            **extra,
         }
         return self._keys.sign(claims)
+
+    def access_token(self, principal: Principal) -> str:
+        """A new access token for the principal."""
+        return self._sign(self._audience, self.access_ttl, int(time.time()), principal, {"tid": principal.tenant_id})
 
     def tenant_token(self, tenant: TenantEntry, principal: Principal) -> bytes:
         """The X-Tenant-Token for a forwarded request (cached while more than half its life is left)."""
@@ -71,22 +74,10 @@ class TokenIssuer:
         if cached is not None and cached[1] - now > self._tenant_ttl / 2:
             return cached[0]
         issued = int(now)
-        claims: dict[str, Any] = {
-            "iss": self._issuer,
-            "aud": self._upstream_audience,
-            "sub": principal.key_id,
-            "tid": tenant.id,
-            "slug": tenant.slug,
-            "scope": principal.scope,
-            "plan": tenant.plan,
-            "iat": issued,
-            "nbf": issued,
-            "exp": issued + self._tenant_ttl,
-            "jti": uuid.uuid4().hex,
-        }
+        extra: dict[str, Any] = {"tid": tenant.id, "slug": tenant.slug, "plan": tenant.plan}
         if principal.issuer:
-            claims["idp"] = principal.issuer  # sub is then a user of the tenant's identity provider, not a key id
-        token = self._keys.sign(claims).encode()
+            extra["idp"] = principal.issuer  # sub is then a user of the tenant's identity provider, not a key id
+        token = self._sign(self._upstream_audience, self._tenant_ttl, issued, principal, extra).encode()
         if len(self._tenant_tokens) > 100_000:
             self._tenant_tokens.clear()
         self._tenant_tokens[cache_key] = (token, issued + self._tenant_ttl)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -30,3 +32,20 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidInputError(
             "invalid cursor", errors=[FieldError(field="cursor", message="not a cursor from this API")]
         ) from None
+
+
+class _Keyed(Protocol):
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+Row = TypeVar("Row", bound=_Keyed)
+
+
+def split_page(rows: Sequence[Row], limit: int) -> tuple[Sequence[Row], str | None]:
+    """A page out of ``limit + 1`` fetched rows, and the cursor after it (None when nothing follows)."""
+    page = rows[:limit]
+    return page, encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit and page else None

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_service.apikeys.schemas import ApiKeyCreate, ApiKeyCreatedView, ApiKeyPage, ApiKeyView
 from tenant_service.audit.service import record
-from tenant_service.cursors import decode_cursor, encode_cursor
+from tenant_service.cursors import decode_cursor, split_page
 from tenant_service.db.models import ApiKey, Tenant
-from tenant_service.tenants.lookup import find_tenant, touch
+from tenant_service.tenants.lookup import find_owned, find_tenant, touch
 from tenantry_common.apikeys import display_prefix, generate_api_key, hash_api_key
 from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError
 from tenantry_common.timeutil import utcnow
@@ -150,30 +150,14 @@ class ApiKeyService:
             if after is not None:
                 query = query.where(tuple_(ApiKey.created_at, ApiKey.id) < tuple_(*after))
             rows = await session.execute(query.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(limit + 1))
-            keys = list(rows.scalars())
-        page = keys[:limit]
-        next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(keys) > limit else None
+            page, next_cursor = split_page(list(rows.scalars()), limit)
         return ApiKeyPage(items=[key_view(k) for k in page], next_cursor=next_cursor)
-
-    async def _key(self, session: AsyncSession, tenant: Tenant, key_id: str) -> ApiKey:
-        try:
-            kid = uuid.UUID(key_id)
-        except ValueError:
-            raise ApiKeyNotFoundError(f"no API key {key_id!r}") from None
-        row = (
-            await session.execute(
-                select(ApiKey).where(ApiKey.id == kid, ApiKey.tenant_id == tenant.id).with_for_update()
-            )
-        ).scalar_one_or_none()
-        if row is None:
-            raise ApiKeyNotFoundError(f"no API key {key_id!r}")
-        return row
 
     async def revoke(self, ref: str, key_id: str, *, actor: str) -> None:
         """Revoke a key now (idempotent)."""
         async with self._ctx.sessions() as session, session.begin():
             tenant = await find_tenant(session, ref, lock=True)
-            row = await self._key(session, tenant, key_id)
+            row = await find_owned(session, ApiKey, tenant, key_id, ApiKeyNotFoundError(f"no API key {key_id!r}"))
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
                 await touch(session, tenant)
@@ -191,7 +175,7 @@ class ApiKeyService:
         async with self._ctx.sessions() as session, session.begin():
             tenant = await find_tenant(session, ref, lock=True)
             self._writable(tenant)
-            old = await self._key(session, tenant, key_id)
+            old = await find_owned(session, ApiKey, tenant, key_id, ApiKeyNotFoundError(f"no API key {key_id!r}"))
             if key_status(old) != "active":
                 raise ConflictError(f"the key is {key_status(old)}", code="api_key_inactive")
             new, key = await create_key(

@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_service.audit.service import record
-from tenant_service.db.models import Tenant, TenantJwtIssuer
-from tenant_service.tenants.lookup import find_tenant, touch
+from tenant_service.db.models import TenantJwtIssuer
+from tenant_service.tenants.lookup import find_owned, find_tenant, touch
 from tenant_service.tenants.schemas import JwtIssuerCreate, JwtIssuerView
 from tenant_service.tenants.validation import check_jwks_url
 from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError
@@ -156,27 +156,12 @@ class JwtIssuerService:
         """
         async with self._ctx.sessions() as session, session.begin():
             tenant = await find_tenant(session, ref, lock=True)
-            row = await self._issuer(session, tenant, issuer_id)
+            row = await find_owned(
+                session, TenantJwtIssuer, tenant, issuer_id, IssuerNotFoundError(f"no JWT issuer {issuer_id!r}")
+            )
             before = _audited(row)
             await session.delete(row)
             await touch(session, tenant)
             record(session, actor=actor, action="jwt_issuer.remove", target=str(row.id), tenant_id=tenant.id,
                    before=before)  # fmt: skip
         await self._ctx.events.publish("tenant.changed", tenant_id=tenant.id)
-
-    @staticmethod
-    async def _issuer(session: AsyncSession, tenant: Tenant, issuer_id: str) -> TenantJwtIssuer:
-        try:
-            iid = uuid.UUID(issuer_id)
-        except ValueError:
-            raise IssuerNotFoundError(f"no JWT issuer {issuer_id!r}") from None
-        row = (
-            await session.execute(
-                select(TenantJwtIssuer)
-                .where(TenantJwtIssuer.id == iid, TenantJwtIssuer.tenant_id == tenant.id)
-                .with_for_update()
-            )
-        ).scalar_one_or_none()
-        if row is None:
-            raise IssuerNotFoundError(f"no JWT issuer {issuer_id!r}")
-        return row

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from typing import TypeVar
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_service.db.models import Tenant, revision_seq
+from tenant_service.db.models import ApiKey, Tenant, TenantJwtIssuer, revision_seq
 from tenantry_common.problems import NotFoundError
 from tenantry_common.slugs import SLUG_MAX_LENGTH
 from tenantry_common.timeutil import utcnow
@@ -43,6 +44,29 @@ async def find_tenant(session: AsyncSession, ref: str, *, lock: bool = False) ->
         raise TenantNotFoundError(f"no tenant {ref!r}")
     structlog.contextvars.bind_contextvars(tenant_id=str(tenant.id))
     return tenant
+
+
+#: Rows that belong to one tenant and are addressed by their own UUID under ``/admin/tenants/{ref}/...``.
+Owned = TypeVar("Owned", ApiKey, TenantJwtIssuer)
+
+
+async def find_owned(
+    session: AsyncSession, model: type[Owned], tenant: Tenant, raw_id: str, not_found: NotFoundError
+) -> Owned:
+    """The ``model`` row with id ``raw_id`` that belongs to ``tenant``, locked for update.
+
+    Raises:
+        NotFoundError: ``not_found``, for an id that is not a UUID, unknown, or another tenant's.
+    """
+    try:
+        row_id = uuid.UUID(raw_id)
+    except ValueError:
+        raise not_found from None
+    query = select(model).where(model.id == row_id, model.tenant_id == tenant.id).with_for_update()
+    row = (await session.execute(query)).scalar_one_or_none()
+    if row is None:
+        raise not_found
+    return row
 
 
 async def touch(session: AsyncSession, tenant: Tenant) -> None:

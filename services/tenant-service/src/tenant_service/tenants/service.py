@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_service.apikeys.service import create_key
 from tenant_service.audit.service import record
 from tenant_service.context import AppContext
-from tenant_service.cursors import decode_cursor, encode_cursor
+from tenant_service.cursors import decode_cursor, split_page
 from tenant_service.db.models import TENANT_STATUSES, Plan, Tenant, TenantDomain
 from tenant_service.failpoints import failpoint
 from tenant_service.provisioning.names import tenant_object_name
@@ -162,10 +162,8 @@ class TenantService:
             after = decode_cursor(cursor)
             query = query.where(tuple_(Tenant.created_at, Tenant.id) > tuple_(*after))
         async with self._ctx.sessions() as session:
-            rows = list((await session.execute(query)).scalars())
-            page, more = rows[:limit], len(rows) > limit
-            views = await self._views(session, page)
-        next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more and page else None
+            page, next_cursor = split_page(list((await session.execute(query)).scalars()), limit)
+            views = await self._views(session, list(page))
         return TenantPage(items=views, next_cursor=next_cursor)
 
     # --- creating -------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import re
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from tenantry_common.addresses import IPAddress, forbidden_upstream_ip
+from tenantry_common.addresses import IPAddress, forbidden_upstream_ip, unmapped
 from tenantry_common.problems import FieldError, InvalidInputError, ProblemError
 
 _LABEL: Final = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -196,16 +196,9 @@ def check_jwks_url(url: str, allowlist: tuple[str, ...]) -> str:
             f"JWKS host {host!r} is not in UPSTREAM_ALLOWLIST: use https://",
             errors=[FieldError(field=field, message="http:// is allowed only for hosts in UPSTREAM_ALLOWLIST")],
         )
-    if ip is not None and not _global(ip) and not _allowlisted(host, ip, allowlist):
+    if ip is not None and not unmapped(ip).is_global and not _allowlisted(host, ip, allowlist):
         raise JwksUrlNotAllowedError(
             f"JWKS host {host!r} is a private address outside UPSTREAM_ALLOWLIST",
             errors=[FieldError(field=field, message="a private or loopback address must be in UPSTREAM_ALLOWLIST")],
         )
     return url
-
-
-def _global(ip: IPAddress) -> bool:
-    """A public address (an IPv4-mapped IPv6 address is judged by its IPv4 address)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global

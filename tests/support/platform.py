@@ -131,7 +131,8 @@ class Installation:
                 [self.master_db, self.template],
                 self.prefix,
             )
-            for row in dbs:
+            for row in dbs:  # a hostile tenant may have flagged its database IS_TEMPLATE, which DROP refuses
+                await conn.execute(f'ALTER DATABASE "{row["datname"]}" IS_TEMPLATE false')
                 await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
             roles = await conn.fetch(
                 "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) OR rolname = $2",

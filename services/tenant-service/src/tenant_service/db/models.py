@@ -96,6 +96,8 @@ class Tenant(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     purge_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The status a soft delete left (``active`` or ``suspended``): a restore returns to it.
+    status_before_delete: Mapped[str | None] = mapped_column(Text)
 
 
 class TenantDomain(Base):

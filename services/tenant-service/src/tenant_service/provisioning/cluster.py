@@ -9,6 +9,20 @@ only member is, in each database, that database's owner. A clone made ``OWNER <t
 inside by the tenant's role from the first moment, without a connection to the new database. Templates made by
 earlier versions (objects owned by ``<template>_owner``) are converted by the next template migration; until
 then a clone is secured the old way (``REASSIGN OWNED`` inside the new database).
+
+This module is the only way into the tenant cluster, and it keeps one rule: **nothing a tenant can create or alter
+runs, or is trusted, with the platform's rights.**
+
+* Admin connections pin ``search_path`` to ``pg_catalog`` in their startup packet, which overrides any
+  database- or role-level setting a tenant made; an overload a tenant puts in ``public`` is never a candidate.
+* Admin connections go to the maintenance database and the template only; the one exception,
+  :meth:`TenantCluster.secure_database` (templates of earlier versions), runs ``REASSIGN OWNED`` there, which
+  executes no tenant code, and reads nothing of the tenant's.
+* Whatever reads or writes tenant objects (schema migrations, the schema version) logs in **as the tenant's own
+  role** (:meth:`TenantCluster.tenant_connection`). ``SET ROLE`` from an admin session is not enough: tenant code
+  (a trigger, a CHECK, an index expression, a view) can ``RESET ROLE`` and act as the session's superuser.
+* Database-level properties the owner can change are not trusted: orphan decisions come from the registry (a
+  marker comment is only a hint), and ``IS_TEMPLATE`` is reset before a drop.
 """
 
 from __future__ import annotations
@@ -47,6 +61,9 @@ _MAINTENANCE_LOCK = zlib.crc32(b"tenantry:maintenance-databases")
 DATABASE_OWNER = "pg_database_owner"
 #: Comment on the template database once its objects belong to :data:`DATABASE_OWNER`; ends with the version.
 _TEMPLATE_MARK = "tenantry:template:owner=pg_database_owner:schema="
+#: ``application_name`` of the platform's sessions: as admin, and as a tenant's role (migrations).
+_ADMIN_APP = "tenantry-provisioner"
+_TENANT_APP = "tenantry-maintenance"
 #: Admin connections to the maintenance database kept open for provisioning and housekeeping.
 ADMIN_POOL_SIZE = 8
 #: An idle pooled admin connection is closed after this many seconds.
@@ -87,34 +104,57 @@ class TenantCluster:
         self._pool: asyncpg.Pool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
 
-    def _connect_kwargs(self) -> dict[str, Any]:
+    def _connect_kwargs(self, *, search_path: str = "pg_catalog", application_name: str = _ADMIN_APP) -> dict[str, Any]:
         return {
             "timeout": self._settings.connect_timeout,
             "command_timeout": self._settings.statement_timeout_ms / 1000,
-            "server_settings": {"application_name": "tenantry-provisioner"},
+            # Startup parameters beat ALTER DATABASE/ROLE ... SET, which the tenant controls for its own database.
+            "server_settings": {
+                "application_name": application_name,
+                "search_path": search_path,
+                "default_transaction_read_only": "off",
+            },
         }
 
     @contextlib.asynccontextmanager
-    async def connect(self, database: str | None = None, *, fresh: bool = False) -> AsyncIterator[Any]:
-        """An admin connection, to the maintenance database or to ``database``.
+    async def connect(self) -> AsyncIterator[Any]:
+        """An admin connection to the maintenance database, from a small pool.
 
-        Connections to the maintenance database come from a small pool (a new backend costs a few milliseconds of
-        server CPU; provisioning would otherwise start one per tenant). On release the pool resets the session,
-        advisory locks included. ``fresh``: a new connection even so (health checks must see the server now).
+        A new backend costs a few milliseconds of server CPU; provisioning would otherwise start one per tenant.
+        On release the pool resets the session, advisory locks included.
         """
-        if database is None and not fresh:
-            pool = await self._admin_pool()
-            conn = await pool.acquire(timeout=self._settings.connect_timeout)
-            try:
-                yield conn
-            finally:
-                with contextlib.suppress(Exception):
-                    await pool.release(conn, timeout=2)
-            return
-        kwargs = self._connect_kwargs()
-        if database is not None:
-            kwargs["database"] = database
-        conn = await asyncpg.connect(self._dsn, **kwargs)
+        pool = await self._admin_pool()
+        conn = await pool.acquire(timeout=self._settings.connect_timeout)
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                await pool.release(conn, timeout=2)
+
+    @contextlib.asynccontextmanager
+    async def _admin_in(self, database: str) -> AsyncIterator[Any]:
+        """A new admin connection to ``database``: the template, or a tenant database for ``secure_database``."""
+        conn = await asyncpg.connect(self._dsn, database=database, **self._connect_kwargs())
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=2)
+
+    @contextlib.asynccontextmanager
+    async def tenant_connection(self, database: str, role: str, password: str) -> AsyncIterator[Any]:
+        """A connection to a tenant's database **as the tenant's own role**, for anything that touches its objects.
+
+        The session user is the tenant, so whatever its functions, triggers or views do, they do with its rights
+        only. ``search_path`` is pinned to ``public`` (the platform's objects live there, whatever the tenant set).
+        """
+        conn = await asyncpg.connect(
+            self._dsn,
+            database=database,
+            user=role,
+            password=password,
+            **self._connect_kwargs(search_path="public", application_name=_TENANT_APP),
+        )
         try:
             yield conn
         finally:
@@ -197,7 +237,7 @@ class TenantCluster:
             try:
                 await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS true")
                 try:
-                    async with self.connect(self.template) as tconn:
+                    async with self._admin_in(self.template) as tconn:
                         owner = quote_ident(self.template_owner)
                         # Objects of templates made by earlier versions move to pg_database_owner.
                         await tconn.execute(
@@ -302,27 +342,30 @@ class TenantCluster:
                 return True
         return False
 
-    async def secure_database(self, database: str, role: str) -> int:
+    async def secure_database(self, database: str, role: str, password: str) -> int:
         """Hand everything the template owner made inside ``database`` to the tenant's role. Idempotent.
 
         Needed only for a clone of a template made by an earlier version (see the module's docstring), or when
-        the clone's template is unknown (a resumed provisioning).
+        the clone's template is unknown (a resumed provisioning). ``REASSIGN``/``DROP OWNED`` run no tenant code;
+        the version is read as the tenant.
 
         Returns:
             The schema version the database was cloned at.
         """
-        async with self.connect(database) as conn:
+        async with self._admin_in(database) as conn:
             owner = quote_ident(self.template_owner)
             await conn.execute(f"REASSIGN OWNED BY {owner} TO {quote_ident(role)}; DROP OWNED BY {owner}")
+        async with self.tenant_connection(database, role, password) as conn:
             return await current_version(conn)
 
-    async def set_login(self, role: str, *, enabled: bool) -> None:
-        """Allow or forbid the role to log in; forbidding also ends its open sessions."""
+    async def set_login(self, role: str, *, enabled: bool, end_sessions: bool = True) -> None:
+        """Allow or forbid the role to log in; forbidding also ends its open sessions unless ``end_sessions`` is
+        false (the platform's own session as the tenant, opened just before)."""
         async with self.connect() as conn:
             if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
                 return
             await conn.execute(f"ALTER ROLE {quote_ident(role)} {'LOGIN' if enabled else 'NOLOGIN'}")
-            if not enabled:
+            if not enabled and end_sessions:
                 await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
 
     async def set_connection_limit(self, role: str, limit: int) -> None:
@@ -337,9 +380,15 @@ class TenantCluster:
         await self.drop_role(role)
 
     async def drop_database(self, database: str) -> None:
-        """Drop one database, ending its open connections. Idempotent."""
+        """Drop one database, ending its open connections. Idempotent.
+
+        Its owner (the tenant) may have flagged it ``IS_TEMPLATE``, which DROP refuses: the flag is reset first.
+        """
+        db = quote_ident(database)
         async with self.connect() as conn:
-            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)")
+            if await conn.fetchval("SELECT datistemplate FROM pg_database WHERE datname = $1", database):
+                await conn.execute(f"ALTER DATABASE {db} IS_TEMPLATE false")
+            await conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
     async def drop_role(self, role: str) -> None:
         """Drop one role, ending its open sessions. Idempotent."""
@@ -365,11 +414,6 @@ class TenantCluster:
             databases={r["datname"]: t for r in dbs if (t := parse_marker(r["c"], installation_id))},
             roles={r["rolname"]: t for r in roles if (t := parse_marker(r["c"], installation_id))},
         )
-
-    async def ping(self) -> None:
-        """Check that the cluster answers (on a new connection: a pooled one may predate a restart)."""
-        async with self.connect(fresh=True) as conn:
-            await conn.fetchval("SELECT 1")
 
 
 def _template_version(mark: str | None) -> int | None:

@@ -1,15 +1,18 @@
 """Bringing the template and every tenant database to the schema head, with bounded concurrency.
 
-Each tenant is migrated in its own transaction on its own connection, as its own role (so what migrations
-create belongs to the tenant). A failure is recorded and reported, never stops the others, and a second run
-picks up exactly the tenants still behind.
+Each tenant is migrated in its own transaction on its own connection, logged in as its own role: what migrations
+create belongs to the tenant, and whatever of the tenant's runs meanwhile (triggers, constraints, index
+expressions on the tables a migration touches) runs with the tenant's rights only. A failure is recorded and
+reported, never stops the others, and a second run picks up exactly the tenants still behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import structlog
@@ -17,7 +20,9 @@ from sqlalchemy import select, update
 
 from tenant_service.context import AppContext
 from tenant_service.db.models import Installation, Tenant
+from tenant_service.provisioning.provisioner import password_context
 from tenant_service.provisioning.schema import SchemaError, apply_migrations, head_version
+from tenant_service.secretbox import DecryptionError
 
 _log = structlog.get_logger("tenantry.fleet")
 
@@ -64,7 +69,15 @@ async def migrate_fleet(
     async with ctx.sessions() as session:
         rows = (
             await session.execute(
-                select(Tenant.id, Tenant.slug, Tenant.db_name, Tenant.db_role, Tenant.schema_version)
+                select(
+                    Tenant.id,
+                    Tenant.slug,
+                    Tenant.status,
+                    Tenant.db_name,
+                    Tenant.db_role,
+                    Tenant.db_password_enc,
+                    Tenant.schema_version,
+                )
                 .where(Tenant.status.in_(MIGRATABLE_STATUSES))
                 .order_by(Tenant.created_at)
             )
@@ -75,17 +88,22 @@ async def migrate_fleet(
         on_start(len(behind))
     gate = asyncio.Semaphore(max(1, concurrency))
 
-    async def migrate_one(row: object) -> None:
-        slug: str = row.slug  # type: ignore[attr-defined]
+    async def migrate_one(row: Any) -> None:
+        slug: str = row.slug
         async with gate:
             try:
-                async with ctx.cluster.connect(row.db_name) as conn:  # type: ignore[attr-defined]
-                    version = await apply_migrations(conn, ctx.migrations, owner=row.db_role)  # type: ignore[attr-defined]
+                async with _as_tenant(ctx, row) as conn:
+                    version = await apply_migrations(conn, ctx.migrations, owner=None)
                 async with ctx.sessions() as session, session.begin():
-                    await session.execute(
-                        update(Tenant).where(Tenant.id == row.id).values(schema_version=version)  # type: ignore[attr-defined]
-                    )
-            except (asyncpg.PostgresError, OSError, TimeoutError, SchemaError, asyncpg.InterfaceError) as exc:
+                    await session.execute(update(Tenant).where(Tenant.id == row.id).values(schema_version=version))
+            except (
+                asyncpg.PostgresError,
+                OSError,
+                TimeoutError,
+                SchemaError,
+                asyncpg.InterfaceError,
+                DecryptionError,
+            ) as exc:
                 message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
                 report.failed[slug] = f"{type(exc).__name__}: {message}"
                 _log.warning("tenant_migration_failed", slug=slug, error=type(exc).__name__)
@@ -98,3 +116,33 @@ async def migrate_fleet(
 
     await asyncio.gather(*(migrate_one(r) for r in behind))
     return report
+
+
+@contextlib.asynccontextmanager
+async def _as_tenant(ctx: AppContext, row: Any) -> AsyncIterator[Any]:
+    """A session of the tenant's own role in its database.
+
+    A soft-deleted tenant's role has no LOGIN: it gets it for the moment of this one login, under the tenant's
+    registry lock (a restore, which enables LOGIN after taking that lock, cannot interleave), and loses it again
+    before the lock is released. A crash in between is undone by the reconciler's LOGIN sweep.
+    """
+    password = ctx.box.decrypt(row.db_password_enc, password_context(row.id))
+    connect = ctx.cluster.tenant_connection(row.db_name, row.db_role, password)
+    if row.status != "deleted":
+        async with connect as conn:
+            yield conn
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        async with ctx.sessions() as session, session.begin():
+            status = await session.scalar(select(Tenant.status).where(Tenant.id == row.id).with_for_update())
+            if status not in MIGRATABLE_STATUSES:
+                raise SchemaError(f"the tenant became {status} during the migration")
+            relogin = status == "deleted"
+            if relogin:
+                await ctx.cluster.set_login(row.db_role, enabled=True)
+            try:
+                conn = await stack.enter_async_context(connect)
+            finally:
+                if relogin:
+                    await ctx.cluster.set_login(row.db_role, enabled=False, end_sessions=False)
+        yield conn

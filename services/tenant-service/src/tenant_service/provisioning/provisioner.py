@@ -117,7 +117,7 @@ class Provisioner:
         await failpoint("provision.after_database")
         if clone.version is not None:  # cloned now from a template whose objects belong to pg_database_owner
             return clone.version
-        return await ctx.cluster.secure_database(tenant.db_name, tenant.db_role)
+        return await ctx.cluster.secure_database(tenant.db_name, tenant.db_role, password)
 
     async def _fail(self, tenant: Tenant, reason: str) -> None:
         """Compensate (drop whatever was made) and mark ``failed``; stay ``provisioning`` if cleanup fails."""

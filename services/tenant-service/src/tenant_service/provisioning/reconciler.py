@@ -3,6 +3,10 @@
 It resumes tenants stuck in ``provisioning``, finishes purges stuck in ``deleting``, purges soft-deleted tenants
 whose retention has ended, brings each role's LOGIN flag in line with its tenant's status, and drops databases
 and roles that carry this installation's marker but belong to no tenant in the registry.
+
+The registry decides what is an orphan. A tenant owns its database and may rewrite its comment, so a marker is
+only a hint: a database or role whose name the registry gives to a tenant is never dropped, whatever its marker
+says.
 """
 
 from __future__ import annotations
@@ -90,8 +94,9 @@ class Reconciler:
                 row.id: row
                 for row in (await session.execute(select(Tenant.id, Tenant.status, Tenant.db_name, Tenant.db_role)))
             }
-        orphan_dbs = {name for name, tid in marked.databases.items() if tid not in known}
-        orphan_roles = {name for name, tid in marked.roles.items() if tid not in known}
+        names = {row.db_name for row in known.values()} | {row.db_role for row in known.values()}
+        orphan_dbs = {name for name, tid in marked.databases.items() if tid not in known and name not in names}
+        orphan_roles = {name for name, tid in marked.roles.items() if tid not in known and name not in names}
         # Each kind by its own name: a marked orphan role says nothing about a database of the same name.
         # Databases first, so an orphan role no longer owns one when it is dropped.
         drops: list[tuple[str, Callable[[str], Awaitable[None]]]]

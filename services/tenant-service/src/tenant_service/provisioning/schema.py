@@ -61,31 +61,41 @@ def head_version(migrations: list[SchemaMigration]) -> int:
 
 
 async def current_version(conn: Any) -> int:
-    """The schema version of the database behind ``conn`` (0 when never migrated)."""
-    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", VERSION_TABLE)
+    """The schema version of the database behind ``conn`` (0 when never migrated).
+
+    ``conn`` is the tenant's own session (or the template's): the table is the tenant's, and so is whatever a read
+    of it may run. Built-ins are schema-qualified all the same.
+    """
+    exists = await conn.fetchval("SELECT pg_catalog.to_regclass($1::text) IS NOT NULL", f"public.{VERSION_TABLE}")
     if not exists:
         return 0
-    return int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {VERSION_TABLE}"))  # noqa: S608
+    return int(
+        await conn.fetchval(f"SELECT COALESCE(pg_catalog.max(version), 0) FROM public.{VERSION_TABLE}")  # noqa: S608
+    )
 
 
 async def apply_migrations(conn: Any, migrations: list[SchemaMigration], *, owner: str | None) -> int:
     """Apply the pending ``migrations`` on ``conn`` in one transaction; return the new version.
 
     Args:
-        conn: an asyncpg connection to the database to migrate, as a role allowed to ``SET ROLE owner``.
+        conn: an asyncpg connection to the database to migrate: a tenant database's own role (see
+            ``TenantCluster.tenant_connection``), or an admin session on the template.
         migrations: all migrations, as from :func:`load_migrations`.
-        owner: the role that must own what the migrations create (the tenant's role, or the template owner).
+        owner: the role to ``SET ROLE`` to before creating anything (``pg_database_owner`` on the template);
+            ``None`` when ``conn`` already is the owner. Never used on a tenant database: tenant code can undo a
+            ``SET ROLE`` of a superuser session.
 
     Raises:
         SchemaError: the database is at a version newer than the migrations know.
     """
     head = head_version(migrations)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
+        await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock($1::bigint)", _LOCK)
         if owner:
             await conn.execute(f"SET LOCAL ROLE {quote_ident(owner)}")
+        await conn.execute("SET LOCAL search_path = public")
         await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
+            f"CREATE TABLE IF NOT EXISTS public.{VERSION_TABLE} ("
             "version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         version = await current_version(conn)
@@ -94,7 +104,7 @@ async def apply_migrations(conn: Any, migrations: list[SchemaMigration], *, owne
         for migration in migrations[version:]:
             await conn.execute(migration.sql)
             await conn.execute(
-                f"INSERT INTO {VERSION_TABLE} (version, name) VALUES ($1, $2)",  # noqa: S608
+                f"INSERT INTO public.{VERSION_TABLE} (version, name) VALUES ($1, $2)",  # noqa: S608
                 migration.version,
                 migration.name,
             )

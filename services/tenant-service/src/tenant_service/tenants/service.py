@@ -313,6 +313,7 @@ class TenantService:
                 raise InvalidStateError(f"cannot {action} a tenant that is {tenant.status}")
             before = msgspec.to_builtins(await self.view(session, tenant))
             if action == "delete":
+                tenant.status_before_delete = tenant.status
                 tenant.deleted_at = utcnow()
                 tenant.purge_after = tenant.deleted_at + timedelta(
                     seconds=ctx.settings.lifecycle.delete_retention_seconds
@@ -322,7 +323,10 @@ class TenantService:
                     raise InvalidStateError("the retention period has ended; the tenant can no longer be restored")
                 tenant.deleted_at = None
                 tenant.purge_after = None
-                target = "active" if tenant.template_version is not None else "failed"
+                # Back to where the delete found it: a suspension survives a delete and a restore.
+                previous = "suspended" if tenant.status_before_delete == "suspended" else "active"
+                target = previous if tenant.template_version is not None else "failed"
+                tenant.status_before_delete = None
             tenant.status = target
             await touch(session, tenant)
             await session.flush()

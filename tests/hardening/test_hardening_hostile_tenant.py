@@ -371,10 +371,15 @@ async def test_fleet_migration_runs_tenant_code_only_as_the_tenant(setup: Fixtur
 async def test_plan_and_lifecycle_paths_touch_no_tenant_object(setup: Fixture, hostile: Hostile) -> None:
     fx = setup
     ref = hostile.tenant.id
-    await fx.call("PATCH", f"/admin/tenants/{ref}", json={"limits": {"max_connections": 7}})
-    await fx.call("PUT", "/admin/plans/hostile-plan", json={"limits": {"max_connections": 4}})
-    await fx.call("PATCH", f"/admin/tenants/{ref}", json={"plan": "hostile-plan"})
-    await fx.call("PUT", "/admin/plans/hostile-plan", json={"limits": {"max_connections": 6}})
+    rates = {"requests_per_minute": 600, "requests_per_day": 50_000}
+    changes = [
+        ("PATCH", f"/admin/tenants/{ref}", {"limits": {"max_connections": 7}}),
+        ("PUT", "/admin/plans/hostile-plan", {"limits": {**rates, "max_connections": 4}}),
+        ("PATCH", f"/admin/tenants/{ref}", {"plan": "hostile-plan"}),
+        ("PUT", "/admin/plans/hostile-plan", {"limits": {**rates, "max_connections": 6}}),
+    ]
+    for method, path, body in changes:
+        assert (await fx.call(method, path, json=body)).status_code == 200
     admin = await fx.superuser()
     try:
         limit = await admin.fetchval("SELECT rolconnlimit FROM pg_roles WHERE rolname = $1", hostile.tenant.role)

@@ -16,6 +16,7 @@ from tenant_service.cursors import decode_cursor, split_page
 from tenant_service.db.models import ApiKey, Tenant
 from tenant_service.tenants.lookup import find_owned, find_tenant, touch
 from tenantry_common.apikeys import display_prefix, generate_api_key, hash_api_key
+from tenantry_common.lifecycle import CHANGEABLE
 from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError
 from tenantry_common.timeutil import utcnow
 
@@ -133,7 +134,7 @@ class ApiKeyService:
 
     @staticmethod
     def _writable(tenant: Tenant) -> None:
-        if tenant.status in ("deleting", "deleted"):
+        if tenant.status not in CHANGEABLE:
             raise ConflictError(f"the tenant is {tenant.status}", code="invalid_state")
 
     async def list(self, ref: str, *, limit: int = 100, cursor: str | None = None) -> ApiKeyPage:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-TENANT_STATUSES: Final = ("provisioning", "active", "suspended", "failed", "deleting", "deleted")
+from tenantry_common.lifecycle import check_constraint
 
 #: Every change to a tenant, its keys, domains or plan takes a new value; gateways sync on it.
 revision_seq = Sequence("tenant_revision_seq")
@@ -69,7 +69,7 @@ class Tenant(Base):
 
     __tablename__ = "tenants"
     __table_args__ = (
-        CheckConstraint("status in ('provisioning','active','suspended','failed','deleting','deleted')", name="status"),
+        CheckConstraint(check_constraint(), name="status"),
         Index("ix_tenants_created", "created_at", "id"),
         Index("ix_tenants_status", "status"),
         Index("ix_tenants_revision", "revision"),

@@ -18,9 +18,6 @@ from tenant_service.deps import Ctx
 from tenant_service.openapi import SERVICE_SECURITY, problems
 from tenantry_common.directory import DirectoryIssuer, DirectoryKey, DirectoryPage, DirectoryTenant
 
-#: Statuses a gateway needs to know (to serve, or to refuse with the right error).
-_VISIBLE = ("provisioning", "active", "suspended", "failed", "deleting", "deleted")
-
 
 async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | None = None) -> DirectoryPage:
     """Everything changed after ``since`` (everything when 0), or one tenant when ``tenant_id`` is given."""
@@ -36,7 +33,7 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
             )
             or 0
         )
-        query = select(Tenant).where(Tenant.status.in_(_VISIBLE))
+        query = select(Tenant)  # every status: a gateway serves a tenant or refuses it with the right error
         removed_query = select(TenantTombstone.tenant_id)
         if tenant_id is not None:
             query = query.where(Tenant.id == tenant_id)

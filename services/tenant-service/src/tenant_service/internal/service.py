@@ -10,7 +10,8 @@ from tenant_service.context import AppContext
 from tenant_service.provisioning.provisioner import password_context
 from tenant_service.secretbox import DecryptionError
 from tenant_service.tenants.lookup import find_tenant
-from tenantry_common.problems import ForbiddenError, NotFoundError, ProblemError, UnavailableError
+from tenantry_common.lifecycle import refusal
+from tenantry_common.problems import ProblemError
 
 _log = structlog.get_logger("tenantry.internal")
 
@@ -36,21 +37,15 @@ async def vend_credentials(ctx: AppContext, ref: str, *, actor: str) -> Database
     """The credentials of an active tenant's database.
 
     Raises:
-        NotFoundError: unknown or deleted tenant.
-        ForbiddenError: suspended tenant.
-        UnavailableError: the tenant's database is not ready (provisioning or failed).
+        NotFoundError: unknown tenant.
+        ProblemError: a tenant that is not served (its status's refusal in ``tenantry_common.lifecycle``).
         SecretUnreadableError: the stored password does not decrypt for this tenant (nothing is vended or audited).
     """
     async with ctx.sessions() as session, session.begin():
         tenant = await find_tenant(session, ref)
-        if tenant.status in ("deleted", "deleting"):
-            raise NotFoundError("no such tenant", code="tenant_not_found")
-        if tenant.status == "suspended":
-            raise ForbiddenError("the tenant is suspended", code="tenant_suspended")
-        if tenant.status != "active":
-            raise UnavailableError(
-                f"the tenant is {tenant.status}", code="tenant_unavailable", headers={"Retry-After": "5"}
-            )
+        if (refused := refusal(tenant.status)) is not None:  # the same refusal a gateway gives
+            retry = {"Retry-After": str(refused.retry_after)} if refused.retry_after else None
+            raise ProblemError(refused.detail, code=refused.code, status=refused.status, headers=retry)
         try:
             password = ctx.box.decrypt(tenant.db_password_enc, password_context(tenant.id))
         except DecryptionError:

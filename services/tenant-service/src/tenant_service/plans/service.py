@@ -14,6 +14,7 @@ from tenant_service.context import AppContext
 from tenant_service.db.models import Plan, Tenant, revision_seq
 from tenant_service.provisioning.provisioner import connection_limit
 from tenant_service.tenants.schemas import ConnectionLimit, Count
+from tenantry_common.lifecycle import HAS_DATABASE
 from tenantry_common.problems import FieldError, InvalidInputError
 from tenantry_common.timeutil import utcnow
 
@@ -89,9 +90,7 @@ class PlanService:
             await session.execute(update(Tenant).where(Tenant.plan == name).values(revision=revision_seq.next_value()))
             tenants = (
                 await session.execute(
-                    select(Tenant.db_role, Tenant.limits).where(
-                        Tenant.plan == name, Tenant.status.in_(("active", "suspended"))
-                    )
+                    select(Tenant.db_role, Tenant.limits).where(Tenant.plan == name, Tenant.status.in_(HAS_DATABASE))
                 )
             ).all()
             view = _view(plan)

@@ -23,11 +23,9 @@ from tenant_service.db.models import Installation, Tenant
 from tenant_service.provisioning.provisioner import password_context
 from tenant_service.provisioning.schema import SchemaError, apply_migrations, head_version
 from tenant_service.secretbox import DecryptionError
+from tenantry_common.lifecycle import HAS_DATABASE, LOGIN_ALLOWED
 
 _log = structlog.get_logger("tenantry.fleet")
-
-#: Tenants whose database exists and should follow the schema.
-MIGRATABLE_STATUSES = ("active", "suspended", "deleted")
 
 
 @dataclass
@@ -78,7 +76,7 @@ async def migrate_fleet(
                     Tenant.db_password_enc,
                     Tenant.schema_version,
                 )
-                .where(Tenant.status.in_(MIGRATABLE_STATUSES))
+                .where(Tenant.status.in_(HAS_DATABASE))
                 .order_by(Tenant.created_at)
             )
         ).all()
@@ -128,16 +126,16 @@ async def _as_tenant(ctx: AppContext, row: Any) -> AsyncIterator[Any]:
     """
     password = ctx.box.decrypt(row.db_password_enc, password_context(row.id))
     connect = ctx.cluster.tenant_connection(row.db_name, row.db_role, password)
-    if row.status != "deleted":
+    if row.status in LOGIN_ALLOWED:
         async with connect as conn:
             yield conn
         return
     async with contextlib.AsyncExitStack() as stack:
         async with ctx.sessions() as session, session.begin():
             status = await session.scalar(select(Tenant.status).where(Tenant.id == row.id).with_for_update())
-            if status not in MIGRATABLE_STATUSES:
+            if status not in HAS_DATABASE:
                 raise SchemaError(f"the tenant became {status} during the migration")
-            relogin = status == "deleted"
+            relogin = status not in LOGIN_ALLOWED
             if relogin:
                 await ctx.cluster.set_login(row.db_role, enabled=True)
             try:

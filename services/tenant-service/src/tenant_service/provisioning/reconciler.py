@@ -23,10 +23,9 @@ from sqlalchemy import func, select
 from tenant_service.context import AppContext
 from tenant_service.db.models import Tenant
 from tenant_service.provisioning.provisioner import Outcome, Provisioner
+from tenantry_common.lifecycle import HAS_DATABASE, LOGIN_ALLOWED, TenantStatus
 
 _log = structlog.get_logger("tenantry.reconciler")
-
-_LOGIN_BY_STATUS = {"active": True, "suspended": True, "deleted": False}
 
 
 @dataclass
@@ -57,14 +56,14 @@ class Reconciler:
             rows = (
                 await session.execute(
                     select(Tenant.id, Tenant.status, Tenant.slug).where(
-                        (Tenant.status.in_(("provisioning", "deleting")))
-                        | ((Tenant.status == "deleted") & (Tenant.purge_after <= func.now()))
+                        (Tenant.status.in_((TenantStatus.PROVISIONING, TenantStatus.DELETING)))
+                        | ((Tenant.status == TenantStatus.DELETED) & (Tenant.purge_after <= func.now()))
                     )
                 )
             ).all()
         for tenant_id, status, slug in rows:
             try:
-                if status == "provisioning":
+                if status == TenantStatus.PROVISIONING:
                     outcome = await self._provisioner.provision(tenant_id, skip_locked=True)
                     {
                         Outcome.ACTIVE: report.provisioned,
@@ -114,7 +113,7 @@ class Reconciler:
             _log.warning("orphan_dropped", name=name)
         logins = await self._role_logins([row.db_role for row in known.values()])
         for row in known.values():
-            wanted = _LOGIN_BY_STATUS.get(row.status)
+            wanted = row.status in LOGIN_ALLOWED if row.status in HAS_DATABASE else None
             current = logins.get(row.db_role)
             if wanted is not None and current is not None and current != wanted:
                 await ctx.cluster.set_login(row.db_role, enabled=wanted)

@@ -19,6 +19,7 @@ from tenant_service.db.models import TenantJwtIssuer
 from tenant_service.tenants.lookup import find_owned, find_tenant, touch
 from tenant_service.tenants.schemas import JwtIssuerCreate, JwtIssuerView
 from tenant_service.tenants.validation import check_jwks_url
+from tenantry_common.lifecycle import CHANGEABLE
 from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError
 from tenantry_common.timeutil import utcnow
 
@@ -100,7 +101,7 @@ class JwtIssuerService:
             try:
                 async with session.begin():
                     tenant = await find_tenant(session, ref, lock=True)  # the lock serialises the count below
-                    if tenant.status in ("deleting", "deleted"):
+                    if tenant.status not in CHANGEABLE:
                         raise ConflictError(f"the tenant is {tenant.status}", code="invalid_state")
                     if await self._pair_taken(session, data.issuer, data.audience):
                         raise _taken()

@@ -18,7 +18,7 @@ from tenant_service.apikeys.service import create_key
 from tenant_service.audit.service import record
 from tenant_service.context import AppContext
 from tenant_service.cursors import decode_cursor, split_page
-from tenant_service.db.models import TENANT_STATUSES, Plan, Tenant, TenantDomain
+from tenant_service.db.models import Plan, Tenant, TenantDomain
 from tenant_service.failpoints import failpoint
 from tenant_service.provisioning.names import tenant_object_name
 from tenant_service.provisioning.provisioner import Outcome, Provisioner, connection_limit, password_context
@@ -33,6 +33,7 @@ from tenant_service.tenants.schemas import (
     TenantView,
 )
 from tenant_service.tenants.validation import check_json_text, check_upstream_url, normalize_domain
+from tenantry_common.lifecycle import HAS_DATABASE, RESTORABLE_TO, TRANSITIONS, TenantAction, TenantStatus
 from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError, ProblemError
 from tenantry_common.slugs import slug_problem
 from tenantry_common.timeutil import utcnow
@@ -146,10 +147,10 @@ class TenantService:
         cursor: str | None = None,
     ) -> TenantPage:
         """A page of tenants in creation order, filtered."""
-        if status is not None and status not in TENANT_STATUSES:
+        if status is not None and status not in set(TenantStatus):
             raise InvalidInputError(
                 "invalid status filter",
-                errors=[FieldError(field="status", message=f"must be one of {', '.join(TENANT_STATUSES)}")],
+                errors=[FieldError(field="status", message=f"must be one of {', '.join(TenantStatus)}")],
             )
         query = select(Tenant).order_by(Tenant.created_at, Tenant.id).limit(limit + 1)
         if status:
@@ -200,7 +201,7 @@ class TenantService:
                         id=tenant_id,
                         slug=data.slug,
                         name=data.name,
-                        status="provisioning",
+                        status=TenantStatus.PROVISIONING,
                         plan=plan.name,
                         settings=data.settings,
                         limits=_limits_dict(data.limits),
@@ -264,7 +265,7 @@ class TenantService:
             async with session.begin():
                 tenant = await find_tenant(session, ref, lock=True)
                 before = msgspec.to_builtins(await self.view(session, tenant))
-                if tenant.status in ("deleting",):
+                if tenant.status == TenantStatus.DELETING:  # a soft-deleted tenant may still be edited
                     raise InvalidStateError("the tenant is being deleted")
                 if patch.name is not msgspec.UNSET:
                     tenant.name = patch.name
@@ -287,7 +288,7 @@ class TenantService:
                 record(session, actor=actor, action="tenant.update", target=tenant.slug, tenant_id=tenant.id,
                        before=before, after=msgspec.to_builtins(view))  # fmt: skip
             limits_changed = patch.plan is not msgspec.UNSET or patch.limits is not msgspec.UNSET
-            if limits_changed and tenant.status in ("active", "suspended", "deleted"):
+            if limits_changed and tenant.status in HAS_DATABASE:
                 plan = await session.get(Plan, tenant.plan)
                 await ctx.cluster.set_connection_limit(
                     tenant.db_role, connection_limit(plan.limits if plan else {}, tenant.limits)
@@ -296,36 +297,34 @@ class TenantService:
         return view
 
     async def transition(self, ref: str, action: str, *, actor: str) -> TenantView:
-        """``suspend``, ``resume``, ``delete`` (soft) or ``restore``; suspend and delete are idempotent."""
-        allowed: dict[str, tuple[tuple[str, ...], str]] = {
-            "suspend": (("active",), "suspended"),
-            "resume": (("suspended",), "active"),
-            "delete": (("active", "suspended", "failed"), "deleted"),
-            "restore": (("deleted",), "active"),
-        }
-        sources, target = allowed[action]
+        """``suspend``, ``resume``, ``delete`` (soft) or ``restore``, as :data:`TRANSITIONS` allows."""
+        action = TenantAction(action)
+        rule = TRANSITIONS[action]
+        target = rule.target
         ctx = self._ctx
         async with ctx.sessions() as session, session.begin():
             tenant = await find_tenant(session, ref, lock=True)
-            if tenant.status == target and action in ("suspend", "delete"):  # resume/restore need the source state
+            if tenant.status == target and rule.idempotent:
                 return await self.view(session, tenant)
-            if tenant.status not in sources:
+            if tenant.status not in rule.sources:
                 raise InvalidStateError(f"cannot {action} a tenant that is {tenant.status}")
             before = msgspec.to_builtins(await self.view(session, tenant))
-            if action == "delete":
+            if action is TenantAction.DELETE:
                 tenant.status_before_delete = tenant.status
                 tenant.deleted_at = utcnow()
                 tenant.purge_after = tenant.deleted_at + timedelta(
                     seconds=ctx.settings.lifecycle.delete_retention_seconds
                 )
-            elif action == "restore":
+            elif action is TenantAction.RESTORE:
                 if tenant.purge_after is not None and tenant.purge_after <= utcnow():
                     raise InvalidStateError("the retention period has ended; the tenant can no longer be restored")
                 tenant.deleted_at = None
                 tenant.purge_after = None
                 # Back to where the delete found it: a suspension survives a delete and a restore.
-                previous = "suspended" if tenant.status_before_delete == "suspended" else "active"
-                target = previous if tenant.template_version is not None else "failed"
+                previous = tenant.status_before_delete
+                target = TenantStatus(previous) if previous in RESTORABLE_TO else TenantStatus.ACTIVE
+                if tenant.template_version is None:  # it never got a database
+                    target = TenantStatus.FAILED
                 tenant.status_before_delete = None
             tenant.status = target
             await touch(session, tenant)
@@ -333,8 +332,8 @@ class TenantService:
             view = await self.view(session, tenant)
             record(session, actor=actor, action=f"tenant.{action}", target=tenant.slug, tenant_id=tenant.id,
                    before=before, after=msgspec.to_builtins(view))  # fmt: skip
-        if action in ("delete", "restore") and tenant.template_version is not None:
-            await ctx.cluster.set_login(tenant.db_role, enabled=action == "restore")
+        if action in (TenantAction.DELETE, TenantAction.RESTORE) and tenant.template_version is not None:
+            await ctx.cluster.set_login(tenant.db_role, enabled=action is TenantAction.RESTORE)
         await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
         return view
 
@@ -346,7 +345,7 @@ class TenantService:
         purged = await self._provisioner.purge(tenant.id, actor=actor)
         if purged is None:
             raise TenantNotFoundError(f"no tenant {ref!r}")
-        return msgspec.structs.replace(view, status="deleted", updated_at=utcnow())
+        return msgspec.structs.replace(view, status=TenantStatus.DELETED, updated_at=utcnow())
 
     # --- domains --------------------------------------------------------------------------------------
 

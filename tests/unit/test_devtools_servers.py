@@ -127,6 +127,14 @@ def test_ensure_binaries_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
     assert "postgresql" not in str(excinfo.value)
 
 
+def test_ensure_binaries_checks_wrk_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_which = servers.shutil.which
+    monkeypatch.setattr(servers.shutil, "which", lambda name: None if name == "wrk" else real_which(name))
+    ensure_binaries(install=False)  # the servers are there; wrk is not asked for
+    with pytest.raises(RuntimeError, match="apt-get install -y wrk"):
+        ensure_binaries(install=False, wrk=True)
+
+
 # --------------------------------------------------------------------------- docker probe
 
 

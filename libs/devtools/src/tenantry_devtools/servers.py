@@ -265,12 +265,14 @@ def find_redis_server() -> Path | None:
     return None
 
 
-def _missing_binaries(postgres: bool, redis: bool) -> list[str]:
+def _missing_binaries(postgres: bool, redis: bool, wrk: bool = False) -> list[str]:
     missing: list[str] = []
     if postgres and find_pg_bindir() is None:
         missing.append("postgresql")
     if redis and find_redis_server() is None:
         missing.append("redis-server")
+    if wrk and shutil.which("wrk") is None:
+        missing.append("wrk")
     return missing
 
 
@@ -278,8 +280,9 @@ def _install_hint(missing: list[str]) -> str:
     what = {
         "postgresql": "PostgreSQL server binaries (initdb, pg_ctl, postgres)",
         "redis-server": "redis-server",
+        "wrk": "wrk (the HTTP load generator of the load tests)",
     }
-    brew = {"postgresql": "postgresql@16", "redis-server": "redis"}
+    brew = {"postgresql": "postgresql@16", "redis-server": "redis", "wrk": "wrk"}
     lines = [
         "Missing " + " and ".join(what[name] for name in missing) + ".",
         f"Install with: apt-get install -y {' '.join(missing)}   (Debian/Ubuntu, as root)",
@@ -294,19 +297,20 @@ def _install_hint(missing: list[str]) -> str:
     return "\n".join(lines)
 
 
-def ensure_binaries(install: bool = False, *, postgres: bool = True, redis: bool = True) -> None:
-    """Make sure the PostgreSQL server binaries and ``redis-server`` are available.
+def ensure_binaries(install: bool = False, *, postgres: bool = True, redis: bool = True, wrk: bool = False) -> None:
+    """Make sure the PostgreSQL server binaries and ``redis-server`` (and ``wrk``) are available.
 
     Args:
         install: When True, the process is root and ``apt-get`` exists, install the
-            missing packages (``postgresql``, ``redis-server``) with apt-get.
+            missing packages (``postgresql``, ``redis-server``, ``wrk``) with apt-get.
         postgres: Check for the PostgreSQL server binaries.
         redis: Check for ``redis-server``.
+        wrk: Check for ``wrk`` (``make test``'s load tests need it).
 
     Raises:
         RuntimeError: Something is still missing; the message says what to install.
     """
-    missing = _missing_binaries(postgres, redis)
+    missing = _missing_binaries(postgres, redis, wrk)
     if not missing:
         return
     if not install:
@@ -328,7 +332,7 @@ def ensure_binaries(install: bool = False, *, postgres: bool = True, redis: bool
     except (OSError, subprocess.CalledProcessError) as exc:
         raise RuntimeError(f"apt-get install failed ({exc}).\n{_install_hint(missing)}") from exc
 
-    still_missing = _missing_binaries(postgres, redis)
+    still_missing = _missing_binaries(postgres, redis, wrk)
     if still_missing:
         raise RuntimeError(_install_hint(still_missing) + "\n(apt-get install did not provide them.)")
 

@@ -30,7 +30,7 @@ from support.platform import Installation, ServiceProcess
 
 WRK_FIX = (
     "wrk is not installed, and the load tests need it. Install it: `apt-get install -y wrk` "
-    "(.ci/run does this on a clean machine), or put a wrk binary on PATH."
+    "(`make test` does this on a machine where it may), or put a wrk binary on PATH."
 )
 
 # Counts every response by status in each wrk thread; done() prints them, and the error summary, on lines of

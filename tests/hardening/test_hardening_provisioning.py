@@ -40,6 +40,7 @@ from support.platform import (
     wait_for,
     with_database,
 )
+from tenant_service.app import create_app
 from tenant_service.context import AppContext
 from tenant_service.provisioning.cluster import TenantCluster
 from tenant_service.provisioning.reconciler import Reconciler
@@ -500,3 +501,36 @@ async def test_purge_ends_the_tenants_open_connections_and_leaves_nothing(
     assert "Traceback" not in service.log()
     assert creds["password"] not in service.log()
     await assert_no_orphans_closed(inst, pg_url)
+
+
+async def test_readyz_fails_while_the_tenant_cluster_is_down(
+    own_pg: LocalPostgres, pg_url: str, redis_url: str
+) -> None:
+    """Tenant databases on a server of their own: the service is not ready while that server is down."""
+    inst = Installation(pg_url=pg_url, redis_url=redis_url)
+    await inst.create()
+    cluster = {"TENANT_DATABASE_URL": own_pg.url}
+    inst.cli("migrate", env=cluster)
+    ctx = AppContext.build(inst.settings(**cluster))
+    try:
+        transport = httpx.ASGITransport(app=create_app(ctx, run_background=False))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"]["tenant_cluster"] == "ok"
+            own_pg.stop("immediate")
+            try:
+                down = await client.get("/readyz")
+                assert down.status_code == 503
+                assert down.json()["checks"]["tenant_cluster"].startswith("error")
+                assert down.json()["checks"]["database"] == "ok"
+            finally:
+                own_pg.start()
+
+            async def ready_again() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await wait_for(ready_again, timeout=15, interval=0.2)
+    finally:
+        await ctx.close()
+        await inst.drop()

@@ -32,18 +32,19 @@ async def healthz() -> Health:
     responses={503: ResponseSpec(data_container=Health, description="A dependency is unreachable")},
 )
 async def readyz(ctx: Ctx) -> Response[Health]:
-    """The registry database and Redis answer within their timeouts."""
+    """The registry database, the tenant cluster and Redis answer within their timeouts."""
     checks: dict[str, str] = {}
 
     async def database() -> None:
         async with ctx.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
-    try:
-        await asyncio.wait_for(database(), timeout=ctx.settings.database.connect_timeout)
-        checks["database"] = "ok"
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        checks["database"] = f"error: {type(exc).__name__}"
+    for name, check in (("database", database), ("tenant_cluster", ctx.cluster.ping)):
+        try:
+            await asyncio.wait_for(check(), timeout=ctx.settings.database.connect_timeout)
+            checks[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            checks[name] = f"error: {type(exc).__name__}"
     if ctx.redis is not None:
         try:
             await asyncio.wait_for(ctx.redis.ping(), timeout=ctx.settings.redis_timeout * 2)

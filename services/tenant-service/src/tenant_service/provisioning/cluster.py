@@ -405,6 +405,12 @@ class TenantCluster:
             )
         return int(value) if value is not None else None
 
+    async def ping(self) -> None:
+        """Check that the tenant cluster answers (for readiness); a pooled connection that died with a restart is
+        dropped by the pool, and the next check gets a new one."""
+        async with self.connect() as conn:
+            await conn.fetchval("SELECT 1")
+
     async def marked_objects(self, installation_id: uuid.UUID) -> MarkedObjects:
         """Databases and roles whose marker says this installation made them for a tenant."""
         async with self.connect() as conn:

@@ -108,6 +108,26 @@ def test_two_tenants_write_notes_by_every_source_and_see_only_their_own(platform
         assert not any(other.slug in b for b in bodies)
 
 
+def test_notes_page_newest_first_with_a_cursor(platform: Platform) -> None:
+    tenant = make_tenant(platform, "app-pages")
+    for i in range(5):
+        assert gw(platform, "POST", "/notes", tenant, json={"body": f"note {i}"}).status_code == 201
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = gw(platform, "GET", "/notes", tenant, params=params).json()
+        seen += [n["body"] for n in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"note {i}" for i in reversed(range(5))]
+    for bad in ({"limit": "0"}, {"limit": "201"}, {"cursor": "abc"}, {"cursor": "-1"}):
+        response = gw(platform, "GET", "/notes", tenant, params=bad)
+        assert response.status_code == 422, (bad, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+
+
 def test_whoami_reports_the_tenants_own_database(platform: Platform) -> None:
     a = make_tenant(platform, "app-who-a")
     b = make_tenant(platform, "app-who-b")

@@ -477,12 +477,9 @@ async def test_list_with_a_forged_cursor_gets_422_naming_cursor(api, cursor: str
     assert_problem(await api.get("/admin/tenants", params={"cursor": cursor}), 422, field="cursor")
 
 
-async def test_list_with_a_naive_timestamp_cursor_is_never_a_500(api) -> None:
+async def test_list_with_a_naive_timestamp_cursor_gets_422_naming_cursor(api) -> None:
     cursor = _b64(b'["2020-01-01T00:00:00", "00000000-0000-0000-0000-000000000000"]')
-    response = await api.get("/admin/tenants", params={"cursor": cursor})
-    assert response.status_code in (200, 422), response.text
-    if response.status_code == 422:
-        assert_problem(response, 422, field="cursor")
+    assert_problem(await api.get("/admin/tenants", params={"cursor": cursor}), 422, field="cursor")
 
 
 # --- changing ---------------------------------------------------------------------------------------------

@@ -580,8 +580,10 @@ def test_load_dotenv_never_overrides_real_variables(monkeypatch: pytest.MonkeyPa
     assert os.environ["T_DOT_REAL"] == "real"
 
 
-def test_load_dotenv_without_a_file_is_a_no_op(tmp_path) -> None:
+def test_load_dotenv_without_a_file_is_a_no_op(tmp_path, monkeypatch) -> None:
+    before = dict(os.environ)
     load_dotenv(tmp_path / "missing.env")
+    assert dict(os.environ) == before
 
 
 def test_config_error_is_a_value_error() -> None:

@@ -113,7 +113,9 @@ def test_find_pg_bindir_respects_override(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_ensure_binaries_passes_when_installed() -> None:
-    ensure_binaries(install=False)
+    assert find_pg_bindir() is not None
+    assert servers.find_redis_server() is not None
+    assert ensure_binaries(install=False) is None  # nothing missing: no error, nothing installed
 
 
 def test_ensure_binaries_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

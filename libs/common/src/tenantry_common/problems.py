@@ -1,8 +1,8 @@
 """RFC 9457 problem details: the one error shape of every Tenantry HTTP response.
 
 Domain code raises :class:`ProblemError` (or a subclass); each app turns it into ``application/problem+json``
-with a stable machine-readable ``code``. This module is framework-free so the gateway's bare ASGI hot path
-can render the same bodies as the Litestar services.
+with a stable machine-readable ``code``. This module is framework-free so the gateway's own HTTP server can
+render the same bodies as the Litestar services.
 """
 
 from __future__ import annotations

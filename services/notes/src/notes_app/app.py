@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Litestar, get, post
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,7 +32,7 @@ class Note(msgspec.Struct):
 
 
 class NotePage(msgspec.Struct):
-    """The tenant's notes, newest first."""
+    """The tenant's notes, newest first; ``next_cursor``, passed back as ``cursor``, continues after the page."""
 
     items: list[Note]
     next_cursor: str | None = None
@@ -70,10 +70,22 @@ async def create_note(db_session: AsyncSession, data: JSONBody[NoteCreate]) -> N
 
 
 @get("/notes")
-async def list_notes(db_session: AsyncSession) -> NotePage:
-    """The tenant's notes (its database holds no other tenant's)."""
-    rows = await db_session.execute(text("SELECT id, body, created_at FROM notes ORDER BY id DESC LIMIT 200"))
-    return NotePage(items=[Note(id=r.id, body=r.body, created_at=r.created_at) for r in rows])
+async def list_notes(
+    db_session: AsyncSession,
+    limit: Annotated[int, Parameter(ge=1, le=200)] = 200,
+    cursor: Annotated[str | None, Parameter(max_length=20, pattern=r"^[1-9][0-9]*$")] = None,
+) -> NotePage:
+    """A page of the tenant's notes (its database holds no other tenant's), newest first."""
+    rows = await db_session.execute(
+        text(
+            "SELECT id, body, created_at FROM notes WHERE (CAST(:before AS bigint) IS NULL OR id < :before)"
+            " ORDER BY id DESC LIMIT :fetch"
+        ),
+        {"before": int(cursor) if cursor else None, "fetch": limit + 1},
+    )
+    notes = [Note(id=r.id, body=r.body, created_at=r.created_at) for r in rows]
+    more = len(notes) > limit
+    return NotePage(items=notes[:limit], next_cursor=str(notes[limit - 1].id) if more else None)
 
 
 def create_app() -> Litestar:

@@ -27,7 +27,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """
     try:
         created, tid = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created).astimezone(UTC), uuid.UUID(tid)
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:  # encode_cursor always writes an offset
+            raise ValueError("naive timestamp")
+        return when.astimezone(UTC), uuid.UUID(tid)
     except (ValueError, TypeError, OverflowError, binascii.Error, msgspec.DecodeError):
         raise InvalidInputError(
             "invalid cursor", errors=[FieldError(field="cursor", message="not a cursor from this API")]

@@ -161,7 +161,11 @@ class JwtIssuerView(msgspec.Struct):
 
 
 class JwtIssuerPage(msgspec.Struct):
-    """All external JWT issuers of a tenant, oldest first."""
+    """All external JWT issuers of a tenant, oldest first.
+
+    A tenant trusts at most ``MAX_ISSUERS_PER_TENANT`` (10) issuers, so they always fit one page: ``next_cursor``
+    is there for the list shape every admin list shares, and is always null.
+    """
 
     items: list[JwtIssuerView]
-    next_cursor: str | None = None
+    next_cursor: None = None

@@ -32,6 +32,7 @@ from tenantry_common.problems import (
     problem_bytes,
     problem_document,
 )
+from tenantry_common.request_ids import new_request_id, safe_request_id
 from tenantry_common.settings import (
     ConfigError,
     env_bool,
@@ -586,3 +587,55 @@ def test_load_dotenv_without_a_file_is_a_no_op(tmp_path) -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+# --------------------------------------------------------------------------- request ids
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a", "0123456789abcdef", "trace-1.2_3:4", "A" * 128, b"bytes-id", "550e8400-e29b-41d4-a716-446655440000"],
+)
+def test_safe_request_ids_are_kept(value: str | bytes) -> None:
+    expected = value.decode() if isinstance(value, bytes) else value
+    assert safe_request_id(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        b"",
+        "A" * 129,
+        "a b",
+        "a\nb",
+        "a\r\nX-Evil: 1",
+        "a\x00",
+        "a\x1b[2J",
+        "a\x7f",
+        "a\x85",
+        "a\u2028b",
+        "caf\u00e9",
+        "\uff41",  # fullwidth "a": not ASCII
+        b"caf\xe9",
+        "a/b",
+        "a%0a",
+        "a;b",
+        'a"b',
+        "a'b",
+        "a,b",
+        "a=b",
+        "a\\b",
+        "trailing\n",
+    ],
+    ids=repr,
+)
+def test_unsafe_request_ids_are_not_kept(value: str | bytes | None) -> None:
+    assert safe_request_id(value) is None
+
+
+def test_new_request_ids_are_fresh_and_safe() -> None:
+    made = {new_request_id() for _ in range(100)}
+    assert len(made) == 100
+    assert all(safe_request_id(made_id) == made_id for made_id in made)

@@ -16,6 +16,7 @@ import pytest
 import structlog
 
 from tenantry_common import apikeys, redis_keys
+from tenantry_common.addresses import reads_as_ipv4
 from tenantry_common.logging import REDACTED, configure_logging, redact_processor, redact_value
 from tenantry_common.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -639,3 +640,22 @@ def test_new_request_ids_are_fresh_and_safe() -> None:
     made = {new_request_id() for _ in range(100)}
     assert len(made) == 100
     assert all(safe_request_id(made_id) == made_id for made_id in made)
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "127.1", "0x7f.0x1", "0177.0.0.1", "2130706433", "0x7f000001", "0X7F.1", "example.017", "a.0x",
+     "1.2.3.4.", "0"],
+)  # fmt: skip
+def test_hosts_some_resolver_reads_as_ipv4(host: str) -> None:
+    assert reads_as_ipv4(host)
+
+
+@pytest.mark.parametrize(
+    "host", ["example.com", "localhost", "0x7f.example", "127.0.0.1.nip.io", "1e1", "0xg", "a1", "x.0x1g", "::1"]
+)
+def test_host_names_are_not_read_as_ipv4(host: str) -> None:
+    assert not reads_as_ipv4(host)

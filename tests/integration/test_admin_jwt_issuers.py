@@ -463,7 +463,7 @@ async def test_the_directory_carries_the_issuers_and_every_change_raises_the_rev
     assert entry["jwt_issuers"] == [{k: made[k] for k in ("id", "issuer", "audience", "jwks_url", "algorithms")}]
     one = await api.get(
         f"/internal/v1/directory/tenants/{tenant['id']}",
-        headers={"Authorization": f"Bearer {installation.service_token}"},
+        headers={"Authorization": f"Bearer {installation.gateway_token}"},
     )
     assert one.status_code == 200, one.text
     assert [t["jwt_issuers"] for t in one.json()["tenants"]] == [entry["jwt_issuers"]]

@@ -21,6 +21,7 @@ from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scop
 
 from tenant_service.apikeys.controllers import ApiKeyController
 from tenant_service.audit.controllers import AuditController
+from tenant_service.auth import warn_about_service_token_scopes
 from tenant_service.background import BackgroundWork
 from tenant_service.config import Settings
 from tenant_service.context import AppContext
@@ -123,6 +124,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
         configure_logging("tenant-service", fmt=settings.log_format, level=settings.log_level)
         ctx = AppContext.build(settings)
     app_ctx = ctx
+    warn_about_service_token_scopes(app_ctx.settings)
     background = BackgroundWork(app_ctx)
 
     @asynccontextmanager

@@ -59,6 +59,9 @@ class Secrets:
 
     admin_token: str
     service_token: str
+    """The tenant apps' token (SERVICE_TOKEN): scope credentials:vend."""
+    gateway_token: str
+    """The gateways' token (GATEWAY_SERVICE_TOKEN): scope directory:read."""
     encryption_keys: str
     api_key_hash_secret: str
     jwt_signing_keys: str
@@ -71,6 +74,7 @@ class Secrets:
         return cls(
             admin_token="adm_" + secrets.token_urlsafe(24),
             service_token="svc_" + secrets.token_urlsafe(24),
+            gateway_token="gws_" + secrets.token_urlsafe(24),
             encryption_keys="k1:" + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),
             api_key_hash_secret=secrets.token_urlsafe(32),
             jwt_signing_keys="k1:" + generate_signing_key(),
@@ -190,6 +194,8 @@ class Installation:
             REDIS_URL=self.backends.redis_url,
             ADMIN_TOKEN=self.secrets.admin_token,
             SERVICE_TOKEN=self.secrets.service_token,
+            GATEWAY_SERVICE_TOKEN=self.secrets.gateway_token,
+            SERVICE_TOKEN_SCOPES="app=credentials:vend",  # noqa: S106 - scope names, not a secret
             ENCRYPTION_KEYS=self.secrets.encryption_keys,
             API_KEY_HASH_SECRET=self.secrets.api_key_hash_secret,
             TEMPLATE_DATABASE=self.template,
@@ -292,7 +298,7 @@ def gateway(
         GATEWAY_PORT=str(port),
         GATEWAY_WORKERS=str(workers),
         TENANT_SERVICE_URL=tenant_service_url,
-        GATEWAY_SERVICE_TOKEN=inst.secrets.service_token,
+        GATEWAY_SERVICE_TOKEN=inst.secrets.gateway_token,
         REDIS_URL=inst.backends.redis_url,
         API_KEY_HASH_SECRET=inst.secrets.api_key_hash_secret,
         JWT_SIGNING_KEYS=inst.secrets.jwt_signing_keys,

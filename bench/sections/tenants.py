@@ -117,7 +117,7 @@ def _run(ctx: BenchContext, report: SectionReport, installations: list[Installat
             last = run_async(_insert_fake_tenants(inst, count - 1))
             stack.load_seconds = time.monotonic() - started
             started = time.monotonic()
-            wait_until(partial(_feed_has, service.url, ctx.secrets.service_token, count), 120, "directory feed")
+            wait_until(partial(_feed_has, service.url, ctx.secrets.gateway_token, count), 120, "directory feed")
             wait_until(partial(gateway_accepts, gw.url, last), 120, f"gateway sees {count} tenants")
             stack.visible_seconds = time.monotonic() - started
             say(f"tenants: gateway-{count} serves all {count} tenants after {stack.visible_seconds:.1f} s")
@@ -236,18 +236,18 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-def _feed_has(base_url: str, service_token: str, count: int) -> bool:
+def _feed_has(base_url: str, gateway_token: str, count: int) -> bool:
     """Whether the directory feed hands out ``count`` tenants."""
-    return _feed_size(base_url, service_token) == count
+    return _feed_size(base_url, gateway_token) == count
 
 
-def _feed_size(base_url: str, service_token: str) -> int:
+def _feed_size(base_url: str, gateway_token: str) -> int:
     """How many tenants the tenant-service's directory feed hands to gateways."""
     try:
         response = httpx.get(
             base_url + "/internal/v1/directory",
             params={"since": 0},
-            headers={"Authorization": f"Bearer {service_token}"},
+            headers={"Authorization": f"Bearer {gateway_token}"},
             timeout=60,
         )
     except httpx.HTTPError:

@@ -27,6 +27,12 @@ TREE_TO_SERVICES: dict[str, tuple[str, ...]] = {
 
 CODE_VARS = env_vars_read_by_code()
 
+# Read by a service's code, deliberately not passed to that compose service, each with the reason.
+NOT_PASSED: dict[tuple[str, str], str] = {
+    ("SERVICE_TOKEN", "gateway"): "the gateway's legacy fallback when GATEWAY_SERVICE_TOKEN is unset; compose gives "
+    "the gateway its own token (directory:read), never the apps' token (credentials:vend)",
+}
+
 
 def _documented_vars() -> set[str]:
     """Variables named in backticks on a table row of docs/*.md (the configuration tables)."""
@@ -128,16 +134,28 @@ def test_variable_reaches_its_compose_services(name: str) -> None:
         for service in _services_for(path):
             if service not in environment:
                 missing.append(f"{service} (no such compose service)")
-            elif name not in environment[service]:
+            elif name not in environment[service] and (name, service) not in NOT_PASSED:
                 missing.append(f"{service} (reads it in {path})")
     assert not missing, f"{name} is not set in docker-compose.tenant.yml for: {', '.join(sorted(set(missing)))}"
+
+
+def test_deliberate_omissions_are_still_needed() -> None:
+    environment = _compose_environment()
+    for (name, service), reason in NOT_PASSED.items():
+        assert reason.strip()
+        assert name not in environment[service], f"{name} is passed to {service} after all: drop it from NOT_PASSED"
+        assert any(service in _services_for(path) for path in CODE_VARS.get(name, ())), (
+            f"{service} no longer reads {name}"
+        )
 
 
 def test_env_example_holds_only_placeholders() -> None:
     # Every required secret is present, and none has a value that looks real.
     text = ENV_EXAMPLE.read_text(encoding="utf-8")
     values = dict(match.groups() for match in re.finditer(r"^([A-Z][A-Z0-9_]*)=(.*)$", text, flags=re.MULTILINE))
-    for secret in ("POSTGRES_PASSWORD", "ADMIN_TOKEN", "SERVICE_TOKEN", "ENCRYPTION_KEYS", "API_KEY_HASH_SECRET"):
+    secrets = ("POSTGRES_PASSWORD", "ADMIN_TOKEN", "SERVICE_TOKEN", "GATEWAY_SERVICE_TOKEN", "ENCRYPTION_KEYS",
+               "API_KEY_HASH_SECRET")  # fmt: skip
+    for secret in secrets:
         assert secret in values, secret
         assert values[secret].startswith("change-me"), f"{secret} in .env.example must be a placeholder"
     assert values["JWT_SIGNING_KEYS"].startswith("change-me")

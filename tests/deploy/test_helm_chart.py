@@ -192,6 +192,43 @@ def test_gateway_replicas_share_signing_keys_and_redis_from_the_secret() -> None
     assert {"JWT_SIGNING_KEYS", "REDIS_URL", "API_KEY_HASH_SECRET"} <= from_secret
 
 
+def _env_names(container: dict[str, Any]) -> set[str]:
+    return {entry["name"] for entry in container.get("env", [])}
+
+
+@pytest.mark.parametrize("scenario", ["default", "existing-secret"])
+def test_the_gateway_and_the_notes_app_hold_separate_scoped_service_tokens(scenario: str) -> None:
+    objects = render(scenario)
+    containers = {component(d): d["spec"]["template"]["spec"]["containers"][0] for d in of_kind(objects, "Deployment")}
+    # The gateway gets its own token and never the apps' one; the notes app never the gateway's.
+    assert "GATEWAY_SERVICE_TOKEN" in _env_names(containers["gateway"])
+    assert "SERVICE_TOKEN" not in _env_names(containers["gateway"])
+    assert "SERVICE_TOKEN" in _env_names(containers["notes"])
+    assert "GATEWAY_SERVICE_TOKEN" not in _env_names(containers["notes"])
+    required = {
+        e["name"]
+        for e in containers["gateway"]["env"]
+        if "secretKeyRef" in e.get("valueFrom", {}) and not e["valueFrom"]["secretKeyRef"].get("optional")
+    }
+    assert "GATEWAY_SERVICE_TOKEN" in required
+    # The tenant-service knows both tokens, and the scopes: the notes app ("app") may only have credentials vended.
+    assert {"SERVICE_TOKEN", "GATEWAY_SERVICE_TOKEN", "SERVICE_TOKENS"} <= _env_names(containers["tenant-service"])
+    (config,) = [c for c in of_kind(objects, "ConfigMap") if component(c) == "tenant-service"]
+    assert config["data"]["SERVICE_TOKEN_SCOPES"] == "app=credentials:vend"
+
+
+def test_service_token_scopes_render_from_values(tmp_path: Path) -> None:
+    scopes = {"app": ["credentials:vend"], "ops": ["directory:read", "credentials:vend"], "gateway": ["directory:read"]}
+    values = _values_file(tmp_path, {"tenantService": {"config": {"serviceTokenScopes": scopes}}})
+    done = template(SCENARIOS["default"], values)
+    assert done.returncode == 0, done.stderr
+    objects = tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+    (config,) = [c for c in of_kind(objects, "ConfigMap") if component(c) == "tenant-service"]
+    assert config["data"]["SERVICE_TOKEN_SCOPES"] == (
+        "app=credentials:vend,gateway=directory:read,ops=directory:read+credentials:vend"
+    )
+
+
 def test_production_renders_autoscaling_disruption_budget_network_policy_ingress_and_monitoring() -> None:
     objects = render("production")
     production = yaml.safe_load(SCENARIOS["production"].read_text())
@@ -246,8 +283,13 @@ def _values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
         ({"gateway": {"replicaCount": 2}}, "gateway: Additional property replicaCount is not allowed"),
         ({"gateway": {"replicas": -1}}, "gateway.replicas: Must be greater than or equal to 1"),
         ({"gateway": {"config": {"quotaFailureMode": "half"}}}, "gateway.config.quotaFailureMode must be one of"),
+        (
+            {"tenantService": {"config": {"serviceTokenScopes": {"app": ["admin"]}}}},
+            "tenantService.config.serviceTokenScopes.app.0 must be one of",
+        ),
+        ({"tenantService": {"config": {"serviceTokenScopes": {"app": []}}}}, "serviceTokenScopes.app: Array must have"),
     ],
-    ids=["typo-top-level", "typo-nested", "negative-replicas", "quota-mode"],
+    ids=["typo-top-level", "typo-nested", "negative-replicas", "quota-mode", "unknown-scope", "no-scope"],
 )
 def test_values_against_the_schema_fail_lint_and_template_with_a_clear_message(
     tmp_path: Path, values: dict[str, Any], message: str
@@ -282,6 +324,8 @@ def test_impossible_combinations_fail_template_with_a_clear_message(
     ("drop", "message"),
     [
         ("adminToken", "secrets.adminToken (or secrets.adminTokens) is required"),
+        ("gatewayServiceToken", "secrets.gatewayServiceToken is required"),
+        ("serviceToken", "secrets.serviceToken is required when notes.enabled is true"),
         ("encryptionKeys", "secrets.encryptionKeys is required"),
         ("jwtSigningKeys", "secrets.jwtSigningKeys is required"),
         ("databaseUrl", "secrets.databaseUrl is required"),
@@ -295,6 +339,14 @@ def test_a_missing_secret_without_existing_secret_fails_clearly(tmp_path: Path, 
     assert done.returncode != 0
     assert message in done.stderr
     assert "existingSecret" in done.stderr
+
+
+def test_one_token_for_the_gateway_and_the_notes_app_is_refused(tmp_path: Path) -> None:
+    values = yaml.safe_load(SCENARIOS["default"].read_text())
+    values["secrets"]["gatewayServiceToken"] = values["secrets"]["serviceToken"]
+    done = template(_values_file(tmp_path, values))
+    assert done.returncode != 0
+    assert "secrets.serviceToken and secrets.gatewayServiceToken must differ" in done.stderr
 
 
 def test_no_values_at_all_asks_for_secrets() -> None:

@@ -32,8 +32,8 @@ pytestmark = pytest.mark.e2e
 #: What `make dev` must work without: it starts its own servers and generates its own secrets.
 NOT_INHERITED = (
     "DATABASE_URL", "REDIS_URL", "TENANT_DATABASE_URL", "ADMIN_TOKEN", "ADMIN_TOKENS", "SERVICE_TOKEN",
-    "SERVICE_TOKENS", "ENCRYPTION_KEYS", "API_KEY_HASH_SECRET", "TEMPLATE_DATABASE", "TENANT_DB_PREFIX",
-    "TENANT_MIGRATIONS_DIR", "GATEWAY_PORT", "APP_PORT",
+    "SERVICE_TOKENS", "GATEWAY_SERVICE_TOKEN", "SERVICE_TOKEN_SCOPES", "ENCRYPTION_KEYS", "API_KEY_HASH_SECRET",
+    "TEMPLATE_DATABASE", "TENANT_DB_PREFIX", "TENANT_MIGRATIONS_DIR", "GATEWAY_PORT", "APP_PORT",
 )  # fmt: skip
 START_TIMEOUT = 180  # the first start runs initdb
 
@@ -194,6 +194,27 @@ def _read_banner(dev: DevProcess) -> tuple[str, str]:
     return token, command
 
 
+def _assert_separate_scoped_service_tokens(dev: DevProcess, platform: DevPlatform, tenant_id: str) -> None:
+    """The printed service token (the notes app's) vends but cannot read the directory; the gateway's the reverse."""
+    printed = dev.output()
+    app_token = re.search(r"^\s*service token\s+(\S+)", printed, re.MULTILINE)
+    gateway_token = re.search(r"^\s*gateway token\s+(\S+)", printed, re.MULTILINE)
+    assert app_token, printed
+    assert gateway_token, printed
+    assert app_token.group(1) != gateway_token.group(1)
+    saved = (platform.run_dir / "dev.env").read_text()
+    assert f"SERVICE_TOKEN={app_token.group(1)}\n" in saved
+    assert f"GATEWAY_SERVICE_TOKEN={gateway_token.group(1)}\n" in saved
+    vend, directory = f"/internal/v1/tenants/{tenant_id}/database", "/internal/v1/directory"
+    with httpx.Client(base_url=f"http://127.0.0.1:{platform.service_port}", timeout=30) as client:
+        app = {"Authorization": f"Bearer {app_token.group(1)}"}
+        gateway = {"Authorization": f"Bearer {gateway_token.group(1)}"}
+        assert client.get(vend, headers=app).status_code == 200
+        assert client.get(directory, headers=app).json()["code"] == "insufficient_scope"
+        assert client.get(directory, headers=gateway).status_code == 200
+        assert client.get(vend, headers=gateway).json()["code"] == "insufficient_scope"
+
+
 @pytest.fixture
 def platform() -> Iterator[DevPlatform]:
     # Under /tmp and 0755: when the suite runs as root, Postgres runs as the postgres user and must reach it.
@@ -246,6 +267,9 @@ def test_quick_start_runs_the_printed_curl_then_stops_and_resumes(platform: DevP
         whoami_line = dev.read_until(r"^\s*(curl -s http://acme\.\S+/whoami .*)$", 10).group(1)
         whoami = _run_printed(whoami_line, key)
         assert json.loads(whoami.stdout)["database"] == tenant["database"]["name"]
+
+        # The gateway and the notes app hold separate service tokens, each with only the scope it uses.
+        _assert_separate_scoped_service_tokens(dev, platform, tenant["id"])
 
         service_pid = int((platform.run_dir / "pids" / "tenant-service.pid").read_text())
         os.kill(dev.proc.pid, signal.SIGTERM)

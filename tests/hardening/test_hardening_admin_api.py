@@ -422,8 +422,8 @@ def test_unknown_query_parameters_get_422_naming_them_and_do_nothing(admin: http
         422,
         field="dry_run",
     )
-    service = {"Authorization": f"Bearer {svc.installation.service_token}"}
-    assert_problem(admin.get("/internal/v1/directory", params={"sinc": "0"}, headers=service), 422, field="sinc")
+    gateway = {"Authorization": f"Bearer {svc.installation.gateway_token}"}
+    assert_problem(admin.get("/internal/v1/directory", params={"sinc": "0"}, headers=gateway), 422, field="sinc")
     # A repeated parameter is refused, not resolved to its last value as a proxy in front may not do.
     assert_problem(admin.get("/admin/tenants?limit=1&limit=2"), 422, field="limit")
     assert_problem(admin.delete(f"/admin/tenants/{ref}?purge=false&purge=true"), 422, field="purge")
@@ -483,6 +483,7 @@ def test_tenant_and_gateway_credentials_get_401_on_the_admin_and_internal_apis(
         "gateway access token": tokens.access_token,
         "gateway X-Tenant-Token": tokens.tenant_token,
         "service token": inst.service_token,
+        "gateway service token": inst.gateway_token,
         "8 KB token": "a" * 8192,
         "admin token twice": f"{inst.admin_token} {inst.admin_token}",
         "admin token, other case": inst.admin_token.swapcase(),
@@ -530,6 +531,19 @@ def test_tenant_and_gateway_credentials_get_401_on_the_admin_and_internal_apis(
                 assert_problem(response, 401, "unauthorized")
                 assert "password" not in response.text
                 assert "hash" not in response.text
+        # Service tokens hold only their app's scope: the notes app cannot map the tenants, the gateway cannot vend.
+        out_of_scope = {
+            inst.service_token: ("/internal/v1/directory", f"/internal/v1/directory/tenants/{tid}"),
+            inst.gateway_token: (f"/internal/v1/tenants/{tid}/database",),
+        }
+        for token, paths in out_of_scope.items():
+            for path in paths:
+                response = anonymous.get(path, headers={"Authorization": f"Bearer {token}"})
+                assert_problem(response, 403, "insufficient_scope")
+                assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+                assert "password" not in response.text
+                assert "hash" not in response.text
+                assert "tenants" not in response.json()
     after = admin.get(f"/admin/tenants/{tid}").json()
     assert (after["status"], after["name"]) == ("active", tenant["name"])
     keys = admin.get(f"/admin/tenants/{tid}/api-keys").json()["items"]
@@ -545,6 +559,7 @@ def test_no_secret_in_any_list_get_error_response_or_log_line(service: ServicePr
     """Every secret the platform holds, sent and read every way the API allows, shows up only where it must."""
     inst = service.installation
     internal = {"Authorization": f"Bearer {inst.service_token}"}
+    directory = {"Authorization": f"Bearer {inst.gateway_token}"}
     with service.client() as admin:
         tenant = create(admin, "secrets")
         tid, first = tenant["id"], tenant["api_key"]
@@ -557,6 +572,7 @@ def test_no_secret_in_any_list_get_error_response_or_log_line(service: ServicePr
             password,
             inst.admin_token,
             inst.service_token,
+            inst.gateway_token,
             inst.api_key_hash_secret,
             inst.encryption_keys.partition(":")[2],
         }
@@ -570,8 +586,8 @@ def test_no_secret_in_any_list_get_error_response_or_log_line(service: ServicePr
             admin.get("/admin/audit", params={"tenant": tid, "limit": 200}),
             admin.get("/admin/audit", params={"limit": 200}),
             admin.get("/admin/plans"),
-            admin.get("/internal/v1/directory", headers=internal),
-            admin.get(f"/internal/v1/directory/tenants/{tid}", headers=internal),
+            admin.get("/internal/v1/directory", headers=directory),
+            admin.get(f"/internal/v1/directory/tenants/{tid}", headers=directory),
             admin.get("/schema/openapi.json"),
         ]
         errors = [

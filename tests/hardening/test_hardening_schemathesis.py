@@ -89,7 +89,7 @@ def fuzz_service(fuzz_installation: Installation, tmp_path_factory: pytest.TempP
     yield proc
     proc.stop()
     log = proc.log()
-    for secret in (fuzz_installation.admin_token, fuzz_installation.service_token):
+    for secret in (fuzz_installation.admin_token, fuzz_installation.service_token, fuzz_installation.gateway_token):
         assert secret not in log, "the service log leaks a token"
     assert not KEYLIKE.search(log), "the service log contains something like an API key"
     assert "unhandled_error" not in log, "an unhandled error was logged"
@@ -141,10 +141,11 @@ def authorize(case: Any, inst: Installation) -> None:
     headers = case.meta.components.get(ParameterLocation.HEADER) if case.meta else None
     if headers is not None and headers.mode == GenerationMode.NEGATIVE:
         return
-    token = {"adminToken": inst.admin_token, "serviceToken": inst.service_token}
+    service = {"directory:read": inst.gateway_token, "credentials:vend": inst.service_token}
     for requirement in case.operation.definition.raw.get("security", []):
-        for scheme in requirement:
-            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token[scheme]}"}
+        for scheme, scopes in requirement.items():
+            token = inst.admin_token if scheme == "adminToken" else service[scopes[0]]
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
 
 
 def point_at_target(case: Any, target: Target) -> None:

@@ -313,6 +313,20 @@ async def test_an_allowlisted_or_public_host_is_accepted(api, jwks_url: str) -> 
         "https://[v1.x]/jwks",
         "https://a..b/jwks",
         "https://%31%36%39.254.169.254/jwks",
+        # The rules shared with upstream_url: raw or percent-encoded controls, port 0, IPv4 hosts in other spellings.
+        "https://idp.example.com/jwks\t",
+        "https://idp.example.com/j\x7fwks",
+        "https://idp.example.com/jwks%0d%0aX-Evil:%201",
+        "https://idp.example.com/jwks%00",
+        "https://idp.example.com/%7F",
+        "https://idp.example.com/jwks?x=%1b",
+        "https://idp.example.com:0/jwks",
+        "https://0x7f.0x1/jwks",
+        "https://127.1/jwks",
+        "https://0177.0.0.1/jwks",
+        "https://2130706433/jwks",
+        "https://0x7f000001/jwks",
+        "https://1.2.3.04/jwks",
         "a\u0000b",
         "",
         "https://idp.example.com/" + "x" * 2048,
@@ -449,7 +463,7 @@ async def test_the_directory_carries_the_issuers_and_every_change_raises_the_rev
     assert entry["jwt_issuers"] == [{k: made[k] for k in ("id", "issuer", "audience", "jwks_url", "algorithms")}]
     one = await api.get(
         f"/internal/v1/directory/tenants/{tenant['id']}",
-        headers={"Authorization": f"Bearer {installation.service_token}"},
+        headers={"Authorization": f"Bearer {installation.gateway_token}"},
     )
     assert one.status_code == 200, one.text
     assert [t["jwt_issuers"] for t in one.json()["tenants"]] == [entry["jwt_issuers"]]

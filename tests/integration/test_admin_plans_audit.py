@@ -316,3 +316,49 @@ async def test_audit_invalid_cursor_gets_4xx(api, cursor: str) -> None:
 @pytest.mark.parametrize("ref", ["pla-never-existed", "00000000-0000-4000-8000-000000000000", "a\x00b"])
 async def test_audit_of_an_unknown_tenant_gets_404(api, ref: str) -> None:
     assert_problem(await api.get("/admin/audit", params={"tenant": ref}), 404, "tenant_not_found")
+
+
+# --- request ids ----------------------------------------------------------------------------------------------
+
+
+async def test_a_safe_client_request_id_is_echoed_and_recorded_in_the_audit_entry(api) -> None:
+    request_id = "trace-" + secrets.token_hex(8) + ":span_1.2"
+    tenant = await create(api, uniq("rid"))
+    response = await api.post(f"/admin/tenants/{tenant['id']}/suspend", headers={"X-Request-ID": request_id})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == request_id
+    (entry,) = [e for e in await audit(api, tenant=tenant["id"]) if e["action"] == "tenant.suspend"]
+    assert entry["request_id"] == request_id
+
+
+@pytest.mark.parametrize(
+    "unsafe",
+    [
+        "a b",
+        "x" * 129,
+        "line\nbreak",
+        "esc\x1b[31mred",
+        "tab\tid",
+        "nul\x00id",
+        "del\x7fid",
+        'quote"id',
+        "semi;colon",
+        "pct%0d%0a",
+        "<script>",
+        "caf\u00e9",
+        "",
+    ],
+    ids=repr,
+)
+async def test_an_unsafe_client_request_id_is_replaced_by_a_fresh_one_everywhere(api, unsafe: str) -> None:
+    tenant = await create(api, uniq("ridbad"))
+    response = await api.post(
+        f"/admin/tenants/{tenant['id']}/suspend", headers=[("X-Request-ID", unsafe.encode("latin-1"))]
+    )
+    assert response.status_code == 200, response.text  # replaced, never refused
+    echoed = response.headers["x-request-id"]
+    assert echoed != unsafe
+    assert len(echoed) == 32
+    assert all(c in "0123456789abcdef" for c in echoed)
+    (entry,) = [e for e in await audit(api, tenant=tenant["id"]) if e["action"] == "tenant.suspend"]
+    assert entry["request_id"] == echoed

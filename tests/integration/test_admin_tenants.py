@@ -529,7 +529,16 @@ async def test_patch_upstream_url_null_clears_it(api) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1", "http://127.0.0.1:8002/x", "https://localhost:9443", "http://[::1]:80"]
+    "url",
+    [
+        "http://127.0.0.1",
+        "http://127.0.0.1:8002/x",
+        "https://localhost:9443",
+        "http://[::1]:80",
+        "http://127.0.0.1:65535/a%20b/%7E",
+        "http://localhost./base?x=%41",
+        "http://127.0.0.1:1",
+    ],
 )
 async def test_patch_upstream_url_on_an_allowed_host_is_accepted(api, url: str) -> None:
     tenant = await create(api, uniq("upok"))
@@ -555,7 +564,7 @@ async def test_patch_upstream_url_on_an_allowed_host_is_accepted(api, url: str) 
 async def test_patch_upstream_url_outside_the_allowlist_gets_422_upstream_not_allowed(api, url: str) -> None:
     tenant = await create(api, uniq("updeny"))
     response = await api.patch(f"/admin/tenants/{tenant['id']}", json={"upstream_url": url})
-    assert_problem(response, 422, "upstream_not_allowed")
+    assert_problem(response, 422, "upstream_not_allowed", field="upstream_url")
     assert (await api.get(f"/admin/tenants/{tenant['id']}")).json()["upstream_url"] is None
 
 
@@ -569,12 +578,55 @@ async def test_patch_upstream_url_outside_the_allowlist_gets_422_upstream_not_al
         "http://127.0.0.1:99999/",
         "",
         "http://[::1",
+        # Raw spaces and control characters, anywhere: they would split the gateway's request line or a header.
+        "http://127.0.0.1/a b",
+        "http://127.0.0.1/a\tb",
+        "http://127.0.0.1/a\r\nX-Evil: 1",
+        "http://127.0.0.1/a\nb",
+        "http://127.0.0.1/\x00",
+        "http://127.0.0.1/\x7f",
+        "http://127.0.0.1/\x1b[2J",
+        "http://127.0.0.1:80\x01/",
+        " http://127.0.0.1/",
+        "http://127.0.0.1/ ",
+        "http://127.0.0.1/?q=a b",
+        "http://local host/",
+        "http://127.0.0.1/caf\u00e9",
+        "http://127.0.0.1/a\u2028b",
+        # Percent-encoded control characters: the upstream decodes them.
+        "http://127.0.0.1/a%0d%0aX-Evil:%201",
+        "http://127.0.0.1/%00",
+        "http://127.0.0.1/a%0A",
+        "http://127.0.0.1/a%1f",
+        "http://127.0.0.1/a%7F",
+        "http://127.0.0.1/a?b=%0d",
+        # Port 0: the gateway would fall back to port 80.
+        "http://127.0.0.1:0/",
+        "http://localhost:0",
+        "http://[::1]:0/",
+        "http://127.0.0.1:00/",
+        # Loopback in the other spellings resolvers accept: no allow-list entry can judge them.
+        "http://0x7f.0x1/",
+        "http://127.1/",
+        "http://0177.0.0.1/",
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://127.0.0.01/",
+        "http://localhost.0x1/",
     ],
 )
 async def test_patch_malformed_upstream_url_gets_422_naming_upstream_url(api, url: str) -> None:
     tenant = await create(api, uniq("upbad"))
     response = await api.patch(f"/admin/tenants/{tenant['id']}", json={"upstream_url": url})
-    assert_problem(response, 422, field="upstream_url")
+    assert_problem(response, 422, "validation_error", field="upstream_url")
+    assert (await api.get(f"/admin/tenants/{tenant['id']}")).json()["upstream_url"] is None
+
+
+async def test_create_with_a_malformed_upstream_url_gets_422_naming_it(api) -> None:
+    slug = uniq("upcrbad")
+    response = await api.post("/admin/tenants", json={"slug": slug, "name": "X", "upstream_url": "http://127.0.0.1:0/"})
+    assert_problem(response, 422, "validation_error", field="upstream_url")
+    assert_problem(await api.get(f"/admin/tenants/{slug}"), 404, "tenant_not_found")
 
 
 async def test_patch_with_unknown_plan_gets_422_naming_plan(api) -> None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import httpx
 import pytest
+import structlog
 
 from support.assertions import KEYLIKE, assert_problem, unique_slug
 from support.assertions import create_tenant as create
 from support.platform import Installation, ServiceProcess, wait_for
+from tenant_service.app import create_app
+from tenant_service.context import AppContext
 
 
 def uniq(stem: str) -> str:
@@ -37,6 +41,15 @@ def fake_jwt(tenant_id: str) -> str:
 
 def service_headers(installation: Installation) -> dict[str, str]:
     return {"Authorization": f"Bearer {installation.service_token}"}
+
+
+def internal_paths(tenant_id: str) -> list[str]:
+    """Every endpoint of the internal API."""
+    return [
+        f"/internal/v1/tenants/{tenant_id}/database",
+        "/internal/v1/directory/",
+        f"/internal/v1/directory/tenants/{tenant_id}",
+    ]
 
 
 # --- admin authentication -------------------------------------------------------------------------------------
@@ -144,11 +157,13 @@ async def test_internal_api_refuses_anything_but_a_service_token(
     }[credential]
     admin = api.headers.pop("Authorization")
     try:
-        response = await api.get(f"/internal/v1/tenants/{tenant['id']}/database", headers=headers or {})
+        for path in internal_paths(tenant["id"]):
+            response = await api.get(path, headers=headers or {})
+            assert_unauthorized(response)
+            assert "password" not in response.json()
+            assert "tenants" not in response.json()
     finally:
         api.headers["Authorization"] = admin
-    assert_unauthorized(response)
-    assert "password" not in response.json()
 
 
 async def test_internal_api_vends_the_tenants_own_credentials(api, installation: Installation, pg_url: str) -> None:
@@ -234,6 +249,138 @@ async def test_service_token_cannot_reach_the_admin_api_nor_admin_token_the_inte
     assert_unauthorized(await api.get("/admin/tenants", headers=service_headers(installation)))
     response = await api.get(f"/internal/v1/tenants/{tenant['id']}/database")  # the client's admin token
     assert_unauthorized(response)
+
+
+# --- service token scopes -------------------------------------------------------------------------------------
+
+
+def assert_insufficient_scope(response: httpx.Response, scope: str) -> None:
+    body = assert_problem(response, 403, "insufficient_scope")
+    challenge = response.headers["www-authenticate"]
+    assert challenge.lower().startswith("bearer"), challenge
+    assert 'error="insufficient_scope"' in challenge
+    assert f'scope="{scope}"' in challenge
+    assert scope in body["detail"]
+    assert set(body) <= {"type", "title", "status", "detail", "code", "instance"}
+
+
+async def test_a_tenant_app_token_cannot_read_the_directory(api, installation: Installation) -> None:
+    tenant = await create(api, uniq("scopeapp"))
+    for path in ("/internal/v1/directory/", f"/internal/v1/directory/tenants/{tenant['id']}"):
+        response = await api.get(path, headers=service_headers(installation))
+        assert_insufficient_scope(response, "directory:read")
+        assert "tenants" not in response.json()
+        assert tenant["slug"] not in response.text
+    # ... while it still has credentials vended.
+    vended = await api.get(f"/internal/v1/tenants/{tenant['id']}/database", headers=service_headers(installation))
+    assert vended.status_code == 200, vended.text
+
+
+async def test_a_gateway_token_cannot_have_credentials_vended(api, installation: Installation) -> None:
+    tenant = await create(api, uniq("scopegw"))
+    gateway = {"Authorization": f"Bearer {installation.gateway_token}"}
+    response = await api.get(f"/internal/v1/tenants/{tenant['id']}/database", headers=gateway)
+    assert_insufficient_scope(response, "credentials:vend")
+    assert "password" not in response.text
+    audit = (await api.get("/admin/audit", params={"tenant": tenant["id"]})).json()["items"]
+    assert [e for e in audit if e["action"] == "credentials.vend"] == []
+    # ... while it still reads the directory.
+    page = await api.get(f"/internal/v1/directory/tenants/{tenant['id']}", headers=gateway)
+    assert page.status_code == 200, page.text
+    assert [t["id"] for t in page.json()["tenants"]] == [tenant["id"]]
+
+
+async def test_an_unknown_token_is_401_not_403_on_every_internal_endpoint(api, installation: Installation) -> None:
+    tenant = await create(api, uniq("scopeunk"))
+    for token in (
+        "svc-" + secrets.token_urlsafe(24),
+        installation.gateway_token + "x",
+        installation.service_token[:-1],
+    ):
+        for path in internal_paths(tenant["id"]):
+            assert_unauthorized(await api.get(path, headers={"Authorization": f"Bearer {token}"}))
+
+
+def test_every_internal_endpoint_names_a_known_scope(api) -> None:
+    from tenant_service.internal.scopes import SCOPE_OPT, SERVICE_SCOPES
+
+    app = api._transport.app
+    internal = [route for route in app.routes if route.path.startswith("/internal")]
+    assert len(internal) == 3
+    for route in internal:
+        for handler in route.route_handlers:
+            if handler.http_methods != {"OPTIONS"}:  # Litestar's own OPTIONS answer carries no data
+                assert handler.opt.get(SCOPE_OPT) in SERVICE_SCOPES, (route.path, handler.http_methods)
+
+
+async def test_the_openapi_document_names_each_internal_endpoints_scope(api) -> None:
+    paths = (await api.get("/schema/openapi.json")).json()["paths"]
+    assert paths["/internal/v1/tenants/{tenant_id}/database"]["get"]["security"] == [
+        {"serviceToken": ["credentials:vend"]}
+    ]
+    for path in ("/internal/v1/directory", "/internal/v1/directory/tenants/{tenant_id}"):
+        operation = paths[path]["get"]
+        assert operation["security"] == [{"serviceToken": ["directory:read"]}]
+        assert "403" in operation["responses"]
+
+
+@contextlib.asynccontextmanager
+async def app_with(installation: Installation, **env: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The tenant-service in-process with other token settings, on the session installation's databases."""
+    ctx = AppContext.build(installation.settings(**env))
+    try:
+        app = create_app(ctx, run_background=False)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://testserver.local",
+            headers={"Authorization": f"Bearer {installation.admin_token}"},
+        ) as client:
+            yield client
+    finally:
+        await ctx.close()
+
+
+async def test_legacy_unscoped_tokens_keep_every_scope_for_one_release_with_a_warning(
+    installation: Installation,
+) -> None:
+    legacy = "svc-legacy-" + secrets.token_urlsafe(24)
+    unscoped = {"SERVICE_TOKEN": "", "GATEWAY_SERVICE_TOKEN": "", "SERVICE_TOKEN_SCOPES": ""}
+    with structlog.testing.capture_logs() as logs:
+        async with app_with(installation, SERVICE_TOKENS=f"shared:{legacy}", **unscoped) as client:
+            tenant = await create(client, uniq("legacy"))
+            for path in internal_paths(tenant["id"]):
+                response = await client.get(path, headers={"Authorization": f"Bearer {legacy}"})
+                assert response.status_code == 200, (path, response.text)
+            audit = (await client.get("/admin/audit", params={"tenant": tenant["id"]})).json()["items"]
+    assert [e["actor"] for e in audit if e["action"] == "credentials.vend"] == ["service:shared"]
+    warnings = [e for e in logs if e["event"] == "service_token_unscoped"]
+    assert [(e["service"], e["log_level"]) for e in warnings] == [("shared", "warning")]
+    assert "SERVICE_TOKEN_SCOPES=shared=" in warnings[0]["detail"]
+    assert legacy not in str(logs)
+
+
+async def test_named_tokens_get_the_scopes_service_token_scopes_gives_them(installation: Installation) -> None:
+    notes, ops, crawler = (f"svc-{name}-" + secrets.token_urlsafe(24) for name in ("notes", "ops", "crawler"))
+    async with app_with(
+        installation,
+        SERVICE_TOKEN="",
+        GATEWAY_SERVICE_TOKEN="",
+        SERVICE_TOKENS=f"notes:{notes},ops:{ops},crawler:{crawler}",
+        SERVICE_TOKEN_SCOPES="notes=credentials:vend, ops=directory:read+credentials:vend,crawler=directory:read",
+    ) as client:
+        tenant = await create(client, uniq("named"))
+        vend, directory, one = internal_paths(tenant["id"])
+        allowed = {notes: {vend}, ops: {vend, directory, one}, crawler: {directory, one}}
+        for token, paths in allowed.items():
+            for path in (vend, directory, one):
+                response = await client.get(path, headers={"Authorization": f"Bearer {token}"})
+                if path in paths:
+                    assert response.status_code == 200, (path, response.text)
+                else:
+                    assert_problem(response, 403, "insufficient_scope")
+        audit = (await client.get("/admin/audit", params={"tenant": tenant["id"]})).json()["items"]
+        vends = [e["actor"] for e in audit if e["action"] == "credentials.vend"]
+        assert sorted(vends) == ["service:notes", "service:ops"]  # the audit entry names the app
 
 
 # --- no secret ever -------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ async def test_one_tenant_entry_for_event_driven_refresh(api, installation: Inst
     ).json()
     response = await api.get(
         f"/internal/v1/directory/tenants/{created['id']}",
-        headers={"Authorization": f"Bearer {installation.service_token}"},
+        headers={"Authorization": f"Bearer {installation.gateway_token}"},
     )
     page = response.json()
     assert [t["domains"] for t in page["tenants"]] == [["b.example.org"]]

@@ -96,7 +96,7 @@ class GatewayProcess(ManagedProcess):
             {
                 "GATEWAY_PORT": str(port),
                 "TENANT_SERVICE_URL": tenant_service_url,
-                "GATEWAY_SERVICE_TOKEN": installation.service_token,
+                "GATEWAY_SERVICE_TOKEN": installation.gateway_token,
                 "REDIS_URL": installation.redis_url,
                 "API_KEY_HASH_SECRET": installation.api_key_hash_secret,
                 "JWT_SIGNING_KEYS": signing_keys,

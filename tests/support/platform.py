@@ -51,6 +51,9 @@ class Installation:
     suffix: str = field(default_factory=lambda: secrets.token_hex(4))
     admin_token: str = field(default_factory=lambda: "adm-" + secrets.token_urlsafe(24))
     service_token: str = field(default_factory=lambda: "svc-" + secrets.token_urlsafe(24))
+    """The tenant apps' token (SERVICE_TOKEN, named "app"): scope credentials:vend only."""
+    gateway_token: str = field(default_factory=lambda: "gws-" + secrets.token_urlsafe(24))
+    """The gateways' token (GATEWAY_SERVICE_TOKEN, named "gateway"): scope directory:read only."""
     encryption_keys: str = ""
     api_key_hash_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
@@ -84,6 +87,8 @@ class Installation:
             "REDIS_URL": self.redis_url,
             "ADMIN_TOKEN": self.admin_token,
             "SERVICE_TOKEN": self.service_token,
+            "GATEWAY_SERVICE_TOKEN": self.gateway_token,
+            "SERVICE_TOKEN_SCOPES": "app=credentials:vend",
             "ENCRYPTION_KEYS": self.encryption_keys,
             "API_KEY_HASH_SECRET": self.api_key_hash_secret,
             "TEMPLATE_DATABASE": self.template,
@@ -271,11 +276,11 @@ async def template_open(pg_url: str, template: str) -> AsyncIterator[asyncpg.Con
 
 
 async def directory_page(api: httpx.AsyncClient, installation: Installation, since: int = 0) -> dict[str, Any]:
-    """``GET /internal/v1/directory/?since=`` with the installation's service token (what gateways sync from)."""
+    """``GET /internal/v1/directory/?since=`` with the installation's gateway token (what gateways sync from)."""
     response = await api.get(
         "/internal/v1/directory/",
         params={"since": since},
-        headers={"Authorization": f"Bearer {installation.service_token}"},
+        headers={"Authorization": f"Bearer {installation.gateway_token}"},
     )
     assert response.status_code == 200, response.text
     page: dict[str, Any] = response.json()

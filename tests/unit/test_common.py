@@ -16,6 +16,7 @@ import pytest
 import structlog
 
 from tenantry_common import apikeys, redis_keys
+from tenantry_common.addresses import reads_as_ipv4
 from tenantry_common.logging import REDACTED, configure_logging, redact_processor, redact_value
 from tenantry_common.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -32,6 +33,7 @@ from tenantry_common.problems import (
     problem_bytes,
     problem_document,
 )
+from tenantry_common.request_ids import new_request_id, safe_request_id
 from tenantry_common.settings import (
     ConfigError,
     env_bool,
@@ -588,3 +590,74 @@ def test_load_dotenv_without_a_file_is_a_no_op(tmp_path, monkeypatch) -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+# --------------------------------------------------------------------------- request ids
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a", "0123456789abcdef", "trace-1.2_3:4", "A" * 128, b"bytes-id", "550e8400-e29b-41d4-a716-446655440000"],
+)
+def test_safe_request_ids_are_kept(value: str | bytes) -> None:
+    expected = value.decode() if isinstance(value, bytes) else value
+    assert safe_request_id(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        b"",
+        "A" * 129,
+        "a b",
+        "a\nb",
+        "a\r\nX-Evil: 1",
+        "a\x00",
+        "a\x1b[2J",
+        "a\x7f",
+        "a\x85",
+        "a\u2028b",
+        "caf\u00e9",
+        "\uff41",  # fullwidth "a": not ASCII
+        b"caf\xe9",
+        "a/b",
+        "a%0a",
+        "a;b",
+        'a"b',
+        "a'b",
+        "a,b",
+        "a=b",
+        "a\\b",
+        "trailing\n",
+    ],
+    ids=repr,
+)
+def test_unsafe_request_ids_are_not_kept(value: str | bytes | None) -> None:
+    assert safe_request_id(value) is None
+
+
+def test_new_request_ids_are_fresh_and_safe() -> None:
+    made = {new_request_id() for _ in range(100)}
+    assert len(made) == 100
+    assert all(safe_request_id(made_id) == made_id for made_id in made)
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "127.1", "0x7f.0x1", "0177.0.0.1", "2130706433", "0x7f000001", "0X7F.1", "example.017", "a.0x",
+     "1.2.3.4.", "0"],
+)  # fmt: skip
+def test_hosts_some_resolver_reads_as_ipv4(host: str) -> None:
+    assert reads_as_ipv4(host)
+
+
+@pytest.mark.parametrize(
+    "host", ["example.com", "localhost", "0x7f.example", "127.0.0.1.nip.io", "1e1", "0xg", "a1", "x.0x1g", "::1"]
+)
+def test_host_names_are_not_read_as_ipv4(host: str) -> None:
+    assert not reads_as_ipv4(host)

@@ -102,11 +102,14 @@ and fails with a message naming the missing value otherwise.
 {{- if not (or $s.adminToken $s.adminTokens) }}
 {{- fail (printf "secrets.adminToken (or secrets.adminTokens) is required: %s" $hint) }}
 {{- end }}
-{{- if not (or $s.serviceToken $s.gatewayServiceToken) }}
-{{- fail (printf "secrets.serviceToken (or secrets.gatewayServiceToken) is required: %s" $hint) }}
+{{- if not $s.gatewayServiceToken }}
+{{- fail (printf "secrets.gatewayServiceToken is required (the gateway's own service token, scope directory:read): %s" $hint) }}
 {{- end }}
 {{- if and .Values.notes.enabled (not $s.serviceToken) }}
 {{- fail (printf "secrets.serviceToken is required when notes.enabled is true: %s" $hint) }}
+{{- end }}
+{{- if eq $s.serviceToken $s.gatewayServiceToken }}
+{{- fail "secrets.serviceToken and secrets.gatewayServiceToken must differ: each app gets its own token and scopes" }}
 {{- end }}
 {{- $data := dict
   "ENCRYPTION_KEYS" (required (printf "secrets.encryptionKeys is required: %s" $hint) $s.encryptionKeys)
@@ -161,7 +164,7 @@ Optional keys may be absent from the Secret (the process then uses its default).
 
 {{/* Secret keys of the tenant-service and its migration Job. */}}
 {{- define "tenantry.tenantServiceSecretEnv" -}}
-{{- include "tenantry.secretEnv" (dict "name" .name "required" (list "DATABASE_URL" "ENCRYPTION_KEYS" "API_KEY_HASH_SECRET" "REDIS_URL") "optional" (list "TENANT_DATABASE_URL" "ADMIN_TOKEN" "ADMIN_TOKENS" "SERVICE_TOKEN" "SERVICE_TOKENS")) }}
+{{- include "tenantry.secretEnv" (dict "name" .name "required" (list "DATABASE_URL" "ENCRYPTION_KEYS" "API_KEY_HASH_SECRET" "REDIS_URL") "optional" (list "TENANT_DATABASE_URL" "ADMIN_TOKEN" "ADMIN_TOKENS" "SERVICE_TOKEN" "SERVICE_TOKENS" "GATEWAY_SERVICE_TOKEN")) }}
 {{- end }}
 
 {{/* Non-secret configuration of the tenant-service, keyed by environment variable (ConfigMap and Job). */}}
@@ -183,6 +186,11 @@ TENANT_MIGRATIONS_DIR: {{ . | quote }}
 {{- end }}
 REDIS_TIMEOUT: {{ $c.redisTimeout | toString | quote }}
 UPSTREAM_ALLOWLIST: {{ join "," $c.upstreamAllowlist | quote }}
+{{- $scopes := list }}
+{{- range $name, $granted := $c.serviceTokenScopes }}
+{{- $scopes = append $scopes (printf "%s=%s" $name (join "+" $granted)) }}
+{{- end }}
+SERVICE_TOKEN_SCOPES: {{ join "," $scopes | quote }}
 DEFAULT_PLAN: {{ $c.defaultPlan | quote }}
 DELETE_RETENTION_SECONDS: {{ $c.deleteRetentionSeconds | int64 | toString | quote }}
 API_KEY_GRACE_SECONDS: {{ $c.apiKeyGraceSeconds | int64 | toString | quote }}

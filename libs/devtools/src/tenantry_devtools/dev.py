@@ -54,6 +54,7 @@ def _secrets() -> dict[str, str]:
     generated = {
         "ADMIN_TOKEN": saved.get("ADMIN_TOKEN") or "adm_" + secrets.token_urlsafe(24),
         "SERVICE_TOKEN": saved.get("SERVICE_TOKEN") or "svc_" + secrets.token_urlsafe(24),
+        "GATEWAY_SERVICE_TOKEN": saved.get("GATEWAY_SERVICE_TOKEN") or "gws_" + secrets.token_urlsafe(24),
         "ENCRYPTION_KEYS": saved.get("ENCRYPTION_KEYS")
         or "k1:" + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),
         "API_KEY_HASH_SECRET": saved.get("API_KEY_HASH_SECRET") or secrets.token_urlsafe(32),
@@ -73,6 +74,10 @@ def _new_signing_key() -> str:
         check=True,
     )
     return made.stdout.strip()
+
+
+def _without(env: dict[str, str], name: str) -> dict[str, str]:
+    return {key: value for key, value in env.items() if key != name}
 
 
 def _port(name: str, default: int) -> int:
@@ -213,6 +218,9 @@ def _run_platform() -> None:
         "REDIS_URL": os.environ.get("REDIS_URL") or redis.url,
         "BASE_DOMAIN": os.environ.get("BASE_DOMAIN", "localhost"),
         "UPSTREAM_ALLOWLIST": os.environ.get("UPSTREAM_ALLOWLIST", "127.0.0.0/8,::1/128,localhost"),
+        # SERVICE_TOKEN (named "app") is the notes app's: it may have credentials vended, and nothing else.
+        # GATEWAY_SERVICE_TOKEN is the gateway's: the tenant-service gives it directory:read by itself.
+        "SERVICE_TOKEN_SCOPES": os.environ.get("SERVICE_TOKEN_SCOPES") or "app=credentials:vend",
         "TENANT_SERVICE_PORT": str(service_port),
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
     }
@@ -237,11 +245,12 @@ def _run_platform() -> None:
         TENANT_SERVICE_URL=base,
         DEFAULT_UPSTREAM=os.environ.get("DEFAULT_UPSTREAM", f"http://127.0.0.1:{app_port}"),
     )
-    gateway = _start("gateway", ["-m", "gateway"], env)
+    # Each process gets only its own service token.
+    gateway = _start("gateway", ["-m", "gateway"], _without(env, "SERVICE_TOKEN"))
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     _wait_http(gateway_url + "/_gateway/healthz", 60, gateway, LOGS / "gateway.log")
     env.update(APP_PORT=str(app_port), GATEWAY_JWKS_URL=gateway_url + "/_gateway/jwks.json")
-    notes = _start("notes", ["-m", "notes_app"], env)
+    notes = _start("notes", ["-m", "notes_app"], _without(env, "GATEWAY_SERVICE_TOKEN"))
     _wait_http(f"http://127.0.0.1:{app_port}/healthz", 60, notes, LOGS / "notes.log")
     token = env["ADMIN_TOKEN"]
     base_domain = env["BASE_DOMAIN"]
@@ -254,7 +263,8 @@ Tenantry is running (logs in {LOGS}, stop with Ctrl-C or `make stop`)
   notes app        http://127.0.0.1:{app_port}          (the default upstream, reached through the gateway)
 
   admin token      {token}
-  service token    {env["SERVICE_TOKEN"]}
+  service token    {env["SERVICE_TOKEN"]}          (SERVICE_TOKEN, the notes app's: credentials:vend)
+  gateway token    {env["GATEWAY_SERVICE_TOKEN"]}          (GATEWAY_SERVICE_TOKEN: directory:read)
 
 Create a tenant (the answer holds its first API key, "tk_...", shown once):
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +21,7 @@ from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scop
 
 from tenant_service.apikeys.controllers import ApiKeyController
 from tenant_service.audit.controllers import AuditController
+from tenant_service.auth import warn_about_service_token_scopes
 from tenant_service.background import BackgroundWork
 from tenant_service.config import Settings
 from tenant_service.context import AppContext
@@ -34,6 +34,7 @@ from tenant_service.strict_requests import strict_request
 from tenant_service.tenants.controllers import JwtIssuerController, TenantController
 from tenantry_common.litestar_problems import problem_exception_handlers, problem_response
 from tenantry_common.logging import configure_logging
+from tenantry_common.request_ids import new_request_id, safe_request_id
 
 _access = structlog.get_logger("tenantry.access")
 #: Probes and gateway directory polls succeed every second or so; they are logged at debug level only.
@@ -41,14 +42,15 @@ _ROUTINE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def request_context_middleware(app: ASGIApp) -> ASGIApp:
-    """Bind a request id (the client's, if sane, else new) to logs and echo it; write one access log line."""
+    """Bind a request id (the client's when :func:`safe_request_id` keeps it, else a new one) to logs and audit
+    entries and echo it; write one access log line."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
-        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isascii() else uuid.uuid4().hex
+        incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        request_id = safe_request_id(incoming) or new_request_id()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
@@ -122,6 +124,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
         configure_logging("tenant-service", fmt=settings.log_format, level=settings.log_level)
         ctx = AppContext.build(settings)
     app_ctx = ctx
+    warn_about_service_token_scopes(app_ctx.settings)
     background = BackgroundWork(app_ctx)
 
     @asynccontextmanager

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from tenant_service.internal.scopes import DIRECTORY_READ, SERVICE_SCOPES
 from tenantry_common.settings import (
     ConfigError,
     env_float,
@@ -61,13 +62,27 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class ServiceToken:
+    """One internal-API bearer token and the scopes it holds."""
+
+    token: str
+    """The bearer token."""
+    scopes: frozenset[str]
+    """What it may do (see :mod:`tenant_service.internal.scopes`)."""
+    legacy: bool = False
+    """Configured without scopes, as before scopes existed: it holds every scope for this release (with a warning)."""
+
+
+@dataclass(frozen=True)
 class SecuritySettings:
     """Tokens and keys."""
 
     admin_tokens: dict[str, str]
     """Admin bearer tokens by actor name."""
-    service_tokens: dict[str, str]
-    """Internal-API bearer tokens by app name."""
+    service_tokens: dict[str, ServiceToken]
+    """Internal-API bearer tokens and their scopes, by app name."""
+    unused_scope_names: tuple[str, ...]
+    """Names SERVICE_TOKEN_SCOPES gives scopes to but no service token has (a typo, or an app not deployed here)."""
     encryption_keys: str
     """``kid:base64key,...``; the first is used to encrypt, all are tried to decrypt."""
     api_key_hash_secret: bytes
@@ -129,6 +144,7 @@ class Settings:
         cluster = env_opt("TENANT_DATABASE_URL") or url
         parts = urlsplit(asyncpg_dsn(cluster))
         admin_tokens = named_tokens("ADMIN_TOKENS", "ADMIN_TOKEN", "admin")
+        service_tokens, unused_scope_names = service_tokens_from_env()
         if not admin_tokens:
             raise ConfigError("ADMIN_TOKEN (or ADMIN_TOKENS=name:token,...) is required")
         for name, token in admin_tokens.items():
@@ -157,7 +173,8 @@ class Settings:
             ),
             security=SecuritySettings(
                 admin_tokens=admin_tokens,
-                service_tokens=named_tokens("SERVICE_TOKENS", "SERVICE_TOKEN", "app"),
+                service_tokens=service_tokens,
+                unused_scope_names=unused_scope_names,
                 encryption_keys=env_str("ENCRYPTION_KEYS", required=True),
                 api_key_hash_secret=env_str("API_KEY_HASH_SECRET", required=True).encode(),
             ),
@@ -179,6 +196,56 @@ class Settings:
             log_format=env_str("LOG_FORMAT", "auto"),
             log_level=env_str("LOG_LEVEL", "INFO"),
         )
+
+
+def service_tokens_from_env() -> tuple[dict[str, ServiceToken], tuple[str, ...]]:
+    """Service tokens by name, each with its scopes; and the names in ``SERVICE_TOKEN_SCOPES`` that have no token.
+
+    Tokens: ``SERVICE_TOKENS="name:token,..."``, ``SERVICE_TOKEN`` (named ``app``: the tenant app's) and
+    ``GATEWAY_SERVICE_TOKEN`` (named ``gateway``, the very variable the gateway presents). Scopes:
+    ``SERVICE_TOKEN_SCOPES="name=scope+scope,..."``. A token it does not name holds ``directory:read`` if it is
+    ``GATEWAY_SERVICE_TOKEN``, else every scope: the legacy of unscoped tokens, kept for one release. Scopes for a
+    name without a token grant nothing (a deployment may leave an app's token out); the service warns about them.
+
+    Raises:
+        ConfigError: a malformed entry, an unknown scope, a name given scopes twice, two names for one token, or a
+            ``gateway`` entry in ``SERVICE_TOKENS`` other than ``GATEWAY_SERVICE_TOKEN``.
+    """
+    tokens = named_tokens("SERVICE_TOKENS", "SERVICE_TOKEN", "app")
+    gateway = env_opt("GATEWAY_SERVICE_TOKEN")
+    if gateway is not None and tokens.setdefault("gateway", gateway) != gateway:
+        raise ConfigError("SERVICE_TOKENS has a 'gateway' entry that is not GATEWAY_SERVICE_TOKEN: keep one of them")
+    names_by_token: dict[str, str] = {}
+    for name, token in tokens.items():
+        if token in names_by_token:
+            raise ConfigError(
+                f"service tokens {names_by_token[token]!r} and {name!r} are the same token: give each app its own"
+            )
+        names_by_token[token] = name
+    configured: dict[str, frozenset[str]] = {}
+    for entry in env_list("SERVICE_TOKEN_SCOPES"):
+        name, sep, listed = entry.partition("=")
+        name = name.strip()
+        scopes = frozenset(scope.strip() for scope in listed.split("+") if scope.strip())
+        if not sep or not name or not scopes:
+            raise ConfigError("SERVICE_TOKEN_SCOPES entries must look like name=scope+scope")
+        if unknown := sorted(scopes - SERVICE_SCOPES):
+            raise ConfigError(
+                f"SERVICE_TOKEN_SCOPES: unknown scope {unknown[0]!r} for {name!r}; "
+                f"known scopes: {', '.join(sorted(SERVICE_SCOPES))}"
+            )
+        if name in configured:
+            raise ConfigError(f"SERVICE_TOKEN_SCOPES names {name!r} twice")
+        configured[name] = scopes
+    result: dict[str, ServiceToken] = {}
+    for name, token in tokens.items():
+        if name in configured:
+            result[name] = ServiceToken(token, configured[name])
+        elif name == "gateway" and gateway is not None:
+            result[name] = ServiceToken(token, frozenset({DIRECTORY_READ}))
+        else:
+            result[name] = ServiceToken(token, SERVICE_SCOPES, legacy=True)
+    return result, tuple(name for name in configured if name not in tokens)
 
 
 def _validate_allow_entry(entry: str) -> None:

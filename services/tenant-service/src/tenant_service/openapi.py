@@ -32,7 +32,7 @@ class Problem(msgspec.Struct):
 _DESCRIPTIONS: Final[Mapping[int, str]] = {
     400: "The request is malformed (for example, the body is not JSON)",
     401: "No valid bearer token for this API",
-    403: "The credential may not do this to this tenant",
+    403: "The credential may not do this (to this tenant, or without the scope the endpoint needs)",
     404: "No such resource",
     409: "The request conflicts with the current state",
     413: "The request body is larger than MAX_REQUEST_BODY_BYTES",
@@ -71,8 +71,12 @@ class OptionalBodyOperation(Operation):
 
 #: Security requirement of the admin API (``/admin``).
 ADMIN_SECURITY: Final[list[SecurityRequirement]] = [{"adminToken": []}]
-#: Security requirement of the internal API (``/internal``) for tenant apps and gateways.
-SERVICE_SECURITY: Final[list[SecurityRequirement]] = [{"serviceToken": []}]
+
+
+def service_security(scope: str) -> list[SecurityRequirement]:
+    """Security requirement of an internal-API (``/internal``) endpoint: a service token holding ``scope``."""
+    return [{"serviceToken": [scope]}]
+
 
 #: The OpenAPI components naming both bearer schemes.
 COMPONENTS: Final = Components(
@@ -81,7 +85,10 @@ COMPONENTS: Final = Components(
             type="http", scheme="bearer", description="An admin token (ADMIN_TOKEN or one of ADMIN_TOKENS)"
         ),
         "serviceToken": SecurityScheme(
-            type="http", scheme="bearer", description="A service token (SERVICE_TOKEN or one of SERVICE_TOKENS)"
+            type="http",
+            scheme="bearer",
+            description="A service token (SERVICE_TOKEN, GATEWAY_SERVICE_TOKEN or one of SERVICE_TOKENS) holding "
+            "the endpoint's scope (SERVICE_TOKEN_SCOPES); without it, 403 insufficient_scope",
         ),
     }
 )

@@ -1,4 +1,4 @@
-"""HTTP endpoints under ``/internal/v1`` for tenant apps (service tokens only)."""
+"""HTTP endpoints under ``/internal/v1`` for tenant apps (service tokens with the ``credentials:vend`` scope)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from litestar.params import PathParameter
 
 from tenant_service.auth import actor, service_guard
 from tenant_service.deps import Ctx
+from tenant_service.internal.scopes import CREDENTIALS_VEND, SCOPE_OPT
 from tenant_service.internal.service import DatabaseCredentials, vend_credentials
-from tenant_service.openapi import SERVICE_SECURITY, problems
+from tenant_service.openapi import problems, service_security
 
 
 class InternalController(Controller):
@@ -19,12 +20,13 @@ class InternalController(Controller):
     path = "/internal/v1"
     guards = [service_guard]  # noqa: RUF012
     tags = ["internal"]  # noqa: RUF012
-    security = SERVICE_SECURITY
 
     @get(
         "/tenants/{tenant_id:str}/database",
         summary="Credentials of one tenant's database",
         responses=problems(401, 403, 404, 422, 500, 503),
+        opt={SCOPE_OPT: CREDENTIALS_VEND},
+        security=service_security(CREDENTIALS_VEND),
     )
     async def database(
         self,

@@ -15,7 +15,8 @@ from tenant_service.auth import service_guard
 from tenant_service.context import AppContext
 from tenant_service.db.models import ApiKey, Plan, Tenant, TenantDomain, TenantJwtIssuer, TenantTombstone
 from tenant_service.deps import Ctx
-from tenant_service.openapi import SERVICE_SECURITY, problems
+from tenant_service.internal.scopes import DIRECTORY_READ, SCOPE_OPT
+from tenant_service.openapi import problems, service_security
 from tenantry_common.directory import DirectoryIssuer, DirectoryKey, DirectoryPage, DirectoryTenant
 
 
@@ -102,19 +103,20 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
 
 
 class DirectoryController(Controller):
-    """What gateways read to route, authenticate and limit without a call per request."""
+    """What gateways read to route, authenticate and limit without a call per request (scope ``directory:read``)."""
 
     path = "/internal/v1/directory"
     guards = [service_guard]  # noqa: RUF012
     tags = ["internal"]  # noqa: RUF012
-    security = SERVICE_SECURITY
+    opt = {SCOPE_OPT: DIRECTORY_READ}  # noqa: RUF012
+    security = service_security(DIRECTORY_READ)
 
-    @get("/", summary="Tenants changed since a revision", responses=problems(401, 422, 503))
+    @get("/", summary="Tenants changed since a revision", responses=problems(401, 403, 422, 503))
     async def changes(self, ctx: Ctx, since: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0) -> DirectoryPage:
         """Everything when ``since`` is 0; otherwise only tenants (and removals) after that revision."""
         return await directory_since(ctx, since)
 
-    @get("/tenants/{tenant_id:uuid}", summary="One tenant's directory entry", responses=problems(401, 404, 503))
+    @get("/tenants/{tenant_id:uuid}", summary="One tenant's directory entry", responses=problems(401, 403, 404, 503))
     async def one(self, ctx: Ctx, tenant_id: Annotated[uuid.UUID, PathParameter()]) -> DirectoryPage:
         """The entry of one tenant (or its removal), for event-driven refreshes."""
         return await directory_since(ctx, 0, tenant_id)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from tenantry_common.addresses import IPAddress, forbidden_upstream_ip, unmapped
+from tenantry_common.addresses import IPAddress, forbidden_upstream_ip, reads_as_ipv4, unmapped
 from tenantry_common.problems import FieldError, InvalidInputError, ProblemError
 
 _LABEL: Final = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -17,8 +18,8 @@ _BLOCKED_HOSTS: Final = frozenset(
 )
 #: A label of a host name in a JWKS URL (underscores allowed: some internal service names have them).
 _HOST_LABEL: Final = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
-#: A last label that is a number (decimal, octal or 0x-hex): resolvers read such a host as an IPv4 address.
-_NUMERIC_LABEL: Final = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+#: A percent-encoded C0 control character or DEL.
+_ENCODED_CONTROL: Final = re.compile(r"%(?:[01][0-9a-f]|7f)", re.IGNORECASE)
 
 
 class UpstreamNotAllowedError(ProblemError):
@@ -47,9 +48,10 @@ def normalize_domain(raw: str, base_domain: str, field: str = "domain") -> str:
         raise InvalidInputError(
             "invalid domain", errors=[FieldError(field=field, message="must be a valid DNS hostname")]
         )
-    if labels[-1].isdigit():
+    if reads_as_ipv4(domain):
         raise InvalidInputError(
-            "invalid domain", errors=[FieldError(field=field, message="must be a hostname, not an address")]
+            "invalid domain",
+            errors=[FieldError(field=field, message="must be a hostname, not an IP address in any spelling")],
         )
     base = base_domain.lower().removesuffix(".")
     if domain == base or domain.endswith("." + base):
@@ -80,20 +82,57 @@ def check_json_text(value: Any, field: str) -> None:
             )
 
 
-def _host_ip(host: str, field: str) -> IPAddress | None:
-    """The IP address a URL's host spells, or None for a host name.
+@dataclass(frozen=True)
+class _HttpUrl:
+    """An http(s) URL that passed the rules every URL the platform will fetch or forward to shares."""
+
+    scheme: str
+    host: str
+    """Lowercase, without brackets or one trailing dot."""
+    ip: IPAddress | None
+    """The address the host spells, or None for a DNS name."""
+
+
+def _url_problem(field: str, message: str) -> InvalidInputError:
+    return InvalidInputError(f"invalid {field}", errors=[FieldError(field=field, message=message)])
+
+
+def _http_url(url: str, field: str, malformed: str) -> _HttpUrl:
+    """Check what ``upstream_url`` and ``jwks_url`` share.
+
+    Printable ASCII without spaces (raw control characters and spaces could split the gateway's request line or a
+    header), no percent-encoded control character (``%00``-``%1F``, ``%7F``: an upstream decodes them), ``http`` or
+    ``https`` with a host and no userinfo, a port of 1 to 65535 if any (port 0 would silently become the default),
+    and a host that is a DNS name or an IP address, IPv4 only as a canonical dotted quad.
 
     Raises:
-        InvalidInputError: a host that resolvers read as an IPv4 address but that is not a canonical dotted quad.
+        InvalidInputError: naming ``field``; ``malformed`` is the message for a URL of the wrong shape.
     """
+    if not (url.isascii() and url.isprintable()) or " " in url:
+        raise _url_problem(field, "must be printable ASCII, without spaces or control characters")
+    if _ENCODED_CONTROL.search(url):
+        raise _url_problem(field, "must not contain percent-encoded control characters (%00-%1F, %7F)")
     try:
-        return ipaddress.ip_address(host)
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower().removesuffix(".")
+        port = parts.port
     except ValueError:
-        if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
-            raise InvalidInputError(
-                f"invalid {field}", errors=[FieldError(field=field, message="an IPv4 host must be a dotted quad")]
-            ) from None
-        return None
+        raise _url_problem(field, malformed) from None
+    if parts.scheme not in ("http", "https") or not host or "@" in parts.netloc:
+        raise _url_problem(field, malformed)
+    if port == 0:
+        raise _url_problem(field, "the port must be between 1 and 65535")
+    try:
+        ip: IPAddress | None = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is None:
+        if reads_as_ipv4(host):
+            raise _url_problem(field, "an IPv4 host must be a dotted quad")
+        # Brackets hold an IP address, never a name ("[v1.x]" is IPvFuture).
+        if "[" in parts.netloc or not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+            raise _url_problem(field, "the host must be a DNS name or an IP address")
+    return _HttpUrl(scheme=parts.scheme, host=host, ip=ip)
 
 
 def _never_allowed(host: str, ip: IPAddress | None) -> bool:
@@ -113,32 +152,26 @@ def _allowlisted(host: str, ip: IPAddress | None, allowlist: tuple[str, ...]) ->
 
 
 def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
-    """Accept an upstream URL only when its host is inside the allow-list; return it normalised.
+    """Accept an upstream URL only when its host is inside the allow-list; return it unchanged.
 
-    Link-local (cloud metadata), multicast and unspecified addresses and known metadata hosts are refused even if
-    allow-listed; so is a host that resolvers read as an IPv4 address but that is not a canonical dotted quad
-    (``2852039166``, ``0xa9fea9fe``, ``169.254.43518``, ``0``), which no allow-list entry could judge. One
-    trailing dot is ignored: ``metadata.google.internal.`` is the same host.
+    The URL follows the shared rules of :func:`_http_url` (printable ASCII, no space or control character, raw or
+    percent-encoded, a port of 1 to 65535, a DNS name or an IP address as host). Link-local (cloud metadata),
+    multicast and unspecified addresses and known metadata hosts are refused even if allow-listed; so is a host
+    that resolvers read as an IPv4 address but that is not a canonical dotted quad (``2852039166``,
+    ``0xa9fea9fe``, ``169.254.43518``, ``0``), which no allow-list entry could judge. One trailing dot is ignored:
+    ``metadata.google.internal.`` is the same host.
 
     Raises:
         InvalidInputError: the URL is malformed.
         UpstreamNotAllowedError: the host is not allowed.
     """
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower().removesuffix(".")
-        _ = parts.port
-        valid = parts.scheme in ("http", "https") and bool(host) and not (parts.username or parts.password)
-    except ValueError:
-        valid, host = False, ""
-    if not valid:
-        raise InvalidInputError(
-            "invalid upstream_url",
-            errors=[FieldError(field="upstream_url", message="must be an http(s) URL with a host and no userinfo")],
+    field = "upstream_url"
+    parsed = _http_url(url, field, "must be an http(s) URL with a host and no userinfo")
+    if _never_allowed(parsed.host, parsed.ip) or not _allowlisted(parsed.host, parsed.ip, allowlist):
+        raise UpstreamNotAllowedError(
+            f"upstream host {parsed.host!r} is not in UPSTREAM_ALLOWLIST",
+            errors=[FieldError(field=field, message="the host must be in UPSTREAM_ALLOWLIST")],
         )
-    ip = _host_ip(host, "upstream_url")
-    if _never_allowed(host, ip) or not _allowlisted(host, ip, allowlist):
-        raise UpstreamNotAllowedError(f"upstream host {host!r} is not in UPSTREAM_ALLOWLIST")
     return url
 
 
@@ -156,42 +189,17 @@ def check_jwks_url(url: str, allowlist: tuple[str, ...]) -> str:
         JwksUrlNotAllowedError: the host is never allowed, or ``http://`` or a private address outside the allow-list.
     """
     field = "jwks_url"
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower().removesuffix(".")
-        _ = parts.port
-        valid = (
-            url.isascii()
-            and url.isprintable()
-            and " " not in url
-            and "#" not in url
-            and "@" not in parts.netloc
-            and parts.scheme in ("http", "https")
-            and bool(host)
-        )
-    except ValueError:
-        valid, host = False, ""
-    if not valid:
-        raise InvalidInputError(
-            "invalid jwks_url",
-            errors=[
-                FieldError(
-                    field=field, message="must be an absolute https:// URL with a host, no userinfo and no fragment"
-                )
-            ],
-        )
-    ip = _host_ip(host, field)
-    name_ok = "[" not in parts.netloc and all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
-    if ip is None and not name_ok:  # brackets hold an IP address, never a name ("[v1.x]" is IPvFuture)
-        raise InvalidInputError(
-            "invalid jwks_url", errors=[FieldError(field=field, message="the host must be a DNS name or an IP address")]
-        )
+    malformed = "must be an absolute https:// URL with a host, no userinfo and no fragment"
+    parsed = _http_url(url, field, malformed)
+    if "#" in url:
+        raise _url_problem(field, malformed)
+    host, ip = parsed.host, parsed.ip
     if _never_allowed(host, ip):
         raise JwksUrlNotAllowedError(
             f"JWKS host {host!r} is not allowed",
             errors=[FieldError(field=field, message="a link-local, metadata or reserved host is never allowed")],
         )
-    if parts.scheme == "http" and not _allowlisted(host, ip, allowlist):
+    if parsed.scheme == "http" and not _allowlisted(host, ip, allowlist):
         raise JwksUrlNotAllowedError(
             f"JWKS host {host!r} is not in UPSTREAM_ALLOWLIST: use https://",
             errors=[FieldError(field=field, message="http:// is allowed only for hosts in UPSTREAM_ALLOWLIST")],

@@ -1,0 +1,21 @@
+"""Scopes of service tokens: each internal endpoint names the one it needs, and a token holds only what its app uses.
+
+A gateway reads the directory; a tenant app has credentials vended. Neither needs the other's power, so a leaked
+app token cannot map every tenant, and a leaked gateway token cannot fetch any tenant's database password.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+DIRECTORY_READ: Final = "directory:read"
+"""Read the tenant directory feed (``/internal/v1/directory``): what gateways sync from."""
+
+CREDENTIALS_VEND: Final = "credentials:vend"
+"""Have a tenant's database credentials vended (``/internal/v1/tenants/{id}/database``): what tenant apps do."""
+
+SERVICE_SCOPES: Final = frozenset({DIRECTORY_READ, CREDENTIALS_VEND})
+"""Every scope a service token can hold."""
+
+SCOPE_OPT: Final = "service_scope"
+"""Key of a route handler's ``opt`` naming the scope it needs (read by :func:`tenant_service.auth.service_guard`)."""

@@ -5,7 +5,15 @@ Framework-free core: :class:`TokenVerifier`, :class:`CredentialClient`, :class:`
 """
 
 from tenantry_app.credentials import CredentialClient, DatabaseCredentials, TenantUnavailableError
-from tenantry_app.databases import BudgetExhaustedError, TenantDatabases
+from tenantry_app.databases import (
+    Attempt,
+    BudgetExhaustedError,
+    DatabaseUnavailableError,
+    TenantDatabases,
+    connection_lost,
+    database_unavailable,
+    track_commits,
+)
 from tenantry_app.identity import InvalidTenantTokenError, TenantIdentity, TokenVerifier
 from tenantry_app.litestar import TenantryPlugin
 from tenantry_app.runtime import AppSettings, TenantRuntime
@@ -13,9 +21,11 @@ from tenantry_app.tenant_redis import TenantRedis
 
 __all__ = [
     "AppSettings",
+    "Attempt",
     "BudgetExhaustedError",
     "CredentialClient",
     "DatabaseCredentials",
+    "DatabaseUnavailableError",
     "InvalidTenantTokenError",
     "TenantDatabases",
     "TenantIdentity",
@@ -24,4 +34,7 @@ __all__ = [
     "TenantUnavailableError",
     "TenantryPlugin",
     "TokenVerifier",
+    "connection_lost",
+    "database_unavailable",
+    "track_commits",
 ]

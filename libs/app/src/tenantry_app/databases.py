@@ -5,6 +5,11 @@ most ``per_tenant`` connections (no overflow), and at most ``budget // per_tenan
 engines still closing count too — so the app never has more than ``budget`` connections open, however many
 tenants are active. A new tenant takes the place of the least recently used engine that has no session in use;
 when every engine is busy, the request waits (up to ``acquire_timeout``) rather than exceed the budget.
+
+Around server restarts and outages: a pooled connection the server has closed is replaced at checkout, without a
+round trip (asyncpg sees the closed socket at once); a connection that cannot be made raises
+:class:`DatabaseUnavailableError`; and :func:`track_commits` tells whether a unit of work that lost its connection
+may have committed something, i.e. whether it can safely be run again.
 """
 
 from __future__ import annotations
@@ -13,23 +18,119 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
+import asyncpg
 import structlog
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from tenantry_app.credentials import CredentialClient, DatabaseCredentials
 
 _log = structlog.get_logger("tenantry.app.databases")
 #: SQLSTATEs that mean the cached credentials are stale: bad password, no such role/database.
 _STALE_CREDENTIALS = frozenset({"28P01", "28000", "3D000"})
+#: SQLSTATEs (besides class 08, connection exception) of an open connection the server ended: admin or crash shutdown.
+_ENDED_BY_SERVER = frozenset({"57P01", "57P02"})
+#: What ``asyncpg.connect`` raises when the server cannot take a connection now: refused, unreachable or timed out
+#: (``OSError``), starting up or shutting down, out of connection slots.
+_CONNECT_FAILURES = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+_CONNECT_TIMEOUT = 5.0
 
 
 class BudgetExhaustedError(Exception):
     """Every connection of the budget stayed in use for the whole wait."""
+
+
+class DatabaseUnavailableError(Exception):
+    """The tenant's database server took no connection: down, restarting, unreachable or out of slots."""
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is an open connection that broke (server restart, terminated backend, network).
+
+    The server rolls back whatever the connection had not committed.
+    """
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return exc.connection_invalidated or sqlstate.startswith("08") or sqlstate in _ENDED_BY_SERVER
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the tenant's database cannot be used right now (rather than a bug or a bad query)."""
+    return isinstance(exc, DatabaseUnavailableError) or connection_lost(exc)
+
+
+@dataclass
+class Attempt:
+    """One try of a unit of work (in the Litestar plugin: one run of a request handler)."""
+
+    committed: bool = False
+    """The server may have committed something of it: a COMMIT was sent, or a statement ran outside a transaction."""
+
+
+_attempt: ContextVar[Attempt | None] = ContextVar("tenantry_app_attempt", default=None)
+
+
+@contextlib.contextmanager
+def track_commits() -> Iterator[Attempt]:
+    """Note, for the block, whether any tenant session may have committed something.
+
+    A block whose connection was lost (:func:`connection_lost`) while ``committed`` is still false left nothing
+    behind in the database and can be run again.
+    """
+    attempt = Attempt()
+    token = _attempt.set(attempt)
+    try:
+        yield attempt
+    finally:
+        _attempt.reset(token)
+
+
+def _may_have_committed() -> None:
+    if (attempt := _attempt.get()) is not None:
+        attempt.committed = True
+
+
+def _on_commit(conn: Connection) -> None:
+    # A COMMIT on a connection already known dead never reaches the server. Any other may have been applied even
+    # if its answer is lost, so it counts.
+    driver = None if conn.invalidated else conn.connection.driver_connection
+    if driver is not None and not driver.is_closed():
+        _may_have_committed()
+
+
+def _before_statement(conn: Connection, *_: object) -> None:
+    if getattr(conn.connection.dbapi_connection, "autocommit", False):
+        _may_have_committed()  # AUTOCOMMIT isolation: every statement commits by itself
+
+
+def _after_statement(conn: Connection, *_: object) -> None:
+    driver = conn.connection.driver_connection
+    if driver is not None and not driver.is_in_transaction():
+        _may_have_committed()  # the server left the transaction block: COMMIT in the SQL itself, or a procedure's
+
+
+def _on_checkout(_dbapi: object, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
+    # The server closes its end when it restarts or terminates the backend, and asyncpg notices at once (the event
+    # loop watches the socket): a dead pooled connection is known here without the round trips of a pre-ping.
+    # DisconnectionError makes the pool discard it and hand out a fresh one.
+    if record.driver_connection is None or record.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 @dataclass
@@ -72,23 +173,39 @@ class TenantDatabases:
         """Tenants that have an engine now, least recently used first."""
         return list(self._engines)
 
+    def _connector(self, creds: DatabaseCredentials) -> Callable[[], Awaitable[Any]]:
+        async def connect() -> Any:
+            try:
+                return await asyncpg.connect(
+                    host=creds.host,
+                    port=creds.port,
+                    user=creds.user,
+                    password=creds.password,
+                    database=creds.database,
+                    timeout=_CONNECT_TIMEOUT,
+                    server_settings={"application_name": self._application_name},
+                )
+            except _CONNECT_FAILURES as exc:
+                # Raised as our own type: a bare OSError or TimeoutError would be indistinguishable from one of
+                # the app's own.
+                raise DatabaseUnavailableError(f"no connection to the tenant's database: {type(exc).__name__}") from exc
+
+        return connect
+
     def _create(self, creds: DatabaseCredentials) -> _Engine:
-        url = URL.create(
-            "postgresql+asyncpg",
-            username=creds.user,
-            password=creds.password,
-            host=creds.host,
-            port=creds.port,
-            database=creds.database,
-        )
         engine = create_async_engine(
-            url,
+            "postgresql+asyncpg://",
+            async_creator=self._connector(creds),
             pool_size=self._per_tenant,
             max_overflow=0,
             pool_timeout=self._acquire_timeout,
             pool_recycle=1800,
-            connect_args={"timeout": 5, "server_settings": {"application_name": self._application_name}},
         )
+        sync_engine = engine.sync_engine
+        event.listen(sync_engine, "checkout", _on_checkout)
+        event.listen(sync_engine, "commit", _on_commit)
+        event.listen(sync_engine, "before_cursor_execute", _before_statement)
+        event.listen(sync_engine, "after_cursor_execute", _after_statement)
         return _Engine(engine=engine, sessions=async_sessionmaker(engine, expire_on_commit=False))
 
     async def _lease(self, tenant_id: str) -> _Engine:
@@ -160,6 +277,7 @@ class TenantDatabases:
         Raises:
             BudgetExhaustedError: no connection could be had within ``acquire_timeout``.
             TenantUnavailableError: the tenant-service refused the credentials.
+            DatabaseUnavailableError: the server took no connection (from the session's first statement).
         """
         entry = await self._lease(tenant_id)
         try:

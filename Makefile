@@ -6,7 +6,7 @@ PYTHON ?= python3
 # uv runs as a module of the machine's Python, so it works wherever pip put it.
 UV ?= $(PYTHON) -m uv
 
-.PHONY: help uv install lint format test soak bench dev stop up down
+.PHONY: help uv install lint format test soak bench dev stop tenantctl up down
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ dev: install ## Run the platform locally (state in .run/; Ctrl-C stops it)
 
 stop: ## Stop what `make dev` started
 	@$(UV) run python -m tenantry_devtools.dev stop
+
+tenantctl: install ## tenantctl against the platform of `make dev` (ARGS="tenants list")
+	@$(UV) run python -m tenantry_devtools.dev tenantctl $(ARGS)
 
 COMPOSE ?= docker compose -f docker-compose.tenant.yml
 

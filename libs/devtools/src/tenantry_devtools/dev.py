@@ -1,9 +1,12 @@
 """``make dev``: a running platform from a fresh clone, with all state under ``.run/``.
 
 Starts throw-away PostgreSQL and Redis (or uses ``DATABASE_URL`` / ``REDIS_URL``), migrates, starts the
-services as child processes, prints how to reach them, and on Ctrl-C (or ``make stop``) stops everything it
-started. Secrets generated on the first run are kept in ``.run/dev.env`` so a restart resumes the same
-platform; an explicitly exported variable always wins.
+services as child processes, prints how to reach them once every one answers, and on Ctrl-C (or ``make stop``)
+stops everything it started. Secrets generated on the first run are kept in ``.run/dev.env`` so a restart resumes
+the same platform; an explicitly exported variable always wins, and the file records the values in force (so
+``make tenantctl`` reaches the running platform). One ``make dev`` at a time: a second one refuses and changes
+nothing. ``make stop`` stops the services by their pid files and the throw-away servers living under ``.run/``
+by theirs, on whatever ports they run.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import os
 import secrets
 import signal
@@ -20,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from tenantry_devtools.servers import LocalPostgres, LocalRedis, ensure_binaries
@@ -31,7 +35,31 @@ RUN: Final = Path(os.environ.get("TENANTRY_RUN_DIR") or ROOT / ".run")
 ENV_FILE: Final = RUN / "dev.env"
 PIDS: Final = RUN / "pids"
 LOGS: Final = RUN / "logs"
+#: Held (flock) by the running ``make dev``; holds its pid.
+LOCK: Final = RUN / "dev.lock"
 MASTER_DB: Final = "tenantry"
+#: Generated on the first run, then kept (the rest of dev.env only records what was in force).
+SECRET_NAMES: Final = (
+    "ADMIN_TOKEN",
+    "SERVICE_TOKEN",
+    "GATEWAY_SERVICE_TOKEN",
+    "ENCRYPTION_KEYS",
+    "API_KEY_HASH_SECRET",
+    "JWT_SIGNING_KEYS",
+)
+#: What else ``.run/dev.env`` records of the values in force.
+RECORDED_NAMES: Final = (
+    "DATABASE_URL",
+    "TENANT_DATABASE_URL",
+    "REDIS_URL",
+    "BASE_DOMAIN",
+    "UPSTREAM_ALLOWLIST",
+    "SERVICE_TOKEN_SCOPES",
+    "TENANT_SERVICE_PORT",
+    "GATEWAY_PORT",
+    "APP_PORT",
+    "TENANT_SERVICE_URL",
+)
 
 
 def _say(message: str) -> None:
@@ -49,7 +77,7 @@ def _load_env_file() -> dict[str, str]:
 
 
 def _secrets() -> dict[str, str]:
-    """Generated once, kept in .run/dev.env; exported variables override."""
+    """Generated once, kept in .run/dev.env; exported variables override (and are what the file then records)."""
     saved = _load_env_file()
     generated = {
         "ADMIN_TOKEN": saved.get("ADMIN_TOKEN") or "adm_" + secrets.token_urlsafe(24),
@@ -60,9 +88,17 @@ def _secrets() -> dict[str, str]:
         "API_KEY_HASH_SECRET": saved.get("API_KEY_HASH_SECRET") or secrets.token_urlsafe(32),
         "JWT_SIGNING_KEYS": saved.get("JWT_SIGNING_KEYS") or "k1:" + _new_signing_key(),
     }
-    ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in generated.items()))
-    ENV_FILE.chmod(0o600)
     return {k: os.environ.get(k) or v for k, v in generated.items()}
+
+
+def _record(env: dict[str, str]) -> None:
+    """Write .run/dev.env: the secrets and settings in force (an exported value included)."""
+    names = (*SECRET_NAMES, *RECORDED_NAMES)
+    ENV_FILE.write_text(
+        "# Written by `make dev`: the values in force. `make tenantctl` uses them.\n"
+        + "".join(f"{name}={env[name]}\n" for name in names if env.get(name))
+    )
+    ENV_FILE.chmod(0o600)
 
 
 def _new_signing_key() -> str:
@@ -160,14 +196,45 @@ def _local_servers() -> tuple[LocalPostgres, LocalRedis]:
 
 
 def stop() -> None:
-    """Stop the services and the throw-away servers started by ``make dev``."""
+    """Stop the services and the throw-away servers of ``make dev`` (only it starts servers under ``.run/``), found
+    by their data directories and pid files, not by ports: whatever ``DEV_PG_PORT``/``DEV_REDIS_PORT`` were."""
     _stop_services()
-    pg, redis = _local_servers()
-    if pg.is_running():
-        pg.stop()
-    if redis.is_running():
-        redis.stop()
+    LocalPostgres(RUN / "postgres", log_file=LOGS / "postgres.log").stop()
+    LocalRedis(RUN / "redis", log_file=LOGS / "redis.log").stop()
     _say("stopped")
+
+
+def _hold_the_lock() -> IO[str]:
+    """Become the one ``make dev`` of this run directory, or refuse with the running one's pid."""
+    for folder in (RUN, PIDS, LOGS):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+    handle = LOCK.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        running = handle.read().strip() or "?"
+        handle.close()
+        raise SystemExit(
+            f"make dev is already running here (pid {running}, state in {RUN}); nothing was changed. "
+            "Use that one, or stop it first (Ctrl-C in its terminal, or `make stop`)."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def tenantctl(args: list[str]) -> int:
+    """Run ``tenantctl`` against the platform of ``make dev``, with the values recorded in .run/dev.env."""
+    recorded = _load_env_file()
+    if not recorded.get("DATABASE_URL"):
+        raise SystemExit(f"no platform of `make dev` recorded in {ENV_FILE}: run `make dev` first")
+    env = {**os.environ, **recorded}
+    command = [sys.executable, "-m", "tenant_service", *args]  # the operator's own arguments
+    return subprocess.run(command, env=env, cwd=ROOT, check=False).returncode  # noqa: S603
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -177,8 +244,10 @@ def _interrupt(_signum: int, _frame: object) -> None:
 def up() -> None:
     """Bring the platform up and keep it in the foreground until interrupted (Ctrl-C, SIGTERM, `make stop`).
 
-    Whatever ends it, during start-up or later, everything it started is stopped on the way out.
+    Whatever ends it, during start-up or later, everything it started is stopped on the way out. A second one
+    while one runs refuses before touching anything.
     """
+    lock = _hold_the_lock()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         _run_platform()
@@ -186,12 +255,10 @@ def up() -> None:
         pass
     finally:
         stop()
+        lock.close()
 
 
 def _run_platform() -> None:
-    for folder in (RUN, PIDS, LOGS):
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o755)
     _stop_services()
     use_local_pg = not os.environ.get("DATABASE_URL")
     use_local_redis = not os.environ.get("REDIS_URL")
@@ -237,7 +304,7 @@ def _run_platform() -> None:
     _say(migrate.stdout.strip().splitlines()[-1])
     service = _start("tenant-service", ["-m", "tenant_service", "serve"], env)
     base = f"http://127.0.0.1:{service_port}"
-    _wait_http(base + "/healthz", 60, service, LOGS / "tenant-service.log")
+    _wait_http(base + "/readyz", 60, service, LOGS / "tenant-service.log")
     gateway_port = _port("GATEWAY_PORT", 8080)
     app_port = _port("APP_PORT", 8002)
     env.update(
@@ -248,9 +315,11 @@ def _run_platform() -> None:
     # Each process gets only its own service token.
     gateway = _start("gateway", ["-m", "gateway"], _without(env, "SERVICE_TOKEN"))
     gateway_url = f"http://127.0.0.1:{gateway_port}"
-    _wait_http(gateway_url + "/_gateway/healthz", 60, gateway, LOGS / "gateway.log")
     env.update(APP_PORT=str(app_port), GATEWAY_JWKS_URL=gateway_url + "/_gateway/jwks.json")
+    _record(env)
     notes = _start("notes", ["-m", "notes_app"], _without(env, "GATEWAY_SERVICE_TOKEN"))
+    # The banner only once every process answers: the gateway with its directory loaded, the example app up.
+    _wait_http(gateway_url + "/_gateway/readyz", 60, gateway, LOGS / "gateway.log")
     _wait_http(f"http://127.0.0.1:{app_port}/healthz", 60, notes, LOGS / "notes.log")
     token = env["ADMIN_TOKEN"]
     base_domain = env["BASE_DOMAIN"]
@@ -282,6 +351,10 @@ Write and read notes in acme's own database, through the gateway:
     -H 'Content-Type: application/json' -d '{{"body": "hello"}}'
   curl -s http://acme.{base_domain}:{gateway_port}/notes -H 'X-API-Key: tk_...'
   curl -s http://acme.{base_domain}:{gateway_port}/whoami -H 'X-API-Key: tk_...'
+
+The operator's CLI against this platform (values from {ENV_FILE}):
+
+  make tenantctl ARGS="tenants list"
 """,
         flush=True,
     )
@@ -296,10 +369,13 @@ Write and read notes in acme's own database, through the gateway:
 def main() -> None:
     """``python -m tenantry_devtools.dev [up|stop]``."""
     parser = argparse.ArgumentParser(prog="tenantry-dev")
-    parser.add_argument("command", choices=["up", "stop"], nargs="?", default="up")
+    parser.add_argument("command", choices=["up", "stop", "tenantctl"], nargs="?", default="up")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="tenantctl's arguments")
     args = parser.parse_args()
     if args.command == "stop":
         stop()
+    elif args.command == "tenantctl":
+        sys.exit(tenantctl(args.args))
     else:
         up()
 

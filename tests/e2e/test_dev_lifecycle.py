@@ -1,0 +1,141 @@
+"""``make dev`` as a new user meets it beyond the quick start: a second one while one runs, ``make stop`` on
+non-default ports, ``.run/dev.env`` holding the values in force, the banner only once the example app answers,
+and ``make tenantctl`` against the running platform, exactly as printed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support.dev_platform import START_TIMEOUT, DevPlatform, DevProcess, accepts, alive, assert_all_gone, read_banner
+from support.platform import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def platform() -> Iterator[DevPlatform]:
+    run_dir = Path(tempfile.mkdtemp(prefix="tenantry-devlife-", dir="/tmp"))
+    run_dir.chmod(0o755)
+    yield DevPlatform(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _dev(
+    platform: DevPlatform, command: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tenantry_devtools.dev", command, *args],
+        env={**platform.env(), **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _pids(platform: DevPlatform) -> dict[str, int]:
+    return {p.stem: int(p.read_text()) for p in (platform.run_dir / "pids").glob("*.pid")}
+
+
+def test_a_second_make_dev_refuses_and_leaves_the_first_untouched_then_plain_stop_ends_all(
+    platform: DevPlatform,
+) -> None:
+    exported_admin = "adm_exported_" + "x" * 24
+    dev = DevProcess(platform, ADMIN_TOKEN=exported_admin)
+    try:
+        token, _ = read_banner(dev)
+        assert token == exported_admin
+        # The banner came only once the example app answers: a tenant's first request through the gateway is 200.
+        service = f"http://127.0.0.1:{platform.service_port}"
+        headers = {"Authorization": f"Bearer {token}"}
+        created = httpx.post(f"{service}/admin/tenants", json={"slug": "first", "name": "First"}, headers=headers)
+        assert created.status_code == 201, created.text
+        key = created.json()["api_key"]["key"]
+        gateway = f"http://127.0.0.1:{platform.gateway_port}"
+        whoami = httpx.get(f"{gateway}/whoami", headers={"X-API-Key": key, "Host": "first.localhost"}, timeout=30)
+        assert whoami.status_code == 200, whoami.text
+
+        # dev.env records the values in force: the exported token, the ports and URLs it really used.
+        recorded = dict(
+            line.split("=", 1) for line in (platform.run_dir / "dev.env").read_text().splitlines() if "=" in line
+        )
+        assert recorded["ADMIN_TOKEN"] == exported_admin
+        assert recorded["GATEWAY_PORT"] == str(platform.gateway_port)
+        assert recorded["REDIS_URL"].endswith(f":{platform.redis_port}/0")
+
+        # A second `make dev` on the same run directory refuses at once and changes nothing.
+        before = _pids(platform)
+        second = subprocess.run(
+            [sys.executable, "-m", "tenantry_devtools.dev", "up"],
+            env=platform.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode != 0
+        assert "already running" in second.stderr + second.stdout
+        assert "Traceback" not in second.stderr
+        assert _pids(platform) == before
+        assert all(alive(pid) for pid in before.values())
+        assert dev.proc.poll() is None
+        assert httpx.get(f"{gateway}/whoami", headers={"X-API-Key": key, "Host": "first.localhost"}).status_code == 200
+
+        # `make tenantctl`, pasted as the banner printed it, reaches this platform.
+        printed = dev.read_until(r'^\s*(make tenantctl ARGS="tenants list")\s*$', 10)
+        listed = subprocess.run(
+            ["bash", "-c", printed.group(1)],
+            env=platform.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "first" in listed.stdout
+
+        # Plain `make stop`, without the DEV_*_PORT variables `make dev` ran with, still stops everything.
+        plain = {k: v for k, v in platform.env().items() if k not in ("DEV_PG_PORT", "DEV_REDIS_PORT")}
+        stopped = subprocess.run(
+            [sys.executable, "-m", "tenantry_devtools.dev", "stop"],
+            env=plain,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        dev.wait(60)
+        assert_all_gone(platform)
+        assert not accepts(platform.redis_port)
+    finally:
+        dev.kill()
+        _dev(platform, "stop")
+
+
+def test_make_tenantctl_before_make_dev_says_what_to_do(platform: DevPlatform) -> None:
+    result = _dev(platform, "tenantctl", "tenants", "list")
+    assert result.returncode != 0
+    assert "run `make dev` first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stop_with_nothing_running_is_quiet(platform: DevPlatform) -> None:
+    started = time.monotonic()
+    result = _dev(platform, "stop")
+    assert result.returncode == 0, result.stderr
+    assert "stopped" in result.stdout
+    assert time.monotonic() - started < START_TIMEOUT

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,9 +22,8 @@ import pytest
 
 from support.gateway_support import GatewayProcess, ManagedProcess, NotesProcess
 from support.platform import Installation, ServiceProcess, free_port, wait_until, with_database
-from support.servers import PostgresServer
+from support.servers import PostgresServer, own_postgres
 from tenantry_common.jwt_keys import generate_signing_key
-from tenantry_devtools.servers import LocalPostgres
 
 pytestmark = pytest.mark.e2e
 
@@ -74,16 +71,8 @@ class Tenant:
 @pytest.fixture(scope="module")
 def own_pg() -> Iterator[PostgresServer]:
     """A Postgres of this module's own, which its tests stop and restart."""
-    base = Path(tempfile.mkdtemp(prefix="tenantry-appdb-pg-", dir="/tmp"))
-    base.chmod(0o755)
-    local = LocalPostgres(base / "data", log_file=base / "postgres.log")
-    local.start()
-    try:
+    with own_postgres("appdb") as local:
         yield PostgresServer(local.url, source="local", local=local)
-    finally:
-        with contextlib.suppress(Exception):
-            local.stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

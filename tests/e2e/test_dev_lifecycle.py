@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,7 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.dev_platform import START_TIMEOUT, DevPlatform, DevProcess, accepts, alive, assert_all_gone, read_banner
+from support.dev_platform import (
+    START_TIMEOUT,
+    DevPlatform,
+    DevProcess,
+    accepts,
+    alive,
+    assert_all_gone,
+    dev_command,
+    read_banner,
+)
 from support.platform import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -27,20 +35,6 @@ def platform() -> Iterator[DevPlatform]:
     run_dir.chmod(0o755)
     yield DevPlatform(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _dev(
-    platform: DevPlatform, command: str, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenantry_devtools.dev", command, *args],
-        env={**platform.env(), **(env or {})},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _pids(platform: DevPlatform) -> dict[str, int]:
@@ -75,15 +69,7 @@ def test_a_second_make_dev_refuses_and_leaves_the_first_untouched_then_plain_sto
 
         # A second `make dev` on the same run directory refuses at once and changes nothing.
         before = _pids(platform)
-        second = subprocess.run(
-            [sys.executable, "-m", "tenantry_devtools.dev", "up"],
-            env=platform.env(),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        second = dev_command(platform, "up")
         assert second.returncode != 0
         assert "already running" in second.stderr + second.stdout
         assert "Traceback" not in second.stderr
@@ -107,27 +93,18 @@ def test_a_second_make_dev_refuses_and_leaves_the_first_untouched_then_plain_sto
         assert "first" in listed.stdout
 
         # Plain `make stop`, without the DEV_*_PORT variables `make dev` ran with, still stops everything.
-        plain = {k: v for k, v in platform.env().items() if k not in ("DEV_PG_PORT", "DEV_REDIS_PORT")}
-        stopped = subprocess.run(
-            [sys.executable, "-m", "tenantry_devtools.dev", "stop"],
-            env=plain,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        stopped = dev_command(platform, "stop", DEV_PG_PORT="", DEV_REDIS_PORT="")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         dev.wait(60)
         assert_all_gone(platform)
         assert not accepts(platform.redis_port)
     finally:
         dev.kill()
-        _dev(platform, "stop")
+        dev_command(platform, "stop")
 
 
 def test_make_tenantctl_before_make_dev_says_what_to_do(platform: DevPlatform) -> None:
-    result = _dev(platform, "tenantctl", "tenants", "list")
+    result = dev_command(platform, "tenantctl", "tenants", "list")
     assert result.returncode != 0
     assert "run `make dev` first" in result.stderr
     assert "Traceback" not in result.stderr
@@ -135,7 +112,7 @@ def test_make_tenantctl_before_make_dev_says_what_to_do(platform: DevPlatform) -
 
 def test_stop_with_nothing_running_is_quiet(platform: DevPlatform) -> None:
     started = time.monotonic()
-    result = _dev(platform, "stop")
+    result = dev_command(platform, "stop")
     assert result.returncode == 0, result.stderr
     assert "stopped" in result.stdout
     assert time.monotonic() - started < START_TIMEOUT

@@ -11,8 +11,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,10 +25,10 @@ from support.dev_platform import (
     DevProcess,
     alive,
     assert_all_gone,
+    dev_command,
     read_banner,
     run_printed,
 )
-from support.platform import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -121,14 +119,7 @@ def test_quick_start_runs_the_printed_curl_then_stops_and_resumes(platform: DevP
         assert not alive(service_pid)
     finally:
         dev.kill()
-        subprocess.run(
-            [sys.executable, "-m", "tenantry_devtools.dev", "stop"],
-            env=platform.env(),
-            cwd=ROOT,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        dev_command(platform, "stop")
 
     # Again, on the same run directory: the same secrets, the same data.
     dev = DevProcess(platform)
@@ -150,28 +141,13 @@ def test_quick_start_runs_the_printed_curl_then_stops_and_resumes(platform: DevP
             assert beta.json()["status"] == "active"
 
         # `make stop` from another shell ends everything, the foreground `make dev` included.
-        stopped = subprocess.run(
-            [sys.executable, "-m", "tenantry_devtools.dev", "stop"],
-            env=platform.env(),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        stopped = dev_command(platform, "stop")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         dev.wait(60)
         assert_all_gone(platform)
     finally:
         dev.kill()
-        subprocess.run(
-            [sys.executable, "-m", "tenantry_devtools.dev", "stop"],
-            env=platform.env(),
-            cwd=ROOT,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        dev_command(platform, "stop")
 
     # Interrupted half-way through start-up, it still stops what it had started.
     dev = DevProcess(platform)
@@ -184,11 +160,4 @@ def test_quick_start_runs_the_printed_curl_then_stops_and_resumes(platform: DevP
         assert_all_gone(platform)
     finally:
         dev.kill()
-        subprocess.run(
-            [sys.executable, "-m", "tenantry_devtools.dev", "stop"],
-            env=platform.env(),
-            cwd=ROOT,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        dev_command(platform, "stop")

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,6 +28,7 @@ import pytest
 import redis.asyncio as redis
 
 from support.platform import Installation, in_process, template_open
+from support.servers import own_postgres
 from tenant_service.secretbox import DecryptionError, SecretBox, generate_key
 from tenantry_app import TenantRedis
 from tenantry_common.redis_keys import minute_counter_key, platform_key
@@ -48,11 +47,7 @@ host  all all ::1/128 scram-sha-256
 @pytest.fixture(scope="module")
 def scram_pg() -> Iterator[LocalPostgres]:
     """A throw-away cluster of this module's own whose tenant roles must present their password."""
-    base = Path(tempfile.mkdtemp(prefix="tenantry-iso-pg-", dir="/tmp"))
-    base.chmod(0o755)
-    server = LocalPostgres(base / "data", log_file=base / "postgres.log")
-    server.start()
-    try:
+    with own_postgres("iso") as server:
         (server.data_dir / "pg_hba.conf").write_text(_HBA)
 
         async def reload() -> None:
@@ -66,10 +61,6 @@ def scram_pg() -> Iterator[LocalPostgres]:
 
         asyncio.run(reload())
         yield server
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,7 @@ and restarts the shared Postgres between steps). Here:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -40,6 +37,7 @@ from support.platform import (
     wait_for,
     with_database,
 )
+from support.servers import own_postgres
 from tenant_service.app import create_app
 from tenant_service.context import AppContext
 from tenant_service.provisioning.cluster import TenantCluster
@@ -61,16 +59,8 @@ async def inst(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
 @pytest.fixture
 def own_pg() -> Iterator[LocalPostgres]:
     """A throw-away Postgres of this test's own, which it may crash and restart."""
-    base = Path(tempfile.mkdtemp(prefix="tenantry-hp-pg-", dir="/tmp"))
-    base.chmod(0o755)
-    server = LocalPostgres(base / "data", log_file=base / "postgres.log")
-    server.start()
-    try:
+    with own_postgres("hp") as server:
         yield server
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # --- helpers ----------------------------------------------------------------------------------------

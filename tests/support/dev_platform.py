@@ -180,3 +180,16 @@ def read_banner(dev: DevProcess) -> tuple[str, str]:
     dev.read_until(r"""^\s*-d '\{"slug": "acme", "name": "Acme Corp"\}'\s*$""", 10)
     command = " ".join(line.strip().removesuffix("\\").strip() for line in dev.lines[start:])
     return token, command
+
+
+def dev_command(platform: DevPlatform, command: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m tenantry_devtools.dev <command>`` for ``platform`` (``stop``, ``tenantctl``, a second ``up``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tenantry_devtools.dev", command, *args],
+        env={**platform.env(), **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -326,3 +326,21 @@ def provide_redis() -> Iterator[RedisServer]:
         with contextlib.suppress(Exception):
             local.kill()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def own_postgres(prefix: str) -> Iterator[LocalPostgres]:
+    """A throw-away cluster of one test module's own (which it may stop, crash or reconfigure), removed after.
+
+    Under /tmp and 0755: when the suite runs as root, Postgres runs as the postgres user and must reach it.
+    """
+    base = Path(tempfile.mkdtemp(prefix=f"tenantry-{prefix}-pg-", dir="/tmp"))
+    base.chmod(0o755)
+    server = LocalPostgres(base / "data", log_file=base / "postgres.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)

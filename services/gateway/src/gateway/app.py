@@ -47,7 +47,7 @@ from gateway.limit import ALLOWED_UNMETERED, Limiter, QuotaUnavailableError
 from gateway.resolve import Location, Resolver, normalize_host
 from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
-from gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeoutError
+from gateway.upstream import UpstreamError, UpstreamInvalidError, UpstreamPool, UpstreamTimeoutError
 from tenantry_common.apikeys import looks_like_api_key
 from tenantry_common.jwt_keys import KeyRing
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE, problem_bytes
@@ -145,7 +145,13 @@ class Gateway:
         )
         self.quota_redis = RespClient(settings.redis_url, timeout=settings.redis_timeout)
         self.limiter = Limiter(self.quota_redis, failure_mode=settings.quota_failure_mode)
-        self.pool = UpstreamPool(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
+        self.pool = UpstreamPool(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            head_timeout=settings.upstream_head_timeout,
+            max_head_bytes=settings.upstream_max_header_bytes,
+            max_header_fields=settings.upstream_max_headers,
+        )
         self.sync: DirectorySync | None = None
         self._passthrough = settings.mode == "passthrough"
         self._trusted = settings.trusted_proxies
@@ -477,19 +483,17 @@ class Gateway:
             raise GatewayError("The request body did not arrive in time.", code="request_timeout", status=408) from None
         except ClientGoneError:
             return 499
-        except UpstreamTimeoutError:
-            problem = GatewayError("The upstream did not answer in time.", code="upstream_timeout", status=504)
-            self._problem(request, conn, problem, request_id, quota_headers)
-            return 504
-        except UpstreamError:
-            problem = GatewayError("The upstream is unreachable.", code="upstream_unavailable", status=502)
-            self._problem(request, conn, problem, request_id, quota_headers)
-            return 502
+        except UpstreamError as exc:
+            return self._upstream_failed(request, conn, exc, request_id, quota_headers)
+        try:
+            body = response.complete_body()
+        except UpstreamError as exc:
+            response.abort()
+            return self._upstream_failed(request, conn, exc, request_id, quota_headers)
         headers, length = _client_headers(response.headers)
         headers.append((b"x-request-id", request_id))
         headers.extend(quota_headers)
         status = response.status
-        body = response.complete_body()
         if body is not None:
             if length is not None and (request.method == "HEAD" or status == 304):
                 headers.append((b"content-length", length))
@@ -506,8 +510,10 @@ class Gateway:
                 await conn.drain(self.settings.read_timeout)
             if chunked:
                 conn.write(b"0\r\n\r\n")
-        except UpstreamError:
+        except UpstreamError as exc:
             # The head is out: all that is left is to cut the connection so the client sees a broken body.
+            if isinstance(exc, UpstreamInvalidError):
+                _log.warning("upstream_invalid", error=str(exc), request_id=request_id.decode())
             response.abort()
             conn.close()
             return status
@@ -519,6 +525,25 @@ class Gateway:
             raise
         response.release()
         return status
+
+    def _upstream_failed(
+        self,
+        request: Request,
+        conn: HttpConnection,
+        exc: UpstreamError,
+        request_id: bytes,
+        quota_headers: tuple[Header, ...],
+    ) -> int:
+        """Answer an upstream failure that happened before anything was sent to the client; return the status."""
+        if isinstance(exc, UpstreamTimeoutError):
+            problem = GatewayError("The upstream did not answer in time.", code="upstream_timeout", status=504)
+        elif isinstance(exc, UpstreamInvalidError):
+            problem = GatewayError("The upstream's answer is not valid HTTP.", code="upstream_invalid", status=502)
+            _log.warning("upstream_invalid", error=str(exc), request_id=request_id.decode())
+        else:
+            problem = GatewayError("The upstream is unreachable.", code="upstream_unavailable", status=502)
+        self._problem(request, conn, problem, request_id, quota_headers)
+        return problem.status
 
     # reserved endpoints -------------------------------------------------------------------------------
     async def reserved(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:

@@ -112,6 +112,12 @@ class GatewaySettings:
     """Seconds an upstream may stay silent."""
     total_timeout: float
     """Seconds until the upstream's response head must have arrived."""
+    upstream_head_timeout: float
+    """Seconds an upstream has to finish a response head once it has begun sending it."""
+    upstream_max_header_bytes: int
+    """Largest upstream response head (and trailer section) in bytes; larger is 502 upstream_invalid."""
+    upstream_max_headers: int
+    """Most header fields in an upstream response head (and trailer section)."""
     access_log: bool
     """One structured log line per request."""
     log_format: str
@@ -170,6 +176,9 @@ class GatewaySettings:
             connect_timeout=env_float("UPSTREAM_CONNECT_TIMEOUT", 2.0, minimum=0.01),
             read_timeout=env_float("UPSTREAM_READ_TIMEOUT", 30.0, minimum=0.01),
             total_timeout=env_float("UPSTREAM_TIMEOUT", 30.0, minimum=0.01),
+            upstream_head_timeout=env_float("UPSTREAM_HEAD_TIMEOUT", 10.0, minimum=0.01),
+            upstream_max_header_bytes=env_int("UPSTREAM_MAX_HEADER_BYTES", 32 * 1024, minimum=1024),
+            upstream_max_headers=env_int("UPSTREAM_MAX_HEADERS", 100, minimum=16),
             access_log=env_bool("ACCESS_LOG", True),
             log_format=env_str("LOG_FORMAT", "auto"),
             log_level=env_str("LOG_LEVEL", "INFO"),

@@ -12,6 +12,8 @@
 * Hostile upstreams (a head or trailers without end, one endless header line, a head dripped slowly) are cut at
   the response-head limits: 502 ``upstream_invalid`` (or 504 for the head timeout), the connection closed after a
   bounded read, the gateway's memory flat, and other tenants served meanwhile.
+* A request path never climbs out of an ``upstream_url``'s path prefix: a dot segment in any spelling an
+  upstream might decode into one is 400 ``invalid_path``.
 * An ``upstream_url`` at link-local, metadata, unspecified or multicast addresses — in any spelling that still
   reaches them — is refused by the admin API even when the allow-list admits everything.
 
@@ -622,6 +624,50 @@ def test_an_upstream_dripping_its_head_gets_504_within_the_head_timeout(
             response = get_raw(gateway.port, f"/{route}/x", key, timeout=30)
             assert response.status == 200, (route, response)
             assert response.body == b"slow"
+
+
+# --- upstream_url: its path prefix ---------------------------------------------------------------------------
+
+#: What an upstream decodes (percent-encoding, twice; backslashes; ``;`` parameters) into a dot segment.
+PREFIX_ESCAPES = [
+    "/../admin", "/a/../../admin", "/./admin", "/%2e%2e/admin", "/%2E%2E/admin", "/%2e%2E/admin", "/.%2e/admin",
+    "/%2e./admin", "/..%2fadmin", "/..%2Fadmin", "/%2e%2e%2fadmin", "/a%2f..%2f..%2fadmin", "/..\\admin",
+    "/..%5cadmin", "/%252e%252e/admin", "/..;/admin", "/x/..",
+]  # fmt: skip
+#: Dots, encodings and backslashes inside segments: forwarded under the prefix, byte for byte.
+PREFIX_SAFE = ["/x", "/.well-known/acme", "/a..b/c", "/a/...", "/file.tar.gz", "/files/a%2Fb", "/a\\b", "/%2e%2e%2e"]
+
+
+@pytest.fixture(scope="module")
+def prefixed(stack: HardeningStack) -> Tenant:
+    """A tenant whose upstream_url has a path prefix (on the echo upstream, which reports the path it got)."""
+    return stack.tenant("prefix", upstream_url=stack.echo.url + "/base/inner")
+
+
+@pytest.mark.parametrize("path", PREFIX_SAFE)
+def test_a_path_with_dots_inside_segments_is_forwarded_under_the_prefix(
+    stack: HardeningStack, prefixed: Tenant, path: str
+) -> None:
+    response = get_raw(stack.gateway.port, path, [(b"X-API-Key", prefixed.key.encode())])
+    assert response.status == 200, response
+    assert response.json()["raw_path"] == "/base/inner" + path
+
+
+@pytest.mark.parametrize("path", PREFIX_ESCAPES)
+def test_a_dot_segment_in_any_encoding_gets_400_and_never_leaves_the_prefix(
+    stack: HardeningStack, prefixed: Tenant, path: str
+) -> None:
+    key = (b"X-API-Key", prefixed.key.encode())
+    assert_problem(get_raw(stack.gateway.port, path, [key]), 400, "invalid_path")
+    # The same through the path source, and with the query string kept apart.
+    assert_problem(get_raw(stack.gateway.port, f"/t/{prefixed.slug}{path}", [key]), 400, "invalid_path")
+    assert_problem(get_raw(stack.gateway.port, f"{path}?next=/x", [key]), 400, "invalid_path")
+
+
+def test_an_asterisk_target_is_not_glued_onto_the_prefix(stack: HardeningStack, prefixed: Tenant) -> None:
+    """``OPTIONS *`` would become ``/base/inner*``, a sibling of the prefix."""
+    response = get_raw(stack.gateway.port, "*", [(b"X-API-Key", prefixed.key.encode())], method="OPTIONS")
+    assert_problem(response, 400, "invalid_path")
 
 
 # --- upstream_url: link-local and metadata addresses ----------------------------------------------------

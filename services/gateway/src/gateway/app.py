@@ -25,7 +25,14 @@ from gateway.authenticate import Authenticator, Principal
 from gateway.config import GatewaySettings, read_keys_file
 from gateway.directory import Directory, DirectorySync, TenantEntry
 from gateway.errors import GatewayError, bad_request, unauthorized
-from gateway.forward import HOP_BY_HOP, BodyTooLargeError, connection_tokens, origin_of, send_upstream
+from gateway.forward import (
+    HOP_BY_HOP,
+    BodyTooLargeError,
+    connection_tokens,
+    escapes_upstream_path,
+    origin_of,
+    send_upstream,
+)
 from gateway.http import (
     API_KEY,
     AUTHORIZATION,
@@ -267,6 +274,8 @@ class Gateway:
                 outcome = "gateway"
                 status = await self.reserved(request, conn, request_id)
                 return
+            if escapes_upstream_path(request.raw_path):
+                raise bad_request("invalid_path", "The path must not hold '.' or '..' segments, in any encoding.")
             trusted = self._is_trusted(conn.peer)
             x_host = tracked[X_HOST]
             effective_host = x_host if trusted and x_host else tracked[HOST]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.config import GatewaySettings
 from gateway.directory import Directory
 from gateway.errors import GatewayError
 from gateway.forward import escapes_upstream_path
@@ -174,3 +175,38 @@ def test_a_dot_segment_in_any_spelling_would_escape_the_upstream_prefix(path: by
 @pytest.mark.parametrize("path", SAFE_PATHS)
 def test_dots_and_encodings_inside_segments_stay_in_the_prefix(path: bytes) -> None:
     assert not escapes_upstream_path(path)
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> GatewaySettings:
+    required = {"SERVICE_TOKEN": "svc", "REDIS_URL": "redis://127.0.0.1:1/0", "API_KEY_HASH_SECRET": "s",
+                "JWT_SIGNING_KEYS": "k1:x"}  # fmt: skip
+    for name in ("UPSTREAM_MAX_HEADER_BYTES", "UPSTREAM_MAX_HEADERS", "UPSTREAM_HEAD_TIMEOUT",
+                 "DIRECTORY_MAX_STALENESS_SECONDS", "DIRECTORY_REFRESH_SECONDS"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**required, **env}.items():
+        monkeypatch.setenv(name, value)
+    return GatewaySettings.from_env()
+
+
+def test_response_limits_and_staleness_have_safe_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(monkeypatch)
+    assert settings.upstream_max_header_bytes == 32 * 1024
+    assert settings.upstream_max_headers == 100
+    assert settings.upstream_head_timeout == 10.0
+    assert settings.directory_max_staleness == 10.0
+    assert _settings(monkeypatch, DIRECTORY_MAX_STALENESS_SECONDS="0").directory_max_staleness == 0.0
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DIRECTORY_MAX_STALENESS_SECONDS": "1", "DIRECTORY_REFRESH_SECONDS": "1"},
+        {"DIRECTORY_MAX_STALENESS_SECONDS": "-1"},
+        {"UPSTREAM_MAX_HEADER_BYTES": "100"},
+        {"UPSTREAM_MAX_HEADERS": "2"},
+        {"UPSTREAM_HEAD_TIMEOUT": "0"},
+    ],
+)
+def test_impossible_limits_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        _settings(monkeypatch, **env)

@@ -19,7 +19,7 @@ from typing import Final
 import msgspec
 import redis.asyncio as redis
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from gateway.authenticate import Authenticator, Principal
 from gateway.config import GatewaySettings, read_keys_file
@@ -68,6 +68,9 @@ LATENCY: Final = Histogram(
     "Time to the response head, by outcome",
     ["outcome"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DIRECTORY_AGE: Final = Gauge(
+    "tenantry_gateway_directory_age_seconds", "Seconds since the tenant directory last synced (-1: never)"
 )
 _JSON: Final = b"application/json"
 _PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
@@ -195,7 +198,10 @@ class Gateway:
             redis_client=self.redis,
             refresh_seconds=self.settings.directory_refresh_seconds,
             full_sync_seconds=self.settings.directory_full_sync_seconds,
+            max_staleness=self.settings.directory_max_staleness,
         )
+        sync = self.sync
+        DIRECTORY_AGE.set_function(lambda: -1.0 if (age := sync.age()) is None else age)
         await self.sync.start()
         if self.settings.jwt_signing_keys_file:
             self._key_watch = asyncio.get_running_loop().create_task(
@@ -582,17 +588,31 @@ class Gateway:
         raise GatewayError("No such gateway endpoint.", code="not_found", status=404)
 
     async def _readyz(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
-        checks = {"directory": "ok" if self.directory.loaded else "not loaded"}
+        """200 when the directory is loaded and fresh and Redis answers; else 503 problem+json naming the first
+        failing check (``directory_not_loaded``, ``directory_stale``, ``redis_unavailable``) with every check."""
+        problems: list[tuple[str, str]] = []
+        checks = {"directory": "ok"}
+        age = self.sync.age() if self.sync is not None else None
+        if not self.directory.loaded:
+            checks["directory"] = "not loaded"
+            problems.append(("directory_not_loaded", "The tenant directory has not been loaded yet."))
+        elif self.sync is not None and self.sync.stale:
+            checks["directory"] = f"stale: last synced {age or 0.0:.0f} s ago"
+            problems.append(("directory_stale", "The tenant directory has not synced with the tenant-service."))
         try:
             await self.redis.ping()
             checks["redis"] = "ok"
         except (redis.RedisError, OSError, TimeoutError) as exc:
             checks["redis"] = f"error: {type(exc).__name__}"
-        ready = all(v == "ok" for v in checks.values())
-        status = 200 if ready else 503
-        body = msgspec.json.encode({"status": "ok" if ready else "unavailable", "checks": checks})
-        conn.respond(request, status, body, _JSON, [(b"x-request-id", request_id)])
-        return status
+            problems.append(("redis_unavailable", "Redis does not answer."))
+        headers = [(b"x-request-id", request_id)]
+        if not problems:
+            conn.respond(request, 200, msgspec.json.encode({"status": "ok", "checks": checks}), _JSON, headers)
+            return 200
+        code, detail = problems[0]
+        body = problem_bytes(503, code, detail=detail, extra={"checks": checks})
+        conn.respond(request, 503, body, _PROBLEM, [*headers, (b"cache-control", b"no-store")])
+        return 503
 
     def _token(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
         key: str | None = None

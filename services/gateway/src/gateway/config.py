@@ -66,6 +66,8 @@ class GatewaySettings:
     """Period of the incremental directory sync."""
     directory_full_sync_seconds: float
     """Period of the full directory resync."""
+    directory_max_staleness: float
+    """Seconds without a successful directory sync after which /_gateway/readyz fails; 0 never fails it."""
     redis_url: str
     """Redis for quotas and change events."""
     redis_timeout: float
@@ -141,6 +143,11 @@ class GatewaySettings:
         if gateway_mode not in ("full", "passthrough"):
             raise ConfigError("GATEWAY_MODE must be full or passthrough")
         tenant_token_ttl = env_int("TENANT_TOKEN_TTL_SECONDS", 60, minimum=5, maximum=60)
+        refresh = env_float("DIRECTORY_REFRESH_SECONDS", 1.0, minimum=0.05)
+        max_staleness = env_float("DIRECTORY_MAX_STALENESS_SECONDS", 10.0)
+        if 0 < max_staleness <= refresh:
+            # Readiness would fail between two ordinary polls.
+            raise ConfigError("DIRECTORY_MAX_STALENESS_SECONDS must be 0 (off) or more than DIRECTORY_REFRESH_SECONDS")
         return cls(
             host=env_str("GATEWAY_HOST", "127.0.0.1"),
             port=env_int("GATEWAY_PORT", 8080, minimum=0, maximum=65535),
@@ -151,8 +158,9 @@ class GatewaySettings:
             base_domain=env_str("BASE_DOMAIN", "localhost").lower().rstrip("."),
             tenant_service_url=env_str("TENANT_SERVICE_URL", "http://127.0.0.1:8001").rstrip("/"),
             directory_token=env_opt("GATEWAY_SERVICE_TOKEN") or env_str("SERVICE_TOKEN", required=True),
-            directory_refresh_seconds=env_float("DIRECTORY_REFRESH_SECONDS", 1.0, minimum=0.05),
+            directory_refresh_seconds=refresh,
             directory_full_sync_seconds=env_float("DIRECTORY_FULL_SYNC_SECONDS", 60.0, minimum=1.0),
+            directory_max_staleness=max_staleness,
             redis_url=env_str("REDIS_URL", required=True),
             redis_timeout=env_float("REDIS_TIMEOUT", 0.25, minimum=0.001),
             quota_failure_mode=mode,

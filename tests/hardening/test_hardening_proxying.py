@@ -12,6 +12,7 @@
 * Hostile upstreams (a head or trailers without end, one endless header line, a head dripped slowly) are cut at
   the response-head limits: 502 ``upstream_invalid`` (or 504 for the head timeout), the connection closed after a
   bounded read, the gateway's memory flat, and other tenants served meanwhile.
+* ``X-Request-ID`` crosses (to the upstream, the response and the log) only when it is short and plain.
 * A request path never climbs out of an ``upstream_url``'s path prefix: a dot segment in any spelling an
   upstream might decode into one is 400 ``invalid_path``.
 * An ``upstream_url`` at link-local, metadata, unspecified or multicast addresses — in any spelling that still
@@ -227,6 +228,49 @@ def test_chunked_upstream_response_with_trailers_arrives_whole(
     assert response.complete
     assert response.body == b"hello world"
     assert "trailer" not in response.header_names()
+
+
+# --- X-Request-ID ---------------------------------------------------------------------------------------
+
+GENERATED_ID = re.compile(r"[0-9a-f]{32}")
+KEPT_IDS = [b"req-123", b"a.b:c_d-E9", b"0" * 128, b"4bf92f3577b34da6a3ce929d0e0e4736", b"1-5759e988-bd862e3fe1be46a9"]
+REPLACED_IDS = [
+    b"x" * 129, b"", b" ", b"abc<script>alert(1)</script>", b'"quoted"', b"{a0b1}", b"../../etc/passwd",
+    b"a b", b"a\tb", b"a%0d%0ab", b"id\\n", b"caf\xe9", b"a/b", b"a=b;c", b"a,b", b"${jndi:ldap://x/a}",
+    b'{"level":"error","event":"forged"}',
+]  # fmt: skip
+
+
+def test_a_safe_client_request_id_is_kept_and_any_other_replaced_never_refused(
+    stack: HardeningStack, acme: Tenant
+) -> None:
+    """X-Request-ID reaches the upstream, the response and the access log only when it is at most 128 characters
+    of ``A-Z a-z 0-9 . _ : -``; anything else (too long, markup, quotes, spaces, tabs, encoded line breaks, JSON
+    meant for the log, non-ASCII) is replaced by a new id, and the request is served as usual."""
+    key = (b"X-API-Key", acme.key.encode())
+    for value in KEPT_IDS + REPLACED_IDS:
+        response = get_raw(stack.gateway.port, "/request-id", [key, (b"X-Request-ID", value)])
+        assert response.status == 200, (value, response)
+        seen = seen_headers(response.json())
+        assert len(seen["x-request-id"]) == 1, seen["x-request-id"]
+        forwarded = seen["x-request-id"][0]
+        assert response.header("x-request-id") == forwarded
+        if value in KEPT_IDS:
+            assert forwarded == value.decode(), value
+        else:
+            assert GENERATED_ID.fullmatch(forwarded), (value, forwarded)
+    # Two of them: the first wins when it is safe; only one ever reaches the upstream.
+    response = get_raw(stack.gateway.port, "/request-id", [key, (b"X-Request-ID", b"first"), (b"X-Request-ID", b"2")])
+    assert seen_headers(response.json())["x-request-id"] == ["first"]
+    # The access log has the replacement, never what the client sent.
+    marker = secrets.token_hex(4)
+    forged = f'{marker}","event":"forged'.encode()
+    response = get_raw(stack.gateway.port, "/request-id", [key, (b"X-Request-ID", forged)])
+    replaced = response.header("x-request-id")
+    assert replaced is not None
+    assert GENERATED_ID.fullmatch(replaced)
+    wait_until(lambda: replaced in stack.gateway.log(), timeout=5)
+    assert marker not in stack.gateway.log()
 
 
 # --- request smuggling ----------------------------------------------------------------------------------

@@ -83,19 +83,21 @@ _STATUS_ERRORS: Final = {
 _KEY_FILE_POLL_SECONDS: Final = 2.0
 
 
-_VISIBLE_ASCII: Final = re.compile(rb"[\x21-\x7e]{1,128}")
+#: A client's X-Request-ID is kept only when it is this: short, and nothing a log, header or URL reads specially.
+_SAFE_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class _RequestIds:
-    """The client's X-Request-ID when it is sane, else a new one: 32 hex digits, a random per-process prefix and a
-    counter (unique without a syscall per request; created in each worker, after the fork)."""
+    """The client's X-Request-ID when it is safe (at most 128 of ``A-Z a-z 0-9 . _ : -``), else a new one: 32 hex
+    digits, a random per-process prefix and a counter (unique without a syscall per request; created in each
+    worker, after the fork). An unsafe id is replaced, never refused: it is the client's label, not its request."""
 
     def __init__(self) -> None:
         self._prefix = os.urandom(8).hex().encode()
         self._next = itertools.count(int.from_bytes(os.urandom(4), "big")).__next__
 
     def __call__(self, incoming: bytes | None) -> bytes:
-        if incoming is not None and _VISIBLE_ASCII.fullmatch(incoming):
+        if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming):
             return incoming
         return b"%b%016x" % (self._prefix, self._next())
 

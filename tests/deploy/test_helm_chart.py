@@ -309,8 +309,13 @@ def test_values_against_the_schema_fail_lint_and_template_with_a_clear_message(
             "gateway.autoscaling.minReplicas (5) must not exceed gateway.autoscaling.maxReplicas (2)",
         ),
         ({"notes": {"enabled": False}}, "gateway.config.defaultUpstream is required when notes.enabled is false"),
+        (
+            {"gateway": {"config": {"directoryMaxStalenessSeconds": 1, "directoryRefreshSeconds": 2}}},
+            "gateway.config.directoryMaxStalenessSeconds (1) must be 0 (off) or more than "
+            "gateway.config.directoryRefreshSeconds (2)",
+        ),
     ],
-    ids=["hpa-bounds", "no-upstream"],
+    ids=["hpa-bounds", "no-upstream", "staleness-below-refresh"],
 )
 def test_impossible_combinations_fail_template_with_a_clear_message(
     tmp_path: Path, values: dict[str, Any], message: str

@@ -1,4 +1,4 @@
-"""The gateway when Redis misbehaves, and behind (or not behind) a trusted proxy."""
+"""The gateway when Redis or the tenant-service misbehaves, and behind (or not behind) a trusted proxy."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from support.gateway_support import EchoUpstream, GatewayProcess
 from support.platform import Installation, ServiceProcess, wait_until
 from tenantry_common.jwt_keys import generate_signing_key
+from tenantry_common.problems import PROBLEM_MEDIA_TYPE
 from tenantry_devtools.servers import LocalRedis
 
 
@@ -58,7 +59,10 @@ def test_unresponsive_redis_applies_the_failure_mode_within_the_timeout(
     try:
         key = {"X-API-Key": tenant["api_key"]["key"]}
         wait_until(lambda: httpx.get(gateway.url + "/x", headers=key).status_code != 401, timeout=10)
-        assert httpx.get(gateway.url + "/_gateway/readyz").status_code == 503
+        ready = httpx.get(gateway.url + "/_gateway/readyz")
+        assert ready.status_code == 503
+        assert ready.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
+        assert ready.json()["code"] == "redis_unavailable"
         for _ in range(10):
             started = time.monotonic()
             response = httpx.get(gateway.url + "/x", headers=key, timeout=10)
@@ -136,3 +140,61 @@ def test_forwarded_headers_are_believed_only_from_trusted_proxies(
     finally:
         untrusted.stop()
         trusted.stop()
+
+
+#: The staleness bound of the test's gateway, and its sync period (GatewayProcess sets 0.5 s).
+MAX_STALENESS = 2.0
+REFRESH = 0.5
+
+
+def test_a_gateway_cut_off_from_the_tenant_service_turns_unready_but_keeps_serving(
+    backend: tuple, installation: Installation, tmp_path: Path
+) -> None:
+    """A gateway whose directory cannot sync says so: ``/_gateway/readyz`` is 503 ``directory_stale`` within
+    ``DIRECTORY_MAX_STALENESS_SECONDS`` plus one sync period of the tenant-service stopping, so an orchestrator
+    takes it out of rotation; meanwhile it serves known tenants from the last directory it had (an outage of the
+    tenant-service alone takes no tenant down); once the tenant-service is back it is ready again."""
+    _, echo, _, keys = backend
+    service = ServiceProcess(installation, tmp_path / "tenant-service.log").start()  # this test's own: it stops it
+    gateway = GatewayProcess(
+        installation, service.url, echo.url, tmp_path / "gw.log", keys,
+        DIRECTORY_MAX_STALENESS_SECONDS=str(MAX_STALENESS), DIRECTORY_REFRESH_SECONDS=str(REFRESH),
+    ).start()  # fmt: skip
+    try:
+        with service.client() as admin:
+            tenant = _tenant(admin, "gw-stale")
+        key = {"X-API-Key": tenant["api_key"]["key"]}
+        wait_until(lambda: httpx.get(gateway.url + "/x", headers=key).status_code == 200, timeout=10)
+        ready = httpx.get(gateway.url + "/_gateway/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["directory"] == "ok"
+
+        service.stop()
+        stopped = time.monotonic()
+        wait_until(lambda: httpx.get(gateway.url + "/_gateway/readyz").status_code == 503, timeout=15)
+        took = time.monotonic() - stopped
+        # The last successful sync was at most one period before the stop; slack for a loaded machine.
+        assert MAX_STALENESS - REFRESH - 0.25 <= took <= MAX_STALENESS + REFRESH + 2.0, took
+        stale = httpx.get(gateway.url + "/_gateway/readyz")
+        assert stale.status_code == 503
+        assert stale.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
+        problem = stale.json()
+        assert problem["code"] == "directory_stale"
+        assert problem["checks"]["directory"].startswith("stale")
+        assert problem["checks"]["redis"] == "ok"
+        assert httpx.get(gateway.url + "/_gateway/healthz").status_code == 200  # alive, only not ready
+        # Traffic meanwhile: the last known directory still serves the tenant.
+        assert httpx.get(gateway.url + "/x", headers=key).status_code == 200
+        assert '"directory_stale"' in gateway.log()
+
+        service.start()
+        restarted = time.monotonic()
+        wait_until(lambda: httpx.get(gateway.url + "/_gateway/readyz").status_code == 200, timeout=15)
+        assert time.monotonic() - restarted <= REFRESH + 5.0
+        assert httpx.get(gateway.url + "/x", headers=key).status_code == 200
+        metrics = httpx.get(gateway.url + "/_gateway/metrics").text
+        age = next(line for line in metrics.splitlines() if line.startswith("tenantry_gateway_directory_age_seconds"))
+        assert 0 <= float(age.split()[1]) < MAX_STALENESS, age
+    finally:
+        gateway.stop()
+        service.stop()

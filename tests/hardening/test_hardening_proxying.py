@@ -9,6 +9,12 @@
   echo upstream counts the requests it serves per path).
 * Misbehaving upstreams (dead, silent, resetting, cut mid-response, stalled) give 502/504 within the timeout,
   a cut response is never passed off as complete, and a POST is never sent twice.
+* Hostile upstreams (a head or trailers without end, one endless header line, a head dripped slowly) are cut at
+  the response-head limits: 502 ``upstream_invalid`` (or 504 for the head timeout), the connection closed after a
+  bounded read, the gateway's memory flat, and other tenants served meanwhile.
+* ``X-Request-ID`` crosses (to the upstream, the response and the log) only when it is short and plain.
+* A request path never climbs out of an ``upstream_url``'s path prefix: a dot segment in any spelling an
+  upstream might decode into one is 400 ``invalid_path``.
 * An ``upstream_url`` at link-local, metadata, unspecified or multicast addresses — in any spelling that still
   reaches them — is refused by the admin API even when the allow-list admits everything.
 
@@ -18,10 +24,14 @@ one POST to a closing upstream, UPSTREAM_ALLOWLIST refusals in tests/integration
 
 from __future__ import annotations
 
+import contextlib
+import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -30,14 +40,17 @@ from support.gateway_support import GatewayProcess
 from support.hardening import (
     CLOSED,
     Behaviour,
+    Endless,
     HardeningStack,
     RawResponse,
     ScriptedUpstream,
     Tenant,
     close,
+    drip,
     echo_hits,
     hang,
     http_bytes,
+    pause_then,
     raw_exchange,
     raw_request,
     reset,
@@ -45,7 +58,8 @@ from support.hardening import (
     seen_headers,
     send_then,
 )
-from support.platform import Installation, free_port
+from support.load import process_tree
+from support.platform import Installation, free_port, wait_until
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE
 
 #: Timeouts of the strict gateway that faces the misbehaving upstreams.
@@ -216,6 +230,49 @@ def test_chunked_upstream_response_with_trailers_arrives_whole(
     assert "trailer" not in response.header_names()
 
 
+# --- X-Request-ID ---------------------------------------------------------------------------------------
+
+GENERATED_ID = re.compile(r"[0-9a-f]{32}")
+KEPT_IDS = [b"req-123", b"a.b:c_d-E9", b"0" * 128, b"4bf92f3577b34da6a3ce929d0e0e4736", b"1-5759e988-bd862e3fe1be46a9"]
+REPLACED_IDS = [
+    b"x" * 129, b"", b" ", b"abc<script>alert(1)</script>", b'"quoted"', b"{a0b1}", b"../../etc/passwd",
+    b"a b", b"a\tb", b"a%0d%0ab", b"id\\n", b"caf\xe9", b"a/b", b"a=b;c", b"a,b", b"${jndi:ldap://x/a}",
+    b'{"level":"error","event":"forged"}',
+]  # fmt: skip
+
+
+def test_a_safe_client_request_id_is_kept_and_any_other_replaced_never_refused(
+    stack: HardeningStack, acme: Tenant
+) -> None:
+    """X-Request-ID reaches the upstream, the response and the access log only when it is at most 128 characters
+    of ``A-Z a-z 0-9 . _ : -``; anything else (too long, markup, quotes, spaces, tabs, encoded line breaks, JSON
+    meant for the log, non-ASCII) is replaced by a new id, and the request is served as usual."""
+    key = (b"X-API-Key", acme.key.encode())
+    for value in KEPT_IDS + REPLACED_IDS:
+        response = get_raw(stack.gateway.port, "/request-id", [key, (b"X-Request-ID", value)])
+        assert response.status == 200, (value, response)
+        seen = seen_headers(response.json())
+        assert len(seen["x-request-id"]) == 1, seen["x-request-id"]
+        forwarded = seen["x-request-id"][0]
+        assert response.header("x-request-id") == forwarded
+        if value in KEPT_IDS:
+            assert forwarded == value.decode(), value
+        else:
+            assert GENERATED_ID.fullmatch(forwarded), (value, forwarded)
+    # Two of them: the first wins when it is safe; only one ever reaches the upstream.
+    response = get_raw(stack.gateway.port, "/request-id", [key, (b"X-Request-ID", b"first"), (b"X-Request-ID", b"2")])
+    assert seen_headers(response.json())["x-request-id"] == ["first"]
+    # The access log has the replacement, never what the client sent.
+    marker = secrets.token_hex(4)
+    forged = f'{marker}","event":"forged'.encode()
+    response = get_raw(stack.gateway.port, "/request-id", [key, (b"X-Request-ID", forged)])
+    replaced = response.header("x-request-id")
+    assert replaced is not None
+    assert GENERATED_ID.fullmatch(replaced)
+    wait_until(lambda: replaced in stack.gateway.log(), timeout=5)
+    assert marker not in stack.gateway.log()
+
+
 # --- request smuggling ----------------------------------------------------------------------------------
 
 
@@ -367,7 +424,7 @@ FAILURES = [
     ("reset", 502, "upstream_unavailable"),
     ("close", 502, "upstream_unavailable"),
     ("half-head", 502, "upstream_unavailable"),
-    ("garbage", 502, "upstream_unavailable"),
+    ("garbage", 502, "upstream_invalid"),
 ]
 
 
@@ -412,6 +469,249 @@ def test_response_cut_short_is_never_delivered_as_complete(
     else:
         assert_problem(response, 502, "upstream_unavailable")
     assert upstream.hits(f"GET {path} ".encode()) == 1
+
+
+# --- hostile upstreams: response heads and trailers without end --------------------------------------------
+
+#: Bytes a hostile upstream sends at most: far past every limit, small enough not to endanger the test machine.
+HOSTILE_CAP = 64 * 1024 * 1024
+#: A gateway that stops reading at its limits has taken at most its own bound plus what the kernel's socket
+#: buffers absorbed (a few MiB on loopback); one that buffers without limit takes all of HOSTILE_CAP.
+CUT_EARLY = 16 * 1024 * 1024
+FLOOD_LINE = b"X-Flood: " + b"a" * 32 + b"\r\n"
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+
+
+def hostile_routes() -> dict[str, Endless]:
+    """Each way of never ending a response head or its trailers."""
+    return {
+        "endless-headers": Endless(b"HTTP/1.1 200 OK\r\n", FLOOD_LINE, HOSTILE_CAP),
+        "huge-header": Endless(b"HTTP/1.1 200 OK\r\nX-Huge: ", b"a", HOSTILE_CAP),
+        "huge-status": Endless(b"HTTP/1.1 200 ", b"O", HOSTILE_CAP),
+        "endless-interim": Endless(b"", b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n", HOSTILE_CAP),
+        "endless-trailers": Endless(CHUNKED_HEAD, b"X-Trailer: " + FLOOD_LINE, HOSTILE_CAP),
+        "huge-trailer": Endless(CHUNKED_HEAD + b"X-Huge: ", b"a", HOSTILE_CAP),
+    }
+
+
+HEAD_FLOODS = ["endless-headers", "huge-header", "huge-status", "endless-interim"]
+TRAILER_FLOODS = ["endless-trailers", "huge-trailer"]
+SLOW_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nslow"
+
+
+@dataclass
+class Hostile:
+    """A scripted upstream whose routes are the hostile streams, and a tenant routed to it."""
+
+    upstream: ScriptedUpstream
+    streams: dict[str, Endless]
+    tenant: Tenant
+
+
+@pytest.fixture(scope="module")
+def hostile(stack: HardeningStack) -> Iterator[Hostile]:
+    streams = hostile_routes()
+    routes: dict[str, Behaviour] = {
+        **streams,
+        "garbage": send_then(b"SSH-2.0-OpenSSH_9.6\r\n\r\n"),
+        "drip": drip(b"HTTP/1.1 200 OK\r\n", b"X-Drip: 1\r\n"),
+        "slow": pause_then(2.0, SLOW_ANSWER),
+        "interim-then-slow": send_then(b"HTTP/1.1 100 Continue\r\n\r\n", pause_then(2.0, SLOW_ANSWER)),
+    }
+    upstream = ScriptedUpstream(routes)
+    tenant = stack.tenant("hostile", gateways=[stack.gateway, *stack.extra], upstream_url=upstream.url)
+    yield Hostile(upstream, streams, tenant)
+    upstream.close()
+
+
+@contextlib.contextmanager
+def own_gateway(stack: HardeningStack, name: str, **env: str) -> Iterator[GatewayProcess]:
+    """A gateway of the test's own on the stack's tenant-service, stopped when the test ends."""
+    gateway = GatewayProcess(
+        stack.installation, stack.service.url, stack.echo.url, stack.folder / f"{name}.log", stack.signing_keys,
+        **{"REDIS_TIMEOUT": "2", **env},
+    ).start()  # fmt: skip
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def assert_cut(response: RawResponse, route: str) -> None:
+    """A head flood is a 502 ``upstream_invalid``; a trailer flood, once the head and body are out, may only end
+    the connection before the body's last chunk (never a complete body)."""
+    if route in TRAILER_FLOODS and response.status == 200:
+        assert not response.complete, f"{route}: the body was framed as complete"
+        assert response.body == b"hello"
+        assert not {"x-trailer", "x-huge"} & response.header_names()
+    else:
+        assert_problem(response, 502, "upstream_invalid")
+
+
+@pytest.mark.parametrize("route", HEAD_FLOODS + TRAILER_FLOODS)
+def test_an_endless_response_head_or_trailer_is_cut_at_the_limit_with_502(
+    stack: HardeningStack, hostile: Hostile, acme: Tenant, route: str
+) -> None:
+    stream = hostile.streams[route]
+    before = len(stream.sent)
+    started = time.monotonic()
+    response = get_raw(stack.gateway.port, f"/{route}/x", [(b"X-API-Key", hostile.tenant.key.encode())], timeout=30)
+    assert time.monotonic() - started < SLACK
+    assert_cut(response, route)
+    wait_until_sent(stream, before + 1)
+    assert stream.sent[-1] < CUT_EARLY, f"{route}: the gateway read {stream.sent[-1]} bytes before closing"
+    assert httpx.get(stack.gateway.url + "/after", headers={"X-API-Key": acme.key}, timeout=10).status_code == 200
+
+
+def wait_until_sent(stream: Endless, count: int, timeout: float = 15.0) -> None:
+    """Wait until ``count`` connections of ``stream`` have ended on the upstream's side."""
+    deadline = time.monotonic() + timeout
+    while len(stream.sent) < count:
+        assert time.monotonic() < deadline, "the hostile upstream is still sending: the gateway did not close"
+        time.sleep(0.05)
+
+
+def worker_rss_kib(gateway: GatewayProcess) -> dict[int, int]:
+    """``VmRSS`` of each worker process of a multi-worker gateway (the supervisor serves no request)."""
+    assert gateway.proc is not None
+    rss = {}
+    for pid in process_tree(gateway.proc.pid)[1:]:
+        status = Path(f"/proc/{pid}/status").read_text()
+        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        assert found, status
+        rss[pid] = int(found.group(1))
+    return rss
+
+
+#: A worker's resident memory after the hostile requests may exceed its idle value by this fraction. Idle is
+#: about 60 MiB, so 10 % is about 6 MiB: well above the noise of a warmed-up worker (under 1 MiB), and far below
+#: what one unbounded request used to take (hundreds of MiB to 1.5 GiB). No absolute floor is needed.
+RSS_GROWTH = 0.10
+
+
+def test_hostile_upstreams_leave_gateway_memory_flat_and_other_tenants_served(
+    stack: HardeningStack, hostile: Hostile
+) -> None:
+    """Several requests of every flood against a fresh two-worker gateway with the default limits: each worker's
+    RSS stays within 10 % of its idle value (measured after a warm-up), and another tenant gets 200 throughout."""
+    plan = f"h-unmetered-{secrets.token_hex(3)}"
+    limits = {"requests_per_minute": 10**6, "requests_per_day": 10**9}
+    assert stack.admin.put(f"/admin/plans/{plan}", json={"limits": limits}).status_code == 200
+    neighbour = stack.tenant("neighbour", plan=plan)
+    with own_gateway(stack, "memory", GATEWAY_WORKERS="2") as gateway:
+        memory_stays_flat(gateway, hostile, neighbour)
+
+
+def memory_stays_flat(gateway: GatewayProcess, hostile: Hostile, neighbour: Tenant) -> None:
+    normal = {"X-API-Key": neighbour.key}
+    hostile_key = [(b"X-API-Key", hostile.tenant.key.encode())]
+    # Warm-up: ordinary traffic on many connections (both workers) and the 502 path, so the idle value is that of
+    # a worker that has run every code path the measurement exercises.
+    for _ in range(3):
+        for _ in range(40):
+            assert httpx.get(gateway.url + "/warm", headers=normal, timeout=10).status_code == 200
+        for _ in range(4):
+            assert_problem(get_raw(gateway.port, "/garbage/warm", hostile_key), 502, "upstream_invalid")
+    time.sleep(1.0)
+    idle = worker_rss_kib(gateway)
+    assert len(idle) == 2, idle
+
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def other_tenant() -> None:
+        with httpx.Client(base_url=gateway.url, headers=normal, timeout=10) as client:
+            while not done.is_set():
+                statuses.append(client.get("/meanwhile").status_code)
+                time.sleep(0.01)
+
+    sent_before = {route: len(stream.sent) for route, stream in hostile.streams.items()}
+    thread = threading.Thread(target=other_tenant, daemon=True)
+    thread.start()
+    try:
+        rounds = 3
+        for _ in range(rounds):
+            for route in HEAD_FLOODS + TRAILER_FLOODS:
+                served = len(statuses)
+                response = get_raw(gateway.port, f"/{route}/rss", hostile_key, timeout=30)
+                assert_cut(response, route)
+                wait_until(lambda served=served: len(statuses) > served, timeout=10)  # served meanwhile
+    finally:
+        done.set()
+        thread.join(timeout=15)
+    for route, stream in hostile.streams.items():
+        wait_until_sent(stream, sent_before[route] + rounds)
+        assert max(stream.sent) < CUT_EARLY, (route, stream.sent)
+    assert statuses, "the other tenant was not served at all"
+    assert set(statuses) == {200}, sorted(set(statuses))
+    assert httpx.get(gateway.url + "/after", headers=normal, timeout=10).status_code == 200
+    time.sleep(1.0)
+    after = worker_rss_kib(gateway)
+    grown = {pid: f"{idle[pid] / 1024:.1f} -> {after[pid] / 1024:.1f} MiB" for pid in idle}
+    for pid, kib in idle.items():
+        assert after[pid] <= kib * (1 + RSS_GROWTH), f"worker memory grew: {grown}"
+
+
+def test_an_upstream_dripping_its_head_gets_504_within_the_head_timeout(
+    stack: HardeningStack, hostile: Hostile
+) -> None:
+    """``UPSTREAM_HEAD_TIMEOUT`` runs from the first byte of a response head, apart from ``UPSTREAM_TIMEOUT``: a head
+    dripped a line at a time is cut after it, while an application that is slow to *start* answering (with or
+    without a ``100 Continue`` first) still gets the whole ``UPSTREAM_TIMEOUT``."""
+    key = [(b"X-API-Key", hostile.tenant.key.encode())]
+    with own_gateway(stack, "head-timeout", UPSTREAM_HEAD_TIMEOUT="1", UPSTREAM_TIMEOUT="30") as gateway:
+        started = time.monotonic()
+        response = get_raw(gateway.port, "/drip/x", key, timeout=30)
+        assert time.monotonic() - started < 1 + SLACK
+        assert_problem(response, 504, "upstream_timeout")
+        for route in ("slow", "interim-then-slow"):
+            response = get_raw(gateway.port, f"/{route}/x", key, timeout=30)
+            assert response.status == 200, (route, response)
+            assert response.body == b"slow"
+
+
+# --- upstream_url: its path prefix ---------------------------------------------------------------------------
+
+#: What an upstream decodes (percent-encoding, twice; backslashes; ``;`` parameters) into a dot segment.
+PREFIX_ESCAPES = [
+    "/../admin", "/a/../../admin", "/./admin", "/%2e%2e/admin", "/%2E%2E/admin", "/%2e%2E/admin", "/.%2e/admin",
+    "/%2e./admin", "/..%2fadmin", "/..%2Fadmin", "/%2e%2e%2fadmin", "/a%2f..%2f..%2fadmin", "/..\\admin",
+    "/..%5cadmin", "/%252e%252e/admin", "/..;/admin", "/x/..",
+]  # fmt: skip
+#: Dots, encodings and backslashes inside segments: forwarded under the prefix, byte for byte.
+PREFIX_SAFE = ["/x", "/.well-known/acme", "/a..b/c", "/a/...", "/file.tar.gz", "/files/a%2Fb", "/a\\b", "/%2e%2e%2e"]
+
+
+@pytest.fixture(scope="module")
+def prefixed(stack: HardeningStack) -> Tenant:
+    """A tenant whose upstream_url has a path prefix (on the echo upstream, which reports the path it got)."""
+    return stack.tenant("prefix", upstream_url=stack.echo.url + "/base/inner")
+
+
+@pytest.mark.parametrize("path", PREFIX_SAFE)
+def test_a_path_with_dots_inside_segments_is_forwarded_under_the_prefix(
+    stack: HardeningStack, prefixed: Tenant, path: str
+) -> None:
+    response = get_raw(stack.gateway.port, path, [(b"X-API-Key", prefixed.key.encode())])
+    assert response.status == 200, response
+    assert response.json()["raw_path"] == "/base/inner" + path
+
+
+@pytest.mark.parametrize("path", PREFIX_ESCAPES)
+def test_a_dot_segment_in_any_encoding_gets_400_and_never_leaves_the_prefix(
+    stack: HardeningStack, prefixed: Tenant, path: str
+) -> None:
+    key = (b"X-API-Key", prefixed.key.encode())
+    assert_problem(get_raw(stack.gateway.port, path, [key]), 400, "invalid_path")
+    # The same through the path source, and with the query string kept apart.
+    assert_problem(get_raw(stack.gateway.port, f"/t/{prefixed.slug}{path}", [key]), 400, "invalid_path")
+    assert_problem(get_raw(stack.gateway.port, f"{path}?next=/x", [key]), 400, "invalid_path")
+
+
+def test_an_asterisk_target_is_not_glued_onto_the_prefix(stack: HardeningStack, prefixed: Tenant) -> None:
+    """``OPTIONS *`` would become ``/base/inner*``, a sibling of the prefix."""
+    response = get_raw(stack.gateway.port, "*", [(b"X-API-Key", prefixed.key.encode())], method="OPTIONS")
+    assert_problem(response, 400, "invalid_path")
 
 
 # --- upstream_url: link-local and metadata addresses ----------------------------------------------------

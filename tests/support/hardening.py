@@ -350,6 +350,55 @@ def send_then(data: bytes, then: Behaviour = close) -> Behaviour:
     return behaviour
 
 
+class Endless:
+    """A hostile behaviour: send ``prefix``, then ``unit`` again and again until the gateway stops reading (the
+    connection fails) or ``cap`` bytes are out; ``sent`` records the bytes each connection took."""
+
+    def __init__(self, prefix: bytes, unit: bytes, cap: int = 64 * 1024 * 1024) -> None:
+        self.prefix = prefix
+        self.block = unit * max(1, 65536 // len(unit))
+        self.cap = cap
+        self.sent: list[int] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, conn: socket.socket, stop: threading.Event) -> None:
+        total = 0
+        conn.settimeout(10)  # a gateway that stops reading without closing ends the stream too
+        try:
+            conn.sendall(self.prefix)
+            total = len(self.prefix)
+            while total < self.cap and not stop.is_set():
+                conn.sendall(self.block)
+                total += len(self.block)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self.sent.append(total)
+
+
+def drip(prefix: bytes, unit: bytes, every: float = 0.2, seconds: float = 30.0) -> Behaviour:
+    """Send ``prefix``, then ``unit`` every ``every`` seconds (a head that never ends, slowly)."""
+
+    def behaviour(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(prefix)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not stop.wait(every):
+            conn.sendall(unit)
+
+    return behaviour
+
+
+def pause_then(seconds: float, data: bytes, then: Behaviour = close) -> Behaviour:
+    """Send nothing for ``seconds`` (a slow application), then ``data``, then behave as ``then``."""
+
+    def behaviour(conn: socket.socket, stop: threading.Event) -> None:
+        if not stop.wait(seconds):
+            send_then(data, then)(conn, stop)
+
+    return behaviour
+
+
 class ScriptedUpstream:
     """A TCP upstream in a thread: reads each request, records it, then runs a behaviour and closes.
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.config import GatewaySettings
 from gateway.directory import Directory
 from gateway.errors import GatewayError
+from gateway.forward import escapes_upstream_path
 from gateway.resolve import Resolver, normalize_host
 from tenantry_common.directory import DirectoryKey, DirectoryPage, DirectoryTenant
 from tenantry_common.jwt_keys import InvalidTokenError, KeyRing, generate_signing_key
@@ -146,3 +148,65 @@ def test_overlapping_polls_skip_entries_the_directory_already_has() -> None:
     assert "k1" not in directory.keys_by_id
     directory.apply_page(page("active", 2))  # an older revision arriving late never rolls it back
     assert directory.by_id[acme_id].status == "suspended"
+
+
+#: Paths that would leave an ``upstream_url``'s prefix once an upstream decodes and normalises them.
+ESCAPING_PATHS = [
+    b"/..", b"/../admin", b"/a/../../admin", b"/a/..", b"/./x", b"/a/.",
+    b"/%2e%2e/admin", b"/%2E%2E/admin", b"/%2e%2E/admin", b"/.%2e/admin", b"/%2e./admin", b"/%2e/x",
+    b"/..%2fadmin", b"/..%2Fadmin", b"/%2e%2e%2fadmin", b"/a%2f..%2f..%2fadmin", b"/x/%2e%2e%5cadmin",
+    b"/..\\admin", b"/a\\..\\..\\admin", b"/..%5cadmin", b"/..%5Cadmin",
+    b"/%252e%252e/admin", b"/%25252e%25252e/admin", b"/..%252fadmin",
+    b"/..;/admin", b"/..;jsessionid=1/admin", b"/%2e%2e;x/admin",
+    b"*", b"", b"admin", b"%2f..%2fadmin",
+]  # fmt: skip
+#: Paths with dots, encodings and backslashes that stay inside the prefix.
+SAFE_PATHS = [
+    b"/", b"/x", b"/a/b", b"/.well-known/acme", b"/a..b", b"/a/...", b"/..a", b"/a./b", b"/file.tar.gz",
+    b"/files/a%2Fb", b"/a%2e/b", b"/%2e%2e%2e/x", b"/a%20b", b"/caf%C3%A9", b"/a\\b", b"/a;b=c",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ESCAPING_PATHS)
+def test_a_dot_segment_in_any_spelling_would_escape_the_upstream_prefix(path: bytes) -> None:
+    assert escapes_upstream_path(path)
+
+
+@pytest.mark.parametrize("path", SAFE_PATHS)
+def test_dots_and_encodings_inside_segments_stay_in_the_prefix(path: bytes) -> None:
+    assert not escapes_upstream_path(path)
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> GatewaySettings:
+    required = {"SERVICE_TOKEN": "svc", "REDIS_URL": "redis://127.0.0.1:1/0", "API_KEY_HASH_SECRET": "s",
+                "JWT_SIGNING_KEYS": "k1:x"}  # fmt: skip
+    for name in ("UPSTREAM_MAX_HEADER_BYTES", "UPSTREAM_MAX_HEADERS", "UPSTREAM_HEAD_TIMEOUT",
+                 "DIRECTORY_MAX_STALENESS_SECONDS", "DIRECTORY_REFRESH_SECONDS"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**required, **env}.items():
+        monkeypatch.setenv(name, value)
+    return GatewaySettings.from_env()
+
+
+def test_response_limits_and_staleness_have_safe_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(monkeypatch)
+    assert settings.upstream_max_header_bytes == 32 * 1024
+    assert settings.upstream_max_headers == 100
+    assert settings.upstream_head_timeout == 10.0
+    assert settings.directory_max_staleness == 10.0
+    assert _settings(monkeypatch, DIRECTORY_MAX_STALENESS_SECONDS="0").directory_max_staleness == 0.0
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DIRECTORY_MAX_STALENESS_SECONDS": "1", "DIRECTORY_REFRESH_SECONDS": "1"},
+        {"DIRECTORY_MAX_STALENESS_SECONDS": "-1"},
+        {"UPSTREAM_MAX_HEADER_BYTES": "100"},
+        {"UPSTREAM_MAX_HEADERS": "2"},
+        {"UPSTREAM_HEAD_TIMEOUT": "0"},
+    ],
+)
+def test_impossible_limits_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        _settings(monkeypatch, **env)

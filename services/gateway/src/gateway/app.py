@@ -19,13 +19,20 @@ from typing import Final
 import msgspec
 import redis.asyncio as redis
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from gateway.authenticate import Authenticator, Principal
 from gateway.config import GatewaySettings, read_keys_file
 from gateway.directory import Directory, DirectorySync, TenantEntry
 from gateway.errors import GatewayError, bad_request, unauthorized
-from gateway.forward import HOP_BY_HOP, BodyTooLargeError, connection_tokens, origin_of, send_upstream
+from gateway.forward import (
+    HOP_BY_HOP,
+    BodyTooLargeError,
+    connection_tokens,
+    escapes_upstream_path,
+    origin_of,
+    send_upstream,
+)
 from gateway.http import (
     API_KEY,
     AUTHORIZATION,
@@ -47,7 +54,7 @@ from gateway.limit import ALLOWED_UNMETERED, Limiter, QuotaUnavailableError
 from gateway.resolve import Location, Resolver, normalize_host
 from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
-from gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeoutError
+from gateway.upstream import UpstreamError, UpstreamInvalidError, UpstreamPool, UpstreamTimeoutError
 from tenantry_common.apikeys import looks_like_api_key
 from tenantry_common.jwt_keys import KeyRing
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE, problem_bytes
@@ -62,6 +69,9 @@ LATENCY: Final = Histogram(
     ["outcome"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+DIRECTORY_AGE: Final = Gauge(
+    "tenantry_gateway_directory_age_seconds", "Seconds since the tenant directory last synced (-1: never)"
+)
 _JSON: Final = b"application/json"
 _PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
 _STRIPPED_PREFIXES: Final = (b"x-tenant-", b"x-forwarded-")
@@ -73,19 +83,21 @@ _STATUS_ERRORS: Final = {
 _KEY_FILE_POLL_SECONDS: Final = 2.0
 
 
-_VISIBLE_ASCII: Final = re.compile(rb"[\x21-\x7e]{1,128}")
+#: A client's X-Request-ID is kept only when it is this: short, and nothing a log, header or URL reads specially.
+_SAFE_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class _RequestIds:
-    """The client's X-Request-ID when it is sane, else a new one: 32 hex digits, a random per-process prefix and a
-    counter (unique without a syscall per request; created in each worker, after the fork)."""
+    """The client's X-Request-ID when it is safe (at most 128 of ``A-Z a-z 0-9 . _ : -``), else a new one: 32 hex
+    digits, a random per-process prefix and a counter (unique without a syscall per request; created in each
+    worker, after the fork). An unsafe id is replaced, never refused: it is the client's label, not its request."""
 
     def __init__(self) -> None:
         self._prefix = os.urandom(8).hex().encode()
         self._next = itertools.count(int.from_bytes(os.urandom(4), "big")).__next__
 
     def __call__(self, incoming: bytes | None) -> bytes:
-        if incoming is not None and _VISIBLE_ASCII.fullmatch(incoming):
+        if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming):
             return incoming
         return b"%b%016x" % (self._prefix, self._next())
 
@@ -145,7 +157,13 @@ class Gateway:
         )
         self.quota_redis = RespClient(settings.redis_url, timeout=settings.redis_timeout)
         self.limiter = Limiter(self.quota_redis, failure_mode=settings.quota_failure_mode)
-        self.pool = UpstreamPool(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
+        self.pool = UpstreamPool(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            head_timeout=settings.upstream_head_timeout,
+            max_head_bytes=settings.upstream_max_header_bytes,
+            max_header_fields=settings.upstream_max_headers,
+        )
         self.sync: DirectorySync | None = None
         self._passthrough = settings.mode == "passthrough"
         self._trusted = settings.trusted_proxies
@@ -182,7 +200,10 @@ class Gateway:
             redis_client=self.redis,
             refresh_seconds=self.settings.directory_refresh_seconds,
             full_sync_seconds=self.settings.directory_full_sync_seconds,
+            max_staleness=self.settings.directory_max_staleness,
         )
+        sync = self.sync
+        DIRECTORY_AGE.set_function(lambda: -1.0 if (age := sync.age()) is None else age)
         await self.sync.start()
         if self.settings.jwt_signing_keys_file:
             self._key_watch = asyncio.get_running_loop().create_task(
@@ -261,6 +282,8 @@ class Gateway:
                 outcome = "gateway"
                 status = await self.reserved(request, conn, request_id)
                 return
+            if escapes_upstream_path(request.raw_path):
+                raise bad_request("invalid_path", "The path must not hold '.' or '..' segments, in any encoding.")
             trusted = self._is_trusted(conn.peer)
             x_host = tracked[X_HOST]
             effective_host = x_host if trusted and x_host else tracked[HOST]
@@ -477,19 +500,17 @@ class Gateway:
             raise GatewayError("The request body did not arrive in time.", code="request_timeout", status=408) from None
         except ClientGoneError:
             return 499
-        except UpstreamTimeoutError:
-            problem = GatewayError("The upstream did not answer in time.", code="upstream_timeout", status=504)
-            self._problem(request, conn, problem, request_id, quota_headers)
-            return 504
-        except UpstreamError:
-            problem = GatewayError("The upstream is unreachable.", code="upstream_unavailable", status=502)
-            self._problem(request, conn, problem, request_id, quota_headers)
-            return 502
+        except UpstreamError as exc:
+            return self._upstream_failed(request, conn, exc, request_id, quota_headers)
+        try:
+            body = response.complete_body()
+        except UpstreamError as exc:
+            response.abort()
+            return self._upstream_failed(request, conn, exc, request_id, quota_headers)
         headers, length = _client_headers(response.headers)
         headers.append((b"x-request-id", request_id))
         headers.extend(quota_headers)
         status = response.status
-        body = response.complete_body()
         if body is not None:
             if length is not None and (request.method == "HEAD" or status == 304):
                 headers.append((b"content-length", length))
@@ -506,8 +527,10 @@ class Gateway:
                 await conn.drain(self.settings.read_timeout)
             if chunked:
                 conn.write(b"0\r\n\r\n")
-        except UpstreamError:
+        except UpstreamError as exc:
             # The head is out: all that is left is to cut the connection so the client sees a broken body.
+            if isinstance(exc, UpstreamInvalidError):
+                _log.warning("upstream_invalid", error=str(exc), request_id=request_id.decode())
             response.abort()
             conn.close()
             return status
@@ -519,6 +542,25 @@ class Gateway:
             raise
         response.release()
         return status
+
+    def _upstream_failed(
+        self,
+        request: Request,
+        conn: HttpConnection,
+        exc: UpstreamError,
+        request_id: bytes,
+        quota_headers: tuple[Header, ...],
+    ) -> int:
+        """Answer an upstream failure that happened before anything was sent to the client; return the status."""
+        if isinstance(exc, UpstreamTimeoutError):
+            problem = GatewayError("The upstream did not answer in time.", code="upstream_timeout", status=504)
+        elif isinstance(exc, UpstreamInvalidError):
+            problem = GatewayError("The upstream's answer is not valid HTTP.", code="upstream_invalid", status=502)
+            _log.warning("upstream_invalid", error=str(exc), request_id=request_id.decode())
+        else:
+            problem = GatewayError("The upstream is unreachable.", code="upstream_unavailable", status=502)
+        self._problem(request, conn, problem, request_id, quota_headers)
+        return problem.status
 
     # reserved endpoints -------------------------------------------------------------------------------
     async def reserved(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
@@ -548,17 +590,31 @@ class Gateway:
         raise GatewayError("No such gateway endpoint.", code="not_found", status=404)
 
     async def _readyz(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
-        checks = {"directory": "ok" if self.directory.loaded else "not loaded"}
+        """200 when the directory is loaded and fresh and Redis answers; else 503 problem+json naming the first
+        failing check (``directory_not_loaded``, ``directory_stale``, ``redis_unavailable``) with every check."""
+        problems: list[tuple[str, str]] = []
+        checks = {"directory": "ok"}
+        age = self.sync.age() if self.sync is not None else None
+        if not self.directory.loaded:
+            checks["directory"] = "not loaded"
+            problems.append(("directory_not_loaded", "The tenant directory has not been loaded yet."))
+        elif self.sync is not None and self.sync.stale:
+            checks["directory"] = f"stale: last synced {age or 0.0:.0f} s ago"
+            problems.append(("directory_stale", "The tenant directory has not synced with the tenant-service."))
         try:
             await self.redis.ping()
             checks["redis"] = "ok"
         except (redis.RedisError, OSError, TimeoutError) as exc:
             checks["redis"] = f"error: {type(exc).__name__}"
-        ready = all(v == "ok" for v in checks.values())
-        status = 200 if ready else 503
-        body = msgspec.json.encode({"status": "ok" if ready else "unavailable", "checks": checks})
-        conn.respond(request, status, body, _JSON, [(b"x-request-id", request_id)])
-        return status
+            problems.append(("redis_unavailable", "Redis does not answer."))
+        headers = [(b"x-request-id", request_id)]
+        if not problems:
+            conn.respond(request, 200, msgspec.json.encode({"status": "ok", "checks": checks}), _JSON, headers)
+            return 200
+        code, detail = problems[0]
+        body = problem_bytes(503, code, detail=detail, extra={"checks": checks})
+        conn.respond(request, 503, body, _PROBLEM, [*headers, (b"cache-control", b"no-store")])
+        return 503
 
     def _token(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
         key: str | None = None

@@ -66,6 +66,8 @@ class GatewaySettings:
     """Period of the incremental directory sync."""
     directory_full_sync_seconds: float
     """Period of the full directory resync."""
+    directory_max_staleness: float
+    """Seconds without a successful directory sync after which /_gateway/readyz fails; 0 never fails it."""
     redis_url: str
     """Redis for quotas and change events."""
     redis_timeout: float
@@ -112,6 +114,12 @@ class GatewaySettings:
     """Seconds an upstream may stay silent."""
     total_timeout: float
     """Seconds until the upstream's response head must have arrived."""
+    upstream_head_timeout: float
+    """Seconds an upstream has to finish a response head once it has begun sending it."""
+    upstream_max_header_bytes: int
+    """Largest upstream response head (and trailer section) in bytes; larger is 502 upstream_invalid."""
+    upstream_max_headers: int
+    """Most header fields in an upstream response head (and trailer section)."""
     access_log: bool
     """One structured log line per request."""
     log_format: str
@@ -135,6 +143,11 @@ class GatewaySettings:
         if gateway_mode not in ("full", "passthrough"):
             raise ConfigError("GATEWAY_MODE must be full or passthrough")
         tenant_token_ttl = env_int("TENANT_TOKEN_TTL_SECONDS", 60, minimum=5, maximum=60)
+        refresh = env_float("DIRECTORY_REFRESH_SECONDS", 1.0, minimum=0.05)
+        max_staleness = env_float("DIRECTORY_MAX_STALENESS_SECONDS", 10.0)
+        if 0 < max_staleness <= refresh:
+            # Readiness would fail between two ordinary polls.
+            raise ConfigError("DIRECTORY_MAX_STALENESS_SECONDS must be 0 (off) or more than DIRECTORY_REFRESH_SECONDS")
         return cls(
             host=env_str("GATEWAY_HOST", "127.0.0.1"),
             port=env_int("GATEWAY_PORT", 8080, minimum=0, maximum=65535),
@@ -145,8 +158,9 @@ class GatewaySettings:
             base_domain=env_str("BASE_DOMAIN", "localhost").lower().rstrip("."),
             tenant_service_url=env_str("TENANT_SERVICE_URL", "http://127.0.0.1:8001").rstrip("/"),
             directory_token=env_opt("GATEWAY_SERVICE_TOKEN") or env_str("SERVICE_TOKEN", required=True),
-            directory_refresh_seconds=env_float("DIRECTORY_REFRESH_SECONDS", 1.0, minimum=0.05),
+            directory_refresh_seconds=refresh,
             directory_full_sync_seconds=env_float("DIRECTORY_FULL_SYNC_SECONDS", 60.0, minimum=1.0),
+            directory_max_staleness=max_staleness,
             redis_url=env_str("REDIS_URL", required=True),
             redis_timeout=env_float("REDIS_TIMEOUT", 0.25, minimum=0.001),
             quota_failure_mode=mode,
@@ -170,6 +184,9 @@ class GatewaySettings:
             connect_timeout=env_float("UPSTREAM_CONNECT_TIMEOUT", 2.0, minimum=0.01),
             read_timeout=env_float("UPSTREAM_READ_TIMEOUT", 30.0, minimum=0.01),
             total_timeout=env_float("UPSTREAM_TIMEOUT", 30.0, minimum=0.01),
+            upstream_head_timeout=env_float("UPSTREAM_HEAD_TIMEOUT", 10.0, minimum=0.01),
+            upstream_max_header_bytes=env_int("UPSTREAM_MAX_HEADER_BYTES", 32 * 1024, minimum=1024),
+            upstream_max_headers=env_int("UPSTREAM_MAX_HEADERS", 100, minimum=16),
             access_log=env_bool("ACCESS_LOG", True),
             log_format=env_str("LOG_FORMAT", "auto"),
             log_level=env_str("LOG_LEVEL", "INFO"),

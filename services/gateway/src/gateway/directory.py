@@ -3,7 +3,8 @@
 A warm request never leaves the process to learn about its tenant: slugs, domains, API key hashes and limits
 live here. Changes arrive three ways: a Redis event makes the gateway fetch at once; an incremental poll by
 revision runs every second; a full resync catches anything both missed. When the tenant-service is down the
-gateway keeps serving what it knows.
+gateway keeps serving what it knows, and says so: once no sync has succeeded for ``max_staleness`` seconds the
+directory is stale (readiness fails, a warning is logged) until one succeeds again.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ class DirectorySync:
         redis_client: redis.Redis,
         refresh_seconds: float,
         full_sync_seconds: float,
+        max_staleness: float = 0.0,
     ) -> None:
         self.directory = directory
         self._http = httpx.AsyncClient(
@@ -203,6 +205,27 @@ class DirectorySync:
         self._tasks: list[asyncio.Task[None]] = []
         self._seen: deque[tuple[float, int]] = deque()
         self.last_success = 0.0
+        self._max_staleness = max_staleness
+        self._reported_stale = False
+
+    def age(self) -> float | None:
+        """Seconds since the last successful sync; None before the first."""
+        return time.monotonic() - self.last_success if self.last_success else None
+
+    @property
+    def stale(self) -> bool:
+        """No sync has succeeded for longer than ``max_staleness`` (never, with ``max_staleness`` 0)."""
+        age = self.age()
+        return self._max_staleness > 0 and age is not None and age > self._max_staleness
+
+    def _note_staleness(self) -> None:
+        """Log the moment the directory turns stale and the moment it is fresh again, once each."""
+        if self.stale and not self._reported_stale:
+            self._reported_stale = True
+            _log.warning("directory_stale", seconds_since_sync=round(self.age() or 0.0, 1))
+        elif self._reported_stale and not self.stale:
+            self._reported_stale = False
+            _log.info("directory_fresh")
 
     async def _fetch(self, since: int) -> DirectoryPage:
         response = await self._http.get("/internal/v1/directory/", params={"since": since})
@@ -233,6 +256,7 @@ class DirectorySync:
                     last_full = time.monotonic()
             except (httpx.HTTPError, msgspec.DecodeError, OSError) as exc:
                 _log.warning("directory_sync_failed", error=type(exc).__name__)
+            self._note_staleness()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._refresh)

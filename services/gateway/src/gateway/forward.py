@@ -8,7 +8,7 @@ are never retried, except an idempotent one whose pooled connection was found cl
 from __future__ import annotations
 
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from gateway.http import CONTENT_LENGTH, MalformedBodyError, Request
 from gateway.upstream import Origin, StaleConnectionError, UpstreamPool, UpstreamResponse
@@ -42,6 +42,28 @@ def origin_of(url: str) -> tuple[Origin, bytes]:
         cached = (Origin(scheme, parts.hostname or "127.0.0.1", port), parts.path.rstrip("/").encode())
         _origins[url] = cached
     return cached
+
+
+def escapes_upstream_path(raw_path: bytes) -> bool:
+    """Whether a request path could climb out of the ``upstream_url``'s path prefix it is appended to.
+
+    That is a ``.`` or ``..`` segment in any spelling an upstream might decode into one: percent-encoded dots or
+    slashes (decoded up to three times, for upstreams that decode twice), backslashes (read as ``/`` by some
+    servers) and ``;`` parameters (``..;`` is ``..`` to some). Clients normalise dot segments before sending, so
+    honest requests do not carry them. A target that does not start with ``/`` (``*``) would be glued onto the
+    prefix's last segment. The usual path has none of ``/.``, ``%`` and a backslash, and costs three scans.
+    """
+    if not raw_path.startswith(b"/"):
+        return True
+    if b"/." not in raw_path and b"%" not in raw_path and b"\\" not in raw_path:
+        return False
+    path = raw_path.decode("latin-1")
+    for _ in range(3):
+        decoded = unquote(path, encoding="latin-1")
+        if decoded == path:
+            break
+        path = decoded
+    return any(segment.partition(";")[0] in (".", "..") for segment in path.replace("\\", "/").split("/"))
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:

@@ -3,6 +3,12 @@
 Why not httpx or aiohttp: on the proxy's hot path their per-request machinery costs more than everything else
 the gateway does. This client is an asyncio Protocol fed to ``httptools``' C parser; bodies stream chunk by chunk
 with back-pressure in both directions, and idle connections are kept per origin.
+
+What an upstream may send is bounded like what a client may: a response head (interim responses included) and
+the trailer section each hold at most ``max_header_fields`` fields and ``max_head_bytes`` bytes, bytes the parser
+holds back without handing anything over (a header line without end) count against the same bound, and a head
+that has begun must be complete within ``head_timeout``. Past any of these the exchange fails and the connection
+is closed, so one hostile upstream cannot make the gateway buffer without limit.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ class UpstreamTimeoutError(UpstreamError):
     """The upstream did not answer in time."""
 
 
+class UpstreamInvalidError(UpstreamError):
+    """The upstream's answer is not acceptable HTTP: garbage, an upgrade, or a head or trailers over the limits."""
+
+
 class StaleConnectionError(UpstreamError):
     """A pooled connection turned out closed before any response byte: safe to retry idempotent requests."""
 
@@ -61,6 +71,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._loop = asyncio.get_running_loop()
+        self._max_fields = pool.max_header_fields
+        self._max_bytes = pool.max_head_bytes
         self._write_ready = asyncio.Event()
         self._write_ready.set()
         self._reset()
@@ -79,6 +91,15 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
         self.head_request = False
         self._interim = False
+        #: Fields and their bytes in the head read so far (interim responses included), then in the trailers.
+        self._fields = 0
+        self._field_bytes = 0
+        #: Bytes fed since the parser last handed something over: what it may be holding in a header line.
+        self._held = 0
+        self._progress = False
+        #: A response head has begun and is not complete yet; it must be within the head timeout.
+        self._in_head = False
+        self._head_timer: asyncio.TimerHandle | None = None
         #: An exchange is in progress; bytes arriving on an idle pooled connection are never anybody's answer.
         self.busy = False
 
@@ -92,13 +113,30 @@ class _Connection(asyncio.Protocol):
             # next request, perhaps another tenant's, read them as its response.
             self.abort()
             return
+        if self._error is not None:
+            return
         self._got_bytes = True
+        self._progress = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(UpstreamError("upstream upgraded the connection"))
+            self._fail(UpstreamInvalidError("upstream upgraded the connection"))
+            return
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"invalid response from upstream: {exc}"))
+            if self._error is None:  # else a limit stopped the parser and already said why
+                self._fail(UpstreamInvalidError(f"invalid response from upstream: {exc}"))
+            return
+        if self._progress:
+            self._held = 0
+        else:
+            # httptools hands a header line over only once it ends: bound what it may hold meanwhile (a read that
+            # also completed a field is not counted, so it holds at most this bound plus one read).
+            self._held += len(data)
+            if self._held > self._max_bytes:
+                self._fail(UpstreamInvalidError("upstream response head or trailers too large"))
+                return
+        if self._in_head and self._head_timer is None:
+            self._head_timer = self._loop.call_later(self._pool.head_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -124,20 +162,48 @@ class _Connection(asyncio.Protocol):
         self._write_ready.set()
 
     # httptools callbacks ----------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if not self._complete:
+            self._in_head = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        self._progress = True
+        self._fields += 1
+        self._field_bytes += len(name) + len(value) + 4
+        if self._fields > self._max_fields or self._field_bytes > self._max_bytes:
+            self._overflow()
+        if not self.status:  # trailers are counted, never kept: the gateway does not forward them
+            self.headers.append((name.lower(), value))
+
+    def _overflow(self) -> None:
+        """Fail the exchange and stop the parser (raising in a callback does): nothing more of this read is read."""
+        error = UpstreamInvalidError(
+            "upstream response trailers too large" if self.status else "upstream response head too large"
+        )
+        self._fail(error)
+        raise error
 
     def on_headers_complete(self) -> None:
+        self._progress = True
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         status = self._parser.get_status_code()
         if status == 101:  # no protocol upgrades through the gateway: 502
-            self._fail(UpstreamError("upstream switched protocols"))
+            self._fail(UpstreamInvalidError("upstream switched protocols"))
             return
         if 100 <= status < 200:
-            # An interim response (100 Continue, 103 Early Hints): not the answer; the final one follows.
+            # An interim response (100 Continue, 103 Early Hints): not the answer; the final one follows. Each one
+            # counts as a field, so an endless series of them is cut like an endless head.
             self.headers = []
             self._interim = True
+            self._fields += 1
+            if self._fields > self._max_fields:
+                self._overflow()
             return
         self.status = status
+        self._fields = self._field_bytes = 0  # the trailers, if any, get a budget of their own
         self.keep_alive = self._parser.should_keep_alive()
         if not self._headers_done.done():
             self._headers_done.set_result(None)
@@ -145,6 +211,7 @@ class _Connection(asyncio.Protocol):
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._progress = True
         self._chunks.append(body)
         self._chunk_ready.set()
         if len(self._chunks) >= _HIGH_WATER and self.transport is not None and not self._paused:
@@ -152,6 +219,7 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        self._progress = True
         if self._interim:
             self._interim = False
             return
@@ -164,9 +232,18 @@ class _Connection(asyncio.Protocol):
         self._fail(UpstreamTimeoutError("upstream did not answer in time"))
         self.abort()
 
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        self._fail(UpstreamTimeoutError("upstream did not finish its response head in time"))
+        self.abort()
+
     def _fail(self, exc: BaseException) -> None:
-        self._error = exc
+        if self._error is None:  # the first failure is the one to report (closing the connection adds another)
+            self._error = exc
         self.keep_alive = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if not self._headers_done.done():
             self._headers_done.set_exception(exc)
             self._headers_done.exception()  # mark retrieved; the waiter re-raises it
@@ -231,7 +308,10 @@ class _Connection(asyncio.Protocol):
                 raise UpstreamTimeoutError("upstream stalled while sending the body") from None
 
     def take_complete_body(self) -> bytes | None:
-        if not self._complete or self._error is not None:
+        if self._error is not None:
+            # Failed before anything went to the client (trailers over the limit, cut mid-body): still a 502.
+            raise self._error if isinstance(self._error, UpstreamError) else UpstreamError(str(self._error))
+        if not self._complete:
             return None
         chunks = self._chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -266,7 +346,11 @@ class UpstreamResponse:
         self.headers = conn.headers
 
     def complete_body(self) -> bytes | None:
-        """The whole body when it has already arrived (the usual small response), else None: then stream it."""
+        """The whole body when it has already arrived (the usual small response), else None: then stream it.
+
+        Raises:
+            UpstreamError: the exchange already failed (the client has been sent nothing yet).
+        """
         return self._conn.take_complete_body()
 
     async def body(self) -> AsyncIterator[bytes]:
@@ -314,11 +398,23 @@ async def _allowed_address(loop: asyncio.AbstractEventLoop, origin: Origin) -> s
 
 
 class UpstreamPool:
-    """Keep-alive connections per origin."""
+    """Keep-alive connections per origin, and the limits every upstream response is held to."""
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float, max_idle_per_origin: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        head_timeout: float,
+        max_head_bytes: int,
+        max_header_fields: int,
+        max_idle_per_origin: int = 256,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.head_timeout = head_timeout
+        self.max_head_bytes = max_head_bytes
+        self.max_header_fields = max_header_fields
         self._max_idle = max_idle_per_origin
         self._idle: dict[Origin, list[_Connection]] = collections.defaultdict(list)
 
@@ -378,7 +474,8 @@ class UpstreamPool:
 
         Raises:
             StaleConnectionError: a reused connection was found closed before anything was answered.
-            UpstreamTimeoutError: connect or response timeout.
+            UpstreamTimeoutError: connect, response or head timeout.
+            UpstreamInvalidError: the answer is not acceptable HTTP or exceeds the head limits.
             UpstreamError: any other failure before the response head.
         """
         conn = self._take_idle(origin) or await self._connect(origin)

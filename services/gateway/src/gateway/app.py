@@ -57,7 +57,9 @@ from gateway.tokens import TokenIssuer
 from gateway.upstream import UpstreamError, UpstreamInvalidError, UpstreamPool, UpstreamTimeoutError
 from tenantry_common.apikeys import looks_like_api_key
 from tenantry_common.jwt_keys import KeyRing
+from tenantry_common.lifecycle import TenantStatus, refusal
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE, problem_bytes
+from tenantry_common.request_ids import REQUEST_ID_PATTERN
 from tenantry_common.settings import ConfigError
 
 _log = structlog.get_logger("tenantry.gateway")
@@ -75,16 +77,14 @@ DIRECTORY_AGE: Final = Gauge(
 _JSON: Final = b"application/json"
 _PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
 _STRIPPED_PREFIXES: Final = (b"x-tenant-", b"x-forwarded-")
-_STATUS_ERRORS: Final = {
-    "suspended": (403, "tenant_suspended", "The tenant is suspended."),
-    "provisioning": (503, "tenant_unavailable", "The tenant is not ready yet."),
-    "failed": (503, "tenant_unavailable", "The tenant is unavailable."),
-}
 _KEY_FILE_POLL_SECONDS: Final = 2.0
 
 
 #: A client's X-Request-ID is kept only when it is this: short, and nothing a log, header or URL reads specially.
-_SAFE_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+#: The one status that is served (a plain str: compared on every request).
+_SERVED: Final = TenantStatus.ACTIVE.value
+#: The one rule for a client's X-Request-ID (tenantry_common.request_ids), on the raw header bytes.
+_SAFE_REQUEST_ID: Final = re.compile(REQUEST_ID_PATTERN.pattern.encode())
 
 
 class _RequestIds:
@@ -378,12 +378,11 @@ class Gateway:
         raise unauthorized()
 
     def _usable(self, tenant: TenantEntry | None) -> TenantEntry:
-        if tenant is None or tenant.status in ("deleted", "deleting"):
+        if tenant is None:
             raise GatewayError("No such tenant.", code="tenant_not_found", status=404)
-        if tenant.status != "active":
-            status, code, detail = _STATUS_ERRORS.get(tenant.status, (503, "tenant_unavailable", "Unavailable."))
-            headers = {"retry-after": "5"} if status == 503 else {}
-            raise GatewayError(detail, code=code, status=status, headers=headers)
+        if tenant.status != _SERVED and (refused := refusal(tenant.status)) is not None:
+            headers = {"retry-after": str(refused.retry_after)} if refused.retry_after else {}
+            raise GatewayError(refused.detail, code=refused.code, status=refused.status, headers=headers)
         return tenant
 
     def _tenant(self, located: TenantEntry | None, named: str | None, principal: Principal) -> TenantEntry:

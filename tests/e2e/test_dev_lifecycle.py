@@ -4,12 +4,9 @@ and ``make tenantctl`` against the running platform, exactly as printed."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +19,7 @@ from support.dev_platform import (
     alive,
     assert_all_gone,
     dev_command,
+    dev_platform,
     read_banner,
 )
 from support.platform import ROOT
@@ -31,10 +29,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def platform() -> Iterator[DevPlatform]:
-    run_dir = Path(tempfile.mkdtemp(prefix="tenantry-devlife-", dir="/tmp"))
-    run_dir.chmod(0o755)
-    yield DevPlatform(run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    with dev_platform("devlife") as made:
+        yield made
 
 
 def _pids(platform: DevPlatform) -> dict[str, int]:

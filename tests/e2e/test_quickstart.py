@@ -9,12 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,6 +23,7 @@ from support.dev_platform import (
     alive,
     assert_all_gone,
     dev_command,
+    dev_platform,
     read_banner,
     run_printed,
 )
@@ -56,11 +54,8 @@ def _assert_separate_scoped_service_tokens(dev: DevProcess, platform: DevPlatfor
 
 @pytest.fixture
 def platform() -> Iterator[DevPlatform]:
-    # Under /tmp and 0755: when the suite runs as root, Postgres runs as the postgres user and must reach it.
-    run_dir = Path(tempfile.mkdtemp(prefix="tenantry-quickstart-", dir="/tmp"))
-    run_dir.chmod(0o755)
-    yield DevPlatform(run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    with dev_platform("quickstart") as made:
+        yield made
 
 
 def test_quick_start_runs_the_printed_curl_then_stops_and_resumes(platform: DevPlatform) -> None:

@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,3 +197,17 @@ def dev_command(platform: DevPlatform, command: str, *args: str, **env: str) -> 
         timeout=120,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def dev_platform(prefix: str) -> Iterator[DevPlatform]:
+    """A ``make dev`` setup in a run directory of its own, removed afterwards.
+
+    Under /tmp and 0755: when the suite runs as root, Postgres runs as the postgres user and must reach it.
+    """
+    run_dir = Path(tempfile.mkdtemp(prefix=f"tenantry-{prefix}-", dir="/tmp"))
+    run_dir.chmod(0o755)
+    try:
+        yield DevPlatform(run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

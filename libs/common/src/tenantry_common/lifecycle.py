@@ -36,6 +36,9 @@ HAS_DATABASE: Final = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, Te
 LOGIN_ALLOWED: Final = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
 #: Statuses whose tenant may still be changed by an admin (name, plan, keys, domains, issuers).
 CHANGEABLE: Final = frozenset(set(TenantStatus) - {TenantStatus.DELETING, TenantStatus.DELETED})
+#: Statuses whose tenant's own fields (name, plan, settings, limits, upstream) may change: a soft-deleted tenant may
+#: be edited before it is restored.
+EDITABLE: Final = frozenset(set(TenantStatus) - {TenantStatus.DELETING})
 #: Statuses a soft delete can be undone to.
 RESTORABLE_TO: Final = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
 
@@ -109,6 +112,7 @@ def check_constraint() -> str:
 
 __all__ = [
     "CHANGEABLE",
+    "EDITABLE",
     "HAS_DATABASE",
     "LOGIN_ALLOWED",
     "REFUSALS",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import partial
 from typing import Annotated
 
 import msgspec
 from sqlalchemy import select, update
 
 from tenant_service.audit.service import record
+from tenant_service.changes import unit_of_work
 from tenant_service.context import AppContext
 from tenant_service.db.models import Plan, Tenant, revision_seq
 from tenant_service.provisioning.provisioner import connection_limit
@@ -77,7 +79,8 @@ class PlanService:
             )
         limits = msgspec.to_builtins(data.limits)
         ctx = self._ctx
-        async with ctx.sessions() as session, session.begin():
+        async with unit_of_work(ctx) as work:
+            session = work.session
             plan = await session.get(Plan, name, with_for_update=True)
             before = msgspec.to_builtins(_view(plan)) if plan else None
             if plan is None:
@@ -96,8 +99,10 @@ class PlanService:
             view = _view(plan)
             record(session, actor=actor, action="plan.put", target=name, before=before,
                    after=msgspec.to_builtins(view))  # fmt: skip
-        if before is None or before["limits"].get("max_connections") != limits.get("max_connections"):
-            for role, overrides in tenants:
-                await ctx.cluster.set_connection_limit(role, connection_limit(limits, overrides))
-        await ctx.events.publish("plan.changed", plan=name)
+            if before is None or before["limits"].get("max_connections") != limits.get("max_connections"):
+                for role, overrides in tenants:
+                    work.after_commit(
+                        partial(ctx.cluster.set_connection_limit, role, connection_limit(limits, overrides))
+                    )
+            work.publish("plan.changed", plan=name)
         return view

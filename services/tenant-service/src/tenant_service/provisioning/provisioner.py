@@ -15,12 +15,14 @@ import structlog
 from sqlalchemy import delete, func, select
 
 from tenant_service.audit.service import SYSTEM_ACTOR, record
+from tenant_service.changes import unit_of_work
 from tenant_service.context import AppContext
 from tenant_service.db.models import Plan, Tenant, TenantTombstone, revision_seq
 from tenant_service.failpoints import failpoint
 from tenant_service.provisioning.cluster import TemplateBusyError
 from tenant_service.provisioning.names import object_marker
 from tenant_service.secretbox import DecryptionError
+from tenantry_common.lifecycle import TenantStatus
 from tenantry_common.timeutil import utcnow
 
 _log = structlog.get_logger("tenantry.provisioner")
@@ -67,14 +69,15 @@ class Provisioner:
             skip_locked: return :attr:`Outcome.BUSY` instead of waiting when another worker holds the tenant.
         """
         ctx = self._ctx
-        async with ctx.sessions() as session, session.begin():
+        async with unit_of_work(ctx) as work:
+            session = work.session
             query = select(Tenant).where(Tenant.id == tenant_id).with_for_update(skip_locked=skip_locked)
             tenant = (await session.execute(query)).scalar_one_or_none()
             if tenant is None:
                 exists = await session.scalar(select(func.count()).where(Tenant.id == tenant_id))
                 return Outcome.BUSY if exists else Outcome.GONE
-            if tenant.status != "provisioning":
-                return Outcome(tenant.status) if tenant.status in ("active", "failed") else Outcome.GONE
+            if tenant.status != TenantStatus.PROVISIONING:
+                return Outcome(tenant.status) if tenant.status in (Outcome.ACTIVE, Outcome.FAILED) else Outcome.GONE
             log = _log.bind(tenant_id=str(tenant.id), slug=tenant.slug)
             plan = await session.get(Plan, tenant.plan)
             try:
@@ -86,23 +89,20 @@ class Provisioner:
                 if tenant.provisioning_attempts < MAX_ATTEMPTS:
                     return Outcome.PENDING
                 await self._fail(tenant, "gave up after repeated transient failures")
-                return Outcome.FAILED if tenant.status == "failed" else Outcome.PENDING
+                return Outcome.FAILED if tenant.status == TenantStatus.FAILED else Outcome.PENDING
             except (TemplateBusyError, asyncpg.PostgresError, ValueError, DecryptionError) as exc:
                 log.error("provisioning_failed", error=type(exc).__name__, detail=str(exc))  # noqa: TRY400 - no SQL in logs
                 reason = "template busy" if isinstance(exc, TemplateBusyError) else type(exc).__name__
                 await self._fail(tenant, reason)
-                return Outcome.FAILED if tenant.status == "failed" else Outcome.PENDING
+                return Outcome.FAILED if tenant.status == TenantStatus.FAILED else Outcome.PENDING
             await failpoint("provision.before_activate")
-            tenant.status = "active"
+            tenant.status = TenantStatus.ACTIVE
             tenant.template_version = version
             tenant.schema_version = version
             tenant.failure_reason = None
-            tenant.updated_at = utcnow()
-            tenant.revision = await session.scalar(revision_seq.next_value())
-            record(session, actor=SYSTEM_ACTOR, action="tenant.provisioned", target=tenant.slug,
-                   tenant_id=tenant.id, after={"status": "active", "schema_version": version})  # fmt: skip
+            await work.changed(tenant, actor=SYSTEM_ACTOR, action="tenant.provisioned",
+                               after={"status": TenantStatus.ACTIVE.value, "schema_version": version})  # fmt: skip
             log.info("tenant_provisioned", schema_version=version)
-        await ctx.events.publish("tenant.changed", tenant_id=tenant_id)
         return Outcome.ACTIVE
 
     async def _build(self, tenant: Tenant, conn_limit: int) -> int:
@@ -128,7 +128,7 @@ class Provisioner:
         except (*_TRANSIENT, asyncpg.PostgresError) as exc:
             tenant.failure_reason = f"cleanup pending: {type(exc).__name__}"
             return
-        tenant.status = "failed"
+        tenant.status = TenantStatus.FAILED
         tenant.failure_reason = reason
         tenant.updated_at = utcnow()
 
@@ -144,7 +144,7 @@ class Provisioner:
             ).scalar_one_or_none()
             if tenant is None:
                 return None
-            tenant.status = "deleting"
+            tenant.status = TenantStatus.DELETING
             tenant.updated_at = utcnow()
             tenant.revision = await session.scalar(revision_seq.next_value())
         await ctx.events.publish("tenant.changed", tenant_id=tenant_id)
@@ -160,5 +160,5 @@ class Provisioner:
                    before={"status": "deleting", "database": tenant.db_name}, after=None)  # fmt: skip
         _log.info("tenant_purged", tenant_id=str(tenant_id), slug=tenant.slug)
         await ctx.events.publish("tenant.purged", tenant_id=tenant_id)
-        tenant.status = "deleted"
+        tenant.status = TenantStatus.DELETED
         return tenant

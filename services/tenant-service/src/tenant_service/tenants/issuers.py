@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_service.audit.service import record
+from tenant_service.changes import unit_of_work
 from tenant_service.db.models import TenantJwtIssuer
-from tenant_service.tenants.lookup import find_owned, find_tenant, touch
+from tenant_service.tenants.lookup import find_owned, find_tenant
 from tenant_service.tenants.schemas import JwtIssuerCreate, JwtIssuerView
 from tenant_service.tenants.validation import check_jwks_url
 from tenantry_common.lifecycle import CHANGEABLE
@@ -97,39 +97,36 @@ class JwtIssuerService:
             raise InvalidInputError(
                 "invalid algorithms", errors=[FieldError(field="algorithms", message="must not repeat an algorithm")]
             )
-        async with ctx.sessions() as session:
-            try:
-                async with session.begin():
-                    tenant = await find_tenant(session, ref, lock=True)  # the lock serialises the count below
-                    if tenant.status not in CHANGEABLE:
-                        raise ConflictError(f"the tenant is {tenant.status}", code="invalid_state")
-                    if await self._pair_taken(session, data.issuer, data.audience):
-                        raise _taken()
-                    count = await session.scalar(
-                        select(func.count()).select_from(TenantJwtIssuer).where(TenantJwtIssuer.tenant_id == tenant.id)
-                    )
-                    if (count or 0) >= MAX_ISSUERS_PER_TENANT:
-                        raise TooManyIssuersError(f"a tenant may trust at most {MAX_ISSUERS_PER_TENANT} issuers")
-                    row = TenantJwtIssuer(
-                        id=uuid.uuid4(),
-                        tenant_id=tenant.id,
-                        issuer=data.issuer,
-                        audience=data.audience,
-                        jwks_url=jwks_url,
-                        algorithms=list(data.algorithms),
-                        created_at=utcnow(),
-                    )
-                    session.add(row)
-                    await session.flush()
-                    await touch(session, tenant)
-                    record(session, actor=actor, action="jwt_issuer.add", target=str(row.id), tenant_id=tenant.id,
-                           after=_audited(row))  # fmt: skip
-            except IntegrityError as exc:
-                # Another request added the same pair between the check and the insert.
-                if "uq_tenant_jwt_issuers_issuer_audience" in str(exc.orig):
-                    raise _taken() from None
-                raise ConflictError("the change conflicts with existing data") from None
-        await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
+        try:
+            async with unit_of_work(ctx) as work:
+                session = work.session
+                tenant = await work.lock(ref, allowed=CHANGEABLE)  # the lock serialises the count below
+                if await self._pair_taken(session, data.issuer, data.audience):
+                    raise _taken()
+                count = await session.scalar(
+                    select(func.count()).select_from(TenantJwtIssuer).where(TenantJwtIssuer.tenant_id == tenant.id)
+                )
+                if (count or 0) >= MAX_ISSUERS_PER_TENANT:
+                    raise TooManyIssuersError(f"a tenant may trust at most {MAX_ISSUERS_PER_TENANT} issuers")
+                row = TenantJwtIssuer(
+                    id=uuid.uuid4(),
+                    tenant_id=tenant.id,
+                    issuer=data.issuer,
+                    audience=data.audience,
+                    jwks_url=jwks_url,
+                    algorithms=list(data.algorithms),
+                    created_at=utcnow(),
+                )
+                session.add(row)
+                await session.flush()
+                await work.changed(
+                    tenant, actor=actor, action="jwt_issuer.add", target=str(row.id), after=_audited(row)
+                )
+        except IntegrityError as exc:
+            # Another request added the same pair between the check and the insert.
+            if "uq_tenant_jwt_issuers_issuer_audience" in str(exc.orig):
+                raise _taken() from None
+            raise ConflictError("the change conflicts with existing data") from None
         return issuer_view(row)
 
     @staticmethod
@@ -155,14 +152,11 @@ class JwtIssuerService:
             TenantNotFoundError: no such tenant.
             IssuerNotFoundError: the tenant has no issuer ``issuer_id`` (or it is not a UUID).
         """
-        async with self._ctx.sessions() as session, session.begin():
-            tenant = await find_tenant(session, ref, lock=True)
+        async with unit_of_work(self._ctx) as work:
+            tenant = await work.lock(ref)
             row = await find_owned(
-                session, TenantJwtIssuer, tenant, issuer_id, IssuerNotFoundError(f"no JWT issuer {issuer_id!r}")
+                work.session, TenantJwtIssuer, tenant, issuer_id, IssuerNotFoundError(f"no JWT issuer {issuer_id!r}")
             )
             before = _audited(row)
-            await session.delete(row)
-            await touch(session, tenant)
-            record(session, actor=actor, action="jwt_issuer.remove", target=str(row.id), tenant_id=tenant.id,
-                   before=before)  # fmt: skip
-        await self._ctx.events.publish("tenant.changed", tenant_id=tenant.id)
+            await work.session.delete(row)
+            await work.changed(tenant, actor=actor, action="jwt_issuer.remove", target=str(row.id), before=before)

@@ -6,6 +6,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -14,15 +15,16 @@ from sqlalchemy import delete, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_service.apikeys.service import create_key
-from tenant_service.audit.service import record
+from tenant_service.apikeys.schemas import ApiKeyCreate
+from tenant_service.apikeys.service import ApiKeyService
+from tenant_service.changes import InvalidStateError, unit_of_work
 from tenant_service.context import AppContext
 from tenant_service.cursors import decode_cursor, split_page
 from tenant_service.db.models import Plan, Tenant, TenantDomain
 from tenant_service.failpoints import failpoint
 from tenant_service.provisioning.names import tenant_object_name
 from tenant_service.provisioning.provisioner import Outcome, Provisioner, connection_limit, password_context
-from tenant_service.tenants.lookup import TenantNotFoundError, find_tenant, touch
+from tenant_service.tenants.lookup import TenantNotFoundError, find_tenant
 from tenant_service.tenants.schemas import (
     DatabaseInfo,
     Limits,
@@ -33,7 +35,7 @@ from tenant_service.tenants.schemas import (
     TenantView,
 )
 from tenant_service.tenants.validation import check_json_text, check_upstream_url, normalize_domain
-from tenantry_common.lifecycle import HAS_DATABASE, RESTORABLE_TO, TRANSITIONS, TenantAction, TenantStatus
+from tenantry_common.lifecycle import EDITABLE, HAS_DATABASE, RESTORABLE_TO, TRANSITIONS, TenantAction, TenantStatus
 from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError, ProblemError
 from tenantry_common.slugs import slug_problem
 from tenantry_common.timeutil import utcnow
@@ -45,12 +47,6 @@ class TenantExistsError(ConflictError):
     """The slug is taken."""
 
     code = "tenant_exists"
-
-
-class InvalidStateError(ConflictError):
-    """The transition is not allowed from the tenant's current status."""
-
-    code = "invalid_state"
 
 
 class DomainTakenError(ConflictError):
@@ -193,41 +189,48 @@ class TenantService:
         tenant_id = uuid.uuid4()
         name = tenant_object_name(ctx.settings.database.tenant_db_prefix, data.slug, tenant_id)
         password = secrets.token_urlsafe(32)
-        async with ctx.sessions() as session:
-            try:
-                async with session.begin():
-                    plan = await self._plan(session, data.plan or ctx.settings.lifecycle.default_plan)
-                    tenant = Tenant(
-                        id=tenant_id,
-                        slug=data.slug,
-                        name=data.name,
-                        status=TenantStatus.PROVISIONING,
-                        plan=plan.name,
-                        settings=data.settings,
-                        limits=_limits_dict(data.limits),
-                        upstream_url=upstream,
-                        db_name=name,
-                        db_role=name,
-                        db_host=ctx.settings.database.tenant_host,
-                        db_port=ctx.settings.database.tenant_port,
-                        db_password_enc=ctx.box.encrypt(password, password_context(tenant_id)),
-                    )
-                    session.add(tenant)
-                    await session.flush()
-                    for domain in domains:
-                        session.add(TenantDomain(domain=domain, tenant_id=tenant_id))
-                    await session.flush()
-                    key_row, key = await create_key(ctx, session, tenant_id, name="default", scopes=[], expires_at=None)
-                    view = await self.view(session, tenant)
-                    record(session, actor=actor, action="tenant.create", target=data.slug, tenant_id=tenant_id,
-                           after=msgspec.to_builtins(view))  # fmt: skip
-                    # The row (with the encrypted password) is written but not committed yet.
-                    await failpoint("provision.before_insert")
-            except IntegrityError as exc:
-                raise self._integrity_problem(exc, data.slug) from None
+        try:
+            async with unit_of_work(ctx) as work:
+                session = work.session
+                plan = await self._plan(session, data.plan or ctx.settings.lifecycle.default_plan)
+                tenant = Tenant(
+                    id=tenant_id,
+                    slug=data.slug,
+                    name=data.name,
+                    status=TenantStatus.PROVISIONING,
+                    plan=plan.name,
+                    settings=data.settings,
+                    limits=_limits_dict(data.limits),
+                    upstream_url=upstream,
+                    db_name=name,
+                    db_role=name,
+                    db_host=ctx.settings.database.tenant_host,
+                    db_port=ctx.settings.database.tenant_port,
+                    db_password_enc=ctx.box.encrypt(password, password_context(tenant_id)),
+                )
+                session.add(tenant)
+                await session.flush()
+                for domain in domains:
+                    session.add(TenantDomain(domain=domain, tenant_id=tenant_id))
+                await session.flush()
+                first_key = await ApiKeyService(ctx).create(
+                    str(tenant_id), ApiKeyCreate(name="default"), actor=actor, unit=work
+                )
+                view: TenantView = await work.changed(
+                    tenant, actor=actor, action="tenant.create", after=partial(self.view, session, tenant)
+                )
+                # The row (with the encrypted password) is written but not committed yet.
+                await failpoint("provision.before_insert")
+        except IntegrityError as exc:
+            raise self._integrity_problem(exc, data.slug) from None
         await failpoint("provision.after_insert")
         api_key = NewApiKey(
-            id=str(key_row.id), key=key, prefix=key_row.prefix, name=key_row.name, scopes=[], expires_at=None
+            id=first_key.id,
+            key=first_key.key,
+            prefix=first_key.prefix,
+            name=first_key.name,
+            scopes=first_key.scopes,
+            expires_at=first_key.expires_at,
         )
         _log.info("tenant_registered", tenant_id=str(tenant_id), slug=data.slug)
         if not wait:
@@ -261,39 +264,37 @@ class TenantService:
     async def update(self, ref: str, patch: TenantUpdate, *, actor: str) -> TenantView:
         """Change name, plan, settings, limit overrides or upstream URL."""
         ctx = self._ctx
-        async with ctx.sessions() as session:
-            async with session.begin():
-                tenant = await find_tenant(session, ref, lock=True)
-                before = msgspec.to_builtins(await self.view(session, tenant))
-                if tenant.status == TenantStatus.DELETING:  # a soft-deleted tenant may still be edited
-                    raise InvalidStateError("the tenant is being deleted")
-                if patch.name is not msgspec.UNSET:
-                    tenant.name = patch.name
-                if patch.plan is not msgspec.UNSET:
-                    tenant.plan = (await self._plan(session, patch.plan)).name
-                if patch.settings is not msgspec.UNSET:
-                    check_json_text(patch.settings, "settings")
-                    tenant.settings = patch.settings
-                if patch.limits is not msgspec.UNSET:
-                    tenant.limits = _limits_dict(patch.limits)
-                if patch.upstream_url is not msgspec.UNSET:
-                    tenant.upstream_url = (
-                        check_upstream_url(patch.upstream_url, ctx.settings.lifecycle.upstream_allowlist)
-                        if patch.upstream_url
-                        else None
-                    )
-                await touch(session, tenant)
-                await session.flush()
-                view = await self.view(session, tenant)
-                record(session, actor=actor, action="tenant.update", target=tenant.slug, tenant_id=tenant.id,
-                       before=before, after=msgspec.to_builtins(view))  # fmt: skip
+        async with unit_of_work(ctx) as work:
+            tenant = await work.lock(ref, allowed=EDITABLE)
+            before = msgspec.to_builtins(await self.view(work.session, tenant))
+            if patch.name is not msgspec.UNSET:
+                tenant.name = patch.name
+            if patch.plan is not msgspec.UNSET:
+                tenant.plan = (await self._plan(work.session, patch.plan)).name
+            if patch.settings is not msgspec.UNSET:
+                check_json_text(patch.settings, "settings")
+                tenant.settings = patch.settings
+            if patch.limits is not msgspec.UNSET:
+                tenant.limits = _limits_dict(patch.limits)
+            if patch.upstream_url is not msgspec.UNSET:
+                tenant.upstream_url = (
+                    check_upstream_url(patch.upstream_url, ctx.settings.lifecycle.upstream_allowlist)
+                    if patch.upstream_url
+                    else None
+                )
+            await work.session.flush()
+            view: TenantView = await work.changed(
+                tenant,
+                actor=actor,
+                action="tenant.update",
+                before=before,
+                after=partial(self.view, work.session, tenant),
+            )
             limits_changed = patch.plan is not msgspec.UNSET or patch.limits is not msgspec.UNSET
             if limits_changed and tenant.status in HAS_DATABASE:
-                plan = await session.get(Plan, tenant.plan)
-                await ctx.cluster.set_connection_limit(
-                    tenant.db_role, connection_limit(plan.limits if plan else {}, tenant.limits)
-                )
-        await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
+                plan = await work.session.get(Plan, tenant.plan)
+                role, limit = tenant.db_role, connection_limit(plan.limits if plan else {}, tenant.limits)
+                work.after_commit(lambda: ctx.cluster.set_connection_limit(role, limit))
         return view
 
     async def transition(self, ref: str, action: str, *, actor: str) -> TenantView:
@@ -302,13 +303,13 @@ class TenantService:
         rule = TRANSITIONS[action]
         target = rule.target
         ctx = self._ctx
-        async with ctx.sessions() as session, session.begin():
-            tenant = await find_tenant(session, ref, lock=True)
+        async with unit_of_work(ctx) as work:
+            tenant = await work.lock(ref)
             if tenant.status == target and rule.idempotent:
-                return await self.view(session, tenant)
+                return await self.view(work.session, tenant)
             if tenant.status not in rule.sources:
                 raise InvalidStateError(f"cannot {action} a tenant that is {tenant.status}")
-            before = msgspec.to_builtins(await self.view(session, tenant))
+            before = msgspec.to_builtins(await self.view(work.session, tenant))
             if action is TenantAction.DELETE:
                 tenant.status_before_delete = tenant.status
                 tenant.deleted_at = utcnow()
@@ -327,14 +328,17 @@ class TenantService:
                     target = TenantStatus.FAILED
                 tenant.status_before_delete = None
             tenant.status = target
-            await touch(session, tenant)
-            await session.flush()
-            view = await self.view(session, tenant)
-            record(session, actor=actor, action=f"tenant.{action}", target=tenant.slug, tenant_id=tenant.id,
-                   before=before, after=msgspec.to_builtins(view))  # fmt: skip
-        if action in (TenantAction.DELETE, TenantAction.RESTORE) and tenant.template_version is not None:
-            await ctx.cluster.set_login(tenant.db_role, enabled=action is TenantAction.RESTORE)
-        await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
+            await work.session.flush()
+            view: TenantView = await work.changed(
+                tenant,
+                actor=actor,
+                action=f"tenant.{action}",
+                before=before,
+                after=partial(self.view, work.session, tenant),
+            )
+            if action in (TenantAction.DELETE, TenantAction.RESTORE) and tenant.template_version is not None:
+                role, login = tenant.db_role, action is TenantAction.RESTORE
+                work.after_commit(lambda: ctx.cluster.set_login(role, enabled=login))
         return view
 
     async def purge(self, ref: str, *, actor: str) -> TenantView:
@@ -353,39 +357,31 @@ class TenantService:
         """Route a custom domain to the tenant."""
         ctx = self._ctx
         domain = normalize_domain(raw, ctx.settings.http.base_domain)
-        async with ctx.sessions() as session:
-            try:
-                async with session.begin():
-                    tenant = await find_tenant(session, ref, lock=True)
-                    owner = await session.get(TenantDomain, domain)
-                    if owner is not None and owner.tenant_id != tenant.id:
-                        raise DomainTakenError(f"{domain} is registered to another tenant")
-                    if owner is None:
-                        session.add(TenantDomain(domain=domain, tenant_id=tenant.id))
-                    await touch(session, tenant)
-                    await session.flush()
-                    view = await self.view(session, tenant)
-                    record(session, actor=actor, action="domain.add", target=domain, tenant_id=tenant.id,
-                           after={"domain": domain})  # fmt: skip
-            except IntegrityError:
-                raise DomainTakenError(f"{domain} is registered to another tenant") from None
-        await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
+        try:
+            async with unit_of_work(ctx) as work:
+                tenant = await work.lock(ref)
+                owner = await work.session.get(TenantDomain, domain)
+                if owner is not None and owner.tenant_id != tenant.id:
+                    raise DomainTakenError(f"{domain} is registered to another tenant")
+                if owner is None:
+                    work.session.add(TenantDomain(domain=domain, tenant_id=tenant.id))
+                await work.session.flush()
+                await work.changed(tenant, actor=actor, action="domain.add", target=domain, after={"domain": domain})
+                view = await self.view(work.session, tenant)
+        except IntegrityError:
+            raise DomainTakenError(f"{domain} is registered to another tenant") from None
         return view
 
     async def remove_domain(self, ref: str, raw: str, *, actor: str) -> None:
         """Stop routing a custom domain to the tenant."""
-        ctx = self._ctx
         domain = raw.strip().lower().removesuffix(".")
-        async with ctx.sessions() as session, session.begin():
-            tenant = await find_tenant(session, ref, lock=True)
+        async with unit_of_work(self._ctx) as work:
+            tenant = await work.lock(ref)
             if "\x00" in domain:  # never a domain, and Postgres text cannot hold it
                 raise NotFoundError(f"{domain!r} is not a domain of this tenant", code="domain_not_found")
-            result = await session.execute(
+            result = await work.session.execute(
                 delete(TenantDomain).where(TenantDomain.domain == domain, TenantDomain.tenant_id == tenant.id)
             )
             if not getattr(result, "rowcount", 0):
                 raise NotFoundError(f"{domain} is not a domain of this tenant", code="domain_not_found")
-            await touch(session, tenant)
-            record(session, actor=actor, action="domain.remove", target=domain, tenant_id=tenant.id,
-                   before={"domain": domain})  # fmt: skip
-        await ctx.events.publish("tenant.changed", tenant_id=tenant.id)
+            await work.changed(tenant, actor=actor, action="domain.remove", target=domain, before={"domain": domain})

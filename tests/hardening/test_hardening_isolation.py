@@ -538,3 +538,33 @@ async def test_tenant_redis_cannot_reach_another_tenants_keys(pair: dict[str, di
             await client.delete(*keys)
         await client.delete(platform)
         await client.aclose()
+
+
+async def test_fleet_migration_logs_in_as_each_tenant_with_its_own_password(app: Any, inst: Installation) -> None:
+    """On a cluster that checks passwords, `migrate-tenants` logs in as every tenant, a soft-deleted one (no LOGIN,
+    given it for the moment of that login only) included."""
+    ids = []
+    for slug in ("iso-fleet-live", "iso-fleet-deleted"):
+        response = await app.post("/admin/tenants", json={"slug": slug, "name": slug})
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    assert (await app.delete(f"/admin/tenants/{ids[1]}")).status_code == 200
+    registry = await asyncpg.connect(inst.database_url)
+    try:  # both look behind the head, so the fleet migration must open a session in each
+        await registry.execute("UPDATE tenants SET schema_version = 1 WHERE id = ANY($1::uuid[])", ids)
+        result = inst.cli("migrate-tenants", check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "0 failed" in result.stdout
+        versions = await registry.fetch("SELECT schema_version FROM tenants WHERE id = ANY($1::uuid[])", ids)
+        roles = await registry.fetch("SELECT db_role FROM tenants WHERE id = ANY($1::uuid[]) ORDER BY slug", ids)
+    finally:
+        await registry.close()
+    assert {r["schema_version"] for r in versions} == {2}
+    admin = await asyncpg.connect(inst.pg_url)
+    try:  # the deleted tenant's role is back to NOLOGIN
+        logins = await admin.fetch(
+            "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY($1::text[])", [r["db_role"] for r in roles]
+        )
+    finally:
+        await admin.close()
+    assert {r["rolname"]: r["rolcanlogin"] for r in logins} == {roles[0]["db_role"]: False, roles[1]["db_role"]: True}

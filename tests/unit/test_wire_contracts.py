@@ -7,6 +7,8 @@ import pytest
 
 import tenantry_app
 from tenant_service.internal import service as vending
+from tenantry_common import redis_keys
+from tenantry_common.events import EVENTS_CHANNEL, ChangeEvent, decode_event, encode_event
 from tenantry_common.internal_api import DatabaseCredentials, decode_database_credentials
 
 # --------------------------------------------------------------------------- credential vending
@@ -43,3 +45,40 @@ def test_credentials_never_show_their_password_in_a_repr() -> None:
     creds = DatabaseCredentials(host="db", port=5432, database="d", user="u", password="Sup3r-Secret")
     assert "Sup3r-Secret" not in repr(creds)
     assert "host='db'" in repr(creds)
+
+
+# --------------------------------------------------------------------------- change events
+
+
+def test_events_go_out_on_the_platform_channel() -> None:
+    assert EVENTS_CHANNEL == redis_keys.EVENTS_CHANNEL == "tenantry:events"
+
+
+def test_the_event_payload_is_the_documented_json() -> None:
+    tenant_id = "6f1c1a8e-2c4b-4c55-9c11-6b1a8d6c3e01"
+    assert msgspec.json.decode(encode_event("tenant.changed", tenant_id=tenant_id)) == {
+        "kind": "tenant.changed", "tenant_id": tenant_id, "plan": None
+    }  # fmt: skip
+    assert msgspec.json.decode(encode_event("plan.changed", plan="pro")) == {
+        "kind": "plan.changed", "tenant_id": None, "plan": "pro"
+    }  # fmt: skip
+
+
+def test_a_purge_event_names_the_tenant_whose_engine_an_app_drops() -> None:
+    tenant_id = "6f1c1a8e-2c4b-4c55-9c11-6b1a8d6c3e01"
+    assert decode_event(encode_event("tenant.purged", tenant_id=tenant_id)).purged_tenant() == tenant_id
+    assert decode_event(encode_event("tenant.changed", tenant_id=tenant_id)).purged_tenant() is None
+    assert decode_event(encode_event("plan.changed", plan="pro")).purged_tenant() is None
+
+
+def test_an_event_from_a_newer_tenant_service_still_decodes() -> None:
+    # A rolling upgrade: a kind or a field this version does not know is ignored, not an error.
+    event = decode_event(b'{"kind": "tenant.moved", "tenant_id": "t1", "server": "b", "plan": null}')
+    assert event == ChangeEvent(kind="tenant.moved", tenant_id="t1")
+    assert event.purged_tenant() is None
+
+
+@pytest.mark.parametrize("payload", [b"", b"subscribe", b'{"tenant_id": "t1"}', b'{"kind": 3}'])
+def test_something_that_is_not_an_event_is_refused(payload: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_event(payload)

@@ -1,4 +1,5 @@
-"""The wire contracts between the processes, each defined once in tenantry_common and used by both ends."""
+"""The wire contracts between the processes, and the merged limits they carry: each defined once, in tenantry_common,
+and used by both ends."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import pytest
 
 import tenantry_app
 from tenant_service.internal import service as vending
+from tenant_service.provisioning.provisioner import DEFAULT_CONNECTION_LIMIT, connection_limit
 from tenantry_common import redis_keys
 from tenantry_common.events import EVENTS_CHANNEL, ChangeEvent, decode_event, encode_event
 from tenantry_common.internal_api import DatabaseCredentials, decode_database_credentials
+from tenantry_common.limits import merged_limits
 
 # --------------------------------------------------------------------------- credential vending
 
@@ -82,3 +85,50 @@ def test_an_event_from_a_newer_tenant_service_still_decodes() -> None:
 def test_something_that_is_not_an_event_is_refused(payload: bytes) -> None:
     with pytest.raises(msgspec.DecodeError):
         decode_event(payload)
+
+
+# --------------------------------------------------------------------------- merged limits
+
+FREE = {"requests_per_minute": 600, "requests_per_day": 50_000, "max_connections": 5}
+
+
+def test_a_tenant_without_overrides_has_its_plans_limits() -> None:
+    assert merged_limits(FREE, {}) == FREE
+
+
+def test_a_tenants_override_wins_over_its_plan() -> None:
+    assert merged_limits(FREE, {"requests_per_minute": 10}) == {**FREE, "requests_per_minute": 10}
+
+
+def test_an_override_of_a_limit_the_plan_lacks_is_added() -> None:
+    assert merged_limits({"requests_per_day": 100}, {"max_connections": 2}) == {
+        "requests_per_day": 100,
+        "max_connections": 2,
+    }
+
+
+def test_only_integers_are_limits() -> None:
+    plan = {**FREE, "alert_thresholds": [0.8, 1.0], "placement_labels": {"zone": "a"}, "backup_interval_hours": 24}
+    assert merged_limits(plan, {}) == {**FREE, "backup_interval_hours": 24}
+    assert merged_limits({"requests_per_day": 100, "flag": True}, {"requests_per_minute": 1.5}) == {
+        "requests_per_day": 100
+    }
+
+
+def test_an_override_that_is_not_an_integer_hides_the_plans_value() -> None:
+    assert merged_limits(FREE, {"max_connections": "9"}) == {k: v for k, v in FREE.items() if k != "max_connections"}
+
+
+def test_merging_changes_neither_input() -> None:
+    plan, overrides = dict(FREE), {"max_connections": 1}
+    merged_limits(plan, overrides)
+    assert plan == FREE
+    assert overrides == {"max_connections": 1}
+
+
+def test_the_roles_connection_limit_is_the_merged_max_connections() -> None:
+    assert connection_limit(FREE, {}) == 5
+    assert connection_limit(FREE, {"max_connections": 3}) == 3
+    assert connection_limit({}, {"max_connections": 3}) == 3
+    assert connection_limit({"requests_per_day": 1}, {}) == DEFAULT_CONNECTION_LIMIT
+    assert connection_limit(FREE, {"max_connections": "3"}) == DEFAULT_CONNECTION_LIMIT

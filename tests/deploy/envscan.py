@@ -7,6 +7,10 @@ A read is a call of one of the ``tenantry_common.settings`` helpers (``env_str``
 ``env_bool``, ``env_list``, ``env_opt``: the first argument; ``named_tokens``: the first two), or
 ``os.environ.get(...)``, ``os.getenv(...)``, ``os.environ[...]``, with a string literal or a module-level string
 constant (``_ENV: Final = "NAME"``) as the name.
+
+A renamed variable is read as ``env_int(env_name("NEW", deprecated="OLD"), ...)``: ``NEW`` counts as read, ``OLD``
+is a deprecated alias (:func:`deprecated_env_vars`), still honoured by the code for one release but no longer set
+by compose or the chart.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ EXCLUDED: dict[str, str] = {
 
 _SINGLE_NAME_HELPERS = frozenset({"env_str", "env_int", "env_float", "env_bool", "env_list", "env_opt"})
 _TWO_NAME_HELPERS = frozenset({"named_tokens"})
+_RENAMED_HELPER = "env_name"
 
 
 def _module_constants(tree: ast.Module) -> dict[str, str]:
@@ -77,8 +82,16 @@ def _is_getenv(func: ast.expr) -> bool:
     return isinstance(func, ast.Name) and func.id == "getenv"
 
 
-def env_vars_in_source(source: str) -> set[str]:
-    """Every environment variable name one module reads (see the module docstring for what counts)."""
+def _renamed(node: ast.AST) -> tuple[ast.expr, ast.expr | None] | None:
+    """``(new, old)`` of an ``env_name(new, deprecated=old)`` call, else ``None``."""
+    if not (isinstance(node, ast.Call) and _callee_name(node.func) == _RENAMED_HELPER and node.args):
+        return None
+    old = next((k.value for k in node.keywords if k.arg == "deprecated"), node.args[1] if len(node.args) > 1 else None)
+    return node.args[0], old
+
+
+def _scan(source: str) -> tuple[set[str], dict[str, set[str]]]:
+    """The names one module reads, and its deprecated aliases (old name → the new names replacing it)."""
     tree = ast.parse(source)
     constants = _module_constants(tree)
 
@@ -87,7 +100,17 @@ def env_vars_in_source(source: str) -> set[str]:
             return node.value
         if isinstance(node, ast.Name):
             return constants.get(node.id)
+        if (renamed := _renamed(node)) is not None:
+            return literal(renamed[0])
         return None
+
+    aliases: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        renamed = _renamed(node)
+        if renamed is not None and renamed[1] is not None:
+            new, old = literal(renamed[0]), literal(renamed[1])
+            if new and old:
+                aliases.setdefault(old, set()).add(new)
 
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -107,7 +130,17 @@ def env_vars_in_source(source: str) -> set[str]:
             if name:
                 found.add(name)
     # The helpers' own definitions read os.environ.get(name) with a parameter: not a literal, so not counted.
-    return found
+    return found, aliases
+
+
+def env_vars_in_source(source: str) -> set[str]:
+    """Every environment variable name one module reads (see the module docstring for what counts)."""
+    return _scan(source)[0]
+
+
+def deprecated_aliases_in_source(source: str) -> dict[str, set[str]]:
+    """The deprecated names one module still honours: old name → the names that replace it."""
+    return _scan(source)[1]
 
 
 def source_files() -> list[Path]:
@@ -133,4 +166,13 @@ def env_vars_read_by_code(*, include_excluded: bool = False) -> dict[str, set[st
             if name in EXCLUDED and not include_excluded:
                 continue
             result.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
+    return result
+
+
+def deprecated_env_vars() -> dict[str, set[str]]:
+    """Deprecated variable → the variables that replace it, over the product's code."""
+    result: dict[str, set[str]] = {}
+    for path in source_files():
+        for old, new in deprecated_aliases_in_source(path.read_text(encoding="utf-8")).items():
+            result.setdefault(old, set()).update(new)
     return result

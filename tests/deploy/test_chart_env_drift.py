@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from envscan import env_vars_read_by_code
+from envscan import deprecated_env_vars, env_vars_read_by_code
 
 from support.chart import SCENARIOS as CHART_SCENARIOS
 from support.chart import of_kind, pod_templates, render, template
@@ -74,6 +74,11 @@ def test_every_variable_the_code_reads_is_reachable_through_chart_values() -> No
 def test_the_chart_sets_only_variables_the_code_reads() -> None:
     stale = sorted(_reachable() - set(env_vars_read_by_code()))
     assert stale == [], f"charts/tenantry sets variables no code reads: {stale}"
+
+
+def test_the_chart_sets_no_deprecated_name() -> None:
+    assert deprecated_env_vars(), "the scanner found no renamed setting"
+    assert sorted(_reachable() & set(deprecated_env_vars())) == []
 
 
 def test_exclusions_are_still_needed() -> None:

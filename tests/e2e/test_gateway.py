@@ -337,6 +337,37 @@ def test_oversized_body_gets_413(stack: Stack, installation: Installation, tmp_p
 
         response = httpx.post(small.url + "/echo", content=chunks(), headers={"X-API-Key": a.key})
         assert response.status_code == 413
+        # MAX_REQUEST_BODY_BYTES is the old, shared name: still read for this release, with a warning.
+        assert [(w["variable"], w["replacement"]) for w in deprecation_warnings(small)] == [
+            ("MAX_REQUEST_BODY_BYTES", "GATEWAY_MAX_REQUEST_BODY_BYTES")
+        ]
+    finally:
+        small.stop()
+
+
+def deprecation_warnings(gateway: GatewayProcess) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in gateway.log().splitlines() if '"setting_deprecated"' in line]
+    assert all(line["level"] == "warning" for line in lines)
+    return lines
+
+
+def test_the_gateways_own_body_limit_wins_over_the_old_shared_name(
+    stack: Stack, installation: Installation, tmp_path: Path
+) -> None:
+    small = GatewayProcess(
+        installation, stack.service.url, stack.echo.url, tmp_path / "gw.log", stack.signing_keys,
+        GATEWAY_MAX_REQUEST_BODY_BYTES="1000", MAX_REQUEST_BODY_BYTES="100000",
+    ).start()  # fmt: skip
+    try:
+        a = make_tenant(stack, "gw-413-new-name")
+        wait_until(lambda: httpx.get(small.url + "/x", headers={"X-API-Key": a.key}).status_code == 200)
+        assert httpx.post(small.url + "/echo", content=b"z" * 1000, headers={"X-API-Key": a.key}).status_code == 200
+        response = httpx.post(small.url + "/echo", content=b"z" * 5000, headers={"X-API-Key": a.key})
+        assert response.status_code == 413
+        assert response.json()["code"] == "payload_too_large"
+        assert [(w["variable"], w["ignored"]) for w in deprecation_warnings(small)] == [
+            ("MAX_REQUEST_BODY_BYTES", True)
+        ]
     finally:
         small.stop()
 

@@ -184,7 +184,7 @@ TENANT_DB_PREFIX: {{ $c.tenantDbPrefix | quote }}
 {{- with $c.tenantMigrationsDir }}
 TENANT_MIGRATIONS_DIR: {{ . | quote }}
 {{- end }}
-REDIS_TIMEOUT: {{ $c.redisTimeout | toString | quote }}
+TENANT_SERVICE_REDIS_TIMEOUT: {{ $c.redisTimeout | toString | quote }}
 UPSTREAM_ALLOWLIST: {{ join "," $c.upstreamAllowlist | quote }}
 {{- $scopes := list }}
 {{- range $name, $granted := $c.serviceTokenScopes }}
@@ -199,7 +199,7 @@ CREATE_DATABASE_ATTEMPTS: {{ $c.createDatabaseAttempts | int64 | toString | quot
 DB_POOL_SIZE: {{ $c.dbPoolSize | int64 | toString | quote }}
 DB_CONNECT_TIMEOUT: {{ $c.dbConnectTimeout | toString | quote }}
 DB_STATEMENT_TIMEOUT_MS: {{ $c.dbStatementTimeoutMs | int64 | toString | quote }}
-MAX_REQUEST_BODY_BYTES: {{ $c.maxRequestBodyBytes | int64 | toString | quote }}
+TENANT_SERVICE_MAX_REQUEST_BODY_BYTES: {{ $c.maxRequestBodyBytes | int64 | toString | quote }}
 {{- end }}
 
 {{/* The hardened security context of every container. */}}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import httpx
+
+from tenantry_common.internal_api import DatabaseCredentials, decode_database_credentials
+
+__all__ = ["CredentialClient", "DatabaseCredentials", "TenantUnavailableError"]
 
 
 class TenantUnavailableError(Exception):
@@ -13,17 +15,6 @@ class TenantUnavailableError(Exception):
     def __init__(self, tenant_id: str, status: int) -> None:
         super().__init__(f"no credentials for tenant {tenant_id} (HTTP {status})")
         self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class DatabaseCredentials:
-    """Host, port, database, user and password of one tenant's own role."""
-
-    host: str
-    port: int
-    database: str
-    user: str
-    password: str
 
 
 class CredentialClient:
@@ -42,6 +33,7 @@ class CredentialClient:
 
         Raises:
             TenantUnavailableError: the tenant-service refused.
+            msgspec.DecodeError: the answer is not the internal API's credentials.
         """
         cached = self._cache.get(tenant_id)
         if cached is not None:
@@ -49,11 +41,7 @@ class CredentialClient:
         response = await self._http.get(f"/internal/v1/tenants/{tenant_id}/database")
         if response.status_code != 200:
             raise TenantUnavailableError(tenant_id, response.status_code)
-        body = response.json()
-        creds = DatabaseCredentials(
-            host=body["host"], port=int(body["port"]), database=body["database"], user=body["user"],
-            password=body["password"],
-        )  # fmt: skip
+        creds = decode_database_credentials(response.content)
         self._cache[tenant_id] = creds
         return creds
 

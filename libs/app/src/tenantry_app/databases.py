@@ -31,7 +31,8 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from tenantry_app.credentials import CredentialClient, DatabaseCredentials
+from tenantry_app.credentials import CredentialClient
+from tenantry_common.internal_api import DatabaseCredentials
 
 _log = structlog.get_logger("tenantry.app.databases")
 #: SQLSTATEs that mean the cached credentials are stale: bad password, no such role/database.

@@ -13,7 +13,7 @@ import structlog
 from tenantry_app.credentials import CredentialClient
 from tenantry_app.databases import TenantDatabases
 from tenantry_app.identity import TokenVerifier
-from tenantry_common.redis_keys import EVENTS_CHANNEL
+from tenantry_common.events import EVENTS_CHANNEL, decode_event
 from tenantry_common.settings import env_float, env_int, env_opt, env_str
 
 _log = structlog.get_logger("tenantry.app")
@@ -55,11 +55,6 @@ class AppSettings:
         )
 
 
-class _Event(msgspec.Struct):
-    kind: str
-    tenant_id: str | None = None
-
-
 class TenantRuntime:
     """Owns the app's clients and background work."""
 
@@ -84,15 +79,14 @@ class TenantRuntime:
     async def _listen(self) -> None:
         """Drop the engine of a purged tenant as soon as the tenant-service says so."""
         assert self.redis is not None
-        decode = msgspec.json.Decoder(_Event).decode
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(EVENTS_CHANNEL)
                 async for message in pubsub.listen():
-                    event = decode(message["data"])
-                    if event.kind == "tenant.purged" and event.tenant_id:
-                        await self.databases.forget(event.tenant_id)
+                    purged = decode_event(message["data"]).purged_tenant()
+                    if purged:
+                        await self.databases.forget(purged)
             except (redis.RedisError, OSError, msgspec.DecodeError) as exc:
                 _log.debug("events_unavailable", error=type(exc).__name__)
                 await asyncio.sleep(1.0)

@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import structlog
 
+from tenantry_common.settings import log_deprecated_settings
+
 REDACTED: Final = "[redacted]"
 _SECRET_NAMES: Final = re.compile(
     r"(pass(word|wd)?|secret|token|authorization|api[_-]?key|cookie|credential|private|encryption[_-]?key|dsn)",
@@ -70,6 +72,8 @@ def configure_logging(service: str, *, fmt: str = "auto", level: str = "INFO") -
         service: the service name, added to every line.
         fmt: ``json``, ``console`` or ``auto`` (console when stderr is a terminal, else JSON).
         level: the minimum level name.
+
+    Then logs the deprecated settings the process has read (see :func:`tenantry_common.settings.env_name`).
     """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -123,3 +127,5 @@ def configure_logging(service: str, *, fmt: str = "auto", level: str = "INFO") -
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # Settings are read before logging can be configured (they say how): what they found deprecated is said now.
+    log_deprecated_settings()

@@ -1,12 +1,19 @@
 """Reading configuration from the environment, the same way in every service.
 
 A ``.env`` file may provide defaults for local work, but it never overrides a variable that is really set.
+
+A renamed variable is read with :func:`env_name`, which falls back to its old name for one release; the
+deprecations it meets are logged by :func:`log_deprecated_settings` once logging is set up (``configure_logging``
+calls it), since settings are read before the log format is known.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+import structlog
 
 
 class ConfigError(ValueError):
@@ -26,6 +33,57 @@ def load_dotenv(path: Path | str = ".env") -> None:
         key = key.strip().removeprefix("export ").strip()
         value = value.strip().strip('"').strip("'")
         os.environ.setdefault(key, value)
+
+
+@dataclass(frozen=True, slots=True)
+class DeprecatedSetting:
+    """A variable set under its old name."""
+
+    old: str
+    """The deprecated name."""
+    new: str
+    """The name that replaces it."""
+    ignored: bool
+    """The new name is set too, so the old one is not read."""
+
+    def detail(self) -> str:
+        """What the operator should do, in one sentence."""
+        if self.ignored:
+            return f"{self.old} is ignored because {self.new} is set; remove {self.old}"
+        return f"{self.old} is deprecated and will not be read in the next release; rename it to {self.new}"
+
+
+#: Deprecated names met by :func:`env_name` and not logged yet, in the order they were read.
+_deprecated_in_use: dict[tuple[str, str], DeprecatedSetting] = {}
+
+
+def env_name(name: str, *, deprecated: str) -> str:
+    """The variable to read for a setting renamed from ``deprecated`` to ``name``: pass it to ``env_int`` & co.
+
+    ``name`` when it is set (it wins when both are) or when neither is; else ``deprecated``, still honoured for
+    one release. A set ``deprecated`` variable is noted for :func:`log_deprecated_settings`. Empty counts as unset,
+    as everywhere in this module.
+    """
+    new_set, old_set = bool(os.environ.get(name)), bool(os.environ.get(deprecated))
+    if old_set:
+        _deprecated_in_use[deprecated, name] = DeprecatedSetting(old=deprecated, new=name, ignored=new_set)
+    return deprecated if old_set and not new_set else name
+
+
+def deprecated_settings_in_use() -> tuple[DeprecatedSetting, ...]:
+    """The deprecated names read (or ignored) since the last :func:`log_deprecated_settings`."""
+    return tuple(_deprecated_in_use.values())
+
+
+def log_deprecated_settings() -> None:
+    """Log a ``setting_deprecated`` warning for each deprecated name met so far, once, then forget them."""
+    log = structlog.get_logger("tenantry.settings")
+    for setting in deprecated_settings_in_use():
+        log.warning(
+            "setting_deprecated", variable=setting.old, replacement=setting.new, ignored=setting.ignored,
+            detail=setting.detail(),
+        )  # fmt: skip
+    _deprecated_in_use.clear()
 
 
 def env_str(name: str, default: str | None = None, *, required: bool = False) -> str:

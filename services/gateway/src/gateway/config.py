@@ -12,6 +12,7 @@ from tenantry_common.settings import (
     env_float,
     env_int,
     env_list,
+    env_name,
     env_opt,
     env_str,
     load_dotenv,
@@ -71,7 +72,7 @@ class GatewaySettings:
     redis_url: str
     """Redis for quotas and change events."""
     redis_timeout: float
-    """Seconds a Redis call may take before the quota failure mode applies."""
+    """Seconds a Redis call may take before the quota failure mode applies (GATEWAY_REDIS_TIMEOUT)."""
     quota_failure_mode: str
     """``open`` (pass without quota headers) or ``closed`` (503) when Redis is unavailable."""
     api_key_hash_secret: bytes
@@ -105,7 +106,7 @@ class GatewaySettings:
     trusted_proxies: tuple[Network, ...]
     """Peers whose Host/X-Forwarded-* headers are believed."""
     max_body_bytes: int
-    """Largest request body forwarded."""
+    """Largest request body forwarded (GATEWAY_MAX_REQUEST_BODY_BYTES)."""
     max_header_bytes: int
     """Largest total size of the request headers (431 above it)."""
     connect_timeout: float
@@ -162,7 +163,7 @@ class GatewaySettings:
             directory_full_sync_seconds=env_float("DIRECTORY_FULL_SYNC_SECONDS", 60.0, minimum=1.0),
             directory_max_staleness=max_staleness,
             redis_url=env_str("REDIS_URL", required=True),
-            redis_timeout=env_float("REDIS_TIMEOUT", 0.25, minimum=0.001),
+            redis_timeout=env_float(env_name("GATEWAY_REDIS_TIMEOUT", deprecated="REDIS_TIMEOUT"), 0.25, minimum=0.001),
             quota_failure_mode=mode,
             api_key_hash_secret=env_str("API_KEY_HASH_SECRET", required=True).encode(),
             jwt_signing_keys=keys_file_content or env_str("JWT_SIGNING_KEYS", required=True),
@@ -179,7 +180,11 @@ class GatewaySettings:
             jwks_max_age=env_float("JWKS_CACHE_SECONDS", 600.0, minimum=1.0),
             default_upstream=upstream,
             trusted_proxies=parse_networks("TRUSTED_PROXIES", env_list("TRUSTED_PROXIES")),
-            max_body_bytes=env_int("MAX_REQUEST_BODY_BYTES", 10 * 1024 * 1024, minimum=0),
+            max_body_bytes=env_int(
+                env_name("GATEWAY_MAX_REQUEST_BODY_BYTES", deprecated="MAX_REQUEST_BODY_BYTES"),
+                10 * 1024 * 1024,
+                minimum=0,
+            ),
             max_header_bytes=env_int("MAX_HEADER_BYTES", 8192, minimum=1024),
             connect_timeout=env_float("UPSTREAM_CONNECT_TIMEOUT", 2.0, minimum=0.01),
             read_timeout=env_float("UPSTREAM_READ_TIMEOUT", 30.0, minimum=0.01),

@@ -13,6 +13,7 @@ from tenantry_common.settings import (
     env_float,
     env_int,
     env_list,
+    env_name,
     env_opt,
     env_str,
     load_dotenv,
@@ -114,7 +115,7 @@ class HttpSettings:
     port: int = 8001
     """Port to listen on."""
     max_body_bytes: int = 64 * 1024
-    """Largest accepted request body."""
+    """Largest accepted request body (TENANT_SERVICE_MAX_REQUEST_BODY_BYTES)."""
     base_domain: str = "localhost"
     """Base domain of tenant subdomains (for display and checks)."""
 
@@ -130,7 +131,7 @@ class Settings:
     redis_url: str | None = None
     """Redis, for change events and quota counters; optional for the registry itself."""
     redis_timeout: float = 0.5
-    """Seconds for any Redis call."""
+    """Seconds for any Redis call (TENANT_SERVICE_REDIS_TIMEOUT)."""
     log_format: str = "auto"
     """json, console or auto."""
     log_level: str = "INFO"
@@ -188,11 +189,17 @@ class Settings:
             http=HttpSettings(
                 host=env_str("TENANT_SERVICE_HOST", "127.0.0.1"),
                 port=env_int("TENANT_SERVICE_PORT", 8001, minimum=0, maximum=65535),
-                max_body_bytes=env_int("MAX_REQUEST_BODY_BYTES", 64 * 1024, minimum=1024),
+                max_body_bytes=env_int(
+                    env_name("TENANT_SERVICE_MAX_REQUEST_BODY_BYTES", deprecated="MAX_REQUEST_BODY_BYTES"),
+                    64 * 1024,
+                    minimum=1024,
+                ),
                 base_domain=env_str("BASE_DOMAIN", "localhost"),
             ),
             redis_url=env_opt("REDIS_URL"),
-            redis_timeout=env_float("REDIS_TIMEOUT", 0.5, minimum=0.01),
+            redis_timeout=env_float(
+                env_name("TENANT_SERVICE_REDIS_TIMEOUT", deprecated="REDIS_TIMEOUT"), 0.5, minimum=0.01
+            ),
             log_format=env_str("LOG_FORMAT", "auto"),
             log_level=env_str("LOG_LEVEL", "INFO"),
         )

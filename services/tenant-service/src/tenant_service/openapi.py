@@ -35,7 +35,7 @@ _DESCRIPTIONS: Final[Mapping[int, str]] = {
     403: "The credential may not do this (to this tenant, or without the scope the endpoint needs)",
     404: "No such resource",
     409: "The request conflicts with the current state",
-    413: "The request body is larger than MAX_REQUEST_BODY_BYTES",
+    413: "The request body is larger than TENANT_SERVICE_MAX_REQUEST_BODY_BYTES",
     415: "The request body is not JSON",
     422: "The request did not pass validation; `errors` names the fields",
     500: "A stored secret cannot be read",

@@ -10,8 +10,9 @@ from litestar.params import PathParameter
 from tenant_service.auth import actor, service_guard
 from tenant_service.deps import Ctx
 from tenant_service.internal.scopes import CREDENTIALS_VEND, SCOPE_OPT
-from tenant_service.internal.service import DatabaseCredentials, vend_credentials
+from tenant_service.internal.service import vend_credentials
 from tenant_service.openapi import problems, service_security
+from tenantry_common.internal_api import DatabaseCredentials
 
 
 class InternalController(Controller):

@@ -18,6 +18,7 @@ from tenant_service.deps import Ctx
 from tenant_service.internal.scopes import DIRECTORY_READ, SCOPE_OPT
 from tenant_service.openapi import problems, service_security
 from tenantry_common.directory import DirectoryIssuer, DirectoryKey, DirectoryPage, DirectoryTenant
+from tenantry_common.limits import merged_limits
 
 
 async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | None = None) -> DirectoryPage:
@@ -88,7 +89,7 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
                 slug=t.slug,
                 status=t.status,
                 plan=t.plan,
-                limits={k: int(v) for k, v in {**plans.get(t.plan, {}), **t.limits}.items() if isinstance(v, int)},
+                limits=merged_limits(plans.get(t.plan, {}), t.limits),
                 upstream_url=t.upstream_url,
                 domains=sorted(domains[t.id]),
                 keys=keys[t.id],

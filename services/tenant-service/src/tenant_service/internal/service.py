@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 import structlog
 
 from tenant_service.audit.service import record
@@ -10,6 +9,7 @@ from tenant_service.context import AppContext
 from tenant_service.provisioning.provisioner import password_context
 from tenant_service.secretbox import DecryptionError
 from tenant_service.tenants.lookup import find_tenant
+from tenantry_common.internal_api import DatabaseCredentials
 from tenantry_common.lifecycle import refusal
 from tenantry_common.problems import ProblemError
 
@@ -21,16 +21,6 @@ class SecretUnreadableError(ProblemError):
 
     status = 500
     code = "secret_unreadable"
-
-
-class DatabaseCredentials(msgspec.Struct):
-    """What a tenant app needs to connect to one tenant's database, as that tenant's own role."""
-
-    host: str
-    port: int
-    database: str
-    user: str
-    password: str
 
 
 async def vend_credentials(ctx: AppContext, ref: str, *, actor: str) -> DatabaseCredentials:

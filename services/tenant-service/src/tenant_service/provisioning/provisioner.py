@@ -8,6 +8,7 @@ worker's lock vanishes with its connection, and the reconciler (which skips lock
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from enum import StrEnum
 
 import asyncpg
@@ -23,6 +24,7 @@ from tenant_service.provisioning.cluster import TemplateBusyError
 from tenant_service.provisioning.names import object_marker
 from tenant_service.secretbox import DecryptionError
 from tenantry_common.lifecycle import TenantStatus
+from tenantry_common.limits import merged_limits
 from tenantry_common.timeutil import utcnow
 
 _log = structlog.get_logger("tenantry.provisioner")
@@ -49,10 +51,9 @@ def password_context(tenant_id: uuid.UUID) -> str:
     return f"tenant:{tenant_id}:db-password"
 
 
-def connection_limit(plan_limits: dict[str, object], overrides: dict[str, object]) -> int:
-    """The tenant's database connection limit: its override, else its plan's, else the default."""
-    value = overrides.get("max_connections", plan_limits.get("max_connections", DEFAULT_CONNECTION_LIMIT))
-    return int(value) if isinstance(value, int) else DEFAULT_CONNECTION_LIMIT
+def connection_limit(plan_limits: Mapping[str, object], overrides: Mapping[str, object]) -> int:
+    """The tenant's database connection limit: its merged ``max_connections``, else the default."""
+    return merged_limits(plan_limits, overrides).get("max_connections", DEFAULT_CONNECTION_LIMIT)
 
 
 class Provisioner:

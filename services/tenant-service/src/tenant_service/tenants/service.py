@@ -36,6 +36,7 @@ from tenant_service.tenants.schemas import (
 )
 from tenant_service.tenants.validation import check_json_text, check_upstream_url, normalize_domain
 from tenantry_common.lifecycle import EDITABLE, HAS_DATABASE, RESTORABLE_TO, TRANSITIONS, TenantAction, TenantStatus
+from tenantry_common.limits import merged_limits
 from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError, ProblemError
 from tenantry_common.slugs import slug_problem
 from tenantry_common.timeutil import utcnow
@@ -99,7 +100,6 @@ class TenantService:
         return [self._view(t, domains[t.id], plans.get(t.plan, {})) for t in tenants]
 
     def _view(self, t: Tenant, domains: list[str], plan_limits: dict[str, Any]) -> TenantView:
-        limits = {k: int(v) for k, v in {**plan_limits, **t.limits}.items() if isinstance(v, int)}
         return TenantView(
             id=str(t.id),
             slug=t.slug,
@@ -114,7 +114,7 @@ class TenantService:
                 template_version=t.template_version,
                 schema_version=t.schema_version,
             ),
-            limits=limits,
+            limits=merged_limits(plan_limits, t.limits),
             settings=t.settings,
             upstream_url=t.upstream_url,
             created_at=t.created_at,

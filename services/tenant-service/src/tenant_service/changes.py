@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_service.audit.service import record
 from tenant_service.db.models import Tenant
 from tenant_service.tenants.lookup import find_tenant, touch
+from tenantry_common.events import EventKind
 from tenantry_common.problems import ConflictError
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class Unit:
         """Run ``action`` once the transaction has committed (in the order queued)."""
         self._after_commit.append(action)
 
-    def publish(self, kind: str, *, tenant_id: uuid.UUID | None = None, plan: str | None = None) -> None:
+    def publish(self, kind: EventKind, *, tenant_id: uuid.UUID | None = None, plan: str | None = None) -> None:
         """Publish a change event after the commit (once per kind and subject, however often it is asked for)."""
         key = (kind, str(tenant_id) if tenant_id else plan)
         if key not in self._events:

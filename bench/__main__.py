@@ -14,11 +14,12 @@ from types import FrameType
 from typing import Any, Final
 
 from bench.context import BenchContext, Settings, now_iso, say, shout
-from bench.platform import ROOT, Backends, Secrets, ensure_tools, machine_info
+from bench.platform import PYCACHE, ROOT, Backends, ensure_tools, machine_info
 from bench.procs import Registry
 from bench.report import SECTION_ORDER, render
 from bench.results import PASS, load_results, merge_results, save_results
 from bench.sections import apps, fleet, gateway, provisioning, tenants
+from tenantry_devtools.processes import use_bytecode_cache
 
 SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
     "gateway": gateway.run,
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     # Also SIGINT: a shell that starts the harness in the background ignores it otherwise.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    use_bytecode_cache(PYCACHE)
     installed = ensure_tools()
     if installed:
         say(f"installed {', '.join(installed)}")
@@ -136,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
             root=root,
             registry=registry,
             backends=backends,
-            secrets=Secrets.generate(),
             machine=machine,
             cpu_test="0" if nproc >= 2 else None,
             cpu_load="1" if nproc >= 2 else None,

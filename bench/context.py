@@ -1,4 +1,4 @@
-"""What every section gets: settings, the run's temporary directory, processes, backends, secrets; and the
+"""What every section gets: settings, the run's temporary directory, processes, backends; and the
 :class:`SectionReport` each section fills in."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.platform import Backends, Secrets, load_average
+from bench.platform import Backends, load_average
 from bench.procs import Registry
 from bench.results import Target
 
@@ -46,7 +46,6 @@ class BenchContext:
     root: Path
     registry: Registry
     backends: Backends
-    secrets: Secrets
     machine: dict[str, Any]
     cpu_test: str | None
     """Core of the process under test (``taskset -c``), None on a single-core machine."""

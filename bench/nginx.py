@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 from typing import Final
 
-from bench.procs import Service
+from tenantry_devtools.processes import ServerProcess
 
 BODY_BYTES: Final = 1024
 #: The upstream's request counter (nginx stub_status), to count the requests a proxy really forwarded.
@@ -93,13 +93,13 @@ def proxy_config(prefix: Path, port: int, upstream_port: int) -> str:
     )
 
 
-def nginx_service(name: str, prefix: Path, config: str, *, port: int, cpus: str | None) -> Service:
-    """A :class:`Service` running nginx in the foreground from ``prefix`` (all its files stay there)."""
+def nginx_service(name: str, prefix: Path, config: str, *, port: int, cpus: str | None) -> ServerProcess:
+    """nginx in the foreground from ``prefix`` (all its files stay there), not started."""
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(config)
     argv = [nginx_binary(), "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
-    return Service(name, argv, log=prefix / "stdout.log", cpus=cpus, url=f"http://127.0.0.1:{port}")
+    return ServerProcess(name, argv, prefix / "stdout.log", port=port, cpus=cpus)
 
 
 def parse_stub_status(text: str) -> int:

@@ -1,84 +1,44 @@
 """The platform under test, as real processes: throw-away PostgreSQL and Redis, tenant-service installations,
-gateways and the notes app, with generated secrets and all state in the run's temporary directory."""
+gateways and the notes app (tenantry_devtools' launchers with the bench's settings), with all state in the run's
+temporary directory."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
-from bench.procs import Registry, Service, http_ok, pin
+from bench.procs import Registry, pin
 from bench.redisstats import RedisStats
-from tenantry_devtools.servers import LocalPostgres, LocalRedis, ensure_binaries, free_port
+from tenantry_devtools.platform import GatewayProcess, Installation, Tenant, TenantServiceProcess
+from tenantry_devtools.servers import LocalPostgres, LocalRedis, ensure_binaries
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 #: Bytecode cache of the child Python processes, outside the repository and kept between runs (a deployed
-#: service starts from compiled bytecode too).
+#: service starts from compiled bytecode too; tenantry_devtools.processes.use_bytecode_cache).
 PYCACHE: Final = Path("/tmp/tenantry-bench-pycache")  # noqa: S108 - a cache, not a secret
 BASE_DOMAIN: Final = "localhost"
 BENCH_PLAN: Final = "bench"
 #: High enough that wrk is never rate-limited (checked: every run counts non-2xx answers).
 BENCH_LIMITS: Final = {"requests_per_minute": 10**11, "requests_per_day": 10**12, "max_connections": 5}
-
-
-def with_database(url: str, database: str) -> str:
-    """``url`` pointing at another database."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of every Python child: ours, with a bytecode cache outside the tree."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
-    env.update(extra)
-    return env
+#: Seconds a platform server may take to become ready on a loaded machine.
+START_TIMEOUT: Final = 90.0
+#: Every gateway of the bench: no access log and warnings only (the work per request is what is measured).
+BENCH_GATEWAY_SETTINGS: Final = {"ACCESS_LOG": "false", "LOG_LEVEL": "WARNING"}
 
 
 def run_async(coro: Any) -> Any:
     """Run a coroutine to completion from the synchronous harness."""
     return asyncio.run(coro)
-
-
-@dataclass(frozen=True)
-class Secrets:
-    """The run's generated secrets (shared by every installation, gateway and app of the run)."""
-
-    admin_token: str
-    service_token: str
-    """The tenant apps' token (SERVICE_TOKEN): scope credentials:vend."""
-    gateway_token: str
-    """The gateways' token (GATEWAY_SERVICE_TOKEN): scope directory:read."""
-    encryption_keys: str
-    api_key_hash_secret: str
-    jwt_signing_keys: str
-
-    @classmethod
-    def generate(cls) -> Secrets:
-        """Fresh random secrets, as ``make dev`` makes them."""
-        from tenantry_common.jwt_keys import generate_signing_key  # noqa: PLC0415 - crypto only when needed
-
-        return cls(
-            admin_token="adm_" + secrets.token_urlsafe(24),
-            service_token="svc_" + secrets.token_urlsafe(24),
-            gateway_token="gws_" + secrets.token_urlsafe(24),
-            encryption_keys="k1:" + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),
-            api_key_hash_secret=secrets.token_urlsafe(32),
-            jwt_signing_keys="k1:" + generate_signing_key(),
-        )
 
 
 class Backends:
@@ -147,138 +107,19 @@ async def _fetchval(url: str, query: str, *args: Any) -> Any:
         await conn.close(timeout=5)
 
 
-@dataclass(frozen=True)
-class Tenant:
-    """A tenant created through the admin API."""
-
-    id: str
-    slug: str
-    key: str
-    db_name: str
-
-
-@dataclass
-class Installation:
-    """One tenant-service installation: its own registry database, template and name prefix."""
-
-    backends: Backends
-    secrets: Secrets
-    label: str
-    suffix: str = field(default_factory=lambda: secrets.token_hex(3))
-
-    @property
-    def master_db(self) -> str:
-        """The registry database."""
-        return f"bench_{self.label}_{self.suffix}"
-
-    @property
-    def template(self) -> str:
-        """The template database tenant databases are cloned from."""
-        return f"bench_tpl_{self.suffix}"
-
-    @property
-    def prefix(self) -> str:
-        """Prefix of tenant database and role names."""
-        return f"b{self.suffix}_"
-
-    @property
-    def database_url(self) -> str:
-        """The registry's URL."""
-        return with_database(self.backends.pg_url, self.master_db)
-
-    def env(self, **extra: str) -> dict[str, str]:
-        """Environment of the tenant-service and tenantctl for this installation."""
-        return child_env(
-            DATABASE_URL=self.database_url,
-            TENANT_DATABASE_URL=self.backends.pg_url,
-            REDIS_URL=self.backends.redis_url,
-            ADMIN_TOKEN=self.secrets.admin_token,
-            SERVICE_TOKEN=self.secrets.service_token,
-            GATEWAY_SERVICE_TOKEN=self.secrets.gateway_token,
-            SERVICE_TOKEN_SCOPES="app=credentials:vend",  # noqa: S106 - scope names, not a secret
-            ENCRYPTION_KEYS=self.secrets.encryption_keys,
-            API_KEY_HASH_SECRET=self.secrets.api_key_hash_secret,
-            TEMPLATE_DATABASE=self.template,
-            TENANT_DB_PREFIX=self.prefix,
-            UPSTREAM_ALLOWLIST="127.0.0.0/8,::1/128,localhost",
-            BASE_DOMAIN=BASE_DOMAIN,
-            LOG_FORMAT="json",
-            # The periodic reconciler is background housekeeping, not part of any request measured here.
-            RECONCILE_INTERVAL_SECONDS="3600",
-            **extra,
-        )
-
-    def create(self) -> None:
-        """Create the registry database, then migrate the registry and the template (``tenantctl migrate``)."""
-        run_async(_execute(self.backends.pg_url, f'CREATE DATABASE "{self.master_db}"'))
-        self.tenantctl("migrate")
-
-    def tenantctl(self, *args: str, timeout: float = 900, **extra: str) -> subprocess.CompletedProcess[str]:
-        """Run ``python -m tenant_service <args>``; raise with its stderr when it fails."""
-        done = subprocess.run(  # noqa: S603 - fixed argv
-            [sys.executable, "-m", "tenant_service", *args],
-            env=self.env(**extra),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"tenantctl {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        return done
-
-    def drop(self) -> None:
-        """Drop every database and role of this installation."""
-        run_async(_drop_installation(self.backends.pg_url, self))
-
-
-async def _execute(url: str, statement: str) -> None:
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        await conn.execute(statement, timeout=300)
-    finally:
-        await conn.close(timeout=5)
-
-
-async def _drop_installation(url: str, inst: Installation) -> None:
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        rows = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datname = ANY($1) OR starts_with(datname, $2)",
-            [inst.master_db, inst.template],
-            inst.prefix,
-        )
-        for row in rows:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)', timeout=300)
-        roles = await conn.fetch(
-            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) OR rolname = $2",
-            inst.prefix,
-            f"{inst.template}_owner",
-        )
-        for row in roles:
-            await conn.execute(f'DROP ROLE IF EXISTS "{row["rolname"]}"', timeout=60)
-    finally:
-        await conn.close(timeout=5)
-
-
 # --------------------------------------------------------------------------- processes of the platform
+
+
+def installation(backends: Backends, label: str) -> Installation:
+    """An installation of its own on the run's servers (registry ``tenantry_bench_<label>_<hex>``), not created."""
+    return Installation.isolated(backends.pg_url, backends.redis_url, label=f"bench_{label}")
 
 
 def tenant_service(
     inst: Installation, logs: Path, *, cpus: str | None = None, name: str = "tenant-service", **extra: str
-) -> Service:
-    """``python -m tenant_service serve`` for ``inst`` on a free port (not started); ``extra`` env on top."""
-    port = free_port()
-    return Service(
-        name,
-        [sys.executable, "-m", "tenant_service", "serve"],
-        log=logs / f"{name}.log",
-        env=inst.env(TENANT_SERVICE_PORT=str(port), **extra),
-        cpus=cpus,
-        cwd=ROOT,
-        url=f"http://127.0.0.1:{port}",
-    )
+) -> TenantServiceProcess:
+    """The tenant-service of ``inst`` on a free port, logging to ``logs/<name>.log`` (not started)."""
+    return TenantServiceProcess(inst, logs / f"{name}.log", env=extra, name=name, cpus=cpus)
 
 
 def gateway(
@@ -291,61 +132,15 @@ def gateway(
     cpus: str | None,
     workers: int = 1,
     mode: str | None = None,
-) -> Service:
-    """``python -m gateway`` (access log off, log level WARNING) on a free port (not started)."""
-    port = free_port()
-    env = child_env(
-        GATEWAY_PORT=str(port),
-        GATEWAY_WORKERS=str(workers),
-        TENANT_SERVICE_URL=tenant_service_url,
-        GATEWAY_SERVICE_TOKEN=inst.secrets.gateway_token,
-        REDIS_URL=inst.backends.redis_url,
-        API_KEY_HASH_SECRET=inst.secrets.api_key_hash_secret,
-        JWT_SIGNING_KEYS=inst.secrets.jwt_signing_keys,
-        DEFAULT_UPSTREAM=upstream_url,
-        BASE_DOMAIN=BASE_DOMAIN,
-        ACCESS_LOG="false",
-        LOG_LEVEL="WARNING",
-        LOG_FORMAT="json",
-    )
+) -> GatewayProcess:
+    """A gateway with the bench's settings (access log off, log level WARNING, ``workers`` workers, ``mode``) on a
+    free port, logging to ``logs/<name>.log`` (not started)."""
+    settings = {**BENCH_GATEWAY_SETTINGS, "GATEWAY_WORKERS": str(workers)}
     if mode is not None:
-        env["GATEWAY_MODE"] = mode
-    url = f"http://127.0.0.1:{port}"
-    return Service(
-        name, [sys.executable, "-m", "gateway"], log=logs / f"{name}.log", env=env, cpus=cpus, cwd=ROOT, url=url
+        settings["GATEWAY_MODE"] = mode
+    return GatewayProcess(
+        inst, tenant_service_url, upstream_url, logs / f"{name}.log", env=settings, name=name, cpus=cpus
     )
-
-
-def notes_app(
-    inst: Installation,
-    tenant_service_url: str,
-    gateway_url: str,
-    logs: Path,
-    *,
-    app_name: str,
-    port: int | None = None,
-    **extra: str,
-) -> Service:
-    """``python -m notes_app`` on ``port`` (default: a free one), not started."""
-    port = port or free_port()
-    env = child_env(
-        APP_PORT=str(port),
-        TENANT_SERVICE_URL=tenant_service_url,
-        SERVICE_TOKEN=inst.secrets.service_token,
-        REDIS_URL=inst.backends.redis_url,
-        GATEWAY_JWKS_URL=gateway_url + "/_gateway/jwks.json",
-        APP_NAME=app_name,
-        LOG_FORMAT="json",
-        **extra,
-    )
-    url = f"http://127.0.0.1:{port}"
-    return Service("notes", [sys.executable, "-m", "notes_app"], log=logs / "notes.log", env=env, cwd=ROOT, url=url)
-
-
-def start_http(service: Service, ready_path: str, timeout: float = 90) -> Service:
-    """Start a platform service and wait until ``ready_path`` answers 200."""
-    url = service.url + ready_path
-    return service.start(lambda: http_ok(url, timeout=2), timeout=timeout)
 
 
 class Admin:
@@ -375,8 +170,7 @@ class Admin:
         response = (client or self._http).post("/admin/tenants", json=body)
         if response.status_code != 201:
             raise RuntimeError(f"POST /admin/tenants {slug}: {response.status_code} {response.text[:500]}")
-        data = response.json()
-        tenant = Tenant(data["id"], slug, data["api_key"]["key"], data["database"]["name"])
+        tenant = Tenant.from_created(response.json())
         self.created.append(tenant)
         return tenant
 

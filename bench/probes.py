@@ -25,9 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.platform import Admin, Backends, Installation, Secrets, start_http, tenant_service
+from bench.platform import PYCACHE, START_TIMEOUT, Admin, Backends, installation, tenant_service
 from bench.procs import Registry
 from bench.results import median
+from tenantry_devtools.platform import Installation
+from tenantry_devtools.processes import use_bytecode_cache
 
 Timings = dict[str, list[float]]
 
@@ -70,7 +72,7 @@ def _print(title: str, timings: Timings) -> None:
         print(f"  {name:<46} n={len(values):<4} median {median(values):8.2f} ms")
 
 
-async def _cold(admin: Admin, service_url: str, secrets: Secrets, tenants: int) -> Timings:
+async def _cold(admin: Admin, service_url: str, service_token: str, tenants: int) -> Timings:
     import asyncpg  # noqa: PLC0415 - instrumented below
     from sqlalchemy import text  # noqa: PLC0415
     from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg  # noqa: PLC0415
@@ -87,7 +89,7 @@ async def _cold(admin: Admin, service_url: str, secrets: Secrets, tenants: int) 
     _time_async(timings, dialect, "setup_asyncpg_jsonb_codec", "SQLAlchemy jsonb codec setup (each connection)")
     _time_sync(timings, dialect, "initialize", "SQLAlchemy dialect initialize (first connect)")
     created = [admin.create_tenant(f"cold-{i:03d}", plan=None) for i in range(tenants + 1)]
-    credentials = CredentialClient(service_url, secrets.service_token)
+    credentials = CredentialClient(service_url, service_token)
     databases = TenantDatabases(credentials, budget=tenants + 1)
     query = text("SELECT id, body, created_at FROM notes ORDER BY id DESC LIMIT 200")
 
@@ -140,7 +142,7 @@ async def _provision(inst: Installation, tenants: int) -> Timings:
         service = TenantService(ctx)
         await service.create(TenantCreate(slug="warm", name="warm"), actor="probe")
         timings.clear()
-        conn = await asyncpg.connect(inst.backends.pg_url, timeout=10)
+        conn = await asyncpg.connect(inst.pg_url, timeout=10)
         try:
             for i in range(tenants):
                 await service.create(TenantCreate(slug=f"probe-{i:03d}", name="probe"), actor="probe")
@@ -162,20 +164,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("probe", choices=["cold", "provision"])
     parser.add_argument("-n", type=int, default=20, help="tenants to measure")
     args = parser.parse_args(argv)
+    use_bytecode_cache(PYCACHE)
     root = Path(tempfile.mkdtemp(prefix="tenantry-probe-"))
     root.chmod(0o755)
     registry = Registry()
     backends = Backends(root)
-    secrets = Secrets.generate()
-    inst = Installation(backends, secrets, "probe")
+    inst: Installation | None = None
     try:
         backends.start(registry)
-        inst.create()
+        inst = installation(backends, "probe")
+        asyncio.run(inst.create())
         if args.probe == "cold":
-            service = start_http(registry.add(tenant_service(inst, root / "logs")), "/healthz")
-            admin = Admin(service.url, secrets.admin_token)
+            service = registry.add(tenant_service(inst, root / "logs")).start(timeout=START_TIMEOUT)
+            admin = Admin(service.url, inst.admin_token)
             try:
-                timings = asyncio.run(_cold(admin, service.url, secrets, args.n))
+                timings = asyncio.run(_cold(admin, service.url, inst.service_token, args.n))
             finally:
                 admin.close()
             _print(f"cold vs warm tenant query, {args.n} cold tenants (ms)", timings)
@@ -183,8 +186,9 @@ def main(argv: list[str] | None = None) -> None:
             _print(f"synchronous tenant create, {args.n} tenants (ms)", asyncio.run(_provision(inst, args.n)))
     finally:
         registry.stop_since(0)
-        with contextlib.suppress(Exception):  # nothing to drop when the servers never came up
-            inst.drop()
+        if inst is not None:
+            with contextlib.suppress(Exception):  # nothing to drop when the servers never came up
+                asyncio.run(inst.drop())
         registry.stop_all()
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,163 +1,33 @@
-"""Child processes of the benchmark: start (optionally pinned with taskset), wait until ready, measure CPU, stop.
+"""Child processes of the benchmark: the :class:`Registry` that stops them all, CPU accounting and pinning.
 
-Every process is started in its own session and recorded in a :class:`Registry`; the registry stops all of them
-(SIGTERM to the process group, then SIGKILL) on the way out, whatever ends the run.
+The processes themselves are :class:`tenantry_devtools.processes.ServerProcess` (started in a session of their own,
+optionally pinned with taskset, stopped with their process group); every one is recorded in a :class:`Registry`,
+which stops all of them on the way out, whatever ends the run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
+
+from tenantry_devtools.processes import ServerProcess
 
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
-
-
-class StartupError(RuntimeError):
-    """A process exited or never became ready."""
-
-
-def log_tail(path: Path, chars: int = 3000) -> str:
-    """The end of a log file."""
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return f"(no log at {path})"
-
-
-def http_ok(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bool:
-    """Whether GET ``url`` answers 200."""
-    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - loopback URLs built here
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
-    """Poll ``predicate`` until true; return the seconds it took.
-
-    Raises:
-        TimeoutError: not true within ``timeout``.
-    """
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
-        time.sleep(interval)
-    return time.monotonic() - start
-
-
-class Service:
-    """One long-running child process with a log file."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        log: Path,
-        env: dict[str, str] | None = None,
-        cpus: str | None = None,
-        cwd: Path | None = None,
-        url: str | None = None,
-    ) -> None:
-        self.name = name
-        self._url = url
-        self.argv = argv
-        self.log = log
-        self.env = env
-        self.cpus = cpus
-        self.cwd = cwd
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """Base URL of an HTTP service.
-
-        Raises:
-            RuntimeError: the service has no URL.
-        """
-        if self._url is None:
-            raise RuntimeError(f"{self.name} has no URL")
-        return self._url
-
-    @property
-    def command(self) -> list[str]:
-        """The argv really started (with ``taskset -c`` in front when pinned)."""
-        return (["taskset", "-c", self.cpus] if self.cpus else []) + self.argv
-
-    @property
-    def pid(self) -> int:
-        """The process id (taskset execs the command, so it is the command's own)."""
-        if self.proc is None:
-            raise RuntimeError(f"{self.name} is not started")
-        return self.proc.pid
-
-    def start(self, ready: Callable[[], bool] | None = None, timeout: float = 60) -> Service:
-        """Start, then wait for ``ready`` (if given), failing early when the process dies."""
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603 - argv built by the harness, no shell
-                self.command,
-                env=self.env,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        if ready is not None:
-            deadline = time.monotonic() + timeout
-            while not ready():
-                if self.proc.poll() is not None:
-                    raise StartupError(f"{self.name} exited with {self.proc.returncode}:\n{log_tail(self.log)}")
-                if time.monotonic() > deadline:
-                    raise StartupError(f"{self.name} not ready within {timeout:.0f}s:\n{log_tail(self.log)}")
-                time.sleep(0.1)
-        return self
-
-    def alive(self) -> bool:
-        """Still running."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 15) -> None:
-        """Signal the whole process group, wait, then SIGKILL what is left."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
-        # Workers of a multi-process server may outlive their parent for a moment: end the group for good.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+P = TypeVar("P", bound=ServerProcess)
 
 
 class Registry:
     """Everything the run started, stopped in reverse order by :meth:`stop_all`."""
 
     def __init__(self) -> None:
-        self._services: list[Service] = []
+        self._services: list[ServerProcess] = []
         self._cleanups: list[tuple[str, Callable[[], None]]] = []
 
-    def add(self, service: Service) -> Service:
+    def add(self, service: P) -> P:
         """Track a service (call before starting it, so a failed start is cleaned up too)."""
         self._services.append(service)
         return service
@@ -175,7 +45,7 @@ class Registry:
         while len(self._services) > mark:
             self._services.pop().stop()
 
-    def stop(self, service: Service) -> None:
+    def stop(self, service: ServerProcess) -> None:
         """Stop one service now and forget it."""
         service.stop()
         if service in self._services:

@@ -8,6 +8,10 @@ Server fixtures (all session scoped):
   ``.kill()``), which fail the test when the server is not owned by the suite.
 * ``pg_url`` / ``redis_url``: just the URLs of the above.
 
+Platform fixtures: ``installation`` (session) and ``fresh_installation`` (a test's own), ``service`` (the
+tenant-service as a process), ``api`` (in-process), and ``stack`` (module scoped: tenant-service, echo upstream and
+gateway as processes, see :func:`stack`) with ``load_tenant`` for the load checks.
+
 Where the servers come from: ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` if set, else
 testcontainers if a Docker engine answers (opt out with ``TENANTRY_TEST_DOCKER=0``),
 else throw-away local servers started from the installed binaries.
@@ -15,15 +19,17 @@ else throw-away local servers started from the installed binaries.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from support.platform import Installation, ServiceProcess
+from support.load import require_wrk, unthrottled_tenant
+from support.platform import Installation, Tenant, TenantServiceProcess
 from support.servers import PostgresServer, RedisServer, provide_postgres, provide_redis
+from support.stacks import GatewayStack, running_stack
+from tenantry_devtools.processes import use_bytecode_cache
 
 # Nothing above this line may import application code: app modules may read the
 # environment at import time, and the defaults below must already be in place.
@@ -33,17 +39,10 @@ def set_test_env_defaults() -> None:
     """Set environment defaults for the whole test run.
 
     Runs when pytest loads this conftest, i.e. before any test module (and thus any
-    application module) is imported. Add entries to ``defaults``; ``setdefault`` keeps
-    whatever the developer or CI exported.
+    application module) is imported. Whatever the developer or CI exported wins.
     """
-    defaults: dict[str, str] = {
-        # Child processes (tenantctl, the services) would otherwise recompile every import on each start when
-        # the environment sets PYTHONDONTWRITEBYTECODE; a shared cache outside the tree makes them start fast.
-        "PYTHONPYCACHEPREFIX": "/tmp/tenantry-test-pycache",
-    }
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    # Child processes (tenantctl, the services) start fast from a shared bytecode cache outside the tree.
+    use_bytecode_cache("/tmp/tenantry-test-pycache")
 
 
 set_test_env_defaults()
@@ -81,7 +80,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture(scope="session")
 async def installation(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
     """One migrated tenant-service installation shared by the session (own registry, template, prefix)."""
-    inst = Installation(pg_url=pg_url, redis_url=redis_url)
+    inst = Installation.isolated(pg_url, redis_url)
     await inst.create()
     yield inst
     await inst.drop()
@@ -98,16 +97,16 @@ async def ctx(installation: Installation) -> AsyncIterator[AppContext]:
 @pytest.fixture
 async def fresh_installation(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
     """A migrated installation of its own, for tests that count or crash things."""
-    inst = Installation(pg_url=pg_url, redis_url=redis_url)
+    inst = Installation.isolated(pg_url, redis_url)
     await inst.create()
     yield inst
     await inst.drop()
 
 
 @pytest.fixture
-def service(installation: Installation, tmp_path: Path) -> Iterator[ServiceProcess]:
+def service(installation: Installation, tmp_path: Path) -> Iterator[TenantServiceProcess]:
     """The tenant-service as a real process on the session installation."""
-    proc = ServiceProcess(installation, tmp_path / "tenant-service.log").start()
+    proc = TenantServiceProcess(installation, tmp_path / "tenant-service.log").start()
     yield proc
     proc.stop()
 
@@ -126,3 +125,29 @@ async def api(ctx: AppContext) -> AsyncIterator[httpx.AsyncClient]:
         transport=transport, base_url="http://testserver.local", headers={"Authorization": f"Bearer {token}"}
     ) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def stack(
+    request: pytest.FixtureRequest, installation: Installation, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayStack]:
+    """The tenant-service, an echo upstream and a gateway as real processes, shared by the module's tests.
+
+    A module tunes it with ``pytestmark = pytest.mark.stack(service_env={...}, gateway_env={...},
+    gateways={"name": {...}})``: settings of the tenant-service and of the gateway, and further gateways on the same
+    tenant-service (``stack.extra``, in that order), each with settings of its own.
+    """
+    marker = request.node.get_closest_marker("stack")
+    options = marker.kwargs if marker else {}
+    folder = tmp_path_factory.mktemp(request.node.name.removesuffix(".py"))
+    with running_stack(installation, folder, options.get("service_env"), options.get("gateway_env")) as started:
+        for name, env in options.get("gateways", {}).items():
+            started.start_gateway(name, **env)
+        yield started
+
+
+@pytest.fixture(scope="module")
+def load_tenant(stack: GatewayStack) -> Tenant:
+    """A tenant on an unthrottled plan that the stack's gateway serves, for wrk (which must be installed)."""
+    require_wrk()
+    return unthrottled_tenant(stack)

@@ -16,20 +16,11 @@ import asyncpg
 import httpx
 
 from bench.context import BenchContext, SectionReport, say
-from bench.platform import (
-    Admin,
-    Installation,
-    Tenant,
-    gateway,
-    gateway_accepts,
-    notes_app,
-    start_http,
-    tenant_service,
-)
-from bench.procs import wait_until
+from bench.platform import BENCH_GATEWAY_SETTINGS, START_TIMEOUT, Admin, gateway_accepts
 from bench.results import Target, format_number, median, paired_ratio, percentile, safe_ratio
 from bench.sections.common import in_installation
-from tenantry_devtools.servers import free_port
+from tenantry_devtools.platform import Installation, Platform, Tenant
+from tenantry_devtools.processes import wait_until
 
 NAME = "apps"
 TITLE = "5. Tenant apps"
@@ -127,16 +118,12 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
     settings = ctx.settings
     logs = ctx.logs / NAME
     budget = app_budget()
-    service = start_http(ctx.registry.add(tenant_service(inst, logs)), "/healthz")
-    admin = Admin(service.url, ctx.secrets.admin_token)
+    platform = Platform.launch(inst, logs, gateway_env=BENCH_GATEWAY_SETTINGS, app_name=APP_NAME, timeout=START_TIMEOUT)
+    for process in platform.processes:
+        ctx.registry.add(process)
+    service, gw = platform.service, platform.gateway
+    admin = Admin(service.url, inst.admin_token)
     admin.put_plan()
-    # The gateway forwards to the notes app, and the app reads the gateway's JWKS at start: the app's port is
-    # chosen first, the gateway starts pointing at it, then the app.
-    notes_port = free_port()
-    gw = ctx.registry.add(gateway(inst, service.url, f"http://127.0.0.1:{notes_port}", logs, name="gateway", cpus=None))
-    start_http(gw, "/_gateway/readyz")
-    notes = notes_app(inst, service.url, gw.url, logs, app_name=APP_NAME, port=notes_port)
-    start_http(ctx.registry.add(notes), "/healthz")
     say(f"apps: provisioning {settings.app_tenants} tenants")
     slugs = [f"a-{i:04d}" for i in range(settings.app_tenants)]
     wall, errors = admin.create_many(slugs, 8)
@@ -161,7 +148,7 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
     if needed > len(tenants) - 1:
         raise RuntimeError(f"{needed} cold tenants needed, only {len(tenants) - 1} exist (raise --app-tenants)")
     cold_pool, floor_pool = tenants[1 : 1 + needed // 2], tenants[1 + needed // 2 : 1 + needed]
-    floor_credentials = _credentials(service.url, ctx.secrets.service_token, floor_pool)
+    floor_credentials = _credentials(service.url, inst.service_token, floor_pool)
     for run_no in range(settings.runs):
         run_warm: list[float] = []
         run_cold: list[float] = []
@@ -190,6 +177,7 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
         )
 
     # Every tenant active in turn: one request each, serially, then 8 clients at once.
+    assert inst.prefix is not None  # the bench's installations name their own databases
     loops: dict[str, dict[str, Any]] = {}
     for label, workers in (("serial", 1), ("8 at once", 8)):
         with ConnectionSampler(ctx.backends.pg_url, inst.prefix) as sampler:
@@ -212,7 +200,7 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
         }
         say(f"apps {label}: {len(statuses)} tenants in {wall:.1f} s, max {app_max} app connections")
     client.close()
-    engines = httpx.get(notes.url + "/healthz", timeout=10).json().get("engines")
+    engines = platform.notes.engines()
     for problem in bad[:10]:
         report.error(problem)
 

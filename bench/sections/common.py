@@ -10,12 +10,13 @@ from typing import Any, TypeVar
 
 from bench.context import BenchContext, SectionReport, say
 from bench.nginx import BODY_BYTES, nginx_service, served_requests, upstream_config
-from bench.platform import Installation
-from bench.procs import CpuMeter, Service, http_ok
+from bench.platform import installation, run_async
+from bench.procs import CpuMeter
 from bench.redisstats import RedisMonitor, calls_delta
 from bench.results import median, paired_ratio
 from bench.wrk import display_command, run_wrk, wrk_command
-from tenantry_devtools.servers import free_port
+from tenantry_devtools.platform import Installation
+from tenantry_devtools.processes import ServerProcess, free_port, http_ok
 
 BENCH_PATH = "/bench"
 T = TypeVar("T")
@@ -87,14 +88,14 @@ def measure(
     url: str,
     headers: dict[str, str],
     *,
-    under_test: Service | None,
+    under_test: ServerProcess | None,
     duration: float | None = None,
     connections: int | None = None,
     script: Path | None = None,
     expect_rejections: bool = False,
     secrets: dict[str, str] | None = None,
     monitor: bool = False,
-    upstream: Service | None = None,
+    upstream: ServerProcess | None = None,
 ) -> Sample:
     """One wrk run: throughput, latency, CPU of the process under test, Redis commands.
 
@@ -204,10 +205,10 @@ def in_installation(
 ) -> dict[str, Any]:
     """Run a section's ``body`` on an installation of its own; whatever happens, stop what the section started,
     drop the installation and return the report (an exception is recorded in it, and the other sections run)."""
-    inst = Installation(ctx.backends, ctx.secrets, prefix)
+    inst = installation(ctx.backends, prefix)
     mark = ctx.registry.mark()
     try:
-        inst.create()
+        run_async(inst.create())
         body(inst)
     except Exception as exc:  # noqa: BLE001 - recorded in the report; the other sections still run
         report.error(f"section aborted: {type(exc).__name__}: {exc}")
@@ -215,16 +216,16 @@ def in_installation(
         ctx.registry.stop_since(mark)
         if cleanup is not None:
             cleanup()
-        inst.drop()
+        run_async(inst.drop())
     return report.finish()
 
 
-def start_upstream(ctx: BenchContext, name: str = "upstream-nginx") -> Service:
+def start_upstream(ctx: BenchContext, name: str = "upstream-nginx") -> ServerProcess:
     """nginx answering 1 KB on a free port, pinned with the load generator."""
     port = free_port()
     prefix = ctx.root / name
     service = ctx.registry.add(nginx_service(name, prefix, upstream_config(prefix, port), port=port, cpus=ctx.cpu_load))
-    return service.start(lambda: http_ok(service.url + BENCH_PATH), timeout=30)
+    return service.start(ready=lambda: http_ok(service.url + BENCH_PATH), timeout=30)
 
 
 def check_body(url: str, headers: dict[str, str]) -> None:

@@ -3,6 +3,7 @@ a plain bash loop applying the same DDL with ``psql``."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -16,10 +17,11 @@ from typing import Any, Final
 import asyncpg
 
 from bench.context import BenchContext, SectionReport, say
-from bench.platform import ROOT, Admin, Installation, run_async, start_http, tenant_service
+from bench.platform import ROOT, START_TIMEOUT, Admin, run_async, tenant_service
 from bench.results import Target, format_number, median, paired_ratio, safe_ratio
 from bench.sections.common import in_installation
 from tenant_service.provisioning.schema import DEFAULT_MIGRATIONS_DIR
+from tenantry_devtools.platform import Installation, with_database
 
 NAME = "fleet"
 TITLE = "4. Fleet migration"
@@ -53,8 +55,8 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
     schema = ctx.root / "fleet-schema"
     shutil.copytree(DEFAULT_MIGRATIONS_DIR, schema, ignore=shutil.ignore_patterns("__pycache__"))
     extra = {"TENANT_MIGRATIONS_DIR": str(schema)}
-    service = start_http(ctx.registry.add(tenant_service(inst, ctx.logs / NAME, **extra)), "/healthz")
-    admin = Admin(service.url, ctx.secrets.admin_token)
+    service = ctx.registry.add(tenant_service(inst, ctx.logs / NAME, **extra)).start(timeout=START_TIMEOUT)
+    admin = Admin(service.url, inst.admin_token)
     say(f"fleet: provisioning {settings.fleet_size} tenants")
     wall, errors = admin.create_many([f"f-{i:04d}" for i in range(settings.fleet_size)], 8, plan=None)
     admin.close()
@@ -171,15 +173,19 @@ def _migrate_run(inst: Installation, argv: list[str], extra: dict[str, str], ver
 
 
 def _psql_env() -> dict[str, str]:
-    import os  # noqa: PLC0415
-
     return {**os.environ, "PGCONNECT_TIMEOUT": "10"}
 
 
 def _timed_migrate(inst: Installation, argv: list[str], extra: dict[str, str]) -> tuple[float, str]:
     started = time.perf_counter()
     done = subprocess.run(  # noqa: S603 - argv built by the caller
-        argv, env=inst.env(**extra), cwd=ROOT, capture_output=True, text=True, timeout=3600, check=False
+        argv,
+        env={**os.environ, **inst.env(**extra)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
     )
     wall = time.perf_counter() - started
     if done.returncode != 0:
@@ -198,7 +204,7 @@ async def _databases(inst: Installation) -> list[str]:
 
 async def _check_columns(inst: Installation, database: str, runs: int) -> None:
     """The last tenant database has every column both ways added."""
-    conn = await asyncpg.connect(inst.backends.pg_url.rsplit("/", 1)[0] + "/" + database, timeout=10)
+    conn = await asyncpg.connect(with_database(inst.pg_url, database), timeout=10)
     try:
         columns = {
             r["column_name"]

@@ -11,15 +11,13 @@ from bench.context import BenchContext, SectionReport, say
 from bench.nginx import nginx_service, proxy_config
 from bench.platform import (
     BASE_DOMAIN,
+    START_TIMEOUT,
     Admin,
-    Installation,
     access_token,
     gateway,
     gateway_accepts,
-    start_http,
     tenant_service,
 )
-from bench.procs import Service, http_ok, wait_until
 from bench.results import Target, format_number, safe_ratio
 from bench.sections.common import (
     BENCH_PATH,
@@ -35,7 +33,8 @@ from bench.sections.common import (
 )
 from bench.wrk import calibrated_delay, delay_script, paced_load
 from tenantry_common.apikeys import generate_api_key
-from tenantry_devtools.servers import free_port
+from tenantry_devtools.platform import Installation
+from tenantry_devtools.processes import ServerProcess, free_port, http_ok, wait_until
 
 NAME = "gateway"
 TITLE = "1. Gateway throughput and latency"
@@ -49,7 +48,7 @@ class Row:
     label: str
     url: str
     headers: dict[str, str]
-    under_test: Service | None
+    under_test: ServerProcess | None
     pinning: str
 
 
@@ -73,8 +72,8 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
     logs = ctx.logs / NAME
     add = ctx.registry.add
     say("gateway: starting tenant-service, nginx upstream and proxy, three gateways")
-    ts = start_http(add(tenant_service(inst, logs, cpus=load)), "/healthz")
-    admin = Admin(ts.url, ctx.secrets.admin_token)
+    ts = add(tenant_service(inst, logs, cpus=load)).start(timeout=START_TIMEOUT)
+    admin = Admin(ts.url, inst.admin_token)
     admin.put_plan()
     tenant = admin.create_tenant("bench")
     admin.close()
@@ -84,12 +83,11 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
     prefix = ctx.root / "proxy-nginx"
     config = proxy_config(prefix, proxy_port, port_of(upstream.url))
     proxy = add(nginx_service("proxy-nginx", prefix, config, port=proxy_port, cpus=test))
-    proxy.start(lambda: http_ok(proxy.url + BENCH_PATH), timeout=30)
+    proxy.start(ready=lambda: http_ok(proxy.url + BENCH_PATH), timeout=30)
     workers = int(ctx.machine["nproc"])
     gw_pass, gw_full, gw_multi = (
-        start_http(
-            add(gateway(inst, ts.url, upstream.url, logs, name=name, cpus=cpus, workers=n, mode=mode)),
-            "/_gateway/readyz",
+        add(gateway(inst, ts.url, upstream.url, logs, name=name, cpus=cpus, workers=n, mode=mode)).start(
+            timeout=START_TIMEOUT
         )
         for name, cpus, n, mode in (
             ("gateway-passthrough", test, 1, "passthrough"),

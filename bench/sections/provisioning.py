@@ -10,10 +10,11 @@ from typing import Any, Final
 import asyncpg
 
 from bench.context import BenchContext, SectionReport, say
-from bench.platform import Admin, Installation, count_in_file, file_size, start_http, tenant_service
+from bench.platform import START_TIMEOUT, Admin, count_in_file, file_size, tenant_service
 from bench.procs import TreeCpuMeter
 from bench.results import Target, format_number, median, paired_ratio, percentile, safe_ratio
 from bench.sections.common import in_installation
+from tenantry_devtools.platform import Installation
 
 NAME = "provisioning"
 TITLE = "3. Provisioning"
@@ -54,7 +55,7 @@ class Raw:
 
     async def connect(self) -> Any:
         """A superuser connection to the maintenance database."""
-        return await asyncpg.connect(self.inst.backends.pg_url, timeout=10)
+        return await asyncpg.connect(self.inst.pg_url, timeout=10)
 
     async def create(self, conn: Any, name: str) -> float:
         """Create one database; return the seconds the statement took (errors are counted, not raised)."""
@@ -136,8 +137,8 @@ class Phases:
 
 def _run(ctx: BenchContext, report: SectionReport, inst: Installation, runner: asyncio.Runner) -> None:
     settings = ctx.settings
-    service = start_http(ctx.registry.add(tenant_service(inst, ctx.logs / NAME)), "/healthz")
-    admin = Admin(service.url, ctx.secrets.admin_token)
+    service = ctx.registry.add(tenant_service(inst, ctx.logs / NAME)).start(timeout=START_TIMEOUT)
+    admin = Admin(service.url, inst.admin_token)
     raw = Raw(inst)
     report.method = [
         "The tenant-service runs as a real process (not pinned) on the benchmark's PostgreSQL; the client is "
@@ -159,7 +160,7 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation, runner: a
         "curl -X POST http://127.0.0.1:<port>/admin/tenants -H 'Authorization: Bearer <admin token>' "
         '-H \'Content-Type: application/json\' -d \'{"slug": "<slug>", "name": "<slug>"}\''
     )
-    pg_offset, ts_offset = file_size(ctx.backends.pg_log), file_size(service.log)
+    pg_offset, ts_offset = file_size(ctx.backends.pg_log), file_size(service.log_path)
 
     # Warm-up: the first create of a process pays for imports, pools and the template's pages in cache.
     admin.create_tenant("warm-a", plan=None)
@@ -208,7 +209,7 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation, runner: a
     admin.close()
 
     busy_pg = count_in_file(ctx.backends.pg_log, BUSY_MARKERS[:1], pg_offset)
-    busy_ts = count_in_file(service.log, BUSY_MARKERS, ts_offset)
+    busy_ts = count_in_file(service.log_path, BUSY_MARKERS, ts_offset)
     for error in api_errors[:5]:
         report.error(f"API create failed: {error}")
     for error in raw.other_errors[:5]:

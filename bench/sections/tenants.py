@@ -22,16 +22,14 @@ from bench.context import BenchContext, SectionReport, say
 from bench.platform import (
     BASE_DOMAIN,
     BENCH_PLAN,
+    START_TIMEOUT,
     Admin,
-    Installation,
-    Tenant,
     gateway,
     gateway_accepts,
+    installation,
     run_async,
-    start_http,
     tenant_service,
 )
-from bench.procs import Service, wait_until
 from bench.results import Target, format_number, safe_ratio
 from bench.sections.common import (
     BENCH_PATH,
@@ -44,6 +42,8 @@ from bench.sections.common import (
     summarize,
 )
 from tenantry_common.apikeys import display_prefix, generate_api_key, hash_api_key
+from tenantry_devtools.platform import GatewayProcess, Installation, Tenant, TenantServiceProcess
+from tenantry_devtools.processes import wait_until
 
 NAME = "tenants"
 TITLE = "2. Tenant count does not matter"
@@ -55,8 +55,8 @@ class Stack:
 
     count: int
     inst: Installation
-    service: Service
-    gateway: Service
+    service: TenantServiceProcess
+    gateway: GatewayProcess
     tenant: Tenant
     load_seconds: float = 0.0
     visible_seconds: float = 0.0
@@ -83,7 +83,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         ctx.registry.stop_since(mark)
         ctx.backends.unpin_redis()
         for inst in installations:
-            inst.drop()
+            run_async(inst.drop())
     return report.finish()
 
 
@@ -95,20 +95,19 @@ def _run(ctx: BenchContext, report: SectionReport, installations: list[Installat
         ctx.backends.pin_redis(ctx.cpu_load)
     stacks: list[Stack] = []
     for count in settings.tenant_counts:
-        inst = Installation(ctx.backends, ctx.secrets, f"n{count}")
+        inst = installation(ctx.backends, f"n{count}")
         installations.append(inst)
-        inst.create()
-        service = start_http(
-            ctx.registry.add(tenant_service(inst, logs, cpus=ctx.cpu_load, name=f"tenant-service-{count}")), "/healthz"
-        )
-        admin = Admin(service.url, ctx.secrets.admin_token)
+        run_async(inst.create())
+        service = ctx.registry.add(tenant_service(inst, logs, cpus=ctx.cpu_load, name=f"tenant-service-{count}"))
+        service.start(timeout=START_TIMEOUT)
+        admin = Admin(service.url, inst.admin_token)
         admin.put_plan()
         tenant = admin.create_tenant("bench")
         admin.close()
         gw = ctx.registry.add(
             gateway(inst, service.url, upstream.url, logs, name=f"gateway-{count}", cpus=ctx.cpu_test)
         )
-        start_http(gw, "/_gateway/readyz")
+        gw.start(timeout=START_TIMEOUT)
         wait_until(partial(gateway_accepts, gw.url, tenant), 30, "gateway knows the tenant")
         stack = Stack(count, inst, service, gw, tenant)
         if count > 1:
@@ -117,7 +116,7 @@ def _run(ctx: BenchContext, report: SectionReport, installations: list[Installat
             last = run_async(_insert_fake_tenants(inst, count - 1))
             stack.load_seconds = time.monotonic() - started
             started = time.monotonic()
-            wait_until(partial(_feed_has, service.url, ctx.secrets.gateway_token, count), 120, "directory feed")
+            wait_until(partial(_feed_has, service.url, inst.gateway_token, count), 120, "directory feed")
             wait_until(partial(gateway_accepts, gw.url, last), 120, f"gateway sees {count} tenants")
             stack.visible_seconds = time.monotonic() - started
             say(f"tenants: gateway-{count} serves all {count} tenants after {stack.visible_seconds:.1f} s")
@@ -257,7 +256,7 @@ def _feed_size(base_url: str, gateway_token: str) -> int:
 
 async def _insert_fake_tenants(inst: Installation, count: int) -> Tenant:
     """Insert ``count`` active tenants with a domain and an API key each; return the last (with its key)."""
-    secret = inst.secrets.api_key_hash_secret.encode()
+    secret = inst.api_key_hash_secret.encode()
     tenants, domains, keys = [], [], []
     last: Tenant | None = None
     for i in range(1, count + 1):
@@ -267,8 +266,9 @@ async def _insert_fake_tenants(inst: Installation, count: int) -> Tenant:
         key = generate_api_key()
         tenants.append((tenant_id, slug, slug, "active", BENCH_PLAN, db_name, db_name, "127.0.0.1", 5432, "none", 2, 2))
         domains.append((f"{slug}.bench.example", tenant_id))
-        keys.append((uuid.uuid4(), tenant_id, "default", display_prefix(key), hash_api_key(key, secret)))
-        last = Tenant(str(tenant_id), slug, key, db_name)
+        key_id = uuid.uuid4()
+        keys.append((key_id, tenant_id, "default", display_prefix(key), hash_api_key(key, secret)))
+        last = Tenant(str(tenant_id), slug, key, str(key_id), db_name)
     conn = await asyncpg.connect(inst.database_url, timeout=10)
     try:
         async with conn.transaction():

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,52 +20,35 @@ import asyncpg
 import httpx
 import pytest
 
-from support.gateway_support import GatewayProcess, ManagedProcess, NotesProcess
-from support.platform import Installation, ServiceProcess, free_port, wait_until, with_database
+from support.gateway_support import ServerProcess
+from support.platform import Installation, Tenant, free_port, wait_until, with_database
 from support.servers import PostgresServer, own_postgres
-from tenantry_common.jwt_keys import generate_signing_key
+from support.stacks import gw, make_tenant, running_platform
+from tenantry_devtools.platform import Platform
 
 pytestmark = pytest.mark.e2e
 
 FAULT_APP = Path(__file__).parents[1] / "support" / "fault_app.py"
 
 
-class FaultAppProcess(ManagedProcess):
+class FaultAppProcess(ServerProcess):
     """``support/fault_app.py``: a TenantryPlugin app whose handlers lose their connection on purpose."""
 
-    def __init__(self, installation: Installation, tenant_service_url: str, log_path: Path, **env: str) -> None:
+    def __init__(self, installation: Installation, tenant_service_url: str, gateway_url: str, log_path: Path) -> None:
         port = free_port()
         super().__init__(
-            ["-P", str(FAULT_APP), str(port)],
+            "fault-app",
+            [sys.executable, "-P", str(FAULT_APP), str(port)],
             log_path,
-            {
+            env={
                 "TENANT_SERVICE_URL": tenant_service_url,
                 "SERVICE_TOKEN": installation.service_token,
                 "REDIS_URL": installation.redis_url,
+                "GATEWAY_JWKS_URL": gateway_url + "/_gateway/jwks.json",
                 "FAULT_SUPERUSER_URL": installation.pg_url,
-                **env,
             },
             port=port,
         )
-
-
-@dataclass
-class Platform:
-    pg: PostgresServer
-    installation: Installation
-    service: ServiceProcess
-    gateway: GatewayProcess
-    notes: NotesProcess
-    faults: FaultAppProcess
-    admin: httpx.Client
-
-
-@dataclass
-class Tenant:
-    id: str
-    slug: str
-    key: str
-    database: str
 
 
 @pytest.fixture(scope="module")
@@ -77,52 +60,35 @@ def own_pg() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="module")
 async def own_installation(own_pg: PostgresServer, redis_url: str) -> Installation:
-    installation = Installation(pg_url=own_pg.url, redis_url=redis_url)
+    installation = Installation.isolated(own_pg.url, redis_url)
     await installation.create()
     return installation  # no drop: the server is thrown away with everything on it
 
 
 @pytest.fixture(scope="module")
-def platform(
-    own_pg: PostgresServer, own_installation: Installation, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Platform]:
-    folder = tmp_path_factory.mktemp("appdb")
-    service = ServiceProcess(own_installation, folder / "tenant-service.log").start()
-    notes_port = free_port()
-    gateway = GatewayProcess(
-        own_installation, service.url, f"http://127.0.0.1:{notes_port}", folder / "gateway.log",
-        "k1:" + generate_signing_key(),
-    ).start()  # fmt: skip
-    gateway_jwks = gateway.url + "/_gateway/jwks.json"
-    notes = NotesProcess(
-        own_installation, service.url, folder / "notes.log", port=notes_port, GATEWAY_JWKS_URL=gateway_jwks
+def platform(own_installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    with running_platform(own_installation, tmp_path_factory.mktemp("appdb")) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def faults(platform: Platform) -> Iterator[FaultAppProcess]:
+    process = FaultAppProcess(
+        platform.installation,
+        platform.service.url,
+        platform.gateway.url,
+        platform.notes.log_path.with_name("faults.log"),
     ).start()
-    faults = FaultAppProcess(own_installation, service.url, folder / "faults.log", GATEWAY_JWKS_URL=gateway_jwks)
-    faults.start()
-    started = Platform(own_pg, own_installation, service, gateway, notes, faults, service.client())
-    yield started
-    started.admin.close()
-    for process in (faults, notes, gateway):
-        process.stop()
-    service.stop()
+    yield process
+    process.stop()
 
 
-def gw(platform: Platform, method: str, path: str, tenant: Tenant, **kwargs: object) -> httpx.Response:
-    headers = {"X-API-Key": tenant.key, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
-    return httpx.request(method, platform.gateway.url + path, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
-
-
-def make_tenant(platform: Platform, slug: str, *, faults: bool = False) -> Tenant:
-    response = platform.admin.post("/admin/tenants", json={"slug": slug, "name": slug})
-    assert response.status_code == 201, response.text
-    data = response.json()
-    tenant = Tenant(data["id"], slug, data["api_key"]["key"], data["database"]["name"])
-    if faults:
-        patched = platform.admin.patch(f"/admin/tenants/{tenant.id}", json={"upstream_url": platform.faults.url})
-        assert patched.status_code == 200, patched.text
-        wait_until(lambda: gw(platform, "GET", "/runs/none", tenant).status_code == 200)
-    else:
-        wait_until(lambda: gw(platform, "GET", "/notes", tenant).status_code == 200)
+def fault_tenant(platform: Platform, faults: FaultAppProcess, slug: str) -> Tenant:
+    """A tenant whose upstream is the fault app, once the gateway forwards to it."""
+    tenant = make_tenant(platform, slug)
+    patched = platform.admin.patch(f"/admin/tenants/{tenant.id}", json={"upstream_url": faults.url})
+    assert patched.status_code == 200, patched.text
+    wait_until(lambda: gw(platform, "GET", "/runs/none", tenant).status_code == 200)
     return tenant
 
 
@@ -130,7 +96,8 @@ def superuser(platform: Platform, query: str, *args: object, database: str | Non
     """One value from a superuser connection straight to Postgres."""
 
     async def fetch() -> Any:
-        url = platform.pg.url if database is None else with_database(platform.pg.url, database)
+        pg_url = platform.installation.pg_url
+        url = pg_url if database is None else with_database(pg_url, database)
         conn = await asyncpg.connect(url)
         try:
             return await conn.fetchval(query, *args)
@@ -157,7 +124,9 @@ def assert_database_unavailable(response: httpx.Response) -> None:
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_every_tenants_first_request_after_a_postgres_restart_succeeds(platform: Platform, mode: str) -> None:
+def test_every_tenants_first_request_after_a_postgres_restart_succeeds(
+    platform: Platform, own_pg: PostgresServer, mode: str
+) -> None:
     tenants = [make_tenant(platform, f"restart-{mode}-{i}") for i in range(4)]
     for tenant in tenants:
         assert gw(platform, "POST", "/notes", tenant, json={"body": "before"}).status_code == 201
@@ -165,7 +134,7 @@ def test_every_tenants_first_request_after_a_postgres_restart_succeeds(platform:
     # The throw-away server runs with synchronous_commit=off: flush, so that a crash keeps the notes.
     superuser(platform, "CHECKPOINT")
 
-    platform.pg.restart(mode)
+    own_pg.restart(mode)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(tenants)) as pool:
         first = list(pool.map(lambda t: gw(platform, "GET", "/notes", t), tenants))
@@ -182,12 +151,12 @@ def test_every_tenants_first_request_after_a_postgres_restart_succeeds(platform:
 
 
 def test_while_postgres_is_down_requests_get_503_database_unavailable_and_200_once_it_is_back(
-    platform: Platform,
+    platform: Platform, own_pg: PostgresServer
 ) -> None:
     tenant = make_tenant(platform, "outage")
     assert gw(platform, "POST", "/notes", tenant, json={"body": "before"}).status_code == 201
 
-    with platform.pg.outage():
+    with own_pg.outage():
         for method, path, body in (
             ("GET", "/notes", None),
             ("POST", "/notes", {"body": "lost"}),
@@ -201,8 +170,10 @@ def test_while_postgres_is_down_requests_get_503_database_unavailable_and_200_on
     assert "Traceback" not in platform.notes.log()
 
 
-def test_a_handler_whose_connection_broke_before_it_committed_runs_again_and_writes_once(platform: Platform) -> None:
-    tenant = make_tenant(platform, "lost-before", faults=True)
+def test_a_handler_whose_connection_broke_before_it_committed_runs_again_and_writes_once(
+    platform: Platform, faults: FaultAppProcess
+) -> None:
+    tenant = fault_tenant(platform, faults, "lost-before")
     key = uuid.uuid4().hex
 
     response = gw(platform, "POST", "/lost-before-commit", tenant, headers={"X-Fault-Key": key}, json={"body": key})
@@ -212,8 +183,10 @@ def test_a_handler_whose_connection_broke_before_it_committed_runs_again_and_wri
     assert notes_with_body(platform, tenant, key) == 1  # the first run's insert went with its connection
 
 
-def test_a_handler_that_committed_and_then_lost_its_connection_is_not_run_again(platform: Platform) -> None:
-    tenant = make_tenant(platform, "lost-after", faults=True)
+def test_a_handler_that_committed_and_then_lost_its_connection_is_not_run_again(
+    platform: Platform, faults: FaultAppProcess
+) -> None:
+    tenant = fault_tenant(platform, faults, "lost-after")
     key = uuid.uuid4().hex
 
     response = gw(platform, "POST", "/lost-after-commit", tenant, headers={"X-Fault-Key": key})
@@ -222,11 +195,13 @@ def test_a_handler_that_committed_and_then_lost_its_connection_is_not_run_again(
     assert "committed" in response.json()["detail"]
     assert gw(platform, "GET", f"/runs/{key}", tenant).json() == {"runs": 1}
     assert notes_with_body(platform, tenant, key) == 1  # written once, not duplicated by a second run
-    assert "Traceback" not in platform.faults.log()
+    assert "Traceback" not in faults.log()
 
 
-def test_a_streamed_response_that_loses_its_connection_is_not_run_again(platform: Platform) -> None:
-    tenant = make_tenant(platform, "lost-stream", faults=True)
+def test_a_streamed_response_that_loses_its_connection_is_not_run_again(
+    platform: Platform, faults: FaultAppProcess
+) -> None:
+    tenant = fault_tenant(platform, faults, "lost-stream")
     key = uuid.uuid4().hex
 
     received = b""

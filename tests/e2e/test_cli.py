@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _cli(installation: Installation, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> Any:
-    return installation.cli(*args, env=env, **kwargs)
+    return installation.tenantctl(*args, env=env, **kwargs)
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> dict:

@@ -30,7 +30,7 @@ from litestar.testing import AsyncTestClient
 
 from support.platform import (
     Installation,
-    ServiceProcess,
+    TenantServiceProcess,
     assert_no_orphans,
     cluster_objects,
     registry,
@@ -66,7 +66,7 @@ _BUILT_AT = {
 
 @pytest.fixture(scope="module")
 async def inst(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
-    installation = Installation(pg_url=pg_url, redis_url=redis_url)
+    installation = Installation.isolated(pg_url, redis_url)
     await installation.create()
     yield installation
     await installation.drop()
@@ -130,7 +130,7 @@ async def in_process(inst: Installation, *, background: bool, **env: str) -> Asy
         yield client
 
 
-def vend(service: ServiceProcess, tenant_id: str) -> dict[str, Any]:
+def vend(service: TenantServiceProcess, tenant_id: str) -> dict[str, Any]:
     with service.client(service.installation.service_token) as client:
         response = client.get(f"/internal/v1/tenants/{tenant_id}/database")
     assert response.status_code == 200, response.text
@@ -138,7 +138,7 @@ def vend(service: ServiceProcess, tenant_id: str) -> dict[str, Any]:
     return body
 
 
-def get_tenant(service: ServiceProcess, ref: str) -> dict[str, Any]:
+def get_tenant(service: TenantServiceProcess, ref: str) -> dict[str, Any]:
     with service.client() as client:
         response = client.get(f"/admin/tenants/{ref}")
     assert response.status_code == 200, response.text
@@ -157,7 +157,7 @@ _RECOVERY = {"provision.after_database": "process", "provision.before_activate":
 @pytest.mark.parametrize("point", FAILPOINTS)
 async def test_kill_mid_provisioning_is_recovered(point: str, inst: Installation, tmp_path: Path, pg_url: str) -> None:
     slug = "cc-kill-" + point.removeprefix("provision.").replace("_", "-")
-    doomed = ServiceProcess(inst, tmp_path / "killed.log", TENANTRY_FAILPOINTS=f"{point}=kill").start()
+    doomed = TenantServiceProcess(inst, tmp_path / "killed.log", env={"TENANTRY_FAILPOINTS": f"{point}=kill"}).start()
     try:
         with doomed.client() as client, pytest.raises(httpx.TransportError):
             client.post("/admin/tenants", json={"slug": slug, "name": "Doomed"})
@@ -175,7 +175,7 @@ async def test_kill_mid_provisioning_is_recovered(point: str, inst: Installation
     recovery = _RECOVERY.get(point, "in-process")
     logs = [doomed.log()]
     if recovery == "process":
-        service = ServiceProcess(inst, tmp_path / "recovered.log").start()
+        service = TenantServiceProcess(inst, tmp_path / "recovered.log").start()
         try:
             tenant = await wait_for(
                 lambda: (t := get_tenant(service, slug))["status"] != "provisioning" and t, timeout=30, interval=0.2
@@ -186,7 +186,7 @@ async def test_kill_mid_provisioning_is_recovered(point: str, inst: Installation
         logs.append(service.log())
     else:
         if recovery == "cli":
-            result = inst.cli("reconcile")
+            result = inst.tenantctl("reconcile")
             logs.append(result.stdout + result.stderr)
             assert slug in json.loads(result.stdout)["provisioned"]
         async with in_process(inst, background=recovery == "in-process") as app:
@@ -302,7 +302,7 @@ async def test_reconcile_drops_only_this_installations_orphans(inst: Installatio
         await admin.execute(f'GRANT CONNECT ON DATABASE "{pair}" TO "{pair}"')
         squatter = await asyncpg.connect(with_database(pg_url, pair), user=pair)
 
-        report = json.loads(inst.cli("reconcile").stdout)
+        report = json.loads(inst.tenantctl("reconcile").stdout)
         assert sorted(report["orphans_dropped"]) == sorted({pair, role_only, db_only, mixed})
         # A role that still owns something not ours is left (and reported); it does not stop the others.
         assert report["errors"] == [f"orphan {entangled}: DependentObjectsStillExistError"], report
@@ -346,7 +346,7 @@ async def test_stray_connection_to_the_template_fails_the_create_cleanly(
 ) -> None:
     admin = await asyncpg.connect(pg_url)
     stray: asyncpg.Connection | None = None
-    service = ServiceProcess(inst, tmp_path / "svc.log", CREATE_DATABASE_ATTEMPTS="2").start()
+    service = TenantServiceProcess(inst, tmp_path / "svc.log", env={"CREATE_DATABASE_ATTEMPTS": "2"}).start()
     try:
         await admin.execute(f'ALTER DATABASE "{inst.template}" ALLOW_CONNECTIONS true')
         stray = await asyncpg.connect(with_database(pg_url, inst.template))
@@ -415,8 +415,10 @@ async def test_postgres_restart_during_creates(
     after_role = [f"cc-pgr-role-{i}" for i in range(3)]  # will be past CREATE ROLE, before CREATE DATABASE
     after_insert = [f"cc-pgr-insert-{i}" for i in range(3)]  # will be registered, nothing built
     slugs = after_role + after_insert
-    service = ServiceProcess(
-        inst, tmp_path / "svc.log", TENANTRY_FAILPOINTS="provision.after_insert=sleep:2;provision.after_role=sleep:5"
+    service = TenantServiceProcess(
+        inst,
+        tmp_path / "svc.log",
+        env={"TENANTRY_FAILPOINTS": "provision.after_insert=sleep:2;provision.after_role=sleep:5"},
     ).start()
 
     async def registered(batch: list[str], *, with_roles: bool) -> bool:

@@ -9,80 +9,34 @@ import json
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import jwt as pyjwt
-import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
-from support.gateway_support import EchoUpstream, GatewayProcess
-from support.platform import Installation, ServiceProcess, wait_until
-from tenantry_common.jwt_keys import generate_signing_key
+from support.gateway_support import GatewayProcess
+from support.platform import Installation, Tenant, wait_until
+from support.stacks import GatewayStack, seen_headers
 
 
-@dataclass
-class Stack:
-    service: ServiceProcess
-    echo: EchoUpstream
-    gateway: GatewayProcess
-    signing_keys: str
-    admin: httpx.Client
-
-
-@dataclass
-class Tenant:
-    id: str
-    slug: str
-    key: str
-    key_id: str
-
-
-@pytest.fixture(scope="module")
-def stack(installation: Installation, tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("gateway")
-    service = ServiceProcess(installation, folder / "tenant-service.log").start()
-    echo = EchoUpstream(folder / "echo.log").start()
-    keys = "k1:" + generate_signing_key()
-    # A generous Redis timeout: these tests check exact counting, and on a loaded CI machine a call slower than
-    # the default would (correctly) fail open and pass uncounted. Failure modes are tested in test_gateway_faults.
-    gateway = GatewayProcess(
-        installation, service.url, echo.url, folder / "gateway.log", keys, REDIS_TIMEOUT="2"
-    ).start()
-    admin = service.client()
-    yield Stack(service, echo, gateway, keys, admin)
-    admin.close()
-    gateway.stop()
-    echo.stop()
-    service.stop()
-
-
-def make_tenant(stack: Stack, slug: str, **body: object) -> Tenant:
+def make_tenant(stack: GatewayStack, slug: str, **body: object) -> Tenant:
     response = stack.admin.post("/admin/tenants", json={"slug": slug, "name": slug, **body})
     assert response.status_code == 201, response.text
-    data = response.json()
-    tenant = Tenant(data["id"], slug, data["api_key"]["key"], data["api_key"]["id"])
+    tenant = Tenant.from_created(response.json())
     wait_until(lambda: get(stack, "/hello", headers={"X-API-Key": tenant.key}).status_code == 200)
     return tenant
 
 
-def get(stack: Stack, path: str, **kwargs: object) -> httpx.Response:
+def get(stack: GatewayStack, path: str, **kwargs: object) -> httpx.Response:
     return httpx.get(stack.gateway.url + path, timeout=10, **kwargs)  # type: ignore[arg-type]
-
-
-def upstream_headers(response: httpx.Response) -> dict[str, list[str]]:
-    headers: dict[str, list[str]] = {}
-    for name, value in response.json()["headers"]:
-        headers.setdefault(name, []).append(value)
-    return headers
 
 
 # --- tenant sources --------------------------------------------------------------------------------------
 
 
-def test_each_of_the_six_tenant_sources_reaches_the_tenant(stack: Stack) -> None:
+def test_each_of_the_six_tenant_sources_reaches_the_tenant(stack: GatewayStack) -> None:
     acme = make_tenant(stack, "gw-acme", domains=["gw-acme.example.com"])
     token = stack.gateway.client().post("/_gateway/token", headers={"X-API-Key": acme.key}).json()["access_token"]
     key = {"X-API-Key": acme.key}
@@ -96,14 +50,14 @@ def test_each_of_the_six_tenant_sources_reaches_the_tenant(stack: Stack) -> None
     }
     for source, response in variants.items():
         assert response.status_code == 200, (source, response.text)
-        seen = upstream_headers(response)
+        seen = seen_headers(response.json())
         assert seen["x-tenant-id"] == [acme.id], source
         assert seen["x-tenant-slug"] == ["gw-acme"], source
         assert response.json()["path"] == "/hello", source
         assert response.headers["ratelimit-limit"], source
 
 
-def test_path_prefix_is_stripped_and_query_kept(stack: Stack) -> None:
+def test_path_prefix_is_stripped_and_query_kept(stack: GatewayStack) -> None:
     acme = make_tenant(stack, "gw-path")
     response = get(stack, "/t/gw-path/a/b%2Fc?x=1&y=2", headers={"X-API-Key": acme.key})
     assert response.status_code == 200
@@ -111,7 +65,7 @@ def test_path_prefix_is_stripped_and_query_kept(stack: Stack) -> None:
     assert response.json()["query"] == "x=1&y=2"
 
 
-def test_conflicting_locations_get_400(stack: Stack) -> None:
+def test_conflicting_locations_get_400(stack: GatewayStack) -> None:
     a = make_tenant(stack, "gw-con-a")
     b = make_tenant(stack, "gw-con-b")
     response = get(stack, "/t/gw-con-a/x", headers={"X-API-Key": a.key, "X-Tenant-ID": b.id})
@@ -121,7 +75,7 @@ def test_conflicting_locations_get_400(stack: Stack) -> None:
     assert response.json()["code"] == "tenant_conflict"
 
 
-def test_credential_of_tenant_a_on_tenant_b_gets_403(stack: Stack) -> None:
+def test_credential_of_tenant_a_on_tenant_b_gets_403(stack: GatewayStack) -> None:
     a = make_tenant(stack, "gw-mis-a")
     b = make_tenant(stack, "gw-mis-b")
     token = stack.gateway.client().post("/_gateway/token", headers={"X-API-Key": a.key}).json()["access_token"]
@@ -134,7 +88,7 @@ def test_credential_of_tenant_a_on_tenant_b_gets_403(stack: Stack) -> None:
         assert response.status_code == 403
 
 
-def test_missing_or_bad_credentials_get_identical_401(stack: Stack) -> None:
+def test_missing_or_bad_credentials_get_identical_401(stack: GatewayStack) -> None:
     a = make_tenant(stack, "gw-401")
     revoked = stack.admin.post(f"/admin/tenants/{a.id}/api-keys", json={"name": "old"}).json()
     stack.admin.delete(f"/admin/tenants/{a.id}/api-keys/{revoked['id']}")
@@ -157,7 +111,7 @@ def test_missing_or_bad_credentials_get_identical_401(stack: Stack) -> None:
     assert len(set(bodies)) == 1
 
 
-def test_unknown_suspended_and_deleted_tenants(stack: Stack) -> None:
+def test_unknown_suspended_and_deleted_tenants(stack: GatewayStack) -> None:
     a = make_tenant(stack, "gw-life")
     assert get(stack, "/x", headers={"X-API-Key": a.key, "Host": "gw-nobody.localhost"}).status_code == 404
     stack.admin.post(f"/admin/tenants/{a.id}/suspend")
@@ -170,7 +124,7 @@ def test_unknown_suspended_and_deleted_tenants(stack: Stack) -> None:
 
 
 def test_suspension_and_revocation_reach_two_gateways_within_two_seconds(
-    stack: Stack, installation: Installation, tmp_path: Path
+    stack: GatewayStack, installation: Installation, tmp_path: Path
 ) -> None:
     second = GatewayProcess(
         installation, stack.service.url, stack.echo.url, tmp_path / "gw2.log", stack.signing_keys,
@@ -205,7 +159,9 @@ def test_suspension_and_revocation_reach_two_gateways_within_two_seconds(
 # --- quotas ----------------------------------------------------------------------------------------------
 
 
-def test_concurrent_requests_against_a_per_minute_limit_forward_exactly_the_limit(stack: Stack, redis_url: str) -> None:
+def test_concurrent_requests_against_a_per_minute_limit_forward_exactly_the_limit(
+    stack: GatewayStack, redis_url: str
+) -> None:
     limit = 37
     a = make_tenant(stack, "gw-quota-a", limits={"requests_per_minute": 1000})
     b = make_tenant(stack, "gw-quota-b")
@@ -245,7 +201,7 @@ def test_concurrent_requests_against_a_per_minute_limit_forward_exactly_the_limi
     assert all(k.startswith(("t:{", "tenantry:")) for k in keys if "rl" in k)
 
 
-def test_daily_quota_gives_quota_exceeded(stack: Stack) -> None:
+def test_daily_quota_gives_quota_exceeded(stack: GatewayStack) -> None:
     a = make_tenant(stack, "gw-daily", limits={"requests_per_day": 3, "requests_per_minute": 100})
     statuses = [get(stack, "/x", headers={"X-API-Key": a.key}) for _ in range(6)]
     codes = [r.status_code for r in statuses]
@@ -256,7 +212,7 @@ def test_daily_quota_gives_quota_exceeded(stack: Stack) -> None:
 # --- forwarding ------------------------------------------------------------------------------------------
 
 
-def test_client_tenant_headers_are_replaced_and_identity_added(stack: Stack) -> None:
+def test_client_tenant_headers_are_replaced_and_identity_added(stack: GatewayStack) -> None:
     a = make_tenant(stack, "gw-hdr")
     response = get(
         stack,
@@ -273,7 +229,7 @@ def test_client_tenant_headers_are_replaced_and_identity_added(stack: Stack) -> 
             "X-Secret-Hop": "drop me",
         },
     )
-    seen = upstream_headers(response)
+    seen = seen_headers(response.json())
     assert seen["x-tenant-id"] == [a.id]
     assert seen["x-tenant-slug"] == ["gw-hdr"]
     assert "x-tenant-plan" not in seen
@@ -285,10 +241,10 @@ def test_client_tenant_headers_are_replaced_and_identity_added(stack: Stack) -> 
     assert "x-api-key" not in seen
 
 
-def test_upstream_verifies_tenant_token_with_another_jose_library(stack: Stack) -> None:
+def test_upstream_verifies_tenant_token_with_another_jose_library(stack: GatewayStack) -> None:
     a = make_tenant(stack, "gw-jose")
     response = get(stack, "/x", headers={"X-API-Key": a.key})
-    token = upstream_headers(response)["x-tenant-token"][0]
+    token = seen_headers(response.json())["x-tenant-token"][0]
     jwks = KeySet.import_key_set(get(stack, "/_gateway/jwks.json").json())
     decoded = jose_jwt.decode(token, jwks, algorithms=["EdDSA"])
     claims = decoded.claims
@@ -300,7 +256,7 @@ def test_upstream_verifies_tenant_token_with_another_jose_library(stack: Stack) 
     assert decoded.header["kid"] == "k1"
 
 
-def test_request_and_response_bodies_stream(stack: Stack) -> None:
+def test_request_and_response_bodies_stream(stack: GatewayStack) -> None:
     a = make_tenant(stack, "gw-body")
     payload = b"x" * 300_000
     response = httpx.post(stack.gateway.url + "/echo", content=payload, headers={"X-API-Key": a.key}, timeout=30)
@@ -319,7 +275,7 @@ def test_request_and_response_bodies_stream(stack: Stack) -> None:
     assert len(lines) == 20
 
 
-def test_oversized_body_gets_413(stack: Stack, installation: Installation, tmp_path: Path) -> None:
+def test_oversized_body_gets_413(stack: GatewayStack, installation: Installation, tmp_path: Path) -> None:
     small = GatewayProcess(
         installation, stack.service.url, stack.echo.url, tmp_path / "gw.log", stack.signing_keys,
         MAX_REQUEST_BODY_BYTES="1000",
@@ -372,7 +328,9 @@ def test_the_gateways_own_body_limit_wins_over_the_old_shared_name(
         small.stop()
 
 
-def test_upstream_down_gives_502_and_slow_gives_504(stack: Stack, installation: Installation, tmp_path: Path) -> None:
+def test_upstream_down_gives_502_and_slow_gives_504(
+    stack: GatewayStack, installation: Installation, tmp_path: Path
+) -> None:
     from support.platform import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
@@ -417,7 +375,7 @@ def _closing_upstream() -> tuple[str, list[bytes], socket.socket]:
     return f"http://127.0.0.1:{server.getsockname()[1]}", seen, server
 
 
-def test_post_is_never_retried_and_a_hangup_is_502(stack: Stack) -> None:
+def test_post_is_never_retried_and_a_hangup_is_502(stack: GatewayStack) -> None:
     url, seen, server = _closing_upstream()
     try:
         a = make_tenant(stack, "gw-retry")
@@ -440,7 +398,7 @@ def _b64(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
-def test_hostile_tokens_get_401_or_403_never_500(stack: Stack) -> None:
+def test_hostile_tokens_get_401_or_403_never_500(stack: GatewayStack) -> None:
     a = make_tenant(stack, "gw-jwt-a")
     b = make_tenant(stack, "gw-jwt-b")
     now = int(time.time())
@@ -473,7 +431,7 @@ def test_hostile_tokens_get_401_or_403_never_500(stack: Stack) -> None:
     assert response.status_code in (401, 431)
 
 
-def stack_sign(stack: Stack, claims: dict, kid: str = "k1") -> str:
+def stack_sign(stack: GatewayStack, claims: dict, kid: str = "k1") -> str:
     from tenantry_common.jwt_keys import KeyRing
 
     ring = KeyRing.from_config(stack.signing_keys, "EdDSA")
@@ -481,7 +439,7 @@ def stack_sign(stack: Stack, claims: dict, kid: str = "k1") -> str:
     return pyjwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
 
 
-def test_token_endpoint_and_jwks(stack: Stack) -> None:
+def test_token_endpoint_and_jwks(stack: GatewayStack) -> None:
     a = make_tenant(stack, "gw-token")
     response = stack.gateway.client().post("/_gateway/token", headers={"Authorization": f"Bearer {a.key}"})
     assert response.status_code == 200

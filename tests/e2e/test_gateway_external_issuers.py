@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,9 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from support.gateway_support import EchoUpstream, GatewayProcess
-from support.platform import Installation, ServiceProcess, wait_until
-from tenantry_common.jwt_keys import generate_signing_key
+from support.platform import wait_until
+from support.stacks import GatewayStack
+
+pytestmark = pytest.mark.stack(gateway_env={"JWKS_MIN_REFETCH_SECONDS": "2", "JWKS_TIMEOUT": "1"})
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -65,6 +65,10 @@ class IdentityProvider:
     @property
     def jwks_url(self) -> str:
         return self.url + "/jwks.json"
+
+    @property
+    def issuer(self) -> str:
+        return self.url + "/"
 
     def add(self, kid: str, key: PrivateKey | None = None, alg: str | None = "RS256") -> PrivateKey:
         key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -105,68 +109,46 @@ class IdentityProvider:
             self.server.server_close()
 
 
-@dataclass
-class Stack:
-    service: ServiceProcess
-    gateway: GatewayProcess
-    admin: httpx.Client
-    idp: IdentityProvider
-    issuer: str
-
-
 @pytest.fixture(scope="module")
-def stack(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    folder: Path = tmp_path_factory.mktemp("external-issuers")
-    idp = IdentityProvider().start()
-    idp.add("k1")
-    idp.add("weak", rsa.generate_private_key(public_exponent=65537, key_size=1024))  # below PyJWT's minimum
-    service = ServiceProcess(installation, folder / "tenant-service.log").start()
-    echo = EchoUpstream(folder / "echo.log").start()
-    gateway = GatewayProcess(
-        installation,
-        service.url,
-        echo.url,
-        folder / "gateway.log",
-        "k1:" + generate_signing_key(),
-        REDIS_TIMEOUT="2",
-        JWKS_MIN_REFETCH_SECONDS="2",
-        JWKS_TIMEOUT="1",
-    ).start()
-    admin = service.client()
+def idp() -> Iterator[IdentityProvider]:
+    """The identity provider the module's tenants trust, with an RSA key and one below PyJWT's minimum size."""
+    provider = IdentityProvider().start()
+    provider.add("k1")
+    provider.add("weak", rsa.generate_private_key(public_exponent=65537, key_size=1024))  # below PyJWT's minimum
     try:
-        yield Stack(service, gateway, admin, idp, idp.url + "/")
+        yield provider
     finally:
-        admin.close()
-        gateway.stop()
-        echo.stop()
-        service.stop()
-        idp.stop()
+        provider.stop()
 
 
-def _tenant(stack: Stack, slug: str) -> dict[str, Any]:
+def _tenant(stack: GatewayStack, slug: str) -> dict[str, Any]:
     response = stack.admin.post("/admin/tenants", json={"slug": slug, "name": slug})
     assert response.status_code == 201, response.text
     tenant: dict[str, Any] = response.json()
     return tenant
 
 
-def _trust(stack: Stack, tenant: dict[str, Any], audience: str, **extra: Any) -> dict[str, Any]:
-    body = {"issuer": stack.issuer, "audience": audience, "jwks_url": stack.idp.jwks_url, **extra}
+def _trust(
+    stack: GatewayStack, idp: IdentityProvider, tenant: dict[str, Any], audience: str, **extra: Any
+) -> dict[str, Any]:
+    body = {"issuer": idp.issuer, "audience": audience, "jwks_url": idp.jwks_url, **extra}
     response = stack.admin.post(f"/admin/tenants/{tenant['id']}/jwt-issuers", json=body)
     assert response.status_code == 201, response.text
     issuer: dict[str, Any] = response.json()
     return issuer
 
 
-def _token(stack: Stack, audience: str | list[str], *, kid: str = "k1", alg: str = "RS256", **claims: Any) -> str:
-    key, _ = stack.idp.keys[kid]
+def _token(
+    idp: IdentityProvider, audience: str | list[str], *, kid: str = "k1", alg: str = "RS256", **claims: Any
+) -> str:
+    key, _ = idp.keys[kid]
     now = int(time.time())
-    payload = {"iss": stack.issuer, "aud": audience, "sub": "user-1", "iat": now, "exp": now + 300, **claims}
+    payload = {"iss": idp.issuer, "aud": audience, "sub": "user-1", "iat": now, "exp": now + 300, **claims}
     payload = {k: v for k, v in payload.items() if v is not None}
     return pyjwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
 
 
-def _get(stack: Stack, token: str, **headers: str) -> httpx.Response:
+def _get(stack: GatewayStack, token: str, **headers: str) -> httpx.Response:
     return httpx.get(stack.gateway.url + "/hello", headers={"Authorization": f"Bearer {token}", **headers}, timeout=10)
 
 
@@ -174,7 +156,7 @@ def _seen(response: httpx.Response) -> dict[str, str]:
     return dict(response.json()["headers"])
 
 
-def _accepted(stack: Stack, token: str) -> None:
+def _accepted(stack: GatewayStack, token: str) -> None:
     """Wait until the gateway has synced the issuer and accepts the token."""
     wait_until(lambda: _get(stack, token).status_code == 200, timeout=10)
 
@@ -185,12 +167,14 @@ def _unauthorized(response: httpx.Response) -> None:
     assert "www-authenticate" in response.headers
 
 
-def test_a_tenants_idp_token_reaches_that_tenant_with_its_subject_and_quota(stack: Stack) -> None:
+def test_a_tenants_idp_token_reaches_that_tenant_with_its_subject_and_quota(
+    stack: GatewayStack, idp: IdentityProvider
+) -> None:
     tenant = _tenant(stack, "ext-basic")
-    trusted = _trust(stack, tenant, "ext-basic-api")
-    token = _token(stack, "ext-basic-api", sub="alice@ext-basic", scope="notes:read notes:write")
+    trusted = _trust(stack, idp, tenant, "ext-basic-api")
+    token = _token(idp, "ext-basic-api", sub="alice@ext-basic", scope="notes:read notes:write")
     _accepted(stack, token)
-    fetches = stack.idp.fetches
+    fetches = idp.fetches
     response = _get(stack, token)
     assert response.status_code == 200
     seen = _seen(response)
@@ -206,42 +190,44 @@ def test_a_tenants_idp_token_reaches_that_tenant_with_its_subject_and_quota(stac
     # Verified once: repeated requests neither verify nor fetch again.
     for _ in range(5):
         assert _get(stack, token).status_code == 200
-    assert stack.idp.fetches == fetches
+    assert idp.fetches == fetches
 
 
-def test_tokens_the_configuration_does_not_match_get_401_without_a_fetch(stack: Stack) -> None:
+def test_tokens_the_configuration_does_not_match_get_401_without_a_fetch(
+    stack: GatewayStack, idp: IdentityProvider
+) -> None:
     tenant = _tenant(stack, "ext-nomatch")
-    _trust(stack, tenant, "ext-nomatch-api")
-    _accepted(stack, _token(stack, "ext-nomatch-api"))
-    fetches = stack.idp.fetches
+    _trust(stack, idp, tenant, "ext-nomatch-api")
+    _accepted(stack, _token(idp, "ext-nomatch-api"))
+    fetches = idp.fetches
     other_issuer = pyjwt.encode(
         {"iss": "https://evil.example/", "aud": "ext-nomatch-api", "sub": "x", "exp": int(time.time()) + 60},
-        stack.idp.keys["k1"][0],
+        idp.keys["k1"][0],
         algorithm="RS256",
         headers={"kid": "k1"},
     )
     _unauthorized(_get(stack, other_issuer))
-    _unauthorized(_get(stack, _token(stack, "someone-elses-api")))
-    _unauthorized(_get(stack, _token(stack, "ext-nomatch-api", exp=int(time.time()) - 120)))
-    _unauthorized(_get(stack, _token(stack, "ext-nomatch-api", exp=None)))
-    _unauthorized(_get(stack, _token(stack, "ext-nomatch-api", sub=None)))
-    assert stack.idp.fetches == fetches
+    _unauthorized(_get(stack, _token(idp, "someone-elses-api")))
+    _unauthorized(_get(stack, _token(idp, "ext-nomatch-api", exp=int(time.time()) - 120)))
+    _unauthorized(_get(stack, _token(idp, "ext-nomatch-api", exp=None)))
+    _unauthorized(_get(stack, _token(idp, "ext-nomatch-api", sub=None)))
+    assert idp.fetches == fetches
 
 
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the test signs with a weak key
-def test_forged_and_confused_tokens_get_401(stack: Stack) -> None:
+def test_forged_and_confused_tokens_get_401(stack: GatewayStack, idp: IdentityProvider) -> None:
     tenant = _tenant(stack, "ext-forged")
-    _trust(stack, tenant, "ext-forged-api")
-    good = _token(stack, "ext-forged-api")
+    _trust(stack, idp, tenant, "ext-forged-api")
+    good = _token(idp, "ext-forged-api")
     _accepted(stack, good)
     now = int(time.time())
-    claims = {"iss": stack.issuer, "aud": "ext-forged-api", "sub": "mallory", "exp": now + 60}
+    claims = {"iss": idp.issuer, "aud": "ext-forged-api", "sub": "mallory", "exp": now + 60}
     # Signed by another key under the known kid.
     impostor = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _unauthorized(_get(stack, pyjwt.encode(claims, impostor, algorithm="RS256", headers={"kid": "k1"})))
     # HS256 with the published public key as the secret (algorithm confusion).
     public_pem = (
-        stack.idp.keys["k1"][0]
+        idp.keys["k1"][0]
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
@@ -261,23 +247,25 @@ def test_forged_and_confused_tokens_get_401(stack: Stack) -> None:
     new_body = base64.urlsafe_b64encode(json.dumps(altered).encode()).rstrip(b"=").decode()
     _unauthorized(_get(stack, f"{head}.{new_body}.{sig}"))
     # An algorithm the tenant did not configure (PS256 over the same RSA key).
-    _unauthorized(_get(stack, _token(stack, "ext-forged-api", alg="PS256")))
+    _unauthorized(_get(stack, _token(idp, "ext-forged-api", alg="PS256")))
     # A 1024-bit RSA key published by the IdP: too weak to trust.
-    _unauthorized(_get(stack, _token(stack, "ext-forged-api", kid="weak")))
+    _unauthorized(_get(stack, _token(idp, "ext-forged-api", kid="weak")))
     assert _get(stack, good).status_code == 200
 
 
-def test_unknown_kid_gets_one_rate_limited_refetch_and_rotation_is_picked_up(stack: Stack) -> None:
+def test_unknown_kid_gets_one_rate_limited_refetch_and_rotation_is_picked_up(
+    stack: GatewayStack, idp: IdentityProvider
+) -> None:
     tenant = _tenant(stack, "ext-rotate")
-    _trust(stack, tenant, "ext-rotate-api")
-    _accepted(stack, _token(stack, "ext-rotate-api"))
+    _trust(stack, idp, tenant, "ext-rotate-api")
+    _accepted(stack, _token(idp, "ext-rotate-api"))
     time.sleep(2.1)  # past JWKS_MIN_REFETCH_SECONDS (2 s here)
-    before = stack.idp.fetches
+    before = idp.fetches
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = int(time.time())
     sprayed = [
         pyjwt.encode(
-            {"iss": stack.issuer, "aud": "ext-rotate-api", "sub": "x", "exp": now + 60},
+            {"iss": idp.issuer, "aud": "ext-rotate-api", "sub": "x", "exp": now + 60},
             stranger,
             algorithm="RS256",
             headers={"kid": f"random-{i}"},
@@ -286,32 +274,32 @@ def test_unknown_kid_gets_one_rate_limited_refetch_and_rotation_is_picked_up(sta
     ]
     for token in sprayed:
         _unauthorized(_get(stack, token))
-    assert stack.idp.fetches - before == 1  # one refetch for ten unknown kids within the interval
+    assert idp.fetches - before == 1  # one refetch for ten unknown kids within the interval
     # The IdP rotates: a new key appears; after the interval its tokens are accepted after one refetch.
-    stack.idp.add("k2", ec.generate_private_key(ec.SECP256R1()), alg="ES256")
+    idp.add("k2", ec.generate_private_key(ec.SECP256R1()), alg="ES256")
     time.sleep(2.1)
-    before = stack.idp.fetches
+    before = idp.fetches
     stack.admin.post(
         f"/admin/tenants/{tenant['id']}/jwt-issuers",
         json={
-            "issuer": stack.issuer,
+            "issuer": idp.issuer,
             "audience": "ext-rotate-es",
-            "jwks_url": stack.idp.jwks_url,
+            "jwks_url": idp.jwks_url,
             "algorithms": ["ES256"],
         },
     ).raise_for_status()
-    es_token = _token(stack, "ext-rotate-es", kid="k2", alg="ES256")
+    es_token = _token(idp, "ext-rotate-es", kid="k2", alg="ES256")
     _accepted(stack, es_token)
-    assert stack.idp.fetches - before == 1
+    assert idp.fetches - before == 1
 
 
-def test_isolation_between_tenants_sharing_an_identity_provider(stack: Stack) -> None:
+def test_isolation_between_tenants_sharing_an_identity_provider(stack: GatewayStack, idp: IdentityProvider) -> None:
     a = _tenant(stack, "ext-iso-a")
     b = _tenant(stack, "ext-iso-b")
-    _trust(stack, a, "ext-iso-a-api")
-    _trust(stack, b, "ext-iso-b-api")
-    token_a = _token(stack, "ext-iso-a-api", sub="user-of-a")
-    token_b = _token(stack, "ext-iso-b-api", sub="user-of-b")
+    _trust(stack, idp, a, "ext-iso-a-api")
+    _trust(stack, idp, b, "ext-iso-b-api")
+    token_a = _token(idp, "ext-iso-a-api", sub="user-of-a")
+    token_b = _token(idp, "ext-iso-b-api", sub="user-of-b")
     _accepted(stack, token_a)
     _accepted(stack, token_b)
     assert _seen(_get(stack, token_a))["x-tenant-id"] == a["id"]
@@ -322,11 +310,11 @@ def test_isolation_between_tenants_sharing_an_identity_provider(stack: Stack) ->
         assert response.status_code == 403, response.text
         assert response.json()["code"] == "tenant_mismatch"
     # A token naming both audiences cannot pick its tenant.
-    _unauthorized(_get(stack, _token(stack, ["ext-iso-a-api", "ext-iso-b-api"])))
+    _unauthorized(_get(stack, _token(idp, ["ext-iso-a-api", "ext-iso-b-api"])))
     # The same (issuer, audience) cannot be trusted by a second tenant.
     response = stack.admin.post(
         f"/admin/tenants/{b['id']}/jwt-issuers",
-        json={"issuer": stack.issuer, "audience": "ext-iso-a-api", "jwks_url": stack.idp.jwks_url},
+        json={"issuer": idp.issuer, "audience": "ext-iso-a-api", "jwks_url": idp.jwks_url},
     )
     assert response.status_code == 409, response.text
     assert a["id"] not in response.text
@@ -339,10 +327,12 @@ def test_isolation_between_tenants_sharing_an_identity_provider(stack: Stack) ->
     assert int(_get(stack, token_b).headers["ratelimit-remaining"]) >= remaining_b - 1
 
 
-def test_removing_the_issuer_or_suspending_the_tenant_stops_its_tokens(stack: Stack) -> None:
+def test_removing_the_issuer_or_suspending_the_tenant_stops_its_tokens(
+    stack: GatewayStack, idp: IdentityProvider
+) -> None:
     tenant = _tenant(stack, "ext-revoke")
-    issuer = _trust(stack, tenant, "ext-revoke-api")
-    token = _token(stack, "ext-revoke-api")
+    issuer = _trust(stack, idp, tenant, "ext-revoke-api")
+    token = _token(idp, "ext-revoke-api")
     _accepted(stack, token)
     assert stack.admin.post(f"/admin/tenants/{tenant['id']}/suspend").status_code == 200
     wait_until(lambda: _get(stack, token).status_code == 403, timeout=5)
@@ -356,18 +346,18 @@ def test_removing_the_issuer_or_suspending_the_tenant_stops_its_tokens(stack: St
     _unauthorized(_get(stack, token))
 
 
-def test_an_unreachable_or_broken_jwks_gives_401_not_an_error(stack: Stack) -> None:
+def test_an_unreachable_or_broken_jwks_gives_401_not_an_error(stack: GatewayStack, idp: IdentityProvider) -> None:
     tenant = _tenant(stack, "ext-down")
     broken = IdentityProvider().start()
-    broken.add("k1", stack.idp.keys["k1"][0])
+    broken.add("k1", idp.keys["k1"][0])
     broken.fail = True
     try:
         response = stack.admin.post(
             f"/admin/tenants/{tenant['id']}/jwt-issuers",
-            json={"issuer": stack.issuer, "audience": "ext-down-api", "jwks_url": broken.jwks_url},
+            json={"issuer": idp.issuer, "audience": "ext-down-api", "jwks_url": broken.jwks_url},
         )
         assert response.status_code == 201, response.text
-        token = _token(stack, "ext-down-api")
+        token = _token(idp, "ext-down-api")
         wait_until(lambda: broken.fetches > 0 or _get(stack, token).status_code != 401, timeout=10)
         started = time.monotonic()
         _unauthorized(_get(stack, token))
@@ -383,10 +373,10 @@ def test_an_unreachable_or_broken_jwks_gives_401_not_an_error(stack: Stack) -> N
     silent.server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)  # accepts, never answers
     response = stack.admin.post(
         f"/admin/tenants/{tenant['id']}/jwt-issuers",
-        json={"issuer": stack.issuer, "audience": "ext-silent-api", "jwks_url": silent.jwks_url},
+        json={"issuer": idp.issuer, "audience": "ext-silent-api", "jwks_url": silent.jwks_url},
     )
     assert response.status_code == 201, response.text
-    token = _token(stack, "ext-silent-api")
+    token = _token(idp, "ext-silent-api")
     try:
         wait_until(lambda: _get(stack, token).status_code == 401, timeout=10)
         started = time.monotonic()
@@ -400,25 +390,25 @@ def test_an_unreachable_or_broken_jwks_gives_401_not_an_error(stack: Stack) -> N
     assert re.search(r'tenantry_gateway_jwks_fetches_total\{outcome="ok"\} [1-9]', metrics), metrics
 
 
-def test_eddsa_keys_and_jwks_without_alg(stack: Stack) -> None:
+def test_eddsa_keys_and_jwks_without_alg(stack: GatewayStack, idp: IdentityProvider) -> None:
     tenant = _tenant(stack, "ext-eddsa")
-    stack.idp.add("ed1", ed25519.Ed25519PrivateKey.generate(), alg=None)
-    stack.idp.add("rsa-noalg", alg=None)
+    idp.add("ed1", ed25519.Ed25519PrivateKey.generate(), alg=None)
+    idp.add("rsa-noalg", alg=None)
     time.sleep(2.1)
     response = stack.admin.post(
         f"/admin/tenants/{tenant['id']}/jwt-issuers",
         json={
-            "issuer": stack.issuer,
+            "issuer": idp.issuer,
             "audience": "ext-eddsa-api",
-            "jwks_url": stack.idp.jwks_url,
+            "jwks_url": idp.jwks_url,
             "algorithms": ["EdDSA", "RS384"],
         },
     )
     assert response.status_code == 201, response.text
-    _accepted(stack, _token(stack, "ext-eddsa-api", kid="ed1", alg="EdDSA", jti=uuid.uuid4().hex))
-    assert _get(stack, _token(stack, "ext-eddsa-api", kid="rsa-noalg", alg="RS384")).status_code == 200
+    _accepted(stack, _token(idp, "ext-eddsa-api", kid="ed1", alg="EdDSA", jti=uuid.uuid4().hex))
+    assert _get(stack, _token(idp, "ext-eddsa-api", kid="rsa-noalg", alg="RS384")).status_code == 200
     # The RSA key is not bound to an algorithm, but RS256 is not configured for this issuer.
-    _unauthorized(_get(stack, _token(stack, "ext-eddsa-api", kid="rsa-noalg", alg="RS256")))
+    _unauthorized(_get(stack, _token(idp, "ext-eddsa-api", kid="rsa-noalg", alg="RS256")))
 
 
 def _b64(data: object) -> bytes:
@@ -434,15 +424,17 @@ def _rs256(header: dict[str, Any], claims: dict[str, Any], key: PrivateKey) -> s
     return (signing_input + b"." + _b64(signature)).decode()
 
 
-def test_hostile_tokens_naming_a_configured_issuer_get_401_never_an_error(stack: Stack) -> None:
+def test_hostile_tokens_naming_a_configured_issuer_get_401_never_an_error(
+    stack: GatewayStack, idp: IdentityProvider
+) -> None:
     tenant = _tenant(stack, "ext-hostile")
-    _trust(stack, tenant, "ext-hostile-api")
-    _accepted(stack, _token(stack, "ext-hostile-api"))
-    key = stack.idp.keys["k1"][0]
+    _trust(stack, idp, tenant, "ext-hostile-api")
+    _accepted(stack, _token(idp, "ext-hostile-api"))
+    key = idp.keys["k1"][0]
     now = int(time.time())
-    base = {"iss": stack.issuer, "aud": "ext-hostile-api", "sub": "x", "exp": now + 60}
+    base = {"iss": idp.issuer, "aud": "ext-hostile-api", "sub": "x", "exp": now + 60}
     signed_claims: list[dict[str, Any]] = [
-        {**base, "iss": [stack.issuer]},
+        {**base, "iss": [idp.issuer]},
         {**base, "iss": {"a": 1}},
         {**base, "aud": {"ext-hostile-api": 1}},
         {**base, "aud": [["ext-hostile-api"]]},
@@ -468,12 +460,12 @@ def test_hostile_tokens_naming_a_configured_issuer_get_401_never_an_error(stack:
         (_b64([1, 2]) + b"." + payload + b".c2ln").decode(),
         (_b64({"alg": ["RS256"], "kid": "k1"}) + b"." + payload + b".c2ln").decode(),
         (_b64({"alg": "RS256", "kid": "k1"}) + b"." + _b64(b"[1]") + b".c2ln").decode(),
-        (_b64({"alg": "RS256", "kid": "k1", "jku": stack.idp.url + "/evil"}) + b"." + payload + b".c2ln").decode(),
+        (_b64({"alg": "RS256", "kid": "k1", "jku": idp.url + "/evil"}) + b"." + payload + b".c2ln").decode(),
     ]
-    fetches = stack.idp.fetches
+    fetches = idp.fetches
     for number, token in enumerate(hostile):
         response = _get(stack, token)
         assert response.status_code == 401, (number, response.status_code)
         assert response.json()["code"] == "unauthorized"
-    assert stack.idp.fetches - fetches <= 1  # an unknown kid may cause one (rate-limited) refetch, nothing more
+    assert idp.fetches - fetches <= 1  # an unknown kid may cause one (rate-limited) refetch, nothing more
     assert "unhandled_error" not in stack.gateway.log()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from support.gateway_support import EchoUpstream, GatewayProcess
-from support.platform import Installation, ServiceProcess, wait_until
+from support.platform import Installation, TenantServiceProcess, wait_until
 from tenantry_common.jwt_keys import generate_signing_key
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE
 from tenantry_devtools.servers import LocalRedis
@@ -21,7 +21,7 @@ from tenantry_devtools.servers import LocalRedis
 @pytest.fixture(scope="module")
 def backend(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     folder = tmp_path_factory.mktemp("faults")
-    service = ServiceProcess(installation, folder / "tenant-service.log").start()
+    service = TenantServiceProcess(installation, folder / "tenant-service.log").start()
     echo = EchoUpstream(folder / "echo.log").start()
     admin = service.client()
     yield service, echo, admin, "k1:" + generate_signing_key()
@@ -155,7 +155,9 @@ def test_a_gateway_cut_off_from_the_tenant_service_turns_unready_but_keeps_servi
     takes it out of rotation; meanwhile it serves known tenants from the last directory it had (an outage of the
     tenant-service alone takes no tenant down); once the tenant-service is back it is ready again."""
     _, echo, _, keys = backend
-    service = ServiceProcess(installation, tmp_path / "tenant-service.log").start()  # this test's own: it stops it
+    service = TenantServiceProcess(
+        installation, tmp_path / "tenant-service.log"
+    ).start()  # this test's own: it stops it
     gateway = GatewayProcess(
         installation, service.url, echo.url, tmp_path / "gw.log", keys,
         DIRECTORY_MAX_STALENESS_SECONDS=str(MAX_STALENESS), DIRECTORY_REFRESH_SECONDS=str(REFRESH),

@@ -21,13 +21,13 @@ import pytest
 import redis
 
 from support.gateway_support import EchoUpstream, GatewayProcess
-from support.platform import Installation, ServiceProcess, wait_until
+from support.platform import Installation, TenantServiceProcess, wait_until
 from tenantry_common.jwt_keys import generate_signing_key
 
 
 @dataclass
 class Server:
-    service: ServiceProcess
+    service: TenantServiceProcess
     echo: EchoUpstream
     gateway: GatewayProcess
     keys: str
@@ -40,7 +40,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("http-server")
-    service = ServiceProcess(installation, folder / "tenant-service.log").start()
+    service = TenantServiceProcess(installation, folder / "tenant-service.log").start()
     echo = EchoUpstream(folder / "echo.log").start()
     keys = "k1:" + generate_signing_key()
     gateway = GatewayProcess(

@@ -98,7 +98,7 @@ async def _states(pg_url: str, databases: dict[str, str]) -> dict[str, dict[str,
 
 
 def _migrate_tenants(inst: Installation, env: dict[str, str]) -> tuple[int, str]:
-    result = inst.cli("migrate-tenants", "--concurrency", "8", check=False, env=env, timeout=120)
+    result = inst.tenantctl("migrate-tenants", "--concurrency", "8", check=False, env=env, timeout=120)
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, result.stdout
 

@@ -6,79 +6,23 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from support.gateway_support import GatewayProcess, NotesProcess
-from support.platform import Installation, ServiceProcess, free_port, wait_until
-from tenantry_common.jwt_keys import generate_signing_key
+from support.platform import Installation, Tenant, wait_until
+from support.stacks import gw, make_tenant, running_platform
+from tenantry_devtools.platform import Platform
 
 BUDGET = 5
 
 
-@dataclass
-class Platform:
-    service: ServiceProcess
-    gateway: GatewayProcess
-    notes: NotesProcess
-    admin: httpx.Client
-    app_name: str
-
-
-@dataclass
-class Tenant:
-    id: str
-    slug: str
-    key: str
-    database: str
-
-
-def _start(installation: Installation, folder: Path, **notes_env: str) -> Platform:
-    service = ServiceProcess(installation, folder / "tenant-service.log").start()
-    keys = "k1:" + generate_signing_key()
-    app_port = free_port()
-    gateway = GatewayProcess(
-        installation, service.url, f"http://127.0.0.1:{app_port}", folder / "gateway.log", keys,
-        DIRECTORY_REFRESH_SECONDS="0.5",
-    ).start()  # fmt: skip
-    app_name = f"notes-{folder.name}"[:60]
-    notes = NotesProcess(
-        installation, service.url, folder / "notes.log", port=app_port,
-        GATEWAY_JWKS_URL=gateway.url + "/_gateway/jwks.json", APP_NAME=app_name, **notes_env,
-    ).start()  # fmt: skip
-    return Platform(service, gateway, notes, service.client(), app_name)
-
-
-def _stop(platform: Platform) -> None:
-    platform.admin.close()
-    platform.notes.stop()
-    platform.gateway.stop()
-    platform.service.stop()
-
-
 @pytest.fixture(scope="module")
 def platform(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    started = _start(installation, tmp_path_factory.mktemp("apps"), APP_CONNECTION_BUDGET=str(BUDGET))
-    yield started
-    _stop(started)
-
-
-def make_tenant(platform: Platform, slug: str, **body: object) -> Tenant:
-    response = platform.admin.post("/admin/tenants", json={"slug": slug, "name": slug, **body})
-    assert response.status_code == 201, response.text
-    data = response.json()
-    tenant = Tenant(data["id"], slug, data["api_key"]["key"], data["database"]["name"])
-    wait_until(lambda: gw(platform, "GET", "/notes", tenant).status_code == 200)
-    return tenant
-
-
-def gw(platform: Platform, method: str, path: str, tenant: Tenant, **kwargs: object) -> httpx.Response:
-    headers = {"X-API-Key": tenant.key, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
-    return httpx.request(method, platform.gateway.url + path, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+    with running_platform(installation, tmp_path_factory.mktemp("apps"), APP_CONNECTION_BUDGET=str(BUDGET)) as started:
+        yield started
 
 
 def test_two_tenants_write_notes_by_every_source_and_see_only_their_own(platform: Platform) -> None:
@@ -159,8 +103,7 @@ def test_connections_stay_within_the_budget_with_200_tenants_active_in_turn(plat
     def create(i: int) -> Tenant:
         response = platform.admin.post("/admin/tenants", json={"slug": f"app-many-{i:03d}", "name": f"Many {i}"})
         assert response.status_code == 201, response.text
-        data = response.json()
-        return Tenant(data["id"], data["slug"], data["api_key"]["key"], data["database"]["name"])
+        return Tenant.from_created(response.json())
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
         tenants = list(pool.map(create, range(200)))
@@ -186,7 +129,7 @@ def test_connections_stay_within_the_budget_with_200_tenants_active_in_turn(plat
             try:
                 while not stop.is_set():
                     n = await conn.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", platform.app_name
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", platform.notes.app_name
                     )
                     peak = max(peak, int(n))
                     await asyncio.sleep(0.02)
@@ -221,8 +164,7 @@ def test_suspended_tenant_is_refused_at_the_gateway_and_the_app_never_sees_it(pl
 
 
 def test_a_purged_tenants_engine_is_disposed(installation: Installation, tmp_path: Path) -> None:
-    own = _start(installation, tmp_path, APP_CONNECTION_BUDGET="3")
-    try:
+    with running_platform(installation, tmp_path, APP_CONNECTION_BUDGET="3") as own:
         a = make_tenant(own, "app-purge-a")
         b = make_tenant(own, "app-purge-b")
         assert gw(own, "GET", "/whoami", a).status_code == 200
@@ -231,5 +173,3 @@ def test_a_purged_tenants_engine_is_disposed(installation: Installation, tmp_pat
         assert own.admin.delete(f"/admin/tenants/{a.id}", params={"purge": "true"}).status_code == 200
         wait_until(lambda: own.notes.engines() == 1, timeout=5)
         assert gw(own, "GET", "/whoami", b).status_code == 200
-    finally:
-        _stop(own)

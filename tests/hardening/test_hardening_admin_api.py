@@ -21,28 +21,24 @@ import asyncpg
 import httpx
 import pytest
 
-from support.assertions import KEYLIKE, assert_problem, unique_slug
+from support.assertions import KEYLIKE, assert_problem, uniq
 from support.gateway_support import EchoUpstream, GatewayProcess
-from support.platform import Installation, ServiceProcess, cluster_objects
+from support.platform import Installation, TenantServiceProcess, cluster_objects
 from tenantry_common.jwt_keys import generate_signing_key
 from tenantry_common.slugs import RESERVED_SLUGS
 
 TWO_MB = 2 * 1024 * 1024
 
 
-def uniq(stem: str) -> str:
-    return unique_slug("hz", stem)
-
-
 @pytest.fixture(scope="module")
-def svc(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(installation, Path(tmp_path_factory.mktemp("admin-api")) / "tenant-service.log").start()
+def svc(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TenantServiceProcess]:
+    proc = TenantServiceProcess(installation, Path(tmp_path_factory.mktemp("admin-api")) / "tenant-service.log").start()
     yield proc
     proc.stop()
 
 
 @pytest.fixture
-def admin(svc: ServiceProcess) -> Iterator[httpx.Client]:
+def admin(svc: TenantServiceProcess) -> Iterator[httpx.Client]:
     with svc.client() as client:
         yield client
 
@@ -120,9 +116,11 @@ async def test_hostile_and_reserved_slugs_get_422_and_create_no_database_or_role
     assert admin.get("/admin/tenants", params={"limit": 1}).status_code == 200
 
 
-def test_a_homoglyph_or_non_ascii_ref_never_finds_or_changes_a_tenant(admin: httpx.Client, svc: ServiceProcess) -> None:
+def test_a_homoglyph_or_non_ascii_ref_never_finds_or_changes_a_tenant(
+    admin: httpx.Client, svc: TenantServiceProcess
+) -> None:
     tenant = create(admin, "kite")
-    slug = tenant["slug"]  # "hz-kite-xxxxxx"
+    slug = tenant["slug"]  # "t-kite-xxxxxx"
     arabic_digits = tenant["id"].translate(
         str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
     )
@@ -376,7 +374,7 @@ def _big_body() -> bytes:
 
 
 def test_a_two_megabyte_body_gets_413_on_every_body_endpoint_and_the_service_keeps_answering(
-    admin: httpx.Client, svc: ServiceProcess
+    admin: httpx.Client, svc: TenantServiceProcess
 ) -> None:
     tenant = create(admin, "big")
     ref, key_id = tenant["id"], tenant["api_key"]["id"]
@@ -408,7 +406,9 @@ def test_a_two_megabyte_body_gets_413_on_every_body_endpoint_and_the_service_kee
 # --- query parameters -----------------------------------------------------------------------------------------
 
 
-def test_unknown_query_parameters_get_422_naming_them_and_do_nothing(admin: httpx.Client, svc: ServiceProcess) -> None:
+def test_unknown_query_parameters_get_422_naming_them_and_do_nothing(
+    admin: httpx.Client, svc: TenantServiceProcess
+) -> None:
     tenant = create(admin, "query")
     ref = tenant["id"]
     # A typo must not turn a purge into a soft delete, or a filtered list into the whole registry.
@@ -443,7 +443,9 @@ class Tokens:
 
 
 @pytest.fixture(scope="module")
-def gateway_tokens(svc: ServiceProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict, Tokens]]:
+def gateway_tokens(
+    svc: TenantServiceProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[dict, Tokens]]:
     """A tenant, and the tokens a real gateway derives from its API key: an access token and an X-Tenant-Token."""
     folder = Path(tmp_path_factory.mktemp("admin-api-gateway"))
     echo = EchoUpstream(folder / "echo.log").start()
@@ -472,7 +474,7 @@ def gateway_tokens(svc: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_tenant_and_gateway_credentials_get_401_on_the_admin_and_internal_apis(
-    svc: ServiceProcess, admin: httpx.Client, gateway_tokens: tuple[dict, Tokens]
+    svc: TenantServiceProcess, admin: httpx.Client, gateway_tokens: tuple[dict, Tokens]
 ) -> None:
     tenant, tokens = gateway_tokens
     inst = svc.installation
@@ -555,7 +557,7 @@ def test_tenant_and_gateway_credentials_get_401_on_the_admin_and_internal_apis(
 # --- secrets --------------------------------------------------------------------------------------------------
 
 
-def test_no_secret_in_any_list_get_error_response_or_log_line(service: ServiceProcess) -> None:
+def test_no_secret_in_any_list_get_error_response_or_log_line(service: TenantServiceProcess) -> None:
     """Every secret the platform holds, sent and read every way the API allows, shows up only where it must."""
     inst = service.installation
     internal = {"Authorization": f"Bearer {inst.service_token}"}

@@ -20,10 +20,9 @@ import re
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -32,25 +31,18 @@ import pytest
 import redis
 
 from support.assertions import API_KEY, KEYLIKE, assert_problem
-from support.hardening import HardeningStack, Tenant, running_stack
-from support.platform import Installation
+from support.platform import Installation, Tenant
+from support.stacks import GatewayStack
 from tenantry_common.apikeys import generate_api_key, hash_api_key
 
 IGNORED_HEADERS = frozenset({"x-request-id", "date"})
 
 
-@pytest.fixture(scope="module")
-def stack(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardeningStack]:
-    folder = Path(tmp_path_factory.mktemp("hardening-apikeys"))
-    with running_stack(installation, folder, gateway_env={"DIRECTORY_REFRESH_SECONDS": "0.5"}) as base:
-        yield base
-
-
-def gw(stack: HardeningStack, path: str = "/x", **headers: str) -> httpx.Response:
+def gw(stack: GatewayStack, path: str = "/x", **headers: str) -> httpx.Response:
     return httpx.get(stack.gateway.url + path, headers=headers, timeout=10)
 
 
-def token_for(stack: HardeningStack, key: str) -> str:
+def token_for(stack: GatewayStack, key: str) -> str:
     response = httpx.post(stack.gateway.url + "/_gateway/token", headers={"X-API-Key": key}, timeout=10)
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
@@ -68,7 +60,7 @@ def wait_status(call: Callable[[], httpx.Response], status: int, timeout: float 
         time.sleep(0.05)
 
 
-def new_key(stack: HardeningStack, tenant: Tenant, **body: Any) -> dict[str, Any]:
+def new_key(stack: GatewayStack, tenant: Tenant, **body: Any) -> dict[str, Any]:
     response = stack.admin.post(f"/admin/tenants/{tenant.id}/api-keys", json={"name": "hardening", **body})
     assert response.status_code == 201, response.text
     return dict(response.json())
@@ -147,7 +139,7 @@ def redis_dump(redis_url: str) -> list[str]:
 
 
 async def test_only_keyed_hashes_of_api_keys_are_at_rest(
-    stack: HardeningStack, installation: Installation, redis_url: str
+    stack: GatewayStack, installation: Installation, redis_url: str
 ) -> None:
     tenant = stack.tenant("rest")
     keys = {"first": tenant.key}
@@ -163,7 +155,7 @@ async def test_only_keyed_hashes_of_api_keys_are_at_rest(
     revoked = new_key(stack, tenant)
     keys["revoked"] = revoked["key"]
     assert stack.admin.delete(f"/admin/tenants/{tenant.id}/api-keys/{revoked['id']}").status_code == 204
-    cli = installation.cli("api-keys", "create", tenant.id, "--name", "from-cli")
+    cli = installation.tenantctl("api-keys", "create", tenant.id, "--name", "from-cli")
     keys["cli"] = json.loads(cli.stdout)["key"]
     assert all(API_KEY.match(k) for k in keys.values()), keys
     # Use them everywhere a key can travel: the gateway (as both headers, and for a token), the admin API.
@@ -208,7 +200,7 @@ class BadKeys:
 
 
 @pytest.fixture(scope="module")
-def bad_keys(stack: HardeningStack) -> BadKeys:
+def bad_keys(stack: GatewayStack) -> BadKeys:
     """A tenant with one key in each state a caller must not be able to tell apart."""
     tenant = stack.tenant("classes")
     revoked = new_key(stack, tenant)
@@ -234,7 +226,7 @@ def bad_keys(stack: HardeningStack) -> BadKeys:
 
 @pytest.mark.parametrize("where", ["no location", "the tenant's address"])
 def test_unknown_revoked_expired_and_rotated_out_keys_get_the_same_401(
-    stack: HardeningStack, bad_keys: BadKeys, where: str
+    stack: GatewayStack, bad_keys: BadKeys, where: str
 ) -> None:
     location = {"X-Tenant-ID": bad_keys.tenant.id} if where != "no location" else {}
     answers: dict[str, tuple[int, bytes, tuple[tuple[str, str], ...]]] = {}
@@ -252,7 +244,7 @@ def test_unknown_revoked_expired_and_rotated_out_keys_get_the_same_401(
 
 
 def test_unknown_revoked_expired_and_rotated_out_keys_are_in_one_timing_class(
-    stack: HardeningStack, bad_keys: BadKeys
+    stack: GatewayStack, bad_keys: BadKeys
 ) -> None:
     """Medians of 50 interleaved requests per class: none stands out (a generous bound; this only catches a
     class that does real extra work, such as a database lookup or a slow hash)."""
@@ -281,7 +273,7 @@ def redis_calls(client: redis.Redis) -> dict[str, int]:
     return {name: int(v["calls"]) for name, v in stats.items() if name not in ("cmdstat_info",)}
 
 
-def service_requests(stack: HardeningStack) -> Counter[str]:
+def service_requests(stack: GatewayStack) -> Counter[str]:
     """Requests the tenant-service has served, by route, from its own Prometheus metrics."""
     counts: Counter[str] = Counter()
     for line in httpx.get(stack.service.url + "/metrics", timeout=10).text.splitlines():
@@ -294,7 +286,7 @@ def service_requests(stack: HardeningStack) -> Counter[str]:
 
 
 def test_a_key_with_a_bad_checksum_is_refused_without_a_lookup(
-    stack: HardeningStack, bad_keys: BadKeys, redis_url: str
+    stack: GatewayStack, bad_keys: BadKeys, redis_url: str
 ) -> None:
     tenant = bad_keys.tenant
     good = tenant.key
@@ -343,7 +335,7 @@ def test_a_key_with_a_bad_checksum_is_refused_without_a_lookup(
 # --- rotation grace and tokens --------------------------------------------------------------------------
 
 
-def test_a_rotated_out_key_and_its_tokens_work_during_the_grace_and_fail_after(stack: HardeningStack) -> None:
+def test_a_rotated_out_key_and_its_tokens_work_during_the_grace_and_fail_after(stack: GatewayStack) -> None:
     tenant = stack.tenant("grace")
     old_token = token_for(stack, tenant.key)
     assert gw(stack, Authorization=f"Bearer {old_token}").status_code == 200
@@ -375,7 +367,7 @@ def test_a_rotated_out_key_and_its_tokens_work_during_the_grace_and_fail_after(s
     assert gw(stack, Authorization=f"Bearer {token_for(stack, new)}").status_code == 200
 
 
-def test_zero_grace_retires_the_old_key_and_its_tokens_within_two_seconds(stack: HardeningStack) -> None:
+def test_zero_grace_retires_the_old_key_and_its_tokens_within_two_seconds(stack: GatewayStack) -> None:
     tenant = stack.tenant("nograce")
     token = token_for(stack, tenant.key)
     assert gw(stack, Authorization=f"Bearer {token}").status_code == 200  # verified and cached by the gateway
@@ -386,7 +378,7 @@ def test_zero_grace_retires_the_old_key_and_its_tokens_within_two_seconds(stack:
     assert wait_status(lambda: gw(stack, **{"X-API-Key": rotated.json()["key"]}), 200) <= 2.0
 
 
-def test_revoking_or_expiring_a_key_kills_its_cached_tokens_and_only_its_own(stack: HardeningStack) -> None:
+def test_revoking_or_expiring_a_key_kills_its_cached_tokens_and_only_its_own(stack: GatewayStack) -> None:
     """Tokens already verified (and cached) by the gateway die with their key; a sibling key's tokens live on.
     tests/e2e/test_gateway.py checks a fresh token after revocation; this checks cached ones and expiry."""
     tenant = stack.tenant("tokens")

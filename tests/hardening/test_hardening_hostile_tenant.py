@@ -211,7 +211,7 @@ async def setup(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
     """An installation of this module's own (its tenant schema gains a migration later), and a victim tenant."""
     migrations = tmp_path_factory.mktemp("hostile") / "migrations"
     shutil.copytree(DEFAULT_MIGRATIONS_DIR, migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    inst = Installation(pg_url=pg_url, redis_url=redis_url)
+    inst = Installation.isolated(pg_url, redis_url)
     inst_env = {"TENANT_MIGRATIONS_DIR": str(migrations)}
     await inst.create()
     ctx = AppContext.build(inst.settings(**inst_env))
@@ -352,8 +352,8 @@ async def test_fleet_migration_runs_tenant_code_only_as_the_tenant(setup: Fixtur
     fx = setup
     (fx.migrations / "0003_pinned.sql").write_text(MIGRATION_0003, encoding="utf-8")
     env = {"TENANT_MIGRATIONS_DIR": str(fx.migrations)}
-    fx.inst.cli("migrate", env=env)
-    result = fx.inst.cli("migrate-tenants", check=False, env=env, timeout=120)
+    fx.inst.tenantctl("migrate", env=env)
+    result = fx.inst.tenantctl("migrate-tenants", check=False, env=env, timeout=120)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 0, result.stdout + result.stderr
     hostile.victim_before.append("written by migration 0003")  # the victim was migrated too, as itself
@@ -394,7 +394,7 @@ async def test_plan_and_lifecycle_paths_touch_no_tenant_object(setup: Fixture, h
     assert (await fx.call("POST", f"/admin/tenants/{ref}/restore")).status_code == 200
     assert await _tenant_status(fx, hostile.tenant) == "active"
     await vend_credentials(fx.ctx, ref, actor="test")
-    fx.inst.cli("rotate-encryption")
+    fx.inst.tenantctl("rotate-encryption")
     report = await Reconciler(fx.ctx).run_once()
     assert not report.errors
     assert await _tenant_status(fx, hostile.tenant) == "active"

@@ -65,7 +65,7 @@ def scram_pg() -> Iterator[LocalPostgres]:
 
 @pytest.fixture(scope="module")
 async def inst(scram_pg: LocalPostgres, redis_url: str) -> AsyncIterator[Installation]:
-    installation = Installation(pg_url=scram_pg.url, redis_url=redis_url)
+    installation = Installation.isolated(scram_pg.url, redis_url)
     await installation.create()
     yield installation
     await installation.drop()
@@ -438,7 +438,7 @@ async def test_rotation_keeps_secrets_readable_and_bound_and_reports_unreadable_
         # for their rows), says which, exits non-zero, and still rotates every other secret.
         await put_ciphertext(inst, slug_a, original[slug_b])
         await put_ciphertext(inst, slug_b, original[slug_a])
-        result = inst.cli("rotate-encryption", env={"ENCRYPTION_KEYS": both}, check=False)
+        result = inst.tenantctl("rotate-encryption", env={"ENCRYPTION_KEYS": both}, check=False)
         output = result.stdout + result.stderr
         assert result.returncode == 1, output
         assert "Traceback" not in output
@@ -455,7 +455,7 @@ async def test_rotation_keeps_secrets_readable_and_bound_and_reports_unreadable_
         # Put back, everything rotates; with the old key gone the same passwords come out.
         await put_ciphertext(inst, slug_a, original[slug_a])
         await put_ciphertext(inst, slug_b, original[slug_b])
-        result = inst.cli("rotate-encryption", env={"ENCRYPTION_KEYS": both})
+        result = inst.tenantctl("rotate-encryption", env={"ENCRYPTION_KEYS": both})
         assert "re-encrypted 2 secret(s) with key k2" in result.stdout
         rotated = await ciphertexts(inst)
         assert all(v.startswith("v1.k2.") for v in rotated.values()), rotated

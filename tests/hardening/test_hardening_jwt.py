@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,14 +37,17 @@ from joserfc.jwk import KeySet
 
 from support.assertions import assert_problem
 from support.gateway_support import GatewayProcess
-from support.hardening import HardeningStack, Tenant, http_bytes, raw_request, running_stack, wait_known
-from support.platform import Installation
+from support.hardening import http_bytes, raw_request
+from support.platform import Tenant
+from support.stacks import GatewayStack, wait_known
 from tenantry_common.jwt_keys import KeyRing, generate_signing_key
 
 #: The gateway under test runs with this clock skew allowance; the cases below sit 2 s inside or outside it.
 LEEWAY = 5
 ISSUER = "tenantry-gateway"
 AUDIENCE = "tenantry"
+
+pytestmark = pytest.mark.stack(gateway_env={"JWT_LEEWAY_SECONDS": str(LEEWAY)})
 
 Signer = Callable[[bytes], bytes]
 
@@ -113,8 +115,9 @@ def claims_for(tenant: Tenant, **changes: Any) -> dict[str, Any]:
 
 
 @dataclass
-class JwtStack:
-    base: HardeningStack
+class Tokens:
+    """The module's two tenants and the stack gateway's real signing key, to sign and issue tokens with."""
+
     gateway: GatewayProcess
     key: ed25519.Ed25519PrivateKey
     a: Tenant
@@ -134,14 +137,9 @@ class JwtStack:
 
 
 @pytest.fixture(scope="module")
-def stack(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JwtStack]:
-    folder = Path(tmp_path_factory.mktemp("hardening-jwt"))
-    env = {"JWT_LEEWAY_SECONDS": str(LEEWAY), "DIRECTORY_REFRESH_SECONDS": "0.5"}
-    with running_stack(installation, folder, gateway_env=env) as base:
-        a = base.tenant("jwt-a")
-        b = base.tenant("jwt-b")
-        yield JwtStack(base, base.gateway, private_key(base.signing_keys, "k1"), a, b)
-        assert_never_a_500(base.gateway)
+def tokens(stack: GatewayStack) -> Iterator[Tokens]:
+    yield Tokens(stack.gateway, private_key(stack.signing_keys, "k1"), stack.tenant("jwt-a"), stack.tenant("jwt-b"))
+    assert_never_a_500(stack.gateway)
 
 
 def call(gateway: GatewayProcess, token: str | bytes, **headers: str) -> httpx.Response:
@@ -175,15 +173,15 @@ def assert_never_a_500(gateway: GatewayProcess) -> None:
 
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE", ""])
-def test_alg_none_in_any_spelling_is_refused(stack: JwtStack, alg: str) -> None:
-    claims = claims_for(stack.a)
-    assert_ok(call(stack.gateway, stack.sign(claims)), stack.a, "control")
-    genuine_signature = stack.sign(claims).rsplit(".", 1)[1]
+def test_alg_none_in_any_spelling_is_refused(stack: GatewayStack, tokens: Tokens, alg: str) -> None:
+    claims = claims_for(tokens.a)
+    assert_ok(call(stack.gateway, tokens.sign(claims)), tokens.a, "control")
+    genuine_signature = tokens.sign(claims).rsplit(".", 1)[1]
     unsigned = jws({"alg": alg, "typ": "JWT", "kid": "k1"}, claims, None)
     assert_401(call(stack.gateway, unsigned), (alg, "empty signature"))
     assert_401(call(stack.gateway, unsigned + genuine_signature), (alg, "signature of the genuine token"))
     assert_401(call(stack.gateway, unsigned.rstrip(".")), (alg, "two segments"))
-    no_alg = jws({"typ": "JWT", "kid": "k1"}, claims, ed_signer(stack.key))
+    no_alg = jws({"typ": "JWT", "kid": "k1"}, claims, ed_signer(tokens.key))
     assert_401(call(stack.gateway, no_alg), "no alg at all, genuine key")
 
 
@@ -208,34 +206,34 @@ def public_materials(gateway: GatewayProcess, key: Any) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
-def test_hmac_signed_with_public_key_material_is_refused(stack: JwtStack, alg: str) -> None:
+def test_hmac_signed_with_public_key_material_is_refused(stack: GatewayStack, tokens: Tokens, alg: str) -> None:
     """Key confusion: an HMAC over the token keyed with the public key (PEM, DER, JWK, JWKS) must not verify."""
-    claims = claims_for(stack.a)
-    for name, secret in public_materials(stack.gateway, stack.key).items():
+    claims = claims_for(tokens.a)
+    for name, secret in public_materials(stack.gateway, tokens.key).items():
         token = jws({"alg": alg, "typ": "JWT", "kid": "k1"}, claims, hs_signer(secret, alg))
         assert_401(call(stack.gateway, token), (alg, name))
 
 
 @pytest.fixture(scope="module")
-def rs256(stack: JwtStack) -> tuple[GatewayProcess, rsa.RSAPrivateKey]:
+def rs256(stack: GatewayStack, tokens: Tokens) -> tuple[GatewayProcess, rsa.RSAPrivateKey]:
     """A second gateway configured for RS256 with an RSA key ring, on the same tenant-service (stopped with it)."""
     spec = "r1:" + generate_signing_key("RS256")
-    gateway = stack.base.start_gateway(
+    gateway = stack.start_gateway(
         "gw-rs256", JWT_ALGORITHM="RS256", JWT_SIGNING_KEYS=spec, JWT_LEEWAY_SECONDS=str(LEEWAY)
     )
-    wait_known(gateway, stack.a.key)
+    wait_known(gateway, tokens.a.key)
     return gateway, private_key(spec, "r1", "RS256")
 
 
 def test_rs256_gateway_refuses_hmac_confusion_eddsa_and_pss(
-    stack: JwtStack, rs256: tuple[GatewayProcess, rsa.RSAPrivateKey]
+    stack: GatewayStack, tokens: Tokens, rs256: tuple[GatewayProcess, rsa.RSAPrivateKey]
 ) -> None:
     gateway, key = rs256
-    claims = claims_for(stack.a)
-    genuine = stack.issue(stack.a, gateway)
+    claims = claims_for(tokens.a)
+    genuine = tokens.issue(tokens.a, gateway)
     assert pyjwt.get_unverified_header(genuine) == {"alg": "RS256", "kid": "r1", "typ": "JWT"}
-    assert_ok(call(gateway, genuine), stack.a, "genuine RS256 token")
-    assert_ok(call(gateway, jws({"alg": "RS256", "kid": "r1"}, claims, rs_signer(key))), stack.a, "crafted RS256")
+    assert_ok(call(gateway, genuine), tokens.a, "genuine RS256 token")
+    assert_ok(call(gateway, jws({"alg": "RS256", "kid": "r1"}, claims, rs_signer(key))), tokens.a, "crafted RS256")
     for alg in ("HS256", "HS512"):
         for name, secret in public_materials(gateway, key).items():
             token = jws({"alg": alg, "typ": "JWT", "kid": "r1"}, claims, hs_signer(secret, alg))
@@ -246,14 +244,14 @@ def test_rs256_gateway_refuses_hmac_confusion_eddsa_and_pss(
     # EdDSA, whether with an attacker's key or with the EdDSA gateway's real key under this kid.
     intruder = ed25519.Ed25519PrivateKey.generate()
     assert_401(call(gateway, jws({"alg": "EdDSA", "kid": "r1"}, claims, ed_signer(intruder))), "EdDSA intruder")
-    assert_401(call(gateway, jws({"alg": "EdDSA", "kid": "r1"}, claims, ed_signer(stack.key))), "EdDSA other ring")
+    assert_401(call(gateway, jws({"alg": "EdDSA", "kid": "r1"}, claims, ed_signer(tokens.key))), "EdDSA other ring")
     # A token of the EdDSA gateway is not one of this gateway's, and the reverse.
-    assert_401(call(gateway, stack.issue(stack.a)), "EdDSA gateway token on the RS256 gateway")
+    assert_401(call(gateway, tokens.issue(tokens.a)), "EdDSA gateway token on the RS256 gateway")
     assert_401(call(stack.gateway, genuine), "RS256 gateway token on the EdDSA gateway")
 
 
-def test_eddsa_gateway_refuses_rs256_and_embedded_keys(stack: JwtStack) -> None:
-    claims = claims_for(stack.a)
+def test_eddsa_gateway_refuses_rs256_and_embedded_keys(stack: GatewayStack, tokens: Tokens) -> None:
+    claims = claims_for(tokens.a)
     intruder_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     assert_401(call(stack.gateway, jws({"alg": "RS256", "kid": "k1"}, claims, rs_signer(intruder_rsa))), "RS256")
     intruder = ed25519.Ed25519PrivateKey.generate()
@@ -279,45 +277,45 @@ def test_eddsa_gateway_refuses_rs256_and_embedded_keys(stack: JwtStack) -> None:
     finally:
         trap.close()
     # A tampered genuine token: the tenant swapped after signing.
-    genuine = stack.issue(stack.a)
+    genuine = tokens.issue(tokens.a)
     header, _, signature = genuine.split(".")
-    tampered = header + "." + b64(json.dumps(claims_for(stack.b, sub=stack.a.key_id)).encode()) + "." + signature
+    tampered = header + "." + b64(json.dumps(claims_for(tokens.b, sub=tokens.a.key_id)).encode()) + "." + signature
     assert_401(call(stack.gateway, tampered), "payload swapped")
 
 
 # --- time claims ----------------------------------------------------------------------------------------
 
 
-def test_exp_nbf_and_iat_just_inside_and_just_outside_the_leeway(stack: JwtStack) -> None:
+def test_exp_nbf_and_iat_just_inside_and_just_outside_the_leeway(stack: GatewayStack, tokens: Tokens) -> None:
     """With JWT_LEEWAY_SECONDS=5: 3 s past exp / 3 s before nbf or iat passes, 7 s fails (2 s margin either way).
 
     ``now`` is rounded up, so that every case keeps at least its 2 s margin however late in a second it starts.
     """
     now = math.ceil(time.time())
     inside = {
-        "expired 3 s ago": claims_for(stack.a, iat=now - 600, nbf=now - 600, exp=now - (LEEWAY - 2)),
-        "not before in 3 s": claims_for(stack.a, iat=now, nbf=now + (LEEWAY - 2)),
-        "issued in 3 s": claims_for(stack.a, iat=now + (LEEWAY - 2), nbf=None),
+        "expired 3 s ago": claims_for(tokens.a, iat=now - 600, nbf=now - 600, exp=now - (LEEWAY - 2)),
+        "not before in 3 s": claims_for(tokens.a, iat=now, nbf=now + (LEEWAY - 2)),
+        "issued in 3 s": claims_for(tokens.a, iat=now + (LEEWAY - 2), nbf=None),
     }
     outside = {
-        "expired 7 s ago": claims_for(stack.a, iat=now - 600, nbf=now - 600, exp=now - (LEEWAY + 2)),
-        "not before in 7 s": claims_for(stack.a, iat=now, nbf=now + (LEEWAY + 2)),
-        "issued in 7 s": claims_for(stack.a, iat=now + (LEEWAY + 2), nbf=None),
-        "expired an hour ago": claims_for(stack.a, iat=now - 7200, nbf=now - 7200, exp=now - 3600),
-        "exp before iat": claims_for(stack.a, iat=now, exp=now - 60),
+        "expired 7 s ago": claims_for(tokens.a, iat=now - 600, nbf=now - 600, exp=now - (LEEWAY + 2)),
+        "not before in 7 s": claims_for(tokens.a, iat=now, nbf=now + (LEEWAY + 2)),
+        "issued in 7 s": claims_for(tokens.a, iat=now + (LEEWAY + 2), nbf=None),
+        "expired an hour ago": claims_for(tokens.a, iat=now - 7200, nbf=now - 7200, exp=now - 3600),
+        "exp before iat": claims_for(tokens.a, iat=now, exp=now - 60),
     }
     for case, claims in inside.items():
-        assert_ok(call(stack.gateway, stack.sign(claims)), stack.a, case)
+        assert_ok(call(stack.gateway, tokens.sign(claims)), tokens.a, case)
     for case, claims in outside.items():
-        assert_401(call(stack.gateway, stack.sign(claims)), case)
+        assert_401(call(stack.gateway, tokens.sign(claims)), case)
 
 
-def test_an_accepted_token_stops_working_once_past_exp_plus_leeway(stack: JwtStack) -> None:
+def test_an_accepted_token_stops_working_once_past_exp_plus_leeway(stack: GatewayStack, tokens: Tokens) -> None:
     """A token verified (and cached) while valid is refused once its exp + leeway has passed."""
     now = math.ceil(time.time())
     exp = now - LEEWAY + 2
-    token = stack.sign(claims_for(stack.a, iat=now - 60, nbf=now - 60, exp=exp))
-    assert_ok(call(stack.gateway, token), stack.a, "inside the leeway")
+    token = tokens.sign(claims_for(tokens.a, iat=now - 60, nbf=now - 60, exp=exp))
+    assert_ok(call(stack.gateway, token), tokens.a, "inside the leeway")
     time.sleep(max(0.0, exp + LEEWAY - time.time()) + 0.2)
     assert_401(call(stack.gateway, token), "the same token after exp + leeway")
 
@@ -325,9 +323,9 @@ def test_an_accepted_token_stops_working_once_past_exp_plus_leeway(stack: JwtSta
 # --- claims ---------------------------------------------------------------------------------------------
 
 
-def test_missing_or_wrong_registered_claims_are_refused(stack: JwtStack) -> None:
-    a, b = stack.a, stack.b
-    assert_ok(call(stack.gateway, stack.sign(claims_for(a))), a, "control")
+def test_missing_or_wrong_registered_claims_are_refused(stack: GatewayStack, tokens: Tokens) -> None:
+    a, b = tokens.a, tokens.b
+    assert_ok(call(stack.gateway, tokens.sign(claims_for(a))), a, "control")
     cases = {
         "missing exp": claims_for(a, exp=None),
         "missing iss": claims_for(a, iss=None),
@@ -355,12 +353,12 @@ def test_missing_or_wrong_registered_claims_are_refused(stack: JwtStack) -> None
     }
     for case, claims in cases.items():
         body = json.dumps(claims, allow_nan=True).encode()
-        assert_401(call(stack.gateway, jws({"alg": "EdDSA", "kid": "k1"}, body, ed_signer(stack.key))), case)
+        assert_401(call(stack.gateway, jws({"alg": "EdDSA", "kid": "k1"}, body, ed_signer(tokens.key))), case)
     # Not JSON at all, but signed.
     for case, raw in {"payload not json": b"\xff\xfenot json", "payload empty": b""}.items():
-        assert_401(call(stack.gateway, jws({"alg": "EdDSA", "kid": "k1"}, raw, ed_signer(stack.key))), case)
+        assert_401(call(stack.gateway, jws({"alg": "EdDSA", "kid": "k1"}, raw, ed_signer(tokens.key))), case)
     # A genuine token for A, presented at B's address: a valid credential of another tenant.
-    response = call(stack.gateway, stack.issue(a), **{"X-Tenant-ID": b.id})
+    response = call(stack.gateway, tokens.issue(a), **{"X-Tenant-ID": b.id})
     assert_problem(response, 403, "tenant_mismatch")
 
 
@@ -386,20 +384,20 @@ def test_missing_or_wrong_registered_claims_are_refused(stack: JwtStack) -> None
     ],
     ids=lambda kid: repr(kid)[:24],
 )
-def test_kid_other_than_a_ring_key_is_refused(stack: JwtStack, kid: Any) -> None:
-    claims = claims_for(stack.a)
-    assert_401(call(stack.gateway, stack.sign(claims, kid=kid)), kid)
+def test_kid_other_than_a_ring_key_is_refused(stack: GatewayStack, tokens: Tokens, kid: Any) -> None:
+    claims = claims_for(tokens.a)
+    assert_401(call(stack.gateway, tokens.sign(claims, kid=kid)), kid)
     # Signed with the real key too: only the kid names a key, and this one names none.
     header: dict[str, Any] = {"alg": "EdDSA"} if kid is None else {"alg": "EdDSA", "kid": kid}
-    assert_401(call(stack.gateway, jws(header, claims, ed_signer(stack.key))), kid)
+    assert_401(call(stack.gateway, jws(header, claims, ed_signer(tokens.key))), kid)
 
 
 # --- malformed tokens and headers -----------------------------------------------------------------------
 
 
-def test_malformed_tokens_get_401_problem(stack: JwtStack) -> None:
-    genuine = stack.issue(stack.a)
-    assert_ok(call(stack.gateway, genuine), stack.a, "control")
+def test_malformed_tokens_get_401_problem(stack: GatewayStack, tokens: Tokens) -> None:
+    genuine = tokens.issue(tokens.a)
+    assert_ok(call(stack.gateway, genuine), tokens.a, "control")
     header, payload, signature = genuine.split(".")
     cases: dict[str, str | bytes] = {
         "truncated in the signature": genuine[:-5],
@@ -425,7 +423,7 @@ def test_malformed_tokens_get_401_problem(stack: JwtStack) -> None:
         "tab inside": header + "\t." + payload + "." + signature,
         "latin-1 bytes": genuine.encode() + b"\xe9\xff",
         "utf-8 bytes": "\u00e9\u4e2d.\u00e9.\u00e9".encode(),
-        "json instead of a token": json.dumps(claims_for(stack.a)),
+        "json instead of a token": json.dumps(claims_for(tokens.a)),
         "an API key prefix with junk": "tk_" + "!" * 40,
     }
     for case, token in cases.items():
@@ -445,7 +443,7 @@ def test_malformed_tokens_get_401_problem(stack: JwtStack) -> None:
         assert_401(response, case)
 
 
-def test_an_8kb_token_gets_401_or_431_never_500(stack: JwtStack) -> None:
+def test_an_8kb_token_gets_401_or_431_never_500(stack: GatewayStack, tokens: Tokens) -> None:
     header = b64(json.dumps({"alg": "EdDSA", "kid": "k1"}).encode())
     for size in (7_900, 8_192, 8_300, 16_384, 65_536):
         token = (header + "." + b64(b"p" * size))[:size] + ".c2ln"
@@ -453,9 +451,9 @@ def test_an_8kb_token_gets_401_or_431_never_500(stack: JwtStack) -> None:
         assert response.status_code in (401, 431), (size, response.status_code, response.text)
         assert_problem(response, response.status_code)
     # Under the header limit, a large but well-formed token with a real signature is judged on its merits.
-    padded = claims_for(stack.a, pad="p" * 5000)
-    assert_ok(call(stack.gateway, stack.sign(padded)), stack.a, "large genuine token")
-    assert_401(call(stack.gateway, flip_signature(stack.sign(padded))), "large token, bad signature")
+    padded = claims_for(tokens.a, pad="p" * 5000)
+    assert_ok(call(stack.gateway, tokens.sign(padded)), tokens.a, "large genuine token")
+    assert_401(call(stack.gateway, flip_signature(tokens.sign(padded))), "large token, bad signature")
 
 
 @pytest.mark.parametrize(
@@ -467,8 +465,8 @@ def test_an_8kb_token_gets_401_or_431_never_500(stack: JwtStack) -> None:
     ],
     ids=["same token twice", "valid then garbage", "garbage then valid"],
 )
-def test_two_authorization_headers_get_400(stack: JwtStack, values: tuple[str, str]) -> None:
-    genuine = stack.issue(stack.a)
+def test_two_authorization_headers_get_400(stack: GatewayStack, tokens: Tokens, values: tuple[str, str]) -> None:
+    genuine = tokens.issue(tokens.a)
     pick = {"same": genuine, "valid": genuine, "garbage": "not-a-token"}
     names = ("Authorization", "authorization")
     headers = [("Host", "127.0.0.1"), ("Connection", "close")] + [
@@ -486,7 +484,7 @@ def test_two_authorization_headers_get_400(stack: JwtStack, values: tuple[str, s
 
 
 @pytest.mark.parametrize("name", ["X-API-Key", "Authorization"])
-def test_token_endpoint_with_two_credential_headers_gets_400(stack: JwtStack, name: str) -> None:
+def test_token_endpoint_with_two_credential_headers_gets_400(stack: GatewayStack, tokens: Tokens, name: str) -> None:
     """Two keys of two tenants in one request to ``/_gateway/token``: ambiguous, so refused, never a token for
     whichever header a parser happens to keep."""
     value = (lambda key: key) if name == "X-API-Key" else (lambda key: f"Bearer {key}")
@@ -494,8 +492,8 @@ def test_token_endpoint_with_two_credential_headers_gets_400(stack: JwtStack, na
         ("Host", "127.0.0.1"),
         ("Connection", "close"),
         ("Content-Length", "0"),
-        (name, value(stack.a.key)),
-        (name, value(stack.b.key)),
+        (name, value(tokens.a.key)),
+        (name, value(tokens.b.key)),
     ]
     response = raw_request(stack.gateway.port, http_bytes("POST", "/_gateway/token", headers))
     assert response.status == 400, response
@@ -507,11 +505,10 @@ def test_token_endpoint_with_two_credential_headers_gets_400(stack: JwtStack, na
 # --- tenant lifecycle -----------------------------------------------------------------------------------
 
 
-def test_token_for_a_suspended_deleted_or_purged_tenant(stack: JwtStack) -> None:
-    base = stack.base
-    tenant = base.tenant("jwt-life")
-    genuine = stack.issue(tenant)
-    crafted = stack.sign(claims_for(tenant))
+def test_token_for_a_suspended_deleted_or_purged_tenant(stack: GatewayStack, tokens: Tokens) -> None:
+    tenant = stack.tenant("jwt-life")
+    genuine = tokens.issue(tenant)
+    crafted = tokens.sign(claims_for(tenant))
     for token in (genuine, crafted):
         assert_ok(call(stack.gateway, token), tenant)
 
@@ -523,17 +520,17 @@ def test_token_for_a_suspended_deleted_or_purged_tenant(stack: JwtStack) -> None
                 return response
             time.sleep(0.05)
 
-    assert base.admin.post(f"/admin/tenants/{tenant.id}/suspend").status_code == 200
+    assert stack.admin.post(f"/admin/tenants/{tenant.id}/suspend").status_code == 200
     for token in (genuine, crafted):
         assert_problem(settles(token, 403), 403, "tenant_suspended")
     refused = httpx.post(stack.gateway.url + "/_gateway/token", headers={"X-API-Key": tenant.key}, timeout=10)
     assert_problem(refused, 403, "tenant_suspended")
-    assert base.admin.post(f"/admin/tenants/{tenant.id}/resume").status_code == 200
+    assert stack.admin.post(f"/admin/tenants/{tenant.id}/resume").status_code == 200
     assert_ok(settles(genuine, 200), tenant)
-    assert base.admin.delete(f"/admin/tenants/{tenant.id}").status_code == 200
+    assert stack.admin.delete(f"/admin/tenants/{tenant.id}").status_code == 200
     for token in (genuine, crafted):
         assert_problem(settles(token, 404), 404, "tenant_not_found")
-    purged = base.admin.delete(f"/admin/tenants/{tenant.id}", params={"purge": "true"})
+    purged = stack.admin.delete(f"/admin/tenants/{tenant.id}", params={"purge": "true"})
     assert purged.status_code == 200, purged.text
     # Purged: the key behind the token no longer exists anywhere, so the credential itself is unknown.
     for token in (genuine, crafted):
@@ -544,7 +541,7 @@ def test_token_for_a_suspended_deleted_or_purged_tenant(stack: JwtStack) -> None
 
 
 @pytest.mark.filterwarnings("ignore:EdDSA is deprecated")  # joserfc prefers RFC 9864 names; EdDSA is contract
-def test_signing_key_rotation_across_replicas_without_downtime(stack: JwtStack) -> None:
+def test_signing_key_rotation_across_replicas_without_downtime(stack: GatewayStack, tokens: Tokens) -> None:
     """Contract §4: keys rotate without downtime; an old kid stays published until its tokens expired; replicas
     sharing the ring accept each other's tokens.
 
@@ -552,31 +549,30 @@ def test_signing_key_rotation_across_replicas_without_downtime(stack: JwtStack) 
     three rings: ``k1`` → ``k1,k2`` (k2 accepted and published, k1 still signs) → ``k2,k1`` (k2 signs) → ``k2``.
     Each phase runs here as its own gateway replica next to the previous one, as during a rolling update.
     """
-    base = stack.base
-    k1 = base.signing_keys
+    k1 = stack.signing_keys
     k2 = "k2:" + generate_signing_key()
     with ThreadPoolExecutor(max_workers=3) as pool:
         starting = {
-            phase: pool.submit(base.start_gateway, f"gw-rotate-{phase}", JWT_SIGNING_KEYS=ring)
+            phase: pool.submit(stack.start_gateway, f"gw-rotate-{phase}", JWT_SIGNING_KEYS=ring)
             for phase, ring in {"add": f"{k1},{k2}", "switch": f"{k2},{k1}", "retire": k2}.items()
         }
         add, switch, retire = (starting[p].result(timeout=60) for p in ("add", "switch", "retire"))
     for gateway in (add, switch, retire):
-        wait_known(gateway, stack.a.key)
+        wait_known(gateway, tokens.a.key)
 
-    old_token = stack.issue(stack.a)  # by the k1-only replica
-    add_token = stack.issue(stack.a, add)
-    new_token = stack.issue(stack.a, switch)
+    old_token = tokens.issue(tokens.a)  # by the k1-only replica
+    add_token = tokens.issue(tokens.a, add)
+    new_token = tokens.issue(tokens.a, switch)
     assert pyjwt.get_unverified_header(old_token)["kid"] == "k1"
     assert pyjwt.get_unverified_header(add_token)["kid"] == "k1", "adding a key must not change who signs"
     assert pyjwt.get_unverified_header(new_token)["kid"] == "k2"
 
     # Phase "add": every replica still signs with k1; the replicas that know k2 accept k2 tokens already.
     for gateway in (stack.gateway, add, switch):
-        assert_ok(call(gateway, old_token), stack.a, ("k1 token", gateway.url))
-        assert_ok(call(gateway, add_token), stack.a, ("k1 token of the add replica", gateway.url))
+        assert_ok(call(gateway, old_token), tokens.a, ("k1 token", gateway.url))
+        assert_ok(call(gateway, add_token), tokens.a, ("k1 token of the add replica", gateway.url))
     for gateway in (add, switch, retire):
-        assert_ok(call(gateway, new_token), stack.a, ("k2 token", gateway.url))
+        assert_ok(call(gateway, new_token), tokens.a, ("k2 token", gateway.url))
     # A replica that never learned k2 refuses k2 tokens: k2 must be on every replica before any signs with it.
     assert_401(call(stack.gateway, new_token), "k2 token on a k1-only replica")
     # Phase "retire": k1 gone, so are its tokens (they would have expired by then).
@@ -591,18 +587,18 @@ def test_signing_key_rotation_across_replicas_without_downtime(stack: JwtStack) 
     jwks = KeySet.import_key_set(httpx.get(switch.url + "/_gateway/jwks.json", timeout=10).json())
     for token in (old_token, new_token):
         decoded = jose_jwt.decode(token, jwks, algorithms=["EdDSA"])
-        assert decoded.claims["tid"] == stack.a.id
+        assert decoded.claims["tid"] == tokens.a.id
     for gateway in (add, switch, retire):
         assert_never_a_500(gateway)
 
 
-def test_concurrent_hostile_tokens_leave_the_gateway_healthy(stack: JwtStack) -> None:
+def test_concurrent_hostile_tokens_leave_the_gateway_healthy(stack: GatewayStack, tokens: Tokens) -> None:
     """A burst mixing genuine and hostile tokens: each answer is the right one, and the gateway stays ready."""
-    genuine = stack.issue(stack.a)
+    genuine = tokens.issue(tokens.a)
     hostile = [
-        jws({"alg": "none", "kid": "k1"}, claims_for(stack.a), None),
+        jws({"alg": "none", "kid": "k1"}, claims_for(tokens.a), None),
         genuine[:-3],
-        stack.sign(claims_for(stack.a), kid="k9"),
+        tokens.sign(claims_for(tokens.a), kid="k9"),
         "x" * 3000,
     ]
     results: list[tuple[bool, int]] = []

@@ -9,22 +9,20 @@ from __future__ import annotations
 import secrets
 import socket
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from support.load import (
     PROBE_BOUND_SECONDS,
-    LoadStack,
     assert_healthy_under_load,
     create_burst,
-    load_stack,
+    pipeline_headers,
     pipeline_under_load,
     purge_all,
-    require_wrk,
 )
-from support.platform import Installation, cluster_objects
+from support.platform import Installation, Tenant, cluster_objects
+from support.stacks import GatewayStack
 
 WARMUP_SECONDS = 6
 LOAD_SECONDS = 24
@@ -34,18 +32,16 @@ STALLED = 300
 #: Whatever the gateway's header timeout is, a stalled connection still open after this long is never closed.
 HANG_BOUND_SECONDS = 60
 
-
-@pytest.fixture(scope="module")
-def stack(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadStack]:
-    require_wrk()
-    with load_stack(installation, tmp_path_factory.mktemp("load")) as started:
-        yield started
+# A generous Redis timeout: an unmetered request (failed open) must not hide among the load.
+pytestmark = pytest.mark.stack(gateway_env={"REDIS_TIMEOUT": "5"})
 
 
 def test_wrk_on_the_full_pipeline_gives_no_5xx_no_socket_errors_flat_memory_and_no_fd_growth(
-    stack: LoadStack,
+    stack: GatewayStack, load_tenant: Tenant
 ) -> None:
-    report = pipeline_under_load(stack, seconds=LOAD_SECONDS, warmup_seconds=WARMUP_SECONDS, connections=CONNECTIONS)
+    report = pipeline_under_load(
+        stack, load_tenant, seconds=LOAD_SECONDS, warmup_seconds=WARMUP_SECONDS, connections=CONNECTIONS
+    )
     print(report.describe())
     assert_healthy_under_load(report)
     assert stack.gateway.proc is not None
@@ -53,7 +49,7 @@ def test_wrk_on_the_full_pipeline_gives_no_5xx_no_socket_errors_flat_memory_and_
 
 
 async def test_tenant_service_keeps_answering_during_a_burst_of_50_concurrent_creates_and_purges_leave_nothing(
-    stack: LoadStack, installation: Installation
+    stack: GatewayStack, installation: Installation
 ) -> None:
     stem = secrets.token_hex(2)
     slugs = [f"burst-{stem}-{i:02d}" for i in range(BURST)]
@@ -78,7 +74,9 @@ async def test_tenant_service_keeps_answering_during_a_burst_of_50_concurrent_cr
     assert created.isdisjoint(roles)
 
 
-def test_stalled_connections_neither_starve_another_client_nor_stay_open(stack: LoadStack) -> None:
+def test_stalled_connections_neither_starve_another_client_nor_stay_open(
+    stack: GatewayStack, load_tenant: Tenant
+) -> None:
     """Slowloris: many connections that start a request head and never finish it."""
     stalled: list[socket.socket] = []
     try:
@@ -86,7 +84,7 @@ def test_stalled_connections_neither_starve_another_client_nor_stay_open(stack: 
             sock = socket.create_connection(("127.0.0.1", stack.gateway.port), timeout=10)
             sock.sendall(b"GET /stalled HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Never: ends")
             stalled.append(sock)
-        response = httpx.get(stack.gateway.url + "/meanwhile", headers=stack.pipeline_headers(), timeout=15)
+        response = httpx.get(stack.gateway.url + "/meanwhile", headers=pipeline_headers(load_tenant), timeout=15)
         assert response.status_code == 200
         deadline = time.monotonic() + HANG_BOUND_SECONDS
         for sock in stalled:

@@ -29,7 +29,7 @@ import pytest
 
 from support.platform import (
     Installation,
-    ServiceProcess,
+    TenantServiceProcess,
     assert_no_orphans,
     cluster_objects,
     registry,
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 async def inst(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
     """An installation of this module's own on the session Postgres (tests here count objects)."""
-    installation = Installation(pg_url=pg_url, redis_url=redis_url)
+    installation = Installation.isolated(pg_url, redis_url)
     await installation.create()
     yield installation
     await installation.drop()
@@ -97,12 +97,12 @@ async def assert_no_orphans_closed(inst: Installation, pg_url: str) -> list[asyn
     return rows
 
 
-def get_tenant(service: ServiceProcess, ref: str) -> httpx.Response:
+def get_tenant(service: TenantServiceProcess, ref: str) -> httpx.Response:
     with service.client() as client:
         return client.get(f"/admin/tenants/{ref}", timeout=10)
 
 
-def vend(service: ServiceProcess, tenant_id: str) -> dict[str, Any]:
+def vend(service: TenantServiceProcess, tenant_id: str) -> dict[str, Any]:
     with service.client(service.installation.service_token) as client:
         response = client.get(f"/internal/v1/tenants/{tenant_id}/database", timeout=10)
     assert response.status_code == 200, response.text
@@ -129,7 +129,7 @@ async def assert_tenant_works(creds: dict[str, Any]) -> None:
         await conn.close()
 
 
-async def settle(service: ServiceProcess, slug: str, timeout: float = 30) -> httpx.Response:
+async def settle(service: TenantServiceProcess, slug: str, timeout: float = 30) -> httpx.Response:
     """Wait until the tenant is neither ``provisioning`` nor ``deleting`` (or gone); return the last answer."""
 
     def done() -> httpx.Response | None:
@@ -183,7 +183,7 @@ async def test_kill_at_a_provisioning_step_is_finished_or_compensated_after_rest
         stray = await asyncpg.connect(with_database(pg_url, inst.template), timeout=10)
     logs: list[str] = []
     try:
-        doomed = ServiceProcess(inst, tmp_path / "doomed.log", **env).start()
+        doomed = TenantServiceProcess(inst, tmp_path / "doomed.log", env=env).start()
         try:
             with doomed.client() as client:
                 if point.startswith("purge."):
@@ -223,7 +223,7 @@ async def test_kill_at_a_provisioning_step_is_finished_or_compensated_after_rest
             await wait_for(lock_free, timeout=15, interval=0.1)
 
         # Restart: the start-up reconciler finishes the job, or undoes it.
-        service = ServiceProcess(inst, tmp_path / "restarted.log", **env | {"TENANTRY_FAILPOINTS": ""}).start()
+        service = TenantServiceProcess(inst, tmp_path / "restarted.log", env=env | {"TENANTRY_FAILPOINTS": ""}).start()
         try:
             outcome = _RECOVERED[point]
             final = await settle(service, slug)
@@ -284,14 +284,16 @@ async def test_postgres_crash_during_a_create_settles_it_and_the_service_keeps_a
     (``immediate`` stop: no shutdown checkpoint, a crash recovery at start). The request answers cleanly, the
     service answers throughout, and once Postgres is back its reconciler brings the tenant to a fully built
     ``active`` (or a clean ``failed``), never leaving it half-built."""
-    inst = Installation(pg_url=own_pg.url, redis_url=redis_url)
+    inst = Installation.isolated(own_pg.url, redis_url)
     await inst.create()
-    service = ServiceProcess(
+    service = TenantServiceProcess(
         inst,
         tmp_path / "svc.log",
-        TENANTRY_FAILPOINTS="provision.after_create_database=sleep:3",
-        RECONCILE_INTERVAL_SECONDS="1",
-        DB_CONNECT_TIMEOUT="2",
+        env={
+            "TENANTRY_FAILPOINTS": "provision.after_create_database=sleep:3",
+            "RECONCILE_INTERVAL_SECONDS": "1",
+            "DB_CONNECT_TIMEOUT": "2",
+        },
     ).start()
     slug = "hp-pg-crash"
     try:
@@ -360,7 +362,7 @@ async def test_stray_session_on_the_template_retried_then_failed_or_succeeds(
     create succeeds. The service answers other requests all along."""
     attempts = 2  # Postgres itself waits ~5 s for the template's other sessions before each attempt fails
     admin = await asyncpg.connect(pg_url, timeout=10)
-    service = ServiceProcess(inst, tmp_path / "svc.log", CREATE_DATABASE_ATTEMPTS=str(attempts)).start()
+    service = TenantServiceProcess(inst, tmp_path / "svc.log", env={"CREATE_DATABASE_ATTEMPTS": str(attempts)}).start()
     stray: asyncpg.Connection | None = None
     try:
         await admin.execute(f'ALTER DATABASE "{inst.template}" ALLOW_CONNECTIONS true')
@@ -431,7 +433,7 @@ async def test_purge_ends_the_tenants_open_connections_and_leaves_nothing(
     inst: Installation, tmp_path: Path, pg_url: str
 ) -> None:
     slug = "hp-purge-busy"
-    service = ServiceProcess(inst, tmp_path / "svc.log").start()
+    service = TenantServiceProcess(inst, tmp_path / "svc.log").start()
     idle = in_tx = busy = None
     try:
         with service.client() as client:
@@ -497,10 +499,10 @@ async def test_readyz_fails_while_the_tenant_cluster_is_down(
     own_pg: LocalPostgres, pg_url: str, redis_url: str
 ) -> None:
     """Tenant databases on a server of their own: the service is not ready while that server is down."""
-    inst = Installation(pg_url=pg_url, redis_url=redis_url)
+    inst = Installation.isolated(pg_url, redis_url)
     await inst.create()
     cluster = {"TENANT_DATABASE_URL": own_pg.url}
-    inst.cli("migrate", env=cluster)
+    inst.tenantctl("migrate", env=cluster)
     ctx = AppContext.build(inst.settings(**cluster))
     try:
         transport = httpx.ASGITransport(app=create_app(ctx, run_background=False))

@@ -36,30 +36,27 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support.assertions import assert_problem
 from support.gateway_support import GatewayProcess
 from support.hardening import (
     CLOSED,
     Behaviour,
     Endless,
-    HardeningStack,
     RawResponse,
     ScriptedUpstream,
-    Tenant,
     close,
     drip,
-    echo_hits,
     hang,
     http_bytes,
     pause_then,
     raw_exchange,
     raw_request,
     reset,
-    running_stack,
-    seen_headers,
     send_then,
 )
 from support.load import process_tree
-from support.platform import Installation, free_port, wait_until
+from support.platform import Tenant, free_port, wait_until
+from support.stacks import GatewayStack, echo_hits, seen_headers
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE
 
 #: Timeouts of the strict gateway that faces the misbehaving upstreams.
@@ -70,27 +67,25 @@ SLACK = 4.0
 #: Lets the operator allow every host and address: the dangerous ones must be refused anyway.
 PERMISSIVE_ALLOWLIST = "*,0.0.0.0/0,::/0"
 
-
-@pytest.fixture(scope="module")
-def stack(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardeningStack]:
-    folder = tmp_path_factory.mktemp("proxying")
-    with running_stack(installation, folder, service_env={"UPSTREAM_ALLOWLIST": PERMISSIVE_ALLOWLIST}) as running:
-        running.start_gateway(
-            "strict",
-            UPSTREAM_TIMEOUT=str(UPSTREAM_TIMEOUT),
-            UPSTREAM_READ_TIMEOUT=str(READ_TIMEOUT),
-            UPSTREAM_CONNECT_TIMEOUT="2",
-        )
-        yield running
+pytestmark = pytest.mark.stack(
+    service_env={"UPSTREAM_ALLOWLIST": PERMISSIVE_ALLOWLIST},
+    gateways={
+        "strict": {
+            "UPSTREAM_TIMEOUT": str(UPSTREAM_TIMEOUT),
+            "UPSTREAM_READ_TIMEOUT": str(READ_TIMEOUT),
+            "UPSTREAM_CONNECT_TIMEOUT": "2",
+        }
+    },
+)
 
 
 @pytest.fixture(scope="module")
-def acme(stack: HardeningStack) -> Tenant:
+def acme(stack: GatewayStack) -> Tenant:
     """A tenant on the echo upstream, known to both gateways."""
     return stack.tenant("proxy", gateways=[stack.gateway, *stack.extra])
 
 
-def strict(stack: HardeningStack) -> GatewayProcess:
+def strict(stack: GatewayStack) -> GatewayProcess:
     return stack.extra[0]
 
 
@@ -100,23 +95,13 @@ def get_raw(port: int, target: str, headers: list[tuple[bytes, bytes]], method: 
     return raw_request(port, data, timeout=timeout)
 
 
-def assert_problem(response: RawResponse | httpx.Response, status: int, code: str) -> None:
-    status_code = response.status if isinstance(response, RawResponse) else response.status_code
-    content_type = (
-        response.header("content-type") if isinstance(response, RawResponse) else response.headers.get("content-type")
-    )
-    assert status_code == status, (status_code, response.json() if status_code else None)
-    assert (content_type or "").startswith(PROBLEM_MEDIA_TYPE), content_type
-    assert response.json()["code"] == code
-
-
 # --- hop-by-hop headers ---------------------------------------------------------------------------------
 
 HOP_BY_HOP = {"keep-alive", "te", "trailer", "upgrade", "proxy-authorization", "proxy-authenticate",
               "proxy-connection", "x-hop-a", "x-hop-b", "x-secret-hop"}  # fmt: skip
 
 
-def test_hop_by_hop_request_headers_never_reach_the_upstream(stack: HardeningStack, acme: Tenant) -> None:
+def test_hop_by_hop_request_headers_never_reach_the_upstream(stack: GatewayStack, acme: Tenant) -> None:
     headers = [
         (b"X-API-Key", acme.key.encode()),
         (b"Keep-Alive", b"timeout=5, max=100"),
@@ -143,7 +128,7 @@ def test_hop_by_hop_request_headers_never_reach_the_upstream(stack: HardeningSta
         assert value.lower() in ("keep-alive", "close"), seen["connection"]
 
 
-def test_connection_upgrade_is_refused_or_stripped(stack: HardeningStack, acme: Tenant) -> None:
+def test_connection_upgrade_is_refused_or_stripped(stack: GatewayStack, acme: Tenant) -> None:
     """A WebSocket/h2c upgrade: the gateway proxies neither, so it must not pass the upgrade on half-done."""
     response = get_raw(
         stack.gateway.port, "/upgrade",
@@ -184,7 +169,7 @@ UPSTREAM_CHUNKED_RESPONSE = (
 
 
 @pytest.fixture(scope="module")
-def scripted(stack: HardeningStack) -> Iterator[tuple[ScriptedUpstream, Tenant]]:
+def scripted(stack: GatewayStack) -> Iterator[tuple[ScriptedUpstream, Tenant]]:
     """One scripted upstream, its behaviour chosen by the first path segment, and a tenant routed to it."""
     routes: dict[str, Behaviour] = {
         "hops": send_then(UPSTREAM_HOP_RESPONSE),
@@ -205,7 +190,7 @@ def scripted(stack: HardeningStack) -> Iterator[tuple[ScriptedUpstream, Tenant]]
 
 
 def test_hop_by_hop_response_headers_never_reach_the_client(
-    stack: HardeningStack, scripted: tuple[ScriptedUpstream, Tenant]
+    stack: GatewayStack, scripted: tuple[ScriptedUpstream, Tenant]
 ) -> None:
     _, tenant = scripted
     response = get_raw(stack.gateway.port, "/hops", [(b"X-API-Key", tenant.key.encode())])
@@ -220,7 +205,7 @@ def test_hop_by_hop_response_headers_never_reach_the_client(
 
 
 def test_chunked_upstream_response_with_trailers_arrives_whole(
-    stack: HardeningStack, scripted: tuple[ScriptedUpstream, Tenant]
+    stack: GatewayStack, scripted: tuple[ScriptedUpstream, Tenant]
 ) -> None:
     _, tenant = scripted
     response = get_raw(stack.gateway.port, "/chunked", [(b"X-API-Key", tenant.key.encode())])
@@ -242,7 +227,7 @@ REPLACED_IDS = [
 
 
 def test_a_safe_client_request_id_is_kept_and_any_other_replaced_never_refused(
-    stack: HardeningStack, acme: Tenant
+    stack: GatewayStack, acme: Tenant
 ) -> None:
     """X-Request-ID reaches the upstream, the response and the access log only when it is at most 128 characters
     of ``A-Z a-z 0-9 . _ : -``; anything else (too long, markup, quotes, spaces, tabs, encoded line breaks, JSON
@@ -339,7 +324,7 @@ SMUGGLE_NAMES = [case.name for case in smuggle_cases(b"")]
 
 @pytest.mark.parametrize("name", SMUGGLE_NAMES)
 def test_smuggling_attempt_is_refused_and_never_reaches_the_upstream(
-    stack: HardeningStack, acme: Tenant, name: str
+    stack: GatewayStack, acme: Tenant, name: str
 ) -> None:
     marker = secrets.token_hex(4)
     outer, inner_path = f"/outer-{marker}", f"/smuggled-{marker}"
@@ -356,7 +341,7 @@ def test_smuggling_attempt_is_refused_and_never_reaches_the_upstream(
         assert echo_hits(stack, outer) == 0, f"{name}: the ambiguous request was forwarded"
 
 
-def test_cl_te_prefix_never_poisons_the_next_pipelined_request(stack: HardeningStack, acme: Tenant) -> None:
+def test_cl_te_prefix_never_poisons_the_next_pipelined_request(stack: GatewayStack, acme: Tenant) -> None:
     """The classic CL.TE attack: a body that a TE reader ends early leaves ``GET /smuggled ... X-Ignore:`` on
     the connection, and the victim's next request line becomes that header's value."""
     marker = secrets.token_hex(4)
@@ -379,7 +364,7 @@ def test_cl_te_prefix_never_poisons_the_next_pipelined_request(stack: HardeningS
     assert echo_hits(stack, f"/outer-{marker}") == 0
 
 
-def test_pipelined_requests_are_answered_in_order(stack: HardeningStack, acme: Tenant) -> None:
+def test_pipelined_requests_are_answered_in_order(stack: GatewayStack, acme: Tenant) -> None:
     """The control for the smuggling tests: honest pipelining works, one response per request, in order."""
     key = (b"X-API-Key", acme.key.encode())
     paths = [f"/pipe-{i}-{secrets.token_hex(3)}" for i in range(3)]
@@ -393,7 +378,7 @@ def test_pipelined_requests_are_answered_in_order(stack: HardeningStack, acme: T
     assert responses[1].json()["body"] == "abc"
 
 
-def test_gateway_keeps_serving_after_malformed_framing(stack: HardeningStack, acme: Tenant) -> None:
+def test_gateway_keeps_serving_after_malformed_framing(stack: GatewayStack, acme: Tenant) -> None:
     assert httpx.get(stack.gateway.url + "/_gateway/healthz", timeout=5).status_code == 200
     response = httpx.post(stack.gateway.url + "/after", content=b"fine", headers={"X-API-Key": acme.key}, timeout=10)
     assert response.status_code == 200
@@ -405,7 +390,7 @@ def test_gateway_keeps_serving_after_malformed_framing(stack: HardeningStack, ac
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_dead_upstream_gives_502_and_other_tenants_are_unaffected(
-    stack: HardeningStack, acme: Tenant, method: str
+    stack: GatewayStack, acme: Tenant, method: str
 ) -> None:
     dead = stack.tenant(
         f"dead-{method.lower()}", gateways=[strict(stack)], upstream_url=f"http://127.0.0.1:{free_port()}"
@@ -431,7 +416,7 @@ FAILURES = [
 @pytest.mark.parametrize(("route", "status", "code"), FAILURES, ids=[f[0] for f in FAILURES])
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_failing_upstream_gives_a_problem_in_time_and_a_post_is_sent_once(
-    stack: HardeningStack, scripted: tuple[ScriptedUpstream, Tenant], route: str, status: int, code: str, method: str
+    stack: GatewayStack, scripted: tuple[ScriptedUpstream, Tenant], route: str, status: int, code: str, method: str
 ) -> None:
     upstream, tenant = scripted
     path = f"/{route}/{method.lower()}-{secrets.token_hex(3)}"
@@ -455,7 +440,7 @@ def test_failing_upstream_gives_a_problem_in_time_and_a_post_is_sent_once(
 
 @pytest.mark.parametrize("route", ["half-body", "half-chunked", "stall-body"])
 def test_response_cut_short_is_never_delivered_as_complete(
-    stack: HardeningStack, scripted: tuple[ScriptedUpstream, Tenant], route: str
+    stack: GatewayStack, scripted: tuple[ScriptedUpstream, Tenant], route: str
 ) -> None:
     """Once the head is out, a failure can only be signalled by ending the connection without a complete body
     — never by closing the frame as if the body were whole. A stalled body ends within the read timeout."""
@@ -509,7 +494,7 @@ class Hostile:
 
 
 @pytest.fixture(scope="module")
-def hostile(stack: HardeningStack) -> Iterator[Hostile]:
+def hostile(stack: GatewayStack) -> Iterator[Hostile]:
     streams = hostile_routes()
     routes: dict[str, Behaviour] = {
         **streams,
@@ -525,7 +510,7 @@ def hostile(stack: HardeningStack) -> Iterator[Hostile]:
 
 
 @contextlib.contextmanager
-def own_gateway(stack: HardeningStack, name: str, **env: str) -> Iterator[GatewayProcess]:
+def own_gateway(stack: GatewayStack, name: str, **env: str) -> Iterator[GatewayProcess]:
     """A gateway of the test's own on the stack's tenant-service, stopped when the test ends."""
     gateway = GatewayProcess(
         stack.installation, stack.service.url, stack.echo.url, stack.folder / f"{name}.log", stack.signing_keys,
@@ -550,7 +535,7 @@ def assert_cut(response: RawResponse, route: str) -> None:
 
 @pytest.mark.parametrize("route", HEAD_FLOODS + TRAILER_FLOODS)
 def test_an_endless_response_head_or_trailer_is_cut_at_the_limit_with_502(
-    stack: HardeningStack, hostile: Hostile, acme: Tenant, route: str
+    stack: GatewayStack, hostile: Hostile, acme: Tenant, route: str
 ) -> None:
     stream = hostile.streams[route]
     before = len(stream.sent)
@@ -590,7 +575,7 @@ RSS_GROWTH = 0.10
 
 
 def test_hostile_upstreams_leave_gateway_memory_flat_and_other_tenants_served(
-    stack: HardeningStack, hostile: Hostile
+    stack: GatewayStack, hostile: Hostile
 ) -> None:
     """Several requests of every flood against a fresh two-worker gateway with the default limits: each worker's
     RSS stays within 10 % of its idle value (measured after a warm-up), and another tenant gets 200 throughout."""
@@ -652,9 +637,7 @@ def memory_stays_flat(gateway: GatewayProcess, hostile: Hostile, neighbour: Tena
         assert after[pid] <= kib * (1 + RSS_GROWTH), f"worker memory grew: {grown}"
 
 
-def test_an_upstream_dripping_its_head_gets_504_within_the_head_timeout(
-    stack: HardeningStack, hostile: Hostile
-) -> None:
+def test_an_upstream_dripping_its_head_gets_504_within_the_head_timeout(stack: GatewayStack, hostile: Hostile) -> None:
     """``UPSTREAM_HEAD_TIMEOUT`` runs from the first byte of a response head, apart from ``UPSTREAM_TIMEOUT``: a head
     dripped a line at a time is cut after it, while an application that is slow to *start* answering (with or
     without a ``100 Continue`` first) still gets the whole ``UPSTREAM_TIMEOUT``."""
@@ -683,14 +666,14 @@ PREFIX_SAFE = ["/x", "/.well-known/acme", "/a..b/c", "/a/...", "/file.tar.gz", "
 
 
 @pytest.fixture(scope="module")
-def prefixed(stack: HardeningStack) -> Tenant:
+def prefixed(stack: GatewayStack) -> Tenant:
     """A tenant whose upstream_url has a path prefix (on the echo upstream, which reports the path it got)."""
     return stack.tenant("prefix", upstream_url=stack.echo.url + "/base/inner")
 
 
 @pytest.mark.parametrize("path", PREFIX_SAFE)
 def test_a_path_with_dots_inside_segments_is_forwarded_under_the_prefix(
-    stack: HardeningStack, prefixed: Tenant, path: str
+    stack: GatewayStack, prefixed: Tenant, path: str
 ) -> None:
     response = get_raw(stack.gateway.port, path, [(b"X-API-Key", prefixed.key.encode())])
     assert response.status == 200, response
@@ -699,7 +682,7 @@ def test_a_path_with_dots_inside_segments_is_forwarded_under_the_prefix(
 
 @pytest.mark.parametrize("path", PREFIX_ESCAPES)
 def test_a_dot_segment_in_any_encoding_gets_400_and_never_leaves_the_prefix(
-    stack: HardeningStack, prefixed: Tenant, path: str
+    stack: GatewayStack, prefixed: Tenant, path: str
 ) -> None:
     key = (b"X-API-Key", prefixed.key.encode())
     assert_problem(get_raw(stack.gateway.port, path, [key]), 400, "invalid_path")
@@ -708,7 +691,7 @@ def test_a_dot_segment_in_any_encoding_gets_400_and_never_leaves_the_prefix(
     assert_problem(get_raw(stack.gateway.port, f"{path}?next=/x", [key]), 400, "invalid_path")
 
 
-def test_an_asterisk_target_is_not_glued_onto_the_prefix(stack: HardeningStack, prefixed: Tenant) -> None:
+def test_an_asterisk_target_is_not_glued_onto_the_prefix(stack: GatewayStack, prefixed: Tenant) -> None:
     """``OPTIONS *`` would become ``/base/inner*``, a sibling of the prefix."""
     response = get_raw(stack.gateway.port, "*", [(b"X-API-Key", prefixed.key.encode())], method="OPTIONS")
     assert_problem(response, 400, "invalid_path")
@@ -754,12 +737,12 @@ REFUSAL_CODES = {"upstream_not_allowed", "validation_error"}
 
 
 @pytest.fixture(scope="module")
-def patch_target(stack: HardeningStack) -> Tenant:
+def patch_target(stack: GatewayStack) -> Tenant:
     return stack.tenant("ssrf")
 
 
 @pytest.mark.parametrize("url", FORBIDDEN_UPSTREAMS)
-def test_create_with_a_link_local_or_metadata_upstream_is_refused(stack: HardeningStack, url: str) -> None:
+def test_create_with_a_link_local_or_metadata_upstream_is_refused(stack: GatewayStack, url: str) -> None:
     slug = f"h-ssrf-{secrets.token_hex(3)}"
     response = stack.admin.post("/admin/tenants", json={"slug": slug, "name": slug, "upstream_url": url})
     assert 400 <= response.status_code < 500, (url, response.status_code, response.text)
@@ -770,7 +753,7 @@ def test_create_with_a_link_local_or_metadata_upstream_is_refused(stack: Hardeni
 
 @pytest.mark.parametrize("url", FORBIDDEN_UPSTREAMS)
 def test_patch_to_a_link_local_or_metadata_upstream_is_refused(
-    stack: HardeningStack, patch_target: Tenant, url: str
+    stack: GatewayStack, patch_target: Tenant, url: str
 ) -> None:
     try:
         response = stack.admin.patch(f"/admin/tenants/{patch_target.id}", json={"upstream_url": url})
@@ -784,7 +767,7 @@ def test_patch_to_a_link_local_or_metadata_upstream_is_refused(
 
 @pytest.mark.parametrize("url", ALLOWED_UPSTREAMS)
 def test_ordinary_upstreams_stay_allowed_under_a_permissive_allowlist(
-    stack: HardeningStack, patch_target: Tenant, url: str
+    stack: GatewayStack, patch_target: Tenant, url: str
 ) -> None:
     """The control: the refusals above are about the address, not about every non-loopback upstream."""
     try:

@@ -30,8 +30,8 @@ import redis
 
 from support.assertions import assert_problem
 from support.gateway_support import GatewayProcess
-from support.hardening import HardeningStack, Tenant, echo_hits, running_stack, wait_known
-from support.platform import Installation
+from support.platform import Installation, Tenant
+from support.stacks import GatewayStack, echo_hits, running_stack, wait_known
 from tenantry_common.redis_keys import day_counter_key, minute_counter_key
 from tenantry_devtools.servers import LocalRedis
 
@@ -59,7 +59,7 @@ def own_redis(stem: str) -> Iterator[LocalRedis]:
 
 @dataclass
 class QuotaStack:
-    processes: HardeningStack
+    processes: GatewayStack
     second: GatewayProcess
     redis_server: LocalRedis
     redis: redis.Redis
@@ -337,7 +337,7 @@ def audit_keys(client: redis.Redis, known: set[str]) -> dict[str, list[str]]:
     return kinds
 
 
-def tenant_ids(stack: HardeningStack) -> set[str]:
+def tenant_ids(stack: GatewayStack) -> set[str]:
     ids: set[str] = set()
     cursor: str | None = None
     while True:

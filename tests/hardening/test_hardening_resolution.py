@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
-from support.hardening import HardeningStack, RawResponse, Tenant, http_bytes, raw_request, running_stack, seen_headers
-from support.platform import Installation
+from support.hardening import RawResponse, http_bytes, raw_request
+from support.platform import Tenant
+from support.stacks import GatewayStack, seen_headers
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE
 
 #: Outcomes a case may allow. ACME: forwarded to tenant A's upstream as tenant A. Others: "<status> <code>".
@@ -31,6 +32,8 @@ INVALID_HOST = "400 invalid_host"
 DUPLICATE = "400 duplicate_header"
 NOT_FOUND = "404 tenant_not_found"
 MISMATCH = "403 tenant_mismatch"
+
+pytestmark = pytest.mark.stack(gateways={"trusted": {"TRUSTED_PROXIES": "127.0.0.1/32"}})
 
 
 @dataclass
@@ -42,19 +45,12 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def stack(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardeningStack]:
-    with running_stack(installation, tmp_path_factory.mktemp("resolution")) as running:
-        running.start_gateway("trusted", TRUSTED_PROXIES="127.0.0.1/32")
-        yield running
-
-
-@pytest.fixture(scope="module")
-def pair(stack: HardeningStack) -> Pair:
+def pair(stack: GatewayStack) -> Pair:
     gateways = [stack.gateway, *stack.extra]
     return Pair(stack.tenant("acme", gateways=gateways), stack.tenant("globex", gateways=gateways))
 
 
-def trusted_port(stack: HardeningStack) -> int:
+def trusted_port(stack: GatewayStack) -> int:
     return stack.extra[0].port
 
 
@@ -158,7 +154,7 @@ HOST_CASES: list[tuple[str, HostBuilder, set[str]]] = [
 
 @pytest.mark.parametrize(("case", "build", "allowed"), HOST_CASES, ids=[c[0] for c in HOST_CASES])
 def test_host_variants_resolve_to_the_same_tenant_or_get_a_4xx_problem(
-    stack: HardeningStack, pair: Pair, case: str, build: HostBuilder, allowed: set[str]
+    stack: GatewayStack, pair: Pair, case: str, build: HostBuilder, allowed: set[str]
 ) -> None:
     host = build(pair.acme.slug, pair.globex.slug)
     outcome = classify(send(stack.gateway.port, pair.acme.key, host), pair)
@@ -170,7 +166,7 @@ def test_host_variants_resolve_to_the_same_tenant_or_get_a_4xx_problem(
     [b"{a}.localhost\x00.{g}.localhost", b"{a}.localhost\x7f", b"{a}.localhost\x01"],
     ids=["NUL", "DEL", "control character"],
 )
-def test_control_bytes_in_host_are_refused(stack: HardeningStack, pair: Pair, host: bytes) -> None:
+def test_control_bytes_in_host_are_refused(stack: GatewayStack, pair: Pair, host: bytes) -> None:
     """Not a valid field value at all: the HTTP layer may refuse it itself (a 400 or a closed connection)."""
     value = host.replace(b"{a}", pair.acme.slug.encode()).replace(b"{g}", pair.globex.slug.encode())
     response = send(stack.gateway.port, pair.acme.key, value)
@@ -183,7 +179,7 @@ def test_control_bytes_in_host_are_refused(stack: HardeningStack, pair: Pair, ho
     [("{a}", "{a}"), ("{a}", "{g}"), ("{g}", "{a}"), ("{a}", "")],
     ids=["same twice", "acme then victim", "victim then acme", "acme then empty"],
 )
-def test_two_host_headers_get_400(stack: HardeningStack, pair: Pair, first: str, second: str) -> None:
+def test_two_host_headers_get_400(stack: GatewayStack, pair: Pair, first: str, second: str) -> None:
     def host(template: str) -> bytes:
         return (template.format(a=pair.acme.slug, g=pair.globex.slug) + ".localhost").encode() if template else b""
 
@@ -192,7 +188,7 @@ def test_two_host_headers_get_400(stack: HardeningStack, pair: Pair, first: str,
     assert classify(response, pair) in {DUPLICATE, INVALID_HOST, "400 bad_request"} or response.status == 400
 
 
-def test_absolute_form_target_never_routes_by_its_authority(stack: HardeningStack, pair: Pair) -> None:
+def test_absolute_form_target_never_routes_by_its_authority(stack: GatewayStack, pair: Pair) -> None:
     """``GET http://victim.localhost/x`` with ``Host: acme.localhost``: RFC 9112 says the target's authority wins;
     a gateway that follows it must then refuse acme's key (403), one that does not must stay with acme, and a
     disagreement may also be refused outright (400)."""
@@ -211,7 +207,7 @@ def test_absolute_form_target_never_routes_by_its_authority(stack: HardeningStac
 )
 @pytest.mark.parametrize("peer", ["untrusted gateway", "trusted gateway, other peer address"])
 def test_x_forwarded_host_from_an_untrusted_peer_is_ignored(
-    stack: HardeningStack, pair: Pair, forwarded_host: str, peer: str
+    stack: GatewayStack, pair: Pair, forwarded_host: str, peer: str
 ) -> None:
     """Whatever X-Forwarded-Host an untrusted peer sends, the real Host decides and is what the upstream sees.
 
@@ -245,7 +241,7 @@ def test_x_forwarded_host_from_an_untrusted_peer_is_ignored(
          "bad port", "comma list"],
 )  # fmt: skip
 def test_x_forwarded_host_from_a_trusted_proxy_is_honoured_and_validated(
-    stack: HardeningStack, pair: Pair, forwarded_host: str, allowed: set[str]
+    stack: GatewayStack, pair: Pair, forwarded_host: str, allowed: set[str]
 ) -> None:
     """From 127.0.0.1 (trusted) X-Forwarded-Host replaces Host — here Host names the victim, so a forwarded host
     that were ignored would show up as a mismatch — and gets the same validation as a Host header."""
@@ -260,9 +256,7 @@ def test_x_forwarded_host_from_a_trusted_proxy_is_honoured_and_validated(
         assert seen_headers(response.json())["x-forwarded-host"] == [value.decode()]
 
 
-def test_forwarded_header_from_an_untrusted_client_never_reaches_the_upstream(
-    stack: HardeningStack, pair: Pair
-) -> None:
+def test_forwarded_header_from_an_untrusted_client_never_reaches_the_upstream(stack: GatewayStack, pair: Pair) -> None:
     """RFC 7239 ``Forwarded`` carries the same claims as X-Forwarded-* (host, proto, for). From an untrusted
     client it must not reach the upstream as sent, or a framework that reads it believes a forged host and
     client address the gateway itself refused to believe."""
@@ -303,7 +297,7 @@ PATH_CASES = [
 
 @pytest.mark.parametrize("template", PATH_CASES)
 def test_path_tricks_with_acme_credentials_never_reach_another_tenant(
-    stack: HardeningStack, pair: Pair, template: str
+    stack: GatewayStack, pair: Pair, template: str
 ) -> None:
     """Dot segments, encoded and double-encoded slashes and dots, doubled slashes, case and NUL: with acme's key
     each either reaches acme's upstream as acme or gets a 4xx problem (403 when it names the victim)."""
@@ -316,7 +310,7 @@ def test_path_tricks_with_acme_credentials_never_reach_another_tenant(
         assert not response.json()["path"].startswith(f"/t/{pair.globex.slug}/"), response.json()["path"]
 
 
-def test_path_prefix_naming_the_victim_gets_403_in_every_spelling(stack: HardeningStack, pair: Pair) -> None:
+def test_path_prefix_naming_the_victim_gets_403_in_every_spelling(stack: GatewayStack, pair: Pair) -> None:
     """The control for the path tricks: when the path really names the victim, acme's key is refused."""
     for target in (f"/t/{pair.globex.slug}/probe", f"/t/%{ord('h'):02x}{pair.globex.slug[1:]}/probe"):
         response = send(stack.gateway.port, pair.acme.key, b"127.0.0.1", target=target)
@@ -340,7 +334,7 @@ def test_path_prefix_naming_the_victim_gets_403_in_every_spelling(stack: Hardeni
          "host form"],
 )  # fmt: skip
 def test_x_tenant_id_naming_the_victim_with_acme_key_gets_403_tenant_mismatch(
-    stack: HardeningStack, pair: Pair, value: str, allowed: set[str]
+    stack: GatewayStack, pair: Pair, value: str, allowed: set[str]
 ) -> None:
     ref = value.format(
         gid=pair.globex.id, GID=pair.globex.id.upper(), g=pair.globex.slug, G=pair.globex.slug.upper(),
@@ -351,7 +345,7 @@ def test_x_tenant_id_naming_the_victim_with_acme_key_gets_403_tenant_mismatch(
     assert outcome in allowed, f"X-Tenant-ID {ref!r} gave {outcome}"
 
 
-def test_two_x_tenant_id_headers_get_400(stack: HardeningStack, pair: Pair) -> None:
+def test_two_x_tenant_id_headers_get_400(stack: GatewayStack, pair: Pair) -> None:
     extra = [(b"X-Tenant-ID", pair.acme.id.encode()), (b"X-Tenant-ID", pair.globex.id.encode())]
     response = send(stack.gateway.port, pair.acme.key, b"127.0.0.1", extra=extra)
     assert classify(response, pair) == DUPLICATE

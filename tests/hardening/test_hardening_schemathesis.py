@@ -31,7 +31,7 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation.modes import GenerationMode
 
 from support.assertions import KEYLIKE
-from support.platform import Installation, ServiceProcess
+from support.platform import Installation, TenantServiceProcess
 
 #: Checks run on every response.
 CHECKS = [
@@ -53,7 +53,7 @@ def _openapi_document() -> dict[str, Any]:
     from tenant_service.app import create_app
     from tenant_service.context import AppContext
 
-    unreachable = Installation(pg_url="postgresql://nobody@127.0.0.1:9/none", redis_url="redis://127.0.0.1:9/0")
+    unreachable = Installation.isolated("postgresql://nobody@127.0.0.1:9/none", "redis://127.0.0.1:9/0")
     app = create_app(AppContext.build(unreachable.settings()), run_background=False)
     return app.openapi_schema.to_schema()
 
@@ -77,15 +77,17 @@ schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 @pytest.fixture(scope="module")
 async def fuzz_installation(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
     """An installation of its own: fuzzing replaces plans and creates tenants, which other tests must not see."""
-    inst = Installation(pg_url=pg_url, redis_url=redis_url)
+    inst = Installation.isolated(pg_url, redis_url)
     await inst.create()
     yield inst
     await inst.drop()
 
 
 @pytest.fixture(scope="module")
-def fuzz_service(fuzz_installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(fuzz_installation, Path(tmp_path_factory.mktemp("fuzz")) / "tenant-service.log").start()
+def fuzz_service(
+    fuzz_installation: Installation, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TenantServiceProcess]:
+    proc = TenantServiceProcess(fuzz_installation, Path(tmp_path_factory.mktemp("fuzz")) / "tenant-service.log").start()
     yield proc
     proc.stop()
     log = proc.log()
@@ -105,7 +107,7 @@ class Target:
 
 
 @pytest.fixture
-def fuzz_target(fuzz_service: ServiceProcess) -> Target:
+def fuzz_target(fuzz_service: TenantServiceProcess) -> Target:
     """The tenant ``fuzz-target``, active, with an active API key, its domain and an external JWT issuer, whatever
     the last operation did."""
     with fuzz_service.client() as admin:
@@ -171,7 +173,7 @@ def point_at_target(case: Any, target: Target) -> None:
 @pytest.mark.parametrize("seed", [SEED])
 @settings(deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_answers_as_its_openapi_says(
-    case: Any, seed: int, fuzz_service: ServiceProcess, fuzz_target: Target
+    case: Any, seed: int, fuzz_service: TenantServiceProcess, fuzz_target: Target
 ) -> None:
     assert schema.config.seed == seed
     point_at_target(case, fuzz_target)
@@ -179,7 +181,7 @@ def test_every_operation_answers_as_its_openapi_says(
     case.call_and_validate(base_url=fuzz_service.url, checks=CHECKS, timeout=30)
 
 
-def test_the_real_process_serves_the_document_that_was_fuzzed(fuzz_service: ServiceProcess) -> None:
+def test_the_real_process_serves_the_document_that_was_fuzzed(fuzz_service: TenantServiceProcess) -> None:
     response = httpx.get(fuzz_service.url + "/schema/openapi.json", timeout=30)
     assert response.status_code == 200
     assert json.loads(response.text) == json.loads(json.dumps(DOCUMENT))

@@ -15,16 +15,12 @@ import msgspec
 import pytest
 import redis.asyncio as redis
 
-from support.assertions import assert_problem, create_tenant, unique_slug
+from support.assertions import assert_problem, create_tenant, uniq
 from support.platform import Installation, directory_page, registry
 from tenantry_common.jwt_keys import EXTERNAL_ALGORITHMS
 from tenantry_common.redis_keys import EVENTS_CHANNEL
 
 ACTOR = "admin:admin"
-
-
-def uniq(stem: str) -> str:
-    return unique_slug("iss", stem)
 
 
 def idp() -> str:

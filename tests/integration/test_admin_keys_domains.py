@@ -8,12 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from support.assertions import API_KEY, KEYLIKE, assert_problem, unique_slug
+from support.assertions import API_KEY, KEYLIKE, assert_problem, uniq
 from support.assertions import create_tenant as create
-
-
-def uniq(stem: str) -> str:
-    return unique_slug("key", stem)
 
 
 def domain_of(stem: str) -> str:

@@ -7,14 +7,10 @@ import secrets
 import asyncpg
 import pytest
 
-from support.assertions import assert_problem, unique_slug
+from support.assertions import assert_problem, uniq
 from support.assertions import create_tenant as create
 
 ACTOR = "admin:admin"
-
-
-def uniq(stem: str) -> str:
-    return unique_slug("pla", stem)
 
 
 def plan_name(stem: str) -> str:

@@ -9,14 +9,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from support.assertions import API_KEY, assert_problem, unique_slug
+from support.assertions import API_KEY, assert_problem, uniq
 from support.assertions import create_tenant as create
 from support.platform import wait_for
-
-
-def uniq(stem: str) -> str:
-    return unique_slug("api", stem)
-
 
 # --- create ---------------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 from sqlalchemy import text
 
-from support.platform import Installation, ServiceProcess
+from support.platform import Installation, TenantServiceProcess
 from tenantry_app.credentials import CredentialClient, DatabaseCredentials
 from tenantry_app.databases import TenantDatabases
 
@@ -39,7 +39,7 @@ async def _connections(pg_url: str) -> int:
 
 
 async def test_eviction_overlaps_the_credential_fetch_and_keeps_the_budget(
-    service: ServiceProcess, installation: Installation, pg_url: str
+    service: TenantServiceProcess, installation: Installation, pg_url: str
 ) -> None:
     with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {installation.admin_token}"}) as admin:
         ids = []

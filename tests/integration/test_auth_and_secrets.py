@@ -14,15 +14,11 @@ import httpx
 import pytest
 import structlog
 
-from support.assertions import KEYLIKE, assert_problem, unique_slug
+from support.assertions import KEYLIKE, assert_problem, uniq
 from support.assertions import create_tenant as create
-from support.platform import Installation, ServiceProcess, wait_for
+from support.platform import Installation, TenantServiceProcess, wait_for
 from tenant_service.app import create_app
 from tenant_service.context import AppContext
-
-
-def uniq(stem: str) -> str:
-    return unique_slug("sec", stem)
 
 
 def assert_unauthorized(response) -> None:
@@ -507,13 +503,13 @@ async def test_no_response_of_a_full_workflow_contains_a_password_or_an_api_key(
 
 
 @pytest.fixture
-def service_client(service: ServiceProcess) -> Iterator[httpx.Client]:
+def service_client(service: TenantServiceProcess) -> Iterator[httpx.Client]:
     with service.client() as client:
         yield client
 
 
 def test_service_log_contains_no_password_and_no_api_key(
-    service: ServiceProcess, service_client: httpx.Client, installation: Installation
+    service: TenantServiceProcess, service_client: httpx.Client, installation: Installation
 ) -> None:
     admin = service_client
     internal = {"Authorization": f"Bearer {installation.service_token}"}
@@ -608,7 +604,7 @@ async def test_metrics_is_200_prometheus_text(api) -> None:
     assert "# TYPE" in response.text
 
 
-def test_real_process_serves_health_metrics_and_openapi(service: ServiceProcess) -> None:
+def test_real_process_serves_health_metrics_and_openapi(service: TenantServiceProcess) -> None:
     for path in ("/healthz", "/readyz", "/metrics", "/schema/openapi.json"):
         response = httpx.get(service.url + path, timeout=10)
         assert response.status_code == 200, (path, response.text)

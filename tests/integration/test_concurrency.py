@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from support.platform import Installation, ServiceProcess, cluster_objects, in_process, wait_for, with_database
+from support.platform import Installation, TenantServiceProcess, cluster_objects, in_process, wait_for, with_database
 from tenant_service import failpoints
 from tenant_service.context import AppContext
 from tenant_service.provisioning.names import parse_marker
@@ -122,7 +122,7 @@ async def test_ten_concurrent_creates_all_end_active(installation: Installation,
 
 
 async def test_ten_concurrent_creates_over_http(
-    service: ServiceProcess, installation: Installation, pg_url: str
+    service: TenantServiceProcess, installation: Installation, pg_url: str
 ) -> None:
     """The same through a real service process (uvicorn, its own pools): ten tenants, ten databases, ten roles."""
     async with httpx.AsyncClient(

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from support.platform import Installation, ServiceProcess, in_process
+from support.platform import Installation, TenantServiceProcess, in_process
 from tenant_service.context import AppContext
 from tenant_service.provisioning.cluster import TenantCluster
 from tenant_service.provisioning.names import object_marker
@@ -208,7 +208,7 @@ async def test_encryption_key_rotation(fresh_installation: Installation, tmp_pat
     assert all(v.startswith("v1.k1.") for v in before.values())
 
     # Step 1: the new key first, the old one still there. Old tenants still vend; new ones get the new key.
-    service = ServiceProcess(inst, tmp_path / "both.log", ENCRYPTION_KEYS=both).start()
+    service = TenantServiceProcess(inst, tmp_path / "both.log", env={"ENCRYPTION_KEYS": both}).start()
     try:
         async with httpx.AsyncClient(
             base_url=service.url, headers={"Authorization": f"Bearer {inst.admin_token}"}
@@ -224,7 +224,7 @@ async def test_encryption_key_rotation(fresh_installation: Installation, tmp_pat
     assert mixed["cc-rot-a"] == before["cc-rot-a"]
 
     # Step 2: re-encrypt everything with the primary key.
-    result = inst.cli("rotate-encryption", env={"ENCRYPTION_KEYS": both})
+    result = inst.tenantctl("rotate-encryption", env={"ENCRYPTION_KEYS": both})
     assert "re-encrypted 2 secret(s) with key k2" in result.stdout
     for password in passwords.values():
         assert password not in result.stdout + result.stderr

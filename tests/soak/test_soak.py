@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,33 +21,27 @@ from support.load import (
     PROBE_BOUND_SECONDS,
     RSS_TOLERANCE,
     BurstReport,
-    LoadStack,
     assert_healthy_under_load,
     create_burst,
-    load_stack,
     pipeline_under_load,
     purge_all,
-    require_wrk,
     settled_gauges,
 )
-from support.platform import Installation, cluster_objects
+from support.platform import Installation, Tenant, cluster_objects
+from support.stacks import GatewayStack
 
 SOAK_SECONDS = int(os.environ.get("SOAK_SECONDS", "300"))
 WARMUP_SECONDS = 10
 CONNECTIONS = 128
 TENANTS_PER_CYCLE = 10
 
-
-@pytest.fixture(scope="module")
-def stack(installation: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadStack]:
-    require_wrk()
-    with load_stack(installation, tmp_path_factory.mktemp("soak")) as started:
-        yield started
+# A generous Redis timeout: an unmetered request (failed open) must not hide among the load.
+pytestmark = pytest.mark.stack(gateway_env={"REDIS_TIMEOUT": "5"})
 
 
 @pytest.mark.timeout(SOAK_SECONDS * 3 + 600)
 async def test_soak_full_pipeline_under_load_while_tenants_are_created_and_purged(
-    stack: LoadStack, installation: Installation
+    stack: GatewayStack, load_tenant: Tenant, installation: Installation
 ) -> None:
     service_ports = stack.service_backend_ports()
     bursts: list[BurstReport] = []
@@ -63,7 +56,12 @@ async def test_soak_full_pipeline_under_load_while_tenants_are_created_and_purge
     service_before = settled_gauges(stack.service_pid, stack.service.port, service_ports)
     load = asyncio.create_task(
         asyncio.to_thread(
-            pipeline_under_load, stack, seconds=SOAK_SECONDS, warmup_seconds=WARMUP_SECONDS, connections=CONNECTIONS
+            pipeline_under_load,
+            stack,
+            load_tenant,
+            seconds=SOAK_SECONDS,
+            warmup_seconds=WARMUP_SECONDS,
+            connections=CONNECTIONS,
         )
     )
     cycles = 1

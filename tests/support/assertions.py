@@ -19,10 +19,24 @@ def unique_slug(prefix: str, stem: str) -> str:
     return f"{prefix}-{stem}-{secrets.token_hex(3)}"
 
 
+def uniq(stem: str) -> str:
+    """A tenant slug (or plan name) unique across the session, ``t-<stem>-<hex>``."""
+    return unique_slug("t", stem)
+
+
+def _received(response: Any) -> tuple[int, str, str]:
+    """Status, content type and body text of an httpx response or a ``support.hardening.RawResponse``."""
+    if hasattr(response, "status_code"):
+        return response.status_code, response.headers.get("content-type", ""), response.text
+    return response.status, response.header("content-type") or "", response.body.decode("utf-8", "replace")
+
+
 def assert_problem(response: Any, status: int, code: str | None = None, field: str | None = None) -> dict[str, Any]:
-    """The response is an RFC 9457 problem with the given status (and code, and an error naming ``field``)."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE), response.headers["content-type"]
+    """The response (httpx's, or one read off a socket) is an RFC 9457 problem with the given status (and code, and
+    an error naming ``field``)."""
+    status_code, content_type, text = _received(response)
+    assert status_code == status, (status_code, text)
+    assert content_type.startswith(PROBLEM_MEDIA_TYPE), content_type
     body: dict[str, Any] = response.json()
     for key in ("type", "title", "status", "detail", "code"):
         assert key in body, f"{key} missing from {body}"
@@ -33,7 +47,7 @@ def assert_problem(response: Any, status: int, code: str | None = None, field: s
         assert body["code"] == code, body
     if field is not None:
         assert field in [e["field"] for e in body.get("errors", [])], body
-    assert "Traceback" not in response.text
+    assert "Traceback" not in text
     return body
 
 

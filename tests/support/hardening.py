@@ -1,7 +1,6 @@
-"""Shared pieces of the hardening suite: a running stack, raw-socket HTTP and scripted (misbehaving) upstreams.
+"""Shared pieces of the hardening suite: raw-socket HTTP and scripted (misbehaving) upstreams (the running stack
+is :mod:`support.stacks`'s).
 
-* :func:`running_stack` starts the tenant-service, an echo upstream and a gateway as real processes (a module
-  fixture wraps it); :meth:`HardeningStack.tenant` creates a tenant and waits until the gateway knows its key.
 * :func:`raw_request` / :func:`raw_exchange` speak HTTP/1.1 over a plain socket, so a test controls every byte
   (two ``Host`` headers, obs-fold, smuggling attempts) and sees a closed connection as such.
 * :class:`ScriptedUpstream` is a TCP upstream in a thread that records every request it reads and then hangs,
@@ -12,25 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
-
-import httpx
-
-from support.gateway_support import EchoUpstream, GatewayProcess
-from support.platform import Installation, ServiceProcess
-from tenantry_common.jwt_keys import generate_signing_key
-
-#: An ``X-Tenant-ID`` that names no tenant: with a known key the gateway answers 404, with an unknown one 401.
-NO_SUCH_TENANT = "no-such-tenant-ref"
-
 
 # --- raw HTTP/1.1 over a socket ---------------------------------------------------------------------------
 
@@ -168,121 +154,6 @@ def http_bytes(method: str, target: str, headers: list[tuple[str, str]] | list[t
         out.append(raw_name + b": " + raw_value + b"\r\n")
     out.append(b"\r\n")
     return b"".join(out) + body
-
-
-# --- the stack ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Tenant:
-    """A tenant created through the admin API, with its first API key."""
-
-    id: str
-    slug: str
-    key: str
-    key_id: str
-
-
-@dataclass
-class HardeningStack:
-    """tenant-service + echo upstream + gateway, as real processes, and an admin client."""
-
-    installation: Installation
-    folder: Path
-    service: ServiceProcess
-    echo: EchoUpstream
-    gateway: GatewayProcess
-    signing_keys: str
-    admin: httpx.Client
-    extra: list[GatewayProcess] = field(default_factory=list)
-
-    def tenant(self, stem: str, *, gateways: list[GatewayProcess] | None = None, **body: Any) -> Tenant:
-        """Create a tenant (slug ``h-<stem>-<hex>``) and wait until every gateway in ``gateways`` (default: the
-        stack's) knows its key, without sending a request to its upstream."""
-        slug = f"h-{stem}-{secrets.token_hex(3)}"
-        response = self.admin.post("/admin/tenants", json={"slug": slug, "name": slug, **body})
-        assert response.status_code == 201, response.text
-        data = response.json()
-        tenant = Tenant(data["id"], slug, data["api_key"]["key"], data["api_key"]["id"])
-        for gateway in gateways or [self.gateway]:
-            wait_known(gateway, tenant.key)
-        return tenant
-
-    def start_gateway(self, name: str, upstream: str | None = None, **env: str) -> GatewayProcess:
-        """Another gateway on the same tenant-service (stopped with the stack)."""
-        gateway = GatewayProcess(
-            self.installation, self.service.url, upstream or self.echo.url, self.folder / f"{name}.log",
-            self.signing_keys, **{"REDIS_TIMEOUT": "2", **env},
-        ).start()  # fmt: skip
-        self.extra.append(gateway)
-        return gateway
-
-
-def wait_known(gateway: GatewayProcess, key: str, timeout: float = 10.0) -> None:
-    """Wait until ``gateway`` knows ``key``: with an X-Tenant-ID naming nobody it then answers 404, not 401."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = httpx.get(
-            gateway.url + "/_known", headers={"X-API-Key": key, "X-Tenant-ID": NO_SUCH_TENANT}, timeout=5
-        )
-        if response.status_code == 404:
-            # Known, but maybe still as `provisioning` (the create's first revision): wait for the settled status,
-            # which the token endpoint reports without reaching the upstream or counting a request.
-            token = httpx.post(gateway.url + "/_gateway/token", headers={"X-API-Key": key}, timeout=5)
-            if token.status_code != 503:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"gateway {gateway.url} did not learn the key within {timeout:.0f}s")
-
-
-@contextlib.contextmanager
-def running_stack(
-    installation: Installation,
-    folder: Path,
-    service_env: dict[str, str] | None = None,
-    gateway_env: dict[str, str] | None = None,
-) -> Iterator[HardeningStack]:
-    """Start the three processes (meant for a module-scoped fixture) and stop them afterwards.
-
-    The gateway gets a generous ``REDIS_TIMEOUT`` (a loaded CI machine must not fail quotas open by accident)
-    unless ``gateway_env`` says otherwise.
-    """
-    service = ServiceProcess(installation, folder / "tenant-service.log", **(service_env or {})).start()
-    echo: EchoUpstream | None = None
-    gateway: GatewayProcess | None = None
-    admin = service.client()
-    stack: HardeningStack | None = None
-    try:
-        echo = EchoUpstream(folder / "echo.log").start()
-        keys = "k1:" + generate_signing_key()
-        gateway = GatewayProcess(
-            installation, service.url, echo.url, folder / "gateway.log", keys,
-            **{"REDIS_TIMEOUT": "2", **(gateway_env or {})},
-        ).start()  # fmt: skip
-        stack = HardeningStack(installation, folder, service, echo, gateway, keys, admin)
-        yield stack
-    finally:
-        admin.close()
-        for extra in stack.extra if stack else []:
-            extra.stop()
-        for process in (gateway, echo):
-            if process is not None:
-                process.stop()
-        service.stop()
-
-
-def seen_headers(echoed: dict[str, Any]) -> dict[str, list[str]]:
-    """The headers the echo upstream received (its JSON ``headers`` list), by lowercase name."""
-    headers: dict[str, list[str]] = {}
-    for name, value in echoed["headers"]:
-        headers.setdefault(name.lower(), []).append(value)
-    return headers
-
-
-def echo_hits(stack: HardeningStack, path: str) -> int:
-    """How many requests for ``path`` the echo upstream has served, asked directly (not through the gateway)."""
-    response = httpx.get(stack.echo.url + path, timeout=5)
-    return int(response.json()["count"]) - 1
 
 
 # --- scripted upstreams ---------------------------------------------------------------------------------

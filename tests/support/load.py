@@ -16,17 +16,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from support.gateway_support import GatewayProcess
-from support.hardening import HardeningStack, Tenant, running_stack
-from support.platform import Installation, ServiceProcess
+from support.platform import Tenant, TenantServiceProcess
+from support.stacks import GatewayStack
 
 WRK_FIX = (
     "wrk is not installed, and the load tests need it. Install it: `apt-get install -y wrk` "
@@ -260,73 +257,30 @@ def settled_gauges(
 # --- the stack under load --------------------------------------------------------------------------------
 
 
-@dataclass
-class LoadStack:
-    """The hardening stack (tenant-service, echo upstream, gateway) and one tenant on an unthrottled plan."""
-
-    processes: HardeningStack
-    tenant: Tenant
-
-    @property
-    def service(self) -> ServiceProcess:
-        return self.processes.service
-
-    @property
-    def gateway(self) -> GatewayProcess:
-        return self.processes.gateway
-
-    @property
-    def admin(self) -> httpx.Client:
-        return self.processes.admin
-
-    @property
-    def gateway_pid(self) -> int:
-        assert self.gateway.proc is not None
-        return self.gateway.proc.pid
-
-    @property
-    def service_pid(self) -> int:
-        assert self.service.proc is not None
-        return self.service.proc.pid
-
-    def pooled_ports(self) -> tuple[int, ...]:
-        """Ports of the gateway's backends: Redis and the echo upstream."""
-        redis_port = urlsplit(self.processes.installation.redis_url).port or 6379
-        return (redis_port, self.processes.echo.port)
-
-    def service_backend_ports(self) -> tuple[int, ...]:
-        """Ports of the tenant-service's backends: Postgres and Redis."""
-        installation = self.processes.installation
-        return (urlsplit(installation.pg_url).port or 5432, urlsplit(installation.redis_url).port or 6379)
-
-    def pipeline_headers(self) -> dict[str, str]:
-        """Subdomain resolution and API-key authentication: every step of the pipeline runs."""
-        return {"Host": f"{self.tenant.slug}.localhost", "X-API-Key": self.tenant.key}
-
-
 #: Limits far above what one machine can send, so the quota step runs (one Redis call each) but never refuses.
 UNTHROTTLED = {"requests_per_minute": 10**9, "requests_per_day": 10**12}
 
 
-@contextlib.contextmanager
-def load_stack(installation: Installation, folder: Path) -> Iterator[LoadStack]:
-    """Start the stack and create a tenant on an unthrottled plan that the gateway serves."""
-    # A generous Redis timeout: an unmetered request (failed open) must not hide among the load.
-    with running_stack(installation, folder, gateway_env={"REDIS_TIMEOUT": "5"}) as processes:
-        plan = f"load-{secrets.token_hex(4)}"
-        response = processes.admin.put(f"/admin/plans/{plan}", json={"limits": UNTHROTTLED})
-        assert response.status_code == 200, response.text
-        stack = LoadStack(processes, processes.tenant("load", plan=plan))
-        # Knowing the key is not enough: the gateway may still see the tenant as provisioning (503) for a moment.
-        deadline = time.monotonic() + 10
-        limit = str(UNTHROTTLED["requests_per_minute"])
-        while True:
-            probe = httpx.get(stack.gateway.url + "/ready", headers=stack.pipeline_headers(), timeout=10)
-            if probe.status_code == 200 and probe.headers.get("ratelimit-limit") == limit:
-                break
-            assert time.monotonic() < deadline, f"the gateway does not serve the load tenant: {probe.text}"
-            time.sleep(0.05)
-        yield stack
+def pipeline_headers(tenant: Tenant) -> dict[str, str]:
+    """Subdomain resolution and API-key authentication: every step of the pipeline runs."""
+    return {"Host": f"{tenant.slug}.localhost", "X-API-Key": tenant.key}
+
+
+def unthrottled_tenant(stack: GatewayStack) -> Tenant:
+    """A tenant on an unthrottled plan, once the stack's gateway serves it."""
+    plan = f"load-{secrets.token_hex(4)}"
+    response = stack.admin.put(f"/admin/plans/{plan}", json={"limits": UNTHROTTLED})
+    assert response.status_code == 200, response.text
+    tenant = stack.tenant("load", plan=plan)
+    # Knowing the key is not enough: the gateway may still see the tenant as provisioning (503) for a moment.
+    deadline = time.monotonic() + 10
+    limit = str(UNTHROTTLED["requests_per_minute"])
+    while True:
+        probe = httpx.get(stack.gateway.url + "/ready", headers=pipeline_headers(tenant), timeout=10)
+        if probe.status_code == 200 and probe.headers.get("ratelimit-limit") == limit:
+            return tenant
+        assert time.monotonic() < deadline, f"the gateway does not serve the load tenant: {probe.text}"
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True)
@@ -348,11 +302,12 @@ class LoadReport:
 
 
 def pipeline_under_load(
-    stack: LoadStack, *, seconds: float, warmup_seconds: float, connections: int = 128
+    stack: GatewayStack, tenant: Tenant, *, seconds: float, warmup_seconds: float, connections: int = 128
 ) -> LoadReport:
-    """Warm the gateway up with wrk (pools, caches, allocator), read its gauges, load it, read them again."""
+    """Warm the gateway up with wrk (pools, caches, allocator), read its gauges, load it, read them again; the
+    requests are ``tenant``'s (best: :func:`unthrottled_tenant`)."""
     url = stack.gateway.url + "/load/ping?x=1"
-    headers = stack.pipeline_headers()
+    headers = pipeline_headers(tenant)
     pooled = stack.pooled_ports()
     warmup = run_wrk(url, seconds=warmup_seconds, headers=headers, connections=connections)
     before = settled_gauges(stack.gateway_pid, stack.gateway.port, pooled)
@@ -424,7 +379,7 @@ class BurstReport:
 PROBE_BOUND_SECONDS = 15.0
 
 
-async def create_burst(service: ServiceProcess, slugs: list[str], *, settle_timeout: float = 240) -> BurstReport:
+async def create_burst(service: TenantServiceProcess, slugs: list[str], *, settle_timeout: float = 240) -> BurstReport:
     """Create ``slugs`` concurrently (every other one with ``Prefer: respond-async``) and wait until every
     tenant has left ``provisioning``; meanwhile ``/healthz`` and ``GET /admin/tenants`` are probed over
     connections of their own, each probe with :data:`PROBE_BOUND_SECONDS` as its timeout."""
@@ -477,7 +432,7 @@ async def create_burst(service: ServiceProcess, slugs: list[str], *, settle_time
     return report
 
 
-async def purge_all(service: ServiceProcess, slugs: list[str]) -> dict[str, int]:
+async def purge_all(service: TenantServiceProcess, slugs: list[str]) -> dict[str, int]:
     """Purge the tenants concurrently; returns each one's status code."""
     auth = {"Authorization": f"Bearer {service.installation.admin_token}"}
     limits = httpx.Limits(max_connections=len(slugs) + 5)

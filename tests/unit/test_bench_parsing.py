@@ -15,14 +15,16 @@ if str(ROOT) not in sys.path:
 
 from bench.nginx import BODY, BODY_BYTES, parse_stub_status
 from bench.redisstats import calls_delta, parse_commandstats, parse_monitor_line, split_monitor
-from bench.report import load_analyses, render
+from bench.report import render
 from bench.results import (
     ERROR,
     MISS,
     PASS,
     Target,
+    all_targets,
     evaluate,
     format_number,
+    load_results,
     median,
     merge_results,
     percentile,
@@ -293,7 +295,7 @@ def test_a_partial_run_replaces_its_sections_and_keeps_the_others() -> None:
     assert merge_results({"schema": 99, "sections": {"gateway": {}}}, fresh)["sections"] == {"fleet": {"v": 2}}
 
 
-def test_report_shows_targets_verdicts_and_analysis_placeholders(tmp_path) -> None:
+def test_report_shows_targets_verdicts_and_only_the_runs_own_numbers_under_a_miss() -> None:
     results = {
         "schema": 1,
         "sections": {
@@ -301,23 +303,31 @@ def test_report_shows_targets_verdicts_and_analysis_placeholders(tmp_path) -> No
             "gateway": _section("1. Gateway", [Target("gateway.redis", "Redis calls", 1.0, "==", 1.0, tolerance=0.01)]),
         },
     }
-    page = render(results, analyses={})
+    page = render(results)
     assert page.index("## 1. Gateway") < page.index("## 4. Fleet migration")  # the order
     assert "**1 of 2 targets met.**" in page
     assert "**PASS**" in page
     assert "**MISS**" in page
-    assert "### Analysis: Fleet ratio (MISS)" in page
-    assert "Placeholder" in page
     assert "2\\|3" in page  # table cells are escaped
     assert "wrk -t1 -c32 -d5s --latency http://x" in page
-    written = render(results, analyses={"fleet.ratio": "The loop is serial; profile shows X."})
-    assert "The loop is serial; profile shows X." in written
-    assert "Placeholder" not in written
+    # Under a missed target: this run's numbers and nothing written by hand (no placeholder to fill in).
+    miss = page.split("### Missed: Fleet ratio\n\n", 1)[1].split("\n\n", 1)[0]
+    assert miss.startswith("This run (target id `fleet.ratio`): measured 1.70, required ≤ 1.50")
+    assert "Placeholder" not in page
+    assert "### Missed: Redis calls" not in page  # a target met gets nothing
+    assert "[bench/analysis.md](../bench/analysis.md)" in page  # the dated, hand-written analyses are linked
 
-    analysis = tmp_path / "analysis.md"
-    analysis.write_text("# Analyses\n\n## fleet.ratio\nText one.\n\n## apps.cold_vs_warm\nText two.\n")
-    assert load_analyses(analysis) == {"fleet.ratio": "Text one.", "apps.cold_vs_warm": "Text two."}
-    assert load_analyses(tmp_path / "missing.md") == {}
+
+def test_the_hand_written_analyses_are_never_pasted_into_the_generated_page() -> None:
+    results = load_results(ROOT / "bench" / "results.json")
+    assert results is not None
+    missed = [t["id"] for t in all_targets(results) if t["status"] == MISS]
+    analysis = (ROOT / "bench" / "analysis.md").read_text()
+    assert any(f"## {target}" in analysis for target in missed)  # the analysis discusses a target this run missed
+    page = render(results)
+    for paragraph in analysis.split("\n\n"):
+        if len(paragraph) > 80:
+            assert paragraph.strip() not in page
 
 
 def test_paired_ratio_is_the_median_of_the_runs_own_ratios() -> None:

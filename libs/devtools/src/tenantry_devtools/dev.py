@@ -12,24 +12,24 @@ by theirs, on whatever ports they run.
 from __future__ import annotations
 
 import argparse
-import base64
+import asyncio
 import contextlib
 import fcntl
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import IO, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+import asyncpg
+
+from tenantry_devtools.platform import SECRET_SETTINGS, Installation, Platform, TenantctlError
+from tenantry_devtools.processes import ROOT, StartupError
 from tenantry_devtools.servers import LocalPostgres, LocalRedis, ensure_binaries
 
-ROOT: Final = Path(__file__).resolve().parents[4]
 #: All state of `make dev`; overridable so tests can run a second platform beside a developer's.
 RUN: Final = Path(os.environ.get("TENANTRY_RUN_DIR") or ROOT / ".run")
 ENV_FILE: Final = RUN / "dev.env"
@@ -39,14 +39,7 @@ LOGS: Final = RUN / "logs"
 LOCK: Final = RUN / "dev.lock"
 MASTER_DB: Final = "tenantry"
 #: Generated on the first run, then kept (the rest of dev.env only records what was in force).
-SECRET_NAMES: Final = (
-    "ADMIN_TOKEN",
-    "SERVICE_TOKEN",
-    "GATEWAY_SERVICE_TOKEN",
-    "ENCRYPTION_KEYS",
-    "API_KEY_HASH_SECRET",
-    "JWT_SIGNING_KEYS",
-)
+SECRET_NAMES: Final = tuple(SECRET_SETTINGS)
 #: What else ``.run/dev.env`` records of the values in force.
 RECORDED_NAMES: Final = (
     "DATABASE_URL",
@@ -76,19 +69,26 @@ def _load_env_file() -> dict[str, str]:
     return values
 
 
-def _secrets() -> dict[str, str]:
-    """Generated once, kept in .run/dev.env; exported variables override (and are what the file then records)."""
-    saved = _load_env_file()
-    generated = {
-        "ADMIN_TOKEN": saved.get("ADMIN_TOKEN") or "adm_" + secrets.token_urlsafe(24),
-        "SERVICE_TOKEN": saved.get("SERVICE_TOKEN") or "svc_" + secrets.token_urlsafe(24),
-        "GATEWAY_SERVICE_TOKEN": saved.get("GATEWAY_SERVICE_TOKEN") or "gws_" + secrets.token_urlsafe(24),
-        "ENCRYPTION_KEYS": saved.get("ENCRYPTION_KEYS")
-        or "k1:" + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),
-        "API_KEY_HASH_SECRET": saved.get("API_KEY_HASH_SECRET") or secrets.token_urlsafe(32),
-        "JWT_SIGNING_KEYS": saved.get("JWT_SIGNING_KEYS") or "k1:" + _new_signing_key(),
-    }
-    return {k: os.environ.get(k) or v for k, v in generated.items()}
+def _installation(admin_url: str, redis_url: str) -> Installation:
+    """The platform's installation: the registry ``tenantry`` (or ``DATABASE_URL``'s), the service's default template
+    and prefix, the secrets of .run/dev.env (generated on the first run); an exported variable always wins."""
+    registry_url = os.environ.get("DATABASE_URL")
+    installation = Installation(
+        pg_url=os.environ.get("TENANT_DATABASE_URL") or admin_url,
+        redis_url=redis_url,
+        master_db=urlsplit(registry_url).path.lstrip("/") if registry_url else MASTER_DB,
+        registry_url=registry_url,
+        settings_env={
+            "BASE_DOMAIN": os.environ.get("BASE_DOMAIN", "localhost"),
+            "UPSTREAM_ALLOWLIST": os.environ.get("UPSTREAM_ALLOWLIST", "127.0.0.0/8,::1/128,localhost"),
+            # SERVICE_TOKEN (named "app") is the notes app's: it may have credentials vended, and nothing else.
+            # GATEWAY_SERVICE_TOKEN is the gateway's: the tenant-service gives it directory:read by itself.
+            "SERVICE_TOKEN_SCOPES": os.environ.get("SERVICE_TOKEN_SCOPES") or "app=credentials:vend",
+            "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
+        },
+    )
+    exported = {name: os.environ[name] for name in SECRET_NAMES if os.environ.get(name)}
+    return installation.with_secrets({**_load_env_file(), **exported})
 
 
 def _record(env: dict[str, str]) -> None:
@@ -101,73 +101,19 @@ def _record(env: dict[str, str]) -> None:
     ENV_FILE.chmod(0o600)
 
 
-def _new_signing_key() -> str:
-    """An EdDSA signing key for the gateway, made by the shared library (this package has no crypto of its own)."""
-    made = subprocess.run(
-        [sys.executable, "-c", "from tenantry_common.jwt_keys import generate_signing_key as g; print(g())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return made.stdout.strip()
-
-
-def _without(env: dict[str, str], name: str) -> dict[str, str]:
-    return {key: value for key, value in env.items() if key != name}
-
-
 def _port(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
-def _with_db(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
-def _ensure_master_db(admin_url: str) -> None:
-    check = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", _CREATE_DB, admin_url, MASTER_DB], capture_output=True, text=True, check=False
-    )
-    if check.returncode != 0:
-        raise SystemExit(f"could not create the registry database: {check.stderr.strip()[-500:]}")
-
-
-_CREATE_DB = """
-import asyncio, sys, asyncpg
-async def main(url, name):
-    conn = await asyncpg.connect(url, timeout=10)
+def _migrate(installation: Installation, *, create: bool) -> str:
+    """Create the registry database when ``create`` and it is missing, then migrate; the migration's last line."""
     try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-asyncio.run(main(sys.argv[1], sys.argv[2]))
-"""
-
-
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise SystemExit(f"{url} exited early; last log lines:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback URL we built
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    raise SystemExit(f"{url} did not answer within {timeout:.0f}s; see {log}")
-
-
-def _start(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log = LOGS / f"{name}.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
-        )
-    (PIDS / f"{name}.pid").write_text(str(proc.pid))
-    return proc
+        done = asyncio.run(installation.create(exist_ok=True)) if create else installation.tenantctl("migrate")
+    except TenantctlError as exc:
+        raise SystemExit(f"migration failed: {exc}") from None
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise SystemExit(f"could not create the registry database: {exc}") from None
+    return done.stdout.strip().splitlines()[-1]
 
 
 def _stop_services() -> None:
@@ -273,54 +219,37 @@ def _run_platform() -> None:
     if use_local_redis:
         redis.start()
         _say(f"Redis on 127.0.0.1:{redis.port}")
-    database_url = os.environ.get("DATABASE_URL") or _with_db(admin_url, MASTER_DB)
-    if use_local_pg:
-        _ensure_master_db(admin_url)
-    service_port = _port("TENANT_SERVICE_PORT", 8001)
+    installation = _installation(admin_url, os.environ.get("REDIS_URL") or redis.url)
+    _say(_migrate(installation, create=use_local_pg))
+    log_format = installation.settings_env["LOG_FORMAT"]
+    gateway_env = {"BASE_DOMAIN": installation.settings_env["BASE_DOMAIN"], "LOG_FORMAT": log_format}
+    if os.environ.get("DEFAULT_UPSTREAM"):
+        gateway_env["DEFAULT_UPSTREAM"] = os.environ["DEFAULT_UPSTREAM"]
+    try:
+        # The banner only once every process answers: the gateway with its directory loaded, the example app up.
+        platform = Platform.launch(
+            installation,
+            LOGS,
+            service_port=_port("TENANT_SERVICE_PORT", 8001),
+            gateway_port=_port("GATEWAY_PORT", 8080),
+            notes_port=_port("APP_PORT", 8002),
+            gateway_env=gateway_env,
+            notes_env={"LOG_FORMAT": log_format},
+            pid_dir=PIDS,
+        )
+    except StartupError as exc:
+        raise SystemExit(f"{exc}\n(logs in {LOGS})") from None
+    base, gateway_url = platform.service.url, platform.gateway.url
+    gateway_port, app_port = platform.gateway.port, platform.notes.port
     env = {
-        **os.environ,
-        **_secrets(),
-        "DATABASE_URL": database_url,
-        "TENANT_DATABASE_URL": os.environ.get("TENANT_DATABASE_URL") or admin_url,
-        "REDIS_URL": os.environ.get("REDIS_URL") or redis.url,
-        "BASE_DOMAIN": os.environ.get("BASE_DOMAIN", "localhost"),
-        "UPSTREAM_ALLOWLIST": os.environ.get("UPSTREAM_ALLOWLIST", "127.0.0.0/8,::1/128,localhost"),
-        # SERVICE_TOKEN (named "app") is the notes app's: it may have credentials vended, and nothing else.
-        # GATEWAY_SERVICE_TOKEN is the gateway's: the tenant-service gives it directory:read by itself.
-        "SERVICE_TOKEN_SCOPES": os.environ.get("SERVICE_TOKEN_SCOPES") or "app=credentials:vend",
-        "TENANT_SERVICE_PORT": str(service_port),
-        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
+        **installation.env(),
+        **installation.secret_env(),
+        "TENANT_SERVICE_PORT": str(platform.service.port),
+        "GATEWAY_PORT": str(gateway_port),
+        "APP_PORT": str(app_port),
+        "TENANT_SERVICE_URL": base,
     }
-    migrate = subprocess.run(
-        [sys.executable, "-m", "tenant_service", "migrate"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if migrate.returncode != 0:
-        raise SystemExit(f"migration failed:\n{migrate.stderr[-2000:]}")
-    _say(migrate.stdout.strip().splitlines()[-1])
-    service = _start("tenant-service", ["-m", "tenant_service", "serve"], env)
-    base = f"http://127.0.0.1:{service_port}"
-    _wait_http(base + "/readyz", 60, service, LOGS / "tenant-service.log")
-    gateway_port = _port("GATEWAY_PORT", 8080)
-    app_port = _port("APP_PORT", 8002)
-    env.update(
-        GATEWAY_PORT=str(gateway_port),
-        TENANT_SERVICE_URL=base,
-        DEFAULT_UPSTREAM=os.environ.get("DEFAULT_UPSTREAM", f"http://127.0.0.1:{app_port}"),
-    )
-    # Each process gets only its own service token.
-    gateway = _start("gateway", ["-m", "gateway"], _without(env, "SERVICE_TOKEN"))
-    gateway_url = f"http://127.0.0.1:{gateway_port}"
-    env.update(APP_PORT=str(app_port), GATEWAY_JWKS_URL=gateway_url + "/_gateway/jwks.json")
     _record(env)
-    notes = _start("notes", ["-m", "notes_app"], _without(env, "GATEWAY_SERVICE_TOKEN"))
-    # The banner only once every process answers: the gateway with its directory loaded, the example app up.
-    _wait_http(gateway_url + "/_gateway/readyz", 60, gateway, LOGS / "gateway.log")
-    _wait_http(f"http://127.0.0.1:{app_port}/healthz", 60, notes, LOGS / "notes.log")
     token = env["ADMIN_TOKEN"]
     base_domain = env["BASE_DOMAIN"]
     print(
@@ -358,12 +287,11 @@ The operator's CLI against this platform (values from {ENV_FILE}):
 """,
         flush=True,
     )
-    children = {"tenant-service": service, "gateway": gateway, "notes": notes}
-    while all(proc.poll() is None for proc in children.values()):
+    while all(process.alive() for process in platform.processes):
         time.sleep(0.5)
-    for name, proc in children.items():
-        if proc.poll() is not None:
-            _say(f"{name} exited with {proc.returncode}; see {LOGS / (name + '.log')}")
+    for process in platform.processes:
+        if not process.alive():
+            _say(f"{process.name} exited with {process.wait_exit()}; see {process.log_path}")
 
 
 def main() -> None:

@@ -308,7 +308,7 @@ def deprecation_warnings(gateway: GatewayProcess) -> list[dict[str, object]]:
 
 
 def test_the_gateways_own_body_limit_wins_over_the_old_shared_name(
-    stack: Stack, installation: Installation, tmp_path: Path
+    stack: GatewayStack, installation: Installation, tmp_path: Path
 ) -> None:
     small = GatewayProcess(
         installation, stack.service.url, stack.echo.url, tmp_path / "gw.log", stack.signing_keys,

@@ -386,7 +386,11 @@ class HttpConnection(asyncio.Protocol):
         self._active = request
         self.waiting_since = 0.0
         self.response_started = False
-        self._loop.create_task(self._run(request))
+        task = self._loop.create_task(self._run(request))
+        # The loop keeps only a weak reference to a task: one nobody holds could be collected mid-request.
+        handling = self._server.handling
+        handling.add(task)
+        task.add_done_callback(handling.discard)
 
     async def _run(self, request: Request) -> None:
         try:
@@ -560,6 +564,8 @@ class HttpServer:
         self.header_timeout = header_timeout
         self.loop = asyncio.get_running_loop()
         self.connections: set[HttpConnection] = set()
+        #: The tasks handling a request, held until each is done.
+        self.handling: set[asyncio.Task[None]] = set()
         self.shutting_down = False
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None

@@ -50,7 +50,7 @@ from gateway.http import (
     Request,
 )
 from gateway.jwks import JwksCache
-from gateway.limit import ALLOWED_UNMETERED, Limiter, QuotaUnavailableError
+from gateway.limit import UNMETERED, Limiter
 from gateway.resolve import Location, Resolver, normalize_host
 from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
@@ -296,7 +296,7 @@ class Gateway:
             )
             principal: Principal | None = None
             drop = b""
-            decision = ALLOWED_UNMETERED
+            quota_headers = UNMETERED
             if self._passthrough:
                 tenant = self._located(location)
             else:
@@ -305,27 +305,7 @@ class Gateway:
                     principal = await self.authenticator.external(external)
                 tenant = self._tenant(location.tenant, location.named, principal)
                 tenant_id = tenant.id
-                try:
-                    decision = await self.limiter.check(tenant.id, tenant.requests_per_minute, tenant.requests_per_day)
-                except QuotaUnavailableError:
-                    raise GatewayError(
-                        "Quotas cannot be checked right now.",
-                        code="quota_unavailable",
-                        status=503,
-                        headers={"retry-after": "1"},
-                    ) from None
-                if decision.verdict != "allowed":
-                    outcome = decision.verdict
-                    status = 429
-                    detail = "Too many requests this minute." if outcome == "rate_limited" else "Daily quota used up."
-                    self._problem(
-                        request,
-                        conn,
-                        GatewayError(detail, code=outcome, status=429),
-                        request_id,
-                        (*decision.headers, (b"retry-after", b"%d" % decision.retry_after)),
-                    )
-                    return
+                quota_headers = await self.limiter.admit(tenant)
             tenant_id = tenant.id
             outcome = "forwarded"
             status = await self.forward(
@@ -338,7 +318,7 @@ class Gateway:
                 trusted=trusted,
                 effective_host=effective_host or b"",
                 drop=drop,
-                quota_headers=decision.headers,
+                quota_headers=quota_headers,
             )
             if status in (502, 504):
                 outcome = "upstream_error"

@@ -13,7 +13,6 @@ import itertools
 import os
 import re
 import time
-from collections.abc import Sequence
 from typing import Final
 
 import msgspec
@@ -25,14 +24,8 @@ from gateway.authenticate import Authenticator, Principal
 from gateway.config import GatewaySettings, read_keys_file
 from gateway.directory import Directory, DirectorySync, TenantEntry
 from gateway.errors import GatewayError, bad_request, unauthorized
-from gateway.forward import (
-    HOP_BY_HOP,
-    BodyTooLargeError,
-    connection_tokens,
-    escapes_upstream_path,
-    origin_of,
-    send_upstream,
-)
+from gateway.exchange import Exchange
+from gateway.forward import Forwarder, escapes_upstream_path
 from gateway.http import (
     API_KEY,
     AUTHORIZATION,
@@ -41,20 +34,15 @@ from gateway.http import (
     REQUEST_ID,
     TENANT_ID,
     X_HOST,
-    X_PROTO,
-    BodyTimeoutError,
-    ClientGoneError,
-    Header,
     HttpConnection,
-    MalformedBodyError,
     Request,
 )
 from gateway.jwks import JwksCache
-from gateway.limit import UNMETERED, Limiter
+from gateway.limit import Limiter
 from gateway.resolve import Location, Resolver, normalize_host
 from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
-from gateway.upstream import UpstreamError, UpstreamInvalidError, UpstreamPool, UpstreamTimeoutError
+from gateway.upstream import UpstreamPool
 from tenantry_common.apikeys import looks_like_api_key
 from tenantry_common.jwt_keys import KeyRing
 from tenantry_common.lifecycle import TenantStatus, refusal
@@ -76,7 +64,6 @@ DIRECTORY_AGE: Final = Gauge(
 )
 _JSON: Final = b"application/json"
 _PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
-_STRIPPED_PREFIXES: Final = (b"x-tenant-", b"x-forwarded-")
 _KEY_FILE_POLL_SECONDS: Final = 2.0
 
 
@@ -164,6 +151,14 @@ class Gateway:
             max_head_bytes=settings.upstream_max_header_bytes,
             max_header_fields=settings.upstream_max_headers,
         )
+        self.forwarder = Forwarder(
+            self.pool,
+            self.tokens,
+            default_upstream=settings.default_upstream,
+            max_body=settings.max_body_bytes,
+            read_timeout=settings.read_timeout,
+            response_timeout=settings.total_timeout,
+        )
         self.sync: DirectorySync | None = None
         self._passthrough = settings.mode == "passthrough"
         self._trusted = settings.trusted_proxies
@@ -247,27 +242,14 @@ class Gateway:
             self._hosts[raw] = name
         return name
 
-    def _problem(
-        self,
-        request: Request,
-        conn: HttpConnection,
-        problem: GatewayError,
-        request_id: bytes,
-        extra: Sequence[Header] = (),
-    ) -> None:
-        body = problem_bytes(problem.status, problem.code, detail=problem.detail)
-        headers = [(k.encode(), v.encode()) for k, v in problem.headers.items()]
-        conn.respond(request, problem.status, body, _PROBLEM, [(b"x-request-id", request_id), *headers, *extra])
-
     # the pipeline -------------------------------------------------------------------------------------
     async def handle(self, request: Request, conn: HttpConnection) -> None:
         """Handle one HTTP request."""
         started = time.perf_counter()
         tracked = request.tracked
-        request_id = self._request_id(tracked[REQUEST_ID])
+        exchange = Exchange(request, conn, self._request_id(tracked[REQUEST_ID]))
         outcome = "error"
         status = 500
-        tenant_id = None
         try:
             if request.header_bytes > self.settings.max_header_bytes:
                 raise GatewayError(
@@ -280,11 +262,11 @@ class Gateway:
                 raise bad_request("ambiguous_length", "Content-Length and Transfer-Encoding must not both be sent.")
             if request.raw_path.startswith(b"/_gateway/"):
                 outcome = "gateway"
-                status = await self.reserved(request, conn, request_id)
+                status = await self.reserved(exchange)
                 return
             if escapes_upstream_path(request.raw_path):
                 raise bad_request("invalid_path", "The path must not hold '.' or '..' segments, in any encoding.")
-            trusted = self._is_trusted(conn.peer)
+            trusted = exchange.trusted = self._is_trusted(conn.peer)
             x_host = tracked[X_HOST]
             effective_host = x_host if trusted and x_host else tracked[HOST]
             tenant_ref = tracked[TENANT_ID]
@@ -294,32 +276,21 @@ class Gateway:
                 request.raw_path,
                 tenant_ref.decode("latin-1") if tenant_ref is not None else None,
             )
-            principal: Principal | None = None
-            drop = b""
-            quota_headers = UNMETERED
+            exchange.host = effective_host or b""
+            exchange.upstream_path = location.upstream_path
             if self._passthrough:
-                tenant = self._located(location)
+                tenant = exchange.tenant = self._located(location)
             else:
-                principal, drop, external = self._authenticate(tracked[API_KEY], tracked[AUTHORIZATION])
+                principal, exchange.credential_header, external = self._authenticate(
+                    tracked[API_KEY], tracked[AUTHORIZATION]
+                )
                 if principal is None:  # a token from the tenant's own identity provider, not verified yet
                     principal = await self.authenticator.external(external)
-                tenant = self._tenant(location.tenant, location.named, principal)
-                tenant_id = tenant.id
-                quota_headers = await self.limiter.admit(tenant)
-            tenant_id = tenant.id
+                exchange.principal = principal
+                tenant = exchange.tenant = self._tenant(location.tenant, location.named, principal)
+                exchange.quota_headers = await self.limiter.admit(tenant)
             outcome = "forwarded"
-            status = await self.forward(
-                request,
-                conn,
-                tenant=tenant,
-                principal=principal,
-                upstream_path=location.upstream_path,
-                request_id=request_id,
-                trusted=trusted,
-                effective_host=effective_host or b"",
-                drop=drop,
-                quota_headers=quota_headers,
-            )
+            status = await self.forwarder.forward(exchange, tenant)
             if status in (502, 504):
                 outcome = "upstream_error"
             elif status == 499:
@@ -327,19 +298,20 @@ class Gateway:
         except GatewayError as problem:
             outcome = problem.code
             status = problem.status
-            self._problem(request, conn, problem, request_id)
+            exchange.refuse(problem)
         finally:
             elapsed = time.perf_counter() - started
             self._metrics.observe(outcome, status, elapsed)
             if self.settings.access_log:
+                tenant_seen = exchange.tenant
                 _access.info(
                     "request",
                     method=request.method,
                     path=request.raw_path.decode("latin-1"),
                     status=status,
                     outcome=outcome,
-                    tenant_id=tenant_id,
-                    request_id=request_id.decode(),
+                    tenant_id=tenant_seen.id if tenant_seen is not None else None,
+                    request_id=exchange.request_id.decode(),
                     duration_ms=round(elapsed * 1000, 3),
                 )
 
@@ -378,172 +350,10 @@ class Gateway:
             raise GatewayError("The request names no tenant.", code="tenant_not_found", status=404)
         return self._usable(location.tenant)
 
-    def _upstream_head(
-        self,
-        request: Request,
-        conn: HttpConnection,
-        *,
-        tenant: TenantEntry,
-        principal: Principal | None,
-        target: bytes,
-        host_header: bytes,
-        request_id: bytes,
-        trusted: bool,
-        effective_host: bytes,
-        drop: bytes,
-    ) -> bytes:
-        extra_hop = connection_tokens(request.headers)
-        lines = [request.method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", host_header, b"\r\n"]
-        for name, value in request.headers:
-            if (
-                name in HOP_BY_HOP
-                or name in extra_hop
-                or name.startswith(_STRIPPED_PREFIXES)
-                or name in (b"x-request-id", b"content-length", b"forwarded", drop)
-            ):
-                continue
-            lines += [name, b": ", value, b"\r\n"]
-        x_for = request.x_for
-        forwarded_for = (x_for + b", " if trusted and x_for else b"") + conn.peer.encode()
-        x_proto = request.tracked[X_PROTO]
-        proto = x_proto if trusted and x_proto else conn.scheme.encode()
-        content_length = request.tracked[CONTENT_LENGTH]
-        if content_length is not None:
-            lines += [b"content-length: ", content_length, b"\r\n"]
-        elif request.chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        lines += [
-            b"x-forwarded-for: ", forwarded_for, b"\r\n",
-            b"x-forwarded-proto: ", proto, b"\r\n",
-            b"x-forwarded-host: ", effective_host, b"\r\n",
-            b"x-request-id: ", request_id, b"\r\n",
-            b"x-tenant-id: ", tenant.id.encode(), b"\r\n",
-            b"x-tenant-slug: ", tenant.slug.encode(), b"\r\n",
-        ]  # fmt: skip
-        if principal is not None:
-            lines += [b"x-tenant-token: ", self.tokens.tenant_token(tenant, principal), b"\r\n"]
-        lines.append(b"\r\n")
-        return b"".join(lines)
-
-    async def forward(
-        self,
-        request: Request,
-        conn: HttpConnection,
-        *,
-        tenant: TenantEntry,
-        principal: Principal | None,
-        upstream_path: bytes,
-        request_id: bytes,
-        trusted: bool,
-        effective_host: bytes,
-        drop: bytes,
-        quota_headers: tuple[Header, ...],
-    ) -> int:
-        """Forward to the tenant's upstream; return the status sent to the client (499: the client left)."""
-        settings = self.settings
-        content_length = request.tracked[CONTENT_LENGTH]
-        if content_length is not None:
-            if not content_length.isdigit():
-                raise bad_request("invalid_content_length", "Content-Length is not a number.")
-            if int(content_length) > settings.max_body_bytes:
-                raise GatewayError("The request body is too large.", code="payload_too_large", status=413)
-        origin, prefix = origin_of(tenant.upstream_url or settings.default_upstream)
-        target = prefix + upstream_path + (b"?" + request.query if request.query else b"")
-        head = self._upstream_head(
-            request,
-            conn,
-            tenant=tenant,
-            principal=principal,
-            target=target,
-            host_header=origin.host_header,
-            request_id=request_id,
-            trusted=trusted,
-            effective_host=effective_host,
-            drop=drop,
-        )
-        try:
-            response = await send_upstream(
-                self.pool,
-                origin,
-                head,
-                request,
-                max_body=settings.max_body_bytes,
-                body_timeout=settings.read_timeout,
-                response_timeout=settings.total_timeout,
-            )
-        except BodyTooLargeError:
-            raise GatewayError("The request body is too large.", code="payload_too_large", status=413) from None
-        except MalformedBodyError:
-            raise bad_request("invalid_request", "The request body's framing is invalid.") from None
-        except BodyTimeoutError:
-            raise GatewayError("The request body did not arrive in time.", code="request_timeout", status=408) from None
-        except ClientGoneError:
-            return 499
-        except UpstreamError as exc:
-            return self._upstream_failed(request, conn, exc, request_id, quota_headers)
-        try:
-            body = response.complete_body()
-        except UpstreamError as exc:
-            response.abort()
-            return self._upstream_failed(request, conn, exc, request_id, quota_headers)
-        headers, length = _client_headers(response.headers)
-        headers.append((b"x-request-id", request_id))
-        headers.extend(quota_headers)
-        status = response.status
-        if body is not None:
-            if length is not None and (request.method == "HEAD" or status == 304):
-                headers.append((b"content-length", length))
-            conn.send_complete(request, status, headers, body)
-            response.release()
-            return status
-        try:
-            chunked = conn.start_stream(request, status, headers, int(length) if length is not None else None)
-            async for chunk in response.body():
-                if conn.gone:
-                    response.abort()
-                    return 499
-                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                await conn.drain(self.settings.read_timeout)
-            if chunked:
-                conn.write(b"0\r\n\r\n")
-        except UpstreamError as exc:
-            # The head is out: all that is left is to cut the connection so the client sees a broken body.
-            if isinstance(exc, UpstreamInvalidError):
-                _log.warning("upstream_invalid", error=str(exc), request_id=request_id.decode())
-            response.abort()
-            conn.close()
-            return status
-        except ClientGoneError:  # the client stopped reading the response
-            response.abort()
-            return 499
-        except BaseException:
-            response.abort()
-            raise
-        response.release()
-        return status
-
-    def _upstream_failed(
-        self,
-        request: Request,
-        conn: HttpConnection,
-        exc: UpstreamError,
-        request_id: bytes,
-        quota_headers: tuple[Header, ...],
-    ) -> int:
-        """Answer an upstream failure that happened before anything was sent to the client; return the status."""
-        if isinstance(exc, UpstreamTimeoutError):
-            problem = GatewayError("The upstream did not answer in time.", code="upstream_timeout", status=504)
-        elif isinstance(exc, UpstreamInvalidError):
-            problem = GatewayError("The upstream's answer is not valid HTTP.", code="upstream_invalid", status=502)
-            _log.warning("upstream_invalid", error=str(exc), request_id=request_id.decode())
-        else:
-            problem = GatewayError("The upstream is unreachable.", code="upstream_unavailable", status=502)
-        self._problem(request, conn, problem, request_id, quota_headers)
-        return problem.status
-
     # reserved endpoints -------------------------------------------------------------------------------
-    async def reserved(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
+    async def reserved(self, exchange: Exchange) -> int:
         """``/_gateway/*``: health, readiness, metrics, token exchange, JWKS."""
+        request, conn, request_id = exchange.request, exchange.conn, exchange.request_id
         path, method = request.raw_path, request.method
         json_id = [(b"x-request-id", request_id)]
         if path == b"/_gateway/healthz" and method in ("GET", "HEAD"):
@@ -563,7 +373,7 @@ class Gateway:
         if path == b"/_gateway/token":
             if method != "POST":
                 problem = GatewayError("Use POST.", code="method_not_allowed", status=405)
-                self._problem(request, conn, problem, request_id, ((b"allow", b"POST"),))
+                exchange.refuse(problem, ((b"allow", b"POST"),))
                 return 405
             return self._token(request, conn, request_id)
         raise GatewayError("No such gateway endpoint.", code="not_found", status=404)
@@ -617,19 +427,3 @@ class Gateway:
         )
         conn.respond(request, 200, body, _JSON, [(b"x-request-id", request_id), (b"cache-control", b"no-store")])
         return 200
-
-
-def _client_headers(headers: list[Header]) -> tuple[list[Header], bytes | None]:
-    """Upstream response headers fit for the client, and the upstream's Content-Length (framing is ours).
-
-    ``RateLimit-*`` are the gateway's to set: an upstream's own would reach the client twice, contradicting them.
-    """
-    extra = connection_tokens(headers)
-    out: list[Header] = []
-    length: bytes | None = None
-    for name, value in headers:
-        if name == b"content-length":
-            length = value
-        elif name not in HOP_BY_HOP and name not in extra and name != b"server" and not name.startswith(b"ratelimit-"):
-            out.append((name, value))
-    return out, length

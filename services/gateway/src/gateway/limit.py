@@ -52,7 +52,7 @@ _REFUSALS: Final = {
     2: ("quota_exceeded", "Daily quota used up."),
 }
 #: Quota headers of a request Redis was not asked about (failure mode ``open``, or a tenant without limits).
-UNMETERED: Final[tuple[Header, ...]] = ()
+_UNMETERED: Final[tuple[Header, ...]] = ()
 
 
 class _Arguments(NamedTuple):
@@ -107,7 +107,7 @@ class Limiter:
                 status=503,
                 headers={"retry-after": "1"},
             )
-        return UNMETERED
+        return _UNMETERED
 
     def _arguments(self, tenant_id: str, per_minute: int | None, per_day: int | None, second: int) -> _Arguments:
         """The script's keys and arguments for this tenant in this second (built once per tenant and second)."""
@@ -174,7 +174,7 @@ class Limiter:
         elif per_day is not None:
             limit, used, reset, reset_bytes = per_day, d_count, args.day_reset, args.day_reset_bytes
         else:
-            return UNMETERED
+            return _UNMETERED
         if code == _ALLOWED:
             return (
                 (b"ratelimit-limit", b"%d" % limit),

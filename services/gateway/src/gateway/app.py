@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import os
 import re
@@ -20,32 +19,20 @@ import redis.asyncio as redis
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from gateway.authenticate import Authenticator, Principal
+from gateway.authenticate import Authenticator, read_credential
 from gateway.config import GatewaySettings, read_keys_file
-from gateway.directory import Directory, DirectorySync, TenantEntry
+from gateway.directory import Directory, DirectorySync
 from gateway.errors import GatewayError, bad_request, unauthorized
 from gateway.exchange import Exchange
 from gateway.forward import Forwarder, escapes_upstream_path
-from gateway.http import (
-    API_KEY,
-    AUTHORIZATION,
-    CONTENT_LENGTH,
-    HOST,
-    REQUEST_ID,
-    TENANT_ID,
-    X_HOST,
-    HttpConnection,
-    Request,
-)
+from gateway.http import CONTENT_LENGTH, REQUEST_ID, HttpConnection, Request
 from gateway.jwks import JwksCache
 from gateway.limit import Limiter
-from gateway.resolve import Location, Resolver, normalize_host
+from gateway.resolve import Resolver, named_tenant
 from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
 from gateway.upstream import UpstreamPool
-from tenantry_common.apikeys import looks_like_api_key
 from tenantry_common.jwt_keys import KeyRing
-from tenantry_common.lifecycle import TenantStatus, refusal
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 from tenantry_common.request_ids import REQUEST_ID_PATTERN
 from tenantry_common.settings import ConfigError
@@ -67,9 +54,6 @@ _PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
 _KEY_FILE_POLL_SECONDS: Final = 2.0
 
 
-#: A client's X-Request-ID is kept only when it is this: short, and nothing a log, header or URL reads specially.
-#: The one status that is served (a plain str: compared on every request).
-_SERVED: Final = TenantStatus.ACTIVE.value
 #: The one rule for a client's X-Request-ID (tenantry_common.request_ids), on the raw header bytes.
 _SAFE_REQUEST_ID: Final = re.compile(REQUEST_ID_PATTERN.pattern.encode())
 
@@ -114,7 +98,7 @@ class Gateway:
         self.settings = settings
         self.directory = Directory()
         keys = KeyRing.from_config(settings.jwt_signing_keys, settings.jwt_algorithm)
-        self.resolver = Resolver(self.directory, settings.base_domain)
+        self.resolver = Resolver(self.directory, settings.base_domain, settings.trusted_proxies)
         self.jwks = JwksCache(
             timeout=settings.jwks_timeout, min_refetch=settings.jwks_min_refetch, max_age=settings.jwks_max_age
         )
@@ -161,9 +145,6 @@ class Gateway:
         )
         self.sync: DirectorySync | None = None
         self._passthrough = settings.mode == "passthrough"
-        self._trusted = settings.trusted_proxies
-        self._trusted_cache: dict[str, bool] = {}
-        self._hosts: dict[bytes, str] = {}
         self._metrics = _Metrics()
         self._request_id = _RequestIds()
         self._key_watch: asyncio.Task[None] | None = None
@@ -217,31 +198,6 @@ class Gateway:
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
-    # helpers ------------------------------------------------------------------------------------------
-    def _is_trusted(self, peer: str) -> bool:
-        if not self._trusted:
-            return False
-        known = self._trusted_cache.get(peer)
-        if known is None:
-            try:
-                address = ipaddress.ip_address(peer)
-                known = any(address in network for network in self._trusted)
-            except ValueError:
-                known = False
-            if len(self._trusted_cache) < 10_000:
-                self._trusted_cache[peer] = known
-        return known
-
-    def _host_name(self, raw: bytes) -> str:
-        """The normalised host name (cached; an invalid host raises every time)."""
-        name = self._hosts.get(raw)
-        if name is None:
-            name = normalize_host(raw.decode("latin-1"))
-            if len(self._hosts) >= 10_000:
-                self._hosts.clear()
-            self._hosts[raw] = name
-        return name
-
     # the pipeline -------------------------------------------------------------------------------------
     async def handle(self, request: Request, conn: HttpConnection) -> None:
         """Handle one HTTP request."""
@@ -266,28 +222,17 @@ class Gateway:
                 return
             if escapes_upstream_path(request.raw_path):
                 raise bad_request("invalid_path", "The path must not hold '.' or '..' segments, in any encoding.")
-            trusted = exchange.trusted = self._is_trusted(conn.peer)
-            x_host = tracked[X_HOST]
-            effective_host = x_host if trusted and x_host else tracked[HOST]
-            tenant_ref = tracked[TENANT_ID]
-            location = self.resolver.resolve(
-                self._host_name(effective_host) if effective_host else "",
-                request.path,
-                request.raw_path,
-                tenant_ref.decode("latin-1") if tenant_ref is not None else None,
-            )
-            exchange.host = effective_host or b""
-            exchange.upstream_path = location.upstream_path
+            location = self.resolver.locate(exchange)
             if self._passthrough:
-                tenant = exchange.tenant = self._located(location)
+                tenant = exchange.tenant = named_tenant(location)
             else:
-                principal, exchange.credential_header, external = self._authenticate(
-                    tracked[API_KEY], tracked[AUTHORIZATION]
-                )
+                credential = read_credential(tracked)
+                exchange.credential_header = credential.header
+                principal = self.authenticator.principal(credential)
                 if principal is None:  # a token from the tenant's own identity provider, not verified yet
-                    principal = await self.authenticator.external(external)
+                    principal = await self.authenticator.external(credential.value)
                 exchange.principal = principal
-                tenant = exchange.tenant = self._tenant(location.tenant, location.named, principal)
+                tenant = exchange.tenant = self.authenticator.tenant_of(principal, location)
                 exchange.quota_headers = await self.limiter.admit(tenant)
             outcome = "forwarded"
             status = await self.forwarder.forward(exchange, tenant)
@@ -314,41 +259,6 @@ class Gateway:
                     request_id=exchange.request_id.decode(),
                     duration_ms=round(elapsed * 1000, 3),
                 )
-
-    def _authenticate(self, api_key: bytes | None, authorization: bytes | None) -> tuple[Principal | None, bytes, str]:
-        """The principal, the credential header (not forwarded), and the token when it needs async verification
-        (principal None: an external issuer's token)."""
-        if api_key is not None:
-            return self.authenticator.api_key(api_key.decode("latin-1").strip()), b"x-api-key", ""
-        if authorization is not None:
-            scheme, _, credential = authorization.decode("latin-1").partition(" ")
-            credential = credential.strip()
-            if scheme.lower() == "bearer" and credential:
-                if looks_like_api_key(credential):
-                    return self.authenticator.api_key(credential), b"authorization", ""
-                return self.authenticator.jwt(credential), b"authorization", credential
-        raise unauthorized()
-
-    def _usable(self, tenant: TenantEntry | None) -> TenantEntry:
-        if tenant is None:
-            raise GatewayError("No such tenant.", code="tenant_not_found", status=404)
-        if tenant.status != _SERVED and (refused := refusal(tenant.status)) is not None:
-            headers = {"retry-after": str(refused.retry_after)} if refused.retry_after else {}
-            raise GatewayError(refused.detail, code=refused.code, status=refused.status, headers=headers)
-        return tenant
-
-    def _tenant(self, located: TenantEntry | None, named: str | None, principal: Principal) -> TenantEntry:
-        if named is not None and named != principal.tenant_id:
-            if located is None:
-                raise GatewayError("No such tenant.", code="tenant_not_found", status=404)
-            raise GatewayError("The credential belongs to another tenant.", code="tenant_mismatch", status=403)
-        return self._usable(self.directory.by_id.get(principal.tenant_id))
-
-    def _located(self, location: Location) -> TenantEntry:
-        """Pass-through mode: the tenant the request names, with no credential asked."""
-        if location.named is None:
-            raise GatewayError("The request names no tenant.", code="tenant_not_found", status=404)
-        return self._usable(location.tenant)
 
     # reserved endpoints -------------------------------------------------------------------------------
     async def reserved(self, exchange: Exchange) -> int:
@@ -406,18 +316,11 @@ class Gateway:
         return 503
 
     def _token(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
-        key: str | None = None
-        api_key, authorization = request.tracked[API_KEY], request.tracked[AUTHORIZATION]
-        if api_key is not None:
-            key = api_key.decode("latin-1").strip()
-        elif authorization is not None:
-            scheme, _, credential = authorization.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and looks_like_api_key(credential.strip()):
-                key = credential.strip()
-        if key is None:
+        credential = read_credential(request.tracked)
+        if not credential.is_api_key:
             raise unauthorized()
-        principal = self.authenticator.api_key(key)
-        self._tenant(None, None, principal)
+        principal = self.authenticator.api_key(credential.value)
+        self.authenticator.tenant_of(principal)
         body = msgspec.json.encode(
             {
                 "access_token": self.tokens.access_token(principal),

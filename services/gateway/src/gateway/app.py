@@ -1,7 +1,7 @@
-"""The gateway's request pipeline: reserved ``/_gateway/*`` endpoints, then resolve → authenticate → limit →
-forward for everything else. No framework on the hot path: the headers it needs were noted while parsing,
-lookups are in memory, there is one Redis call, a pooled upstream connection, and one write of the response
-when the upstream's answer is complete.
+"""The gateway's assembly: the reserved ``/_gateway/*`` endpoints, then the pipeline resolve → authenticate →
+limit → forward for everything else, each step a module of its own. No framework on the hot path: the headers it
+needs were noted while parsing, lookups are in memory, there is one Redis call, a pooled upstream connection, and
+one write of the response when the upstream's answer is complete.
 """
 
 from __future__ import annotations
@@ -14,26 +14,25 @@ import re
 import time
 from typing import Final
 
-import msgspec
 import redis.asyncio as redis
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.authenticate import Authenticator, read_credential
 from gateway.config import GatewaySettings, read_keys_file
 from gateway.directory import Directory, DirectorySync
-from gateway.errors import GatewayError, bad_request, unauthorized
+from gateway.errors import GatewayError, bad_request
 from gateway.exchange import Exchange
 from gateway.forward import Forwarder, escapes_upstream_path
 from gateway.http import CONTENT_LENGTH, REQUEST_ID, HttpConnection, Request
 from gateway.jwks import JwksCache
 from gateway.limit import Limiter
+from gateway.reserved import RESERVED_PREFIX, ReservedEndpoints
 from gateway.resolve import Resolver, named_tenant
 from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
 from gateway.upstream import UpstreamPool
 from tenantry_common.jwt_keys import KeyRing
-from tenantry_common.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 from tenantry_common.request_ids import REQUEST_ID_PATTERN
 from tenantry_common.settings import ConfigError
 
@@ -49,11 +48,7 @@ LATENCY: Final = Histogram(
 DIRECTORY_AGE: Final = Gauge(
     "tenantry_gateway_directory_age_seconds", "Seconds since the tenant directory last synced (-1: never)"
 )
-_JSON: Final = b"application/json"
-_PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
 _KEY_FILE_POLL_SECONDS: Final = 2.0
-
-
 #: The one rule for a client's X-Request-ID (tenantry_common.request_ids), on the raw header bytes.
 _SAFE_REQUEST_ID: Final = re.compile(REQUEST_ID_PATTERN.pattern.encode())
 
@@ -89,6 +84,21 @@ class _Metrics:
             histogram = self._histograms[outcome] = LATENCY.labels(outcome)
         counter.inc()
         histogram.observe(seconds)
+
+
+def _check_head(request: Request, max_header_bytes: int) -> None:
+    """Refuse a request head no step should read: too large, a header allowed once sent twice, or both framings.
+
+    Raises:
+        GatewayError: 431 ``request_header_fields_too_large``, 400 ``duplicate_header`` or ``ambiguous_length``.
+    """
+    if request.header_bytes > max_header_bytes:
+        raise GatewayError("The request headers are too large.", code="request_header_fields_too_large", status=431)
+    if request.duplicates:
+        raise bad_request("duplicate_header", "Host, Authorization, X-API-Key, X-Tenant-ID and "
+                          "Content-Length may appear only once.")  # fmt: skip
+    if request.chunked and request.tracked[CONTENT_LENGTH] is not None:
+        raise bad_request("ambiguous_length", "Content-Length and Transfer-Encoding must not both be sent.")
 
 
 class Gateway:
@@ -143,8 +153,25 @@ class Gateway:
             read_timeout=settings.read_timeout,
             response_timeout=settings.total_timeout,
         )
-        self.sync: DirectorySync | None = None
+        self.sync = DirectorySync(
+            self.directory,
+            base_url=settings.tenant_service_url,
+            token=settings.directory_token,
+            redis_client=self.redis,
+            refresh_seconds=settings.directory_refresh_seconds,
+            full_sync_seconds=settings.directory_full_sync_seconds,
+            max_staleness=settings.directory_max_staleness,
+        )
+        self.reserved = ReservedEndpoints(
+            directory=self.directory,
+            sync=self.sync,
+            redis_client=self.redis,
+            authenticator=self.authenticator,
+            tokens=self.tokens,
+        )
         self._passthrough = settings.mode == "passthrough"
+        self._max_header_bytes = settings.max_header_bytes
+        self._access_log = settings.access_log
         self._metrics = _Metrics()
         self._request_id = _RequestIds()
         self._key_watch: asyncio.Task[None] | None = None
@@ -168,16 +195,7 @@ class Gateway:
             _log.info("signing_keys_reloaded", kids=list(keys.private_keys), signing_kid=keys.primary_kid)
 
     async def start(self) -> None:
-        """Start the directory sync."""
-        self.sync = DirectorySync(
-            self.directory,
-            base_url=self.settings.tenant_service_url,
-            token=self.settings.directory_token,
-            redis_client=self.redis,
-            refresh_seconds=self.settings.directory_refresh_seconds,
-            full_sync_seconds=self.settings.directory_full_sync_seconds,
-            max_staleness=self.settings.directory_max_staleness,
-        )
+        """Start the directory sync (and the key file's watch)."""
         sync = self.sync
         DIRECTORY_AGE.set_function(lambda: -1.0 if (age := sync.age()) is None else age)
         await self.sync.start()
@@ -190,8 +208,7 @@ class Gateway:
         """Stop the sync and close every pool."""
         if self._key_watch is not None:
             self._key_watch.cancel()
-        if self.sync is not None:
-            await self.sync.stop()
+        await self.sync.stop()
         self.pool.close()
         self.quota_redis.close()
         await self.jwks.close()
@@ -200,25 +217,16 @@ class Gateway:
 
     # the pipeline -------------------------------------------------------------------------------------
     async def handle(self, request: Request, conn: HttpConnection) -> None:
-        """Handle one HTTP request."""
+        """Handle one HTTP request: the HTTP server's handler."""
         started = time.perf_counter()
-        tracked = request.tracked
-        exchange = Exchange(request, conn, self._request_id(tracked[REQUEST_ID]))
+        exchange = Exchange(request, conn, self._request_id(request.tracked[REQUEST_ID]))
         outcome = "error"
         status = 500
         try:
-            if request.header_bytes > self.settings.max_header_bytes:
-                raise GatewayError(
-                    "The request headers are too large.", code="request_header_fields_too_large", status=431
-                )
-            if request.duplicates:
-                raise bad_request("duplicate_header", "Host, Authorization, X-API-Key, X-Tenant-ID and "
-                                  "Content-Length may appear only once.")  # fmt: skip
-            if request.chunked and tracked[CONTENT_LENGTH] is not None:
-                raise bad_request("ambiguous_length", "Content-Length and Transfer-Encoding must not both be sent.")
-            if request.raw_path.startswith(b"/_gateway/"):
+            _check_head(request, self._max_header_bytes)
+            if request.raw_path.startswith(RESERVED_PREFIX):
                 outcome = "gateway"
-                status = await self.reserved(exchange)
+                status = await self.reserved.answer(exchange)
                 return
             if escapes_upstream_path(request.raw_path):
                 raise bad_request("invalid_path", "The path must not hold '.' or '..' segments, in any encoding.")
@@ -226,7 +234,7 @@ class Gateway:
             if self._passthrough:
                 tenant = exchange.tenant = named_tenant(location)
             else:
-                credential = read_credential(tracked)
+                credential = read_credential(request.tracked)
                 exchange.credential_header = credential.header
                 principal = self.authenticator.principal(credential)
                 if principal is None:  # a token from the tenant's own identity provider, not verified yet
@@ -247,7 +255,7 @@ class Gateway:
         finally:
             elapsed = time.perf_counter() - started
             self._metrics.observe(outcome, status, elapsed)
-            if self.settings.access_log:
+            if self._access_log:
                 tenant_seen = exchange.tenant
                 _access.info(
                     "request",
@@ -259,74 +267,3 @@ class Gateway:
                     request_id=exchange.request_id.decode(),
                     duration_ms=round(elapsed * 1000, 3),
                 )
-
-    # reserved endpoints -------------------------------------------------------------------------------
-    async def reserved(self, exchange: Exchange) -> int:
-        """``/_gateway/*``: health, readiness, metrics, token exchange, JWKS."""
-        request, conn, request_id = exchange.request, exchange.conn, exchange.request_id
-        path, method = request.raw_path, request.method
-        json_id = [(b"x-request-id", request_id)]
-        if path == b"/_gateway/healthz" and method in ("GET", "HEAD"):
-            conn.respond(request, 200, b'{"status":"ok"}', _JSON, json_id)
-            return 200
-        if path == b"/_gateway/readyz" and method in ("GET", "HEAD"):
-            return await self._readyz(request, conn, request_id)
-        if path == b"/_gateway/metrics" and method == "GET":
-            conn.respond(request, 200, generate_latest(), CONTENT_TYPE_LATEST.encode(), json_id)
-            return 200
-        if path == b"/_gateway/jwks.json" and method in ("GET", "HEAD"):
-            conn.respond(
-                request, 200, self.tokens.jwks_body, b"application/jwk-set+json",
-                [*json_id, (b"cache-control", b"public, max-age=60")],
-            )  # fmt: skip
-            return 200
-        if path == b"/_gateway/token":
-            if method != "POST":
-                problem = GatewayError("Use POST.", code="method_not_allowed", status=405)
-                exchange.refuse(problem, ((b"allow", b"POST"),))
-                return 405
-            return self._token(request, conn, request_id)
-        raise GatewayError("No such gateway endpoint.", code="not_found", status=404)
-
-    async def _readyz(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
-        """200 when the directory is loaded and fresh and Redis answers; else 503 problem+json naming the first
-        failing check (``directory_not_loaded``, ``directory_stale``, ``redis_unavailable``) with every check."""
-        problems: list[tuple[str, str]] = []
-        checks = {"directory": "ok"}
-        age = self.sync.age() if self.sync is not None else None
-        if not self.directory.loaded:
-            checks["directory"] = "not loaded"
-            problems.append(("directory_not_loaded", "The tenant directory has not been loaded yet."))
-        elif self.sync is not None and self.sync.stale:
-            checks["directory"] = f"stale: last synced {age or 0.0:.0f} s ago"
-            problems.append(("directory_stale", "The tenant directory has not synced with the tenant-service."))
-        try:
-            await self.redis.ping()
-            checks["redis"] = "ok"
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            checks["redis"] = f"error: {type(exc).__name__}"
-            problems.append(("redis_unavailable", "Redis does not answer."))
-        headers = [(b"x-request-id", request_id)]
-        if not problems:
-            conn.respond(request, 200, msgspec.json.encode({"status": "ok", "checks": checks}), _JSON, headers)
-            return 200
-        code, detail = problems[0]
-        body = problem_bytes(503, code, detail=detail, extra={"checks": checks})
-        conn.respond(request, 503, body, _PROBLEM, [*headers, (b"cache-control", b"no-store")])
-        return 503
-
-    def _token(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
-        credential = read_credential(request.tracked)
-        if not credential.is_api_key:
-            raise unauthorized()
-        principal = self.authenticator.api_key(credential.value)
-        self.authenticator.tenant_of(principal)
-        body = msgspec.json.encode(
-            {
-                "access_token": self.tokens.access_token(principal),
-                "token_type": "Bearer",
-                "expires_in": self.tokens.access_ttl,
-            }
-        )
-        conn.respond(request, 200, body, _JSON, [(b"x-request-id", request_id), (b"cache-control", b"no-store")])
-        return 200

@@ -215,6 +215,12 @@ def test_counter_keys() -> None:
     assert redis_keys.minute_counter_key(_TENANT, 1) != redis_keys.day_counter_key(_TENANT, 1)
 
 
+def test_counter_key_prefixes_build_the_same_keys_as_bytes() -> None:
+    minute_prefix, day_prefix = redis_keys.counter_key_prefixes(str(_TENANT).upper())
+    assert minute_prefix + b"%d" % 29_000_000 == redis_keys.minute_counter_key(_TENANT, 29_000_000).encode()
+    assert day_prefix + b"%d" % 20_000 == redis_keys.day_counter_key(_TENANT, 20_000).encode()
+
+
 def test_platform_keys_live_under_tenantry() -> None:
     assert redis_keys.platform_key("revision") == "tenantry:revision"
     assert redis_keys.platform_key("a", "b") == "tenantry:a:b"

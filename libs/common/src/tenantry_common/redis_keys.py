@@ -37,11 +37,25 @@ def platform_key(*parts: str) -> str:
     return PLATFORM_PREFIX + ":".join(parts)
 
 
+def _counter_prefix(tenant_id: UUID | str, unit: str) -> str:
+    """A tenant's request counters per ``unit`` (``m``: minute, ``d``: day), up to the period's number."""
+    return tenant_key(tenant_id, "rl", unit) + ":"
+
+
 def minute_counter_key(tenant_id: UUID | str, minute: int) -> str:
     """The per-minute request counter for the minute number ``minute`` (epoch seconds // 60)."""
-    return tenant_key(tenant_id, "rl", "m", str(minute))
+    return _counter_prefix(tenant_id, "m") + str(minute)
 
 
 def day_counter_key(tenant_id: UUID | str, day: int) -> str:
     """The per-day request counter for day number ``day`` (epoch seconds // 86400, UTC)."""
-    return tenant_key(tenant_id, "rl", "d", str(day))
+    return _counter_prefix(tenant_id, "d") + str(day)
+
+
+def counter_key_prefixes(tenant_id: UUID | str) -> tuple[bytes, bytes]:
+    """The tenant's minute and day counter keys as bytes, up to the period's number.
+
+    For callers that build the keys per request (the gateway): ``minute_prefix + b"%d" % minute`` is
+    ``minute_counter_key(tenant_id, minute).encode()``, and likewise for days. Build them once per tenant.
+    """
+    return _counter_prefix(tenant_id, "m").encode(), _counter_prefix(tenant_id, "d").encode()

@@ -1,64 +1,38 @@
-"""The gateway's request pipeline: reserved ``/_gateway/*`` endpoints, then resolve → authenticate → limit →
-forward for everything else. No framework on the hot path: the headers it needs were noted while parsing,
-lookups are in memory, there is one Redis call, a pooled upstream connection, and one write of the response
-when the upstream's answer is complete.
+"""The gateway's assembly: the reserved ``/_gateway/*`` endpoints, then the pipeline resolve → authenticate →
+limit → forward for everything else, each step a module of its own. No framework on the hot path: the headers it
+needs were noted while parsing, lookups are in memory, there is one Redis call, a pooled upstream connection, and
+one write of the response when the upstream's answer is complete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import os
 import re
 import time
-from collections.abc import Sequence
 from typing import Final
 
-import msgspec
 import redis.asyncio as redis
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.authenticate import Authenticator, Principal
+from gateway.authenticate import Authenticator, read_credential
 from gateway.config import GatewaySettings, read_keys_file
-from gateway.directory import Directory, DirectorySync, TenantEntry
-from gateway.errors import GatewayError, bad_request, unauthorized
-from gateway.forward import (
-    HOP_BY_HOP,
-    BodyTooLargeError,
-    connection_tokens,
-    escapes_upstream_path,
-    origin_of,
-    send_upstream,
-)
-from gateway.http import (
-    API_KEY,
-    AUTHORIZATION,
-    CONTENT_LENGTH,
-    HOST,
-    REQUEST_ID,
-    TENANT_ID,
-    X_HOST,
-    X_PROTO,
-    BodyTimeoutError,
-    ClientGoneError,
-    Header,
-    HttpConnection,
-    MalformedBodyError,
-    Request,
-)
+from gateway.directory import Directory, DirectorySync
+from gateway.errors import GatewayError, bad_request
+from gateway.exchange import Exchange
+from gateway.forward import Forwarder, escapes_upstream_path
+from gateway.http import CONTENT_LENGTH, REQUEST_ID, HttpConnection, Request
 from gateway.jwks import JwksCache
-from gateway.limit import ALLOWED_UNMETERED, Limiter, QuotaUnavailableError
-from gateway.resolve import Location, Resolver, normalize_host
+from gateway.limit import Limiter
+from gateway.reserved import RESERVED_PREFIX, ReservedEndpoints
+from gateway.resolve import Resolver, named_tenant
 from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
-from gateway.upstream import UpstreamError, UpstreamInvalidError, UpstreamPool, UpstreamTimeoutError
-from tenantry_common.apikeys import looks_like_api_key
+from gateway.upstream import UpstreamPool
 from tenantry_common.jwt_keys import KeyRing
-from tenantry_common.lifecycle import TenantStatus, refusal
-from tenantry_common.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 from tenantry_common.request_ids import REQUEST_ID_PATTERN
 from tenantry_common.settings import ConfigError
 
@@ -74,15 +48,7 @@ LATENCY: Final = Histogram(
 DIRECTORY_AGE: Final = Gauge(
     "tenantry_gateway_directory_age_seconds", "Seconds since the tenant directory last synced (-1: never)"
 )
-_JSON: Final = b"application/json"
-_PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
-_STRIPPED_PREFIXES: Final = (b"x-tenant-", b"x-forwarded-")
 _KEY_FILE_POLL_SECONDS: Final = 2.0
-
-
-#: A client's X-Request-ID is kept only when it is this: short, and nothing a log, header or URL reads specially.
-#: The one status that is served (a plain str: compared on every request).
-_SERVED: Final = TenantStatus.ACTIVE.value
 #: The one rule for a client's X-Request-ID (tenantry_common.request_ids), on the raw header bytes.
 _SAFE_REQUEST_ID: Final = re.compile(REQUEST_ID_PATTERN.pattern.encode())
 
@@ -120,6 +86,21 @@ class _Metrics:
         histogram.observe(seconds)
 
 
+def _check_head(request: Request, max_header_bytes: int) -> None:
+    """Refuse a request head no step should read: too large, a header allowed once sent twice, or both framings.
+
+    Raises:
+        GatewayError: 431 ``request_header_fields_too_large``, 400 ``duplicate_header`` or ``ambiguous_length``.
+    """
+    if request.header_bytes > max_header_bytes:
+        raise GatewayError("The request headers are too large.", code="request_header_fields_too_large", status=431)
+    if request.duplicates:
+        raise bad_request("duplicate_header", "Host, Authorization, X-API-Key, X-Tenant-ID and "
+                          "Content-Length may appear only once.")  # fmt: skip
+    if request.chunked and request.tracked[CONTENT_LENGTH] is not None:
+        raise bad_request("ambiguous_length", "Content-Length and Transfer-Encoding must not both be sent.")
+
+
 class Gateway:
     """The pipeline, called by the HTTP server once per request."""
 
@@ -127,7 +108,7 @@ class Gateway:
         self.settings = settings
         self.directory = Directory()
         keys = KeyRing.from_config(settings.jwt_signing_keys, settings.jwt_algorithm)
-        self.resolver = Resolver(self.directory, settings.base_domain)
+        self.resolver = Resolver(self.directory, settings.base_domain, settings.trusted_proxies)
         self.jwks = JwksCache(
             timeout=settings.jwks_timeout, min_refetch=settings.jwks_min_refetch, max_age=settings.jwks_max_age
         )
@@ -164,11 +145,33 @@ class Gateway:
             max_head_bytes=settings.upstream_max_header_bytes,
             max_header_fields=settings.upstream_max_headers,
         )
-        self.sync: DirectorySync | None = None
+        self.forwarder = Forwarder(
+            self.pool,
+            self.tokens,
+            default_upstream=settings.default_upstream,
+            max_body=settings.max_body_bytes,
+            read_timeout=settings.read_timeout,
+            response_timeout=settings.total_timeout,
+        )
+        self.sync = DirectorySync(
+            self.directory,
+            base_url=settings.tenant_service_url,
+            token=settings.directory_token,
+            redis_client=self.redis,
+            refresh_seconds=settings.directory_refresh_seconds,
+            full_sync_seconds=settings.directory_full_sync_seconds,
+            max_staleness=settings.directory_max_staleness,
+        )
+        self.reserved = ReservedEndpoints(
+            directory=self.directory,
+            sync=self.sync,
+            redis_client=self.redis,
+            authenticator=self.authenticator,
+            tokens=self.tokens,
+        )
         self._passthrough = settings.mode == "passthrough"
-        self._trusted = settings.trusted_proxies
-        self._trusted_cache: dict[str, bool] = {}
-        self._hosts: dict[bytes, str] = {}
+        self._max_header_bytes = settings.max_header_bytes
+        self._access_log = settings.access_log
         self._metrics = _Metrics()
         self._request_id = _RequestIds()
         self._key_watch: asyncio.Task[None] | None = None
@@ -192,16 +195,7 @@ class Gateway:
             _log.info("signing_keys_reloaded", kids=list(keys.private_keys), signing_kid=keys.primary_kid)
 
     async def start(self) -> None:
-        """Start the directory sync."""
-        self.sync = DirectorySync(
-            self.directory,
-            base_url=self.settings.tenant_service_url,
-            token=self.settings.directory_token,
-            redis_client=self.redis,
-            refresh_seconds=self.settings.directory_refresh_seconds,
-            full_sync_seconds=self.settings.directory_full_sync_seconds,
-            max_staleness=self.settings.directory_max_staleness,
-        )
+        """Start the directory sync (and the key file's watch)."""
         sync = self.sync
         DIRECTORY_AGE.set_function(lambda: -1.0 if (age := sync.age()) is None else age)
         await self.sync.start()
@@ -214,132 +208,42 @@ class Gateway:
         """Stop the sync and close every pool."""
         if self._key_watch is not None:
             self._key_watch.cancel()
-        if self.sync is not None:
-            await self.sync.stop()
+        await self.sync.stop()
         self.pool.close()
         self.quota_redis.close()
         await self.jwks.close()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
-    # helpers ------------------------------------------------------------------------------------------
-    def _is_trusted(self, peer: str) -> bool:
-        if not self._trusted:
-            return False
-        known = self._trusted_cache.get(peer)
-        if known is None:
-            try:
-                address = ipaddress.ip_address(peer)
-                known = any(address in network for network in self._trusted)
-            except ValueError:
-                known = False
-            if len(self._trusted_cache) < 10_000:
-                self._trusted_cache[peer] = known
-        return known
-
-    def _host_name(self, raw: bytes) -> str:
-        """The normalised host name (cached; an invalid host raises every time)."""
-        name = self._hosts.get(raw)
-        if name is None:
-            name = normalize_host(raw.decode("latin-1"))
-            if len(self._hosts) >= 10_000:
-                self._hosts.clear()
-            self._hosts[raw] = name
-        return name
-
-    def _problem(
-        self,
-        request: Request,
-        conn: HttpConnection,
-        problem: GatewayError,
-        request_id: bytes,
-        extra: Sequence[Header] = (),
-    ) -> None:
-        body = problem_bytes(problem.status, problem.code, detail=problem.detail)
-        headers = [(k.encode(), v.encode()) for k, v in problem.headers.items()]
-        conn.respond(request, problem.status, body, _PROBLEM, [(b"x-request-id", request_id), *headers, *extra])
-
     # the pipeline -------------------------------------------------------------------------------------
     async def handle(self, request: Request, conn: HttpConnection) -> None:
-        """Handle one HTTP request."""
+        """Handle one HTTP request: the HTTP server's handler."""
         started = time.perf_counter()
-        tracked = request.tracked
-        request_id = self._request_id(tracked[REQUEST_ID])
+        exchange = Exchange(request, conn, self._request_id(request.tracked[REQUEST_ID]))
         outcome = "error"
         status = 500
-        tenant_id = None
         try:
-            if request.header_bytes > self.settings.max_header_bytes:
-                raise GatewayError(
-                    "The request headers are too large.", code="request_header_fields_too_large", status=431
-                )
-            if request.duplicates:
-                raise bad_request("duplicate_header", "Host, Authorization, X-API-Key, X-Tenant-ID and "
-                                  "Content-Length may appear only once.")  # fmt: skip
-            if request.chunked and tracked[CONTENT_LENGTH] is not None:
-                raise bad_request("ambiguous_length", "Content-Length and Transfer-Encoding must not both be sent.")
-            if request.raw_path.startswith(b"/_gateway/"):
+            _check_head(request, self._max_header_bytes)
+            if request.raw_path.startswith(RESERVED_PREFIX):
                 outcome = "gateway"
-                status = await self.reserved(request, conn, request_id)
+                status = await self.reserved.answer(exchange)
                 return
             if escapes_upstream_path(request.raw_path):
                 raise bad_request("invalid_path", "The path must not hold '.' or '..' segments, in any encoding.")
-            trusted = self._is_trusted(conn.peer)
-            x_host = tracked[X_HOST]
-            effective_host = x_host if trusted and x_host else tracked[HOST]
-            tenant_ref = tracked[TENANT_ID]
-            location = self.resolver.resolve(
-                self._host_name(effective_host) if effective_host else "",
-                request.path,
-                request.raw_path,
-                tenant_ref.decode("latin-1") if tenant_ref is not None else None,
-            )
-            principal: Principal | None = None
-            drop = b""
-            decision = ALLOWED_UNMETERED
+            location = self.resolver.locate(exchange)
             if self._passthrough:
-                tenant = self._located(location)
+                tenant = exchange.tenant = named_tenant(location)
             else:
-                principal, drop, external = self._authenticate(tracked[API_KEY], tracked[AUTHORIZATION])
+                credential = read_credential(request.tracked)
+                exchange.credential_header = credential.header
+                principal = self.authenticator.principal(credential)
                 if principal is None:  # a token from the tenant's own identity provider, not verified yet
-                    principal = await self.authenticator.external(external)
-                tenant = self._tenant(location.tenant, location.named, principal)
-                tenant_id = tenant.id
-                try:
-                    decision = await self.limiter.check(tenant.id, tenant.requests_per_minute, tenant.requests_per_day)
-                except QuotaUnavailableError:
-                    raise GatewayError(
-                        "Quotas cannot be checked right now.",
-                        code="quota_unavailable",
-                        status=503,
-                        headers={"retry-after": "1"},
-                    ) from None
-                if decision.verdict != "allowed":
-                    outcome = decision.verdict
-                    status = 429
-                    detail = "Too many requests this minute." if outcome == "rate_limited" else "Daily quota used up."
-                    self._problem(
-                        request,
-                        conn,
-                        GatewayError(detail, code=outcome, status=429),
-                        request_id,
-                        (*decision.headers, (b"retry-after", b"%d" % decision.retry_after)),
-                    )
-                    return
-            tenant_id = tenant.id
+                    principal = await self.authenticator.external(credential.value)
+                exchange.principal = principal
+                tenant = exchange.tenant = self.authenticator.tenant_of(principal, location)
+                exchange.quota_headers = await self.limiter.admit(tenant)
             outcome = "forwarded"
-            status = await self.forward(
-                request,
-                conn,
-                tenant=tenant,
-                principal=principal,
-                upstream_path=location.upstream_path,
-                request_id=request_id,
-                trusted=trusted,
-                effective_host=effective_host or b"",
-                drop=drop,
-                quota_headers=decision.headers,
-            )
+            status = await self.forwarder.forward(exchange, tenant)
             if status in (502, 504):
                 outcome = "upstream_error"
             elif status == 499:
@@ -347,309 +251,19 @@ class Gateway:
         except GatewayError as problem:
             outcome = problem.code
             status = problem.status
-            self._problem(request, conn, problem, request_id)
+            exchange.refuse(problem)
         finally:
             elapsed = time.perf_counter() - started
             self._metrics.observe(outcome, status, elapsed)
-            if self.settings.access_log:
+            if self._access_log:
+                tenant_seen = exchange.tenant
                 _access.info(
                     "request",
                     method=request.method,
                     path=request.raw_path.decode("latin-1"),
                     status=status,
                     outcome=outcome,
-                    tenant_id=tenant_id,
-                    request_id=request_id.decode(),
+                    tenant_id=tenant_seen.id if tenant_seen is not None else None,
+                    request_id=exchange.request_id.decode(),
                     duration_ms=round(elapsed * 1000, 3),
                 )
-
-    def _authenticate(self, api_key: bytes | None, authorization: bytes | None) -> tuple[Principal | None, bytes, str]:
-        """The principal, the credential header (not forwarded), and the token when it needs async verification
-        (principal None: an external issuer's token)."""
-        if api_key is not None:
-            return self.authenticator.api_key(api_key.decode("latin-1").strip()), b"x-api-key", ""
-        if authorization is not None:
-            scheme, _, credential = authorization.decode("latin-1").partition(" ")
-            credential = credential.strip()
-            if scheme.lower() == "bearer" and credential:
-                if looks_like_api_key(credential):
-                    return self.authenticator.api_key(credential), b"authorization", ""
-                return self.authenticator.jwt(credential), b"authorization", credential
-        raise unauthorized()
-
-    def _usable(self, tenant: TenantEntry | None) -> TenantEntry:
-        if tenant is None:
-            raise GatewayError("No such tenant.", code="tenant_not_found", status=404)
-        if tenant.status != _SERVED and (refused := refusal(tenant.status)) is not None:
-            headers = {"retry-after": str(refused.retry_after)} if refused.retry_after else {}
-            raise GatewayError(refused.detail, code=refused.code, status=refused.status, headers=headers)
-        return tenant
-
-    def _tenant(self, located: TenantEntry | None, named: str | None, principal: Principal) -> TenantEntry:
-        if named is not None and named != principal.tenant_id:
-            if located is None:
-                raise GatewayError("No such tenant.", code="tenant_not_found", status=404)
-            raise GatewayError("The credential belongs to another tenant.", code="tenant_mismatch", status=403)
-        return self._usable(self.directory.by_id.get(principal.tenant_id))
-
-    def _located(self, location: Location) -> TenantEntry:
-        """Pass-through mode: the tenant the request names, with no credential asked."""
-        if location.named is None:
-            raise GatewayError("The request names no tenant.", code="tenant_not_found", status=404)
-        return self._usable(location.tenant)
-
-    def _upstream_head(
-        self,
-        request: Request,
-        conn: HttpConnection,
-        *,
-        tenant: TenantEntry,
-        principal: Principal | None,
-        target: bytes,
-        host_header: bytes,
-        request_id: bytes,
-        trusted: bool,
-        effective_host: bytes,
-        drop: bytes,
-    ) -> bytes:
-        extra_hop = connection_tokens(request.headers)
-        lines = [request.method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", host_header, b"\r\n"]
-        for name, value in request.headers:
-            if (
-                name in HOP_BY_HOP
-                or name in extra_hop
-                or name.startswith(_STRIPPED_PREFIXES)
-                or name in (b"x-request-id", b"content-length", b"forwarded", drop)
-            ):
-                continue
-            lines += [name, b": ", value, b"\r\n"]
-        x_for = request.x_for
-        forwarded_for = (x_for + b", " if trusted and x_for else b"") + conn.peer.encode()
-        x_proto = request.tracked[X_PROTO]
-        proto = x_proto if trusted and x_proto else conn.scheme.encode()
-        content_length = request.tracked[CONTENT_LENGTH]
-        if content_length is not None:
-            lines += [b"content-length: ", content_length, b"\r\n"]
-        elif request.chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        lines += [
-            b"x-forwarded-for: ", forwarded_for, b"\r\n",
-            b"x-forwarded-proto: ", proto, b"\r\n",
-            b"x-forwarded-host: ", effective_host, b"\r\n",
-            b"x-request-id: ", request_id, b"\r\n",
-            b"x-tenant-id: ", tenant.id.encode(), b"\r\n",
-            b"x-tenant-slug: ", tenant.slug.encode(), b"\r\n",
-        ]  # fmt: skip
-        if principal is not None:
-            lines += [b"x-tenant-token: ", self.tokens.tenant_token(tenant, principal), b"\r\n"]
-        lines.append(b"\r\n")
-        return b"".join(lines)
-
-    async def forward(
-        self,
-        request: Request,
-        conn: HttpConnection,
-        *,
-        tenant: TenantEntry,
-        principal: Principal | None,
-        upstream_path: bytes,
-        request_id: bytes,
-        trusted: bool,
-        effective_host: bytes,
-        drop: bytes,
-        quota_headers: tuple[Header, ...],
-    ) -> int:
-        """Forward to the tenant's upstream; return the status sent to the client (499: the client left)."""
-        settings = self.settings
-        content_length = request.tracked[CONTENT_LENGTH]
-        if content_length is not None:
-            if not content_length.isdigit():
-                raise bad_request("invalid_content_length", "Content-Length is not a number.")
-            if int(content_length) > settings.max_body_bytes:
-                raise GatewayError("The request body is too large.", code="payload_too_large", status=413)
-        origin, prefix = origin_of(tenant.upstream_url or settings.default_upstream)
-        target = prefix + upstream_path + (b"?" + request.query if request.query else b"")
-        head = self._upstream_head(
-            request,
-            conn,
-            tenant=tenant,
-            principal=principal,
-            target=target,
-            host_header=origin.host_header,
-            request_id=request_id,
-            trusted=trusted,
-            effective_host=effective_host,
-            drop=drop,
-        )
-        try:
-            response = await send_upstream(
-                self.pool,
-                origin,
-                head,
-                request,
-                max_body=settings.max_body_bytes,
-                body_timeout=settings.read_timeout,
-                response_timeout=settings.total_timeout,
-            )
-        except BodyTooLargeError:
-            raise GatewayError("The request body is too large.", code="payload_too_large", status=413) from None
-        except MalformedBodyError:
-            raise bad_request("invalid_request", "The request body's framing is invalid.") from None
-        except BodyTimeoutError:
-            raise GatewayError("The request body did not arrive in time.", code="request_timeout", status=408) from None
-        except ClientGoneError:
-            return 499
-        except UpstreamError as exc:
-            return self._upstream_failed(request, conn, exc, request_id, quota_headers)
-        try:
-            body = response.complete_body()
-        except UpstreamError as exc:
-            response.abort()
-            return self._upstream_failed(request, conn, exc, request_id, quota_headers)
-        headers, length = _client_headers(response.headers)
-        headers.append((b"x-request-id", request_id))
-        headers.extend(quota_headers)
-        status = response.status
-        if body is not None:
-            if length is not None and (request.method == "HEAD" or status == 304):
-                headers.append((b"content-length", length))
-            conn.send_complete(request, status, headers, body)
-            response.release()
-            return status
-        try:
-            chunked = conn.start_stream(request, status, headers, int(length) if length is not None else None)
-            async for chunk in response.body():
-                if conn.gone:
-                    response.abort()
-                    return 499
-                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                await conn.drain(self.settings.read_timeout)
-            if chunked:
-                conn.write(b"0\r\n\r\n")
-        except UpstreamError as exc:
-            # The head is out: all that is left is to cut the connection so the client sees a broken body.
-            if isinstance(exc, UpstreamInvalidError):
-                _log.warning("upstream_invalid", error=str(exc), request_id=request_id.decode())
-            response.abort()
-            conn.close()
-            return status
-        except ClientGoneError:  # the client stopped reading the response
-            response.abort()
-            return 499
-        except BaseException:
-            response.abort()
-            raise
-        response.release()
-        return status
-
-    def _upstream_failed(
-        self,
-        request: Request,
-        conn: HttpConnection,
-        exc: UpstreamError,
-        request_id: bytes,
-        quota_headers: tuple[Header, ...],
-    ) -> int:
-        """Answer an upstream failure that happened before anything was sent to the client; return the status."""
-        if isinstance(exc, UpstreamTimeoutError):
-            problem = GatewayError("The upstream did not answer in time.", code="upstream_timeout", status=504)
-        elif isinstance(exc, UpstreamInvalidError):
-            problem = GatewayError("The upstream's answer is not valid HTTP.", code="upstream_invalid", status=502)
-            _log.warning("upstream_invalid", error=str(exc), request_id=request_id.decode())
-        else:
-            problem = GatewayError("The upstream is unreachable.", code="upstream_unavailable", status=502)
-        self._problem(request, conn, problem, request_id, quota_headers)
-        return problem.status
-
-    # reserved endpoints -------------------------------------------------------------------------------
-    async def reserved(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
-        """``/_gateway/*``: health, readiness, metrics, token exchange, JWKS."""
-        path, method = request.raw_path, request.method
-        json_id = [(b"x-request-id", request_id)]
-        if path == b"/_gateway/healthz" and method in ("GET", "HEAD"):
-            conn.respond(request, 200, b'{"status":"ok"}', _JSON, json_id)
-            return 200
-        if path == b"/_gateway/readyz" and method in ("GET", "HEAD"):
-            return await self._readyz(request, conn, request_id)
-        if path == b"/_gateway/metrics" and method == "GET":
-            conn.respond(request, 200, generate_latest(), CONTENT_TYPE_LATEST.encode(), json_id)
-            return 200
-        if path == b"/_gateway/jwks.json" and method in ("GET", "HEAD"):
-            conn.respond(
-                request, 200, self.tokens.jwks_body, b"application/jwk-set+json",
-                [*json_id, (b"cache-control", b"public, max-age=60")],
-            )  # fmt: skip
-            return 200
-        if path == b"/_gateway/token":
-            if method != "POST":
-                problem = GatewayError("Use POST.", code="method_not_allowed", status=405)
-                self._problem(request, conn, problem, request_id, ((b"allow", b"POST"),))
-                return 405
-            return self._token(request, conn, request_id)
-        raise GatewayError("No such gateway endpoint.", code="not_found", status=404)
-
-    async def _readyz(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
-        """200 when the directory is loaded and fresh and Redis answers; else 503 problem+json naming the first
-        failing check (``directory_not_loaded``, ``directory_stale``, ``redis_unavailable``) with every check."""
-        problems: list[tuple[str, str]] = []
-        checks = {"directory": "ok"}
-        age = self.sync.age() if self.sync is not None else None
-        if not self.directory.loaded:
-            checks["directory"] = "not loaded"
-            problems.append(("directory_not_loaded", "The tenant directory has not been loaded yet."))
-        elif self.sync is not None and self.sync.stale:
-            checks["directory"] = f"stale: last synced {age or 0.0:.0f} s ago"
-            problems.append(("directory_stale", "The tenant directory has not synced with the tenant-service."))
-        try:
-            await self.redis.ping()
-            checks["redis"] = "ok"
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            checks["redis"] = f"error: {type(exc).__name__}"
-            problems.append(("redis_unavailable", "Redis does not answer."))
-        headers = [(b"x-request-id", request_id)]
-        if not problems:
-            conn.respond(request, 200, msgspec.json.encode({"status": "ok", "checks": checks}), _JSON, headers)
-            return 200
-        code, detail = problems[0]
-        body = problem_bytes(503, code, detail=detail, extra={"checks": checks})
-        conn.respond(request, 503, body, _PROBLEM, [*headers, (b"cache-control", b"no-store")])
-        return 503
-
-    def _token(self, request: Request, conn: HttpConnection, request_id: bytes) -> int:
-        key: str | None = None
-        api_key, authorization = request.tracked[API_KEY], request.tracked[AUTHORIZATION]
-        if api_key is not None:
-            key = api_key.decode("latin-1").strip()
-        elif authorization is not None:
-            scheme, _, credential = authorization.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and looks_like_api_key(credential.strip()):
-                key = credential.strip()
-        if key is None:
-            raise unauthorized()
-        principal = self.authenticator.api_key(key)
-        self._tenant(None, None, principal)
-        body = msgspec.json.encode(
-            {
-                "access_token": self.tokens.access_token(principal),
-                "token_type": "Bearer",
-                "expires_in": self.tokens.access_ttl,
-            }
-        )
-        conn.respond(request, 200, body, _JSON, [(b"x-request-id", request_id), (b"cache-control", b"no-store")])
-        return 200
-
-
-def _client_headers(headers: list[Header]) -> tuple[list[Header], bytes | None]:
-    """Upstream response headers fit for the client, and the upstream's Content-Length (framing is ours).
-
-    ``RateLimit-*`` are the gateway's to set: an upstream's own would reach the client twice, contradicting them.
-    """
-    extra = connection_tokens(headers)
-    out: list[Header] = []
-    length: bytes | None = None
-    for name, value in headers:
-        if name == b"content-length":
-            length = value
-        elif name not in HOP_BY_HOP and name not in extra and name != b"server" and not name.startswith(b"ratelimit-"):
-            out.append((name, value))
-    return out, length

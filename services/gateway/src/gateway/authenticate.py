@@ -1,5 +1,9 @@
 """Step 2 — authenticate: an API key or a JWT, each checked cheaply enough for every request.
 
+The credential is ``X-API-Key: tk_…``, or ``Authorization: Bearer`` with an API key or a JWT; the header it came
+in is never forwarded. Then the credential's tenant must be the one the location sources name (403
+``tenant_mismatch``) and one that is served (404, 403, 503 by its status).
+
 API keys: the checksum rejects malformed keys without any lookup; the keyed hash is looked up in memory.
 JWTs: the algorithm is fixed by configuration; verified tokens are cached until they expire, so the signature
 is checked once per token, not once per request. Every defect gives the same 401.
@@ -19,10 +23,12 @@ from typing import Any, NamedTuple
 
 import jwt
 
-from gateway.directory import Directory, IssuerEntry, KeyEntry
-from gateway.errors import unauthorized
+from gateway.directory import Directory, IssuerEntry, KeyEntry, TenantEntry
+from gateway.errors import GatewayError, unauthorized
+from gateway.http import API_KEY, AUTHORIZATION
 from gateway.jwks import JwksCache
-from tenantry_common.apikeys import hash_api_key, is_well_formed
+from gateway.resolve import Location, served
+from tenantry_common.apikeys import hash_api_key, is_well_formed, looks_like_api_key
 from tenantry_common.jwt_keys import InvalidTokenError, KeyRing
 
 _MAX_CACHED_TOKENS = 100_000
@@ -43,6 +49,34 @@ class Principal(NamedTuple):
     #: The external issuer's id for a token of a tenant's own identity provider ("" for API keys and the
     #: gateway's own tokens); ``key_id`` is then the token's ``sub``.
     issuer: str = ""
+
+
+class Credential(NamedTuple):
+    """The request's credential, as sent (built per request: a NamedTuple)."""
+
+    #: The header it came in: ``x-api-key`` or ``authorization`` (not forwarded).
+    header: bytes
+    value: str
+    is_api_key: bool
+
+
+def read_credential(tracked: list[bytes | None]) -> Credential:
+    """The credential of a request's noted headers (``Request.tracked``): ``X-API-Key`` first, else a bearer
+    ``Authorization`` holding an API key or a JWT.
+
+    Raises:
+        GatewayError: 401 when there is none (checking the credential is :class:`Authenticator`'s).
+    """
+    api_key = tracked[API_KEY]
+    if api_key is not None:
+        return Credential(b"x-api-key", api_key.decode("latin-1").strip(), True)
+    authorization = tracked[AUTHORIZATION]
+    if authorization is not None:
+        scheme, _, credential = authorization.decode("latin-1").partition(" ")
+        credential = credential.strip()
+        if scheme.lower() == "bearer" and credential:
+            return Credential(b"authorization", credential, looks_like_api_key(credential))
+    raise unauthorized()
 
 
 class Authenticator:
@@ -84,6 +118,31 @@ class Authenticator:
         if tenant is None:
             raise unauthorized()
         return key
+
+    def principal(self, credential: Credential) -> Principal | None:
+        """The principal of the credential; None for a token of a tenant's external issuer that is not verified
+        yet (:meth:`external` verifies it).
+
+        Raises:
+            GatewayError: 401 for any defect of the credential.
+        """
+        if credential.is_api_key:
+            return self.api_key(credential.value)
+        return self.jwt(credential.value)
+
+    def tenant_of(self, principal: Principal, location: Location | None = None) -> TenantEntry:
+        """The principal's tenant, which must be the one the location names (when it names one) and be served.
+
+        Raises:
+            GatewayError: 404 ``tenant_not_found`` when the location names an unknown tenant, 403
+                ``tenant_mismatch`` when it names another one; the tenant's status refusal otherwise (see
+                :func:`gateway.resolve.served`).
+        """
+        if location is not None and location.named is not None and location.named != principal.tenant_id:
+            if location.tenant is None:
+                raise GatewayError("No such tenant.", code="tenant_not_found", status=404)
+            raise GatewayError("The credential belongs to another tenant.", code="tenant_mismatch", status=403)
+        return served(self._directory.by_id.get(principal.tenant_id))
 
     def api_key(self, key: str) -> Principal:
         """The principal of an API key.

@@ -220,6 +220,8 @@ class HttpConnection(asyncio.Protocol):
         self._parsing: Request | None = None
         self._url = b""
         self._active: Request | None = None
+        #: The task handling the active request.
+        self._task: asyncio.Task[None] | None = None
         self._queue: collections.deque[Request] = collections.deque()
         self._in_head = False
         self._head_bytes = 0
@@ -386,7 +388,10 @@ class HttpConnection(asyncio.Protocol):
         self._active = request
         self.waiting_since = 0.0
         self.response_started = False
-        self._loop.create_task(self._run(request))
+        # The loop keeps only a weak reference to a task: one nobody holds could be collected mid-request. The
+        # server holds it until _run's last step (cheaper than a done callback, which takes a loop iteration).
+        self._task = self._loop.create_task(self._run(request))
+        self._server.handling.add(self._task)
 
     async def _run(self, request: Request) -> None:
         try:
@@ -402,6 +407,7 @@ class HttpConnection(asyncio.Protocol):
                 )
             self.close()
         finally:
+            self._server.handling.discard(self._task)
             self._done(request)
 
     def _done(self, request: Request) -> None:
@@ -560,6 +566,8 @@ class HttpServer:
         self.header_timeout = header_timeout
         self.loop = asyncio.get_running_loop()
         self.connections: set[HttpConnection] = set()
+        #: The tasks handling a request, held until each is done.
+        self.handling: set[asyncio.Task[None]] = set()
         self.shutting_down = False
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None

@@ -1,9 +1,11 @@
 """Step 3 — limit: per-minute rate and per-day quota in one atomic Redis call.
 
-One Lua script per request reads both counters, refuses without counting when either limit is reached, else
-increments both; a counter gets its TTL when the script creates it. Every key is under the tenant's ``t:{<id>}:``
-namespace, so the two keys share a cluster slot. When Redis is slow or down the configured failure mode applies
-at once: a short circuit breaker stops every request from waiting out the timeout.
+One Lua script per request reads both counters, refuses without counting when either limit is reached (429
+``rate_limited`` / ``quota_exceeded`` with ``Retry-After``), else increments both; a counter gets its TTL when the
+script creates it. The keys are tenantry_common.redis_keys' counters, under the tenant's ``t:{<id>}:`` namespace,
+so the two share a cluster slot. When Redis is slow or down the configured failure mode applies at once (``open``:
+pass without RateLimit-* headers; ``closed``: 503 ``quota_unavailable``): a short circuit breaker stops every
+request from waiting out the timeout.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Final, NamedTuple
 
 import structlog
 
+from gateway.directory import TenantEntry
+from gateway.errors import GatewayError
+from gateway.http import Header
 from gateway.resp import RespClient, RespConnectionError, RespError, RespValue, encode_arguments, encode_command
-from tenantry_common.redis_keys import minute_counter_key
+from tenantry_common.redis_keys import counter_key_prefixes
 
 _log = structlog.get_logger("tenantry.gateway.limit")
 
@@ -40,21 +45,14 @@ if d == 1 or (d % 100 == 0 and redis.call('TTL', KEYS[2]) < 0) then redis.call('
 return {0, m, d}
 """
 _BREAKER_SECONDS: Final = 1.0
-_VERDICTS: Final = {0: "allowed", 1: "rate_limited", 2: "quota_exceeded"}
-
-
-class QuotaDecision(NamedTuple):
-    """What the limiter decided; ``headers`` are the RateLimit-* headers (empty when Redis was not asked).
-
-    A NamedTuple: built once per request, and cheaper to build than a dataclass.
-    """
-
-    verdict: str
-    retry_after: int
-    headers: tuple[tuple[bytes, bytes], ...]
-
-
-ALLOWED_UNMETERED: Final = QuotaDecision("allowed", 0, ())
+_ALLOWED: Final = 0
+#: The script's refusals (verdicts 1 and 2): problem code and detail.
+_REFUSALS: Final = {
+    1: ("rate_limited", "Too many requests this minute."),
+    2: ("quota_exceeded", "Daily quota used up."),
+}
+#: Quota headers of a request Redis was not asked about (failure mode ``open``, or a tenant without limits).
+_UNMETERED: Final[tuple[Header, ...]] = ()
 
 
 class _Arguments(NamedTuple):
@@ -72,13 +70,9 @@ class _Arguments(NamedTuple):
 def _three_ints(reply: RespValue) -> tuple[int, int, int]:
     if isinstance(reply, list) and len(reply) == 3:
         code, minute, day = reply
-        if isinstance(code, int) and isinstance(minute, int) and isinstance(day, int) and code in _VERDICTS:
+        if isinstance(code, int) and isinstance(minute, int) and isinstance(day, int) and code in (0, 1, 2):
             return code, minute, day
     raise RespError(f"unexpected reply to the quota script: {reply!r}")
-
-
-class QuotaUnavailableError(Exception):
-    """Redis could not be asked and the failure mode is ``closed``."""
 
 
 class Limiter:
@@ -88,27 +82,32 @@ class Limiter:
         self._client = client
         self._closed = failure_mode == "closed"
         self._script = QUOTA_SCRIPT.encode()
-        self._evalsha = b""
         self._sha = hashlib.sha1(QUOTA_SCRIPT.encode()).hexdigest().encode()  # noqa: S324 - Redis's name
         # "EVALSHA <sha> 2" and the array header for its 6 keys and arguments: the same bytes every call.
         self._evalsha = b"*9\r\n" + encode_arguments((b"EVALSHA", self._sha, b"2"))
         self._down_until = 0.0
-        self._prefixes: dict[str, bytes] = {}
+        self._counter_keys: dict[str, tuple[bytes, bytes]] = {}
         self._arguments_cache: dict[tuple[str, int | None, int | None], _Arguments] = {}
 
     def _keys(self, tenant_id: str, minute: int, day: int) -> tuple[bytes, bytes]:
-        """The tenant's minute and day counter keys (the namespace prefix is built once per tenant)."""
-        prefix = self._prefixes.get(tenant_id)
-        if prefix is None:
-            if len(self._prefixes) >= 100_000:
-                self._prefixes.clear()
-            prefix = self._prefixes[tenant_id] = minute_counter_key(tenant_id, 0).encode()[:-1]
-        return prefix + b"%d" % minute, prefix[:-2] + b"d:%d" % day
+        """The tenant's minute and day counter keys (their prefixes are built once per tenant)."""
+        prefixes = self._counter_keys.get(tenant_id)
+        if prefixes is None:
+            if len(self._counter_keys) >= 100_000:
+                self._counter_keys.clear()
+            prefixes = self._counter_keys[tenant_id] = counter_key_prefixes(tenant_id)
+        minute_prefix, day_prefix = prefixes
+        return minute_prefix + b"%d" % minute, day_prefix + b"%d" % day
 
-    def _unavailable(self) -> QuotaDecision:
+    def _unavailable(self) -> tuple[Header, ...]:
         if self._closed:
-            raise QuotaUnavailableError
-        return ALLOWED_UNMETERED
+            raise GatewayError(
+                "Quotas cannot be checked right now.",
+                code="quota_unavailable",
+                status=503,
+                headers={"retry-after": "1"},
+            )
+        return _UNMETERED
 
     def _arguments(self, tenant_id: str, per_minute: int | None, per_day: int | None, second: int) -> _Arguments:
         """The script's keys and arguments for this tenant in this second (built once per tenant and second)."""
@@ -142,16 +141,19 @@ class Limiter:
         self._arguments_cache[cache_key] = arguments
         return arguments
 
-    async def check(self, tenant_id: str, per_minute: int | None, per_day: int | None) -> QuotaDecision:
-        """Count the request against the tenant's limits, or refuse it.
+    async def admit(self, tenant: TenantEntry) -> tuple[Header, ...]:
+        """Count the request against the tenant's limits; return its RateLimit-* headers (none when Redis was not
+        asked).
 
         Raises:
-            QuotaUnavailableError: Redis is unavailable and the failure mode is ``closed``.
+            GatewayError: 429 ``rate_limited`` or ``quota_exceeded`` (not counted); 503 ``quota_unavailable`` when
+                Redis is unavailable and the failure mode is ``closed``.
         """
         now = time.time()
         if now < self._down_until:
             return self._unavailable()
-        args = self._arguments(tenant_id, per_minute, per_day, int(now))
+        per_minute, per_day = tenant.requests_per_minute, tenant.requests_per_day
+        args = self._arguments(tenant.id, per_minute, per_day, int(now))
         try:
             try:
                 reply = await self._client.call(args.command)
@@ -172,11 +174,13 @@ class Limiter:
         elif per_day is not None:
             limit, used, reset, reset_bytes = per_day, d_count, args.day_reset, args.day_reset_bytes
         else:
-            return ALLOWED_UNMETERED
-        remaining = 0 if code else max(0, limit - used)
-        headers = (
-            (b"ratelimit-limit", b"%d" % limit),
-            (b"ratelimit-remaining", b"%d" % remaining),
-            (b"ratelimit-reset", reset_bytes),
-        )
-        return QuotaDecision(_VERDICTS[code], reset, headers)
+            return _UNMETERED
+        if code == _ALLOWED:
+            return (
+                (b"ratelimit-limit", b"%d" % limit),
+                (b"ratelimit-remaining", b"%d" % max(0, limit - used)),
+                (b"ratelimit-reset", reset_bytes),
+            )
+        refused, detail = _REFUSALS[code]
+        headers = {"ratelimit-limit": str(limit), "ratelimit-remaining": "0", "ratelimit-reset": str(reset)}
+        raise GatewayError(detail, code=refused, status=429, headers={**headers, "retry-after": str(reset)})

@@ -552,7 +552,7 @@ async def test_fleet_migration_logs_in_as_each_tenant_with_its_own_password(app:
     registry = await asyncpg.connect(inst.database_url)
     try:  # both look behind the head, so the fleet migration must open a session in each
         await registry.execute("UPDATE tenants SET schema_version = 1 WHERE id = ANY($1::uuid[])", ids)
-        result = inst.cli("migrate-tenants", check=False)
+        result = inst.tenantctl("migrate-tenants", check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "0 failed" in result.stdout
         versions = await registry.fetch("SELECT schema_version FROM tenants WHERE id = ANY($1::uuid[])", ids)

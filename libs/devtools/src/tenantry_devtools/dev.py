@@ -12,11 +12,9 @@ by theirs, on whatever ports they run.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import fcntl
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import IO, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from tenantry_devtools.platform_secrets import DEV_SECRET_NAMES, new_secret
 from tenantry_devtools.servers import LocalPostgres, LocalRedis, ensure_binaries
 
 ROOT: Final = Path(__file__).resolve().parents[4]
@@ -39,14 +38,7 @@ LOGS: Final = RUN / "logs"
 LOCK: Final = RUN / "dev.lock"
 MASTER_DB: Final = "tenantry"
 #: Generated on the first run, then kept (the rest of dev.env only records what was in force).
-SECRET_NAMES: Final = (
-    "ADMIN_TOKEN",
-    "SERVICE_TOKEN",
-    "GATEWAY_SERVICE_TOKEN",
-    "ENCRYPTION_KEYS",
-    "API_KEY_HASH_SECRET",
-    "JWT_SIGNING_KEYS",
-)
+SECRET_NAMES: Final = DEV_SECRET_NAMES
 #: What else ``.run/dev.env`` records of the values in force.
 RECORDED_NAMES: Final = (
     "DATABASE_URL",
@@ -79,16 +71,7 @@ def _load_env_file() -> dict[str, str]:
 def _secrets() -> dict[str, str]:
     """Generated once, kept in .run/dev.env; exported variables override (and are what the file then records)."""
     saved = _load_env_file()
-    generated = {
-        "ADMIN_TOKEN": saved.get("ADMIN_TOKEN") or "adm_" + secrets.token_urlsafe(24),
-        "SERVICE_TOKEN": saved.get("SERVICE_TOKEN") or "svc_" + secrets.token_urlsafe(24),
-        "GATEWAY_SERVICE_TOKEN": saved.get("GATEWAY_SERVICE_TOKEN") or "gws_" + secrets.token_urlsafe(24),
-        "ENCRYPTION_KEYS": saved.get("ENCRYPTION_KEYS")
-        or "k1:" + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),
-        "API_KEY_HASH_SECRET": saved.get("API_KEY_HASH_SECRET") or secrets.token_urlsafe(32),
-        "JWT_SIGNING_KEYS": saved.get("JWT_SIGNING_KEYS") or "k1:" + _new_signing_key(),
-    }
-    return {k: os.environ.get(k) or v for k, v in generated.items()}
+    return {name: os.environ.get(name) or saved.get(name) or new_secret(name) for name in SECRET_NAMES}
 
 
 def _record(env: dict[str, str]) -> None:
@@ -99,17 +82,6 @@ def _record(env: dict[str, str]) -> None:
         + "".join(f"{name}={env[name]}\n" for name in names if env.get(name))
     )
     ENV_FILE.chmod(0o600)
-
-
-def _new_signing_key() -> str:
-    """An EdDSA signing key for the gateway, made by the shared library (this package has no crypto of its own)."""
-    made = subprocess.run(
-        [sys.executable, "-c", "from tenantry_common.jwt_keys import generate_signing_key as g; print(g())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return made.stdout.strip()
 
 
 def _without(env: dict[str, str], name: str) -> dict[str, str]:

@@ -9,7 +9,10 @@ engine on ``unix:///run/tenantry-docker/docker.sock``. :func:`ensure_engine` sta
   outlive a clone and a later run on the same machine reuses them; BuildKit's cache is garbage-collected;
 * no iptables rules and no IP forwarding: its containers reach each other and the host over its own bridges,
   and nothing beyond. Published ports go through Docker's userland proxy on 127.0.0.1. A build that needs the
-  package registries runs on the host's network (``BUILD_NETWORK=host``, ``docker build --network host``).
+  package registries runs on the host's network (``BUILD_NETWORK=host``, ``docker build --network host``);
+* no image registry: the daemon's proxy is a closed port on loopback, so a pull fails at once instead of
+  looking for Docker Hub (where no registry is reachable, images are built locally; see docs/deploy.md).
+  ``TENANTRY_DOCKER_PULL=1`` when it is started lets it pull.
 
 It keeps running after the caller exits (later runs reuse it; stopping it under a concurrent run would break
 that run). ``python -m tenantry_devtools.engine stop`` stops it, ``status`` tells whether it answers.
@@ -63,6 +66,8 @@ _STOP_TIMEOUT: Final = 30.0
 _LOG_TAIL_LINES: Final = 30
 #: Debian's dockerd, containerd, runc and docker-proxy live in sbin directories, which a non-login PATH may lack.
 _SYSTEM_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Where the daemon's registry traffic goes unless pulls are allowed: nothing listens on port 9 (discard).
+_NO_REGISTRY_PROXY: Final = "http://127.0.0.1:9"
 _DAEMON_CONFIG: Final = {
     "iptables": False,
     "ip-forward": False,
@@ -201,10 +206,20 @@ def _start_private_engine() -> Engine:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PATH": _SYSTEM_PATH},
+                env=_daemon_env(),
                 start_new_session=True,
             )
         return _wait_for_engine(host, process.pid)
+
+
+def _daemon_env() -> dict[str, str]:
+    env = {**os.environ, "PATH": _SYSTEM_PATH}
+    if os.environ.get("TENANTRY_DOCKER_PULL", "").strip().lower() in ("1", "true", "yes"):
+        return env
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "https_proxy"):
+        env.pop(name, None)
+    env["HTTP_PROXY"] = env["HTTPS_PROXY"] = _NO_REGISTRY_PROXY
+    return env
 
 
 def _wait_for_engine(host: str, pid: int) -> Engine:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from tenantry_devtools.engine import EngineError, compose_command, find_engine, private_engine_host
+from tenantry_devtools.engine import Engine, EngineError, compose_command, find_engine, private_engine_host
 from tenantry_devtools.platform_secrets import COMPOSE_SECRET_NAMES, new_secret
 
 __all__ = ["COMPOSE_FILE", "ComposeStack", "StackError", "read_env_file", "write_env_file"]
@@ -186,7 +186,7 @@ class ComposeStack:
         return f"{headline}\n{table}\n{logs.stdout}{logs.stderr}"
 
 
-def _stack() -> ComposeStack:
+def _stack() -> tuple[ComposeStack, Engine]:
     engine = find_engine()
     if engine is None:
         raise StackError(
@@ -194,16 +194,24 @@ def _stack() -> ComposeStack:
             "an engine; as root, `uv run python -m tenantry_devtools.engine start` starts the project's own "
             f"(then DOCKER_HOST={private_engine_host()} make up). `make dev` runs the platform without Docker."
         )
-    return ComposeStack(compose=compose_command(engine), env=engine.env())
+    return ComposeStack(compose=compose_command(engine), env=engine.env()), engine
 
 
 def up() -> None:
     """``make up``."""
-    stack = _stack()
+    stack, engine = _stack()
     if not ENV_FILE.exists():
         write_env_file(ENV_FILE)
         print(f"[up] wrote {ENV_FILE.name} with generated secrets (it is git-ignored; keep it)", flush=True)
-    stack.run("up", "--detach", "--build")
+    try:
+        stack.run("up", "--detach", "--build")
+    except StackError as exc:
+        if engine.private:
+            raise StackError(
+                f"{exc}\nThe project's own engine pulls no images: name local ones in PYTHON_IMAGE, POSTGRES_IMAGE "
+                "and REDIS_IMAGE, and set BUILD_NETWORK=host (docs/deploy.md, 'Without an image registry')."
+            ) from exc
+        raise
     print("[up] waiting until every service is healthy ...", flush=True)
     stack.wait_healthy()
     values = {**read_env_file(ENV_FILE), **{k: v for k, v in os.environ.items() if k in COMPOSE_SECRET_NAMES}}
@@ -231,7 +239,7 @@ stop: make down (ARGS=-v deletes the data too)""",
 
 def down(args: list[str]) -> None:
     """``make down``."""
-    _stack().run("down", *args)
+    _stack()[0].run("down", *args)
 
 
 def main(argv: list[str] | None = None) -> int:

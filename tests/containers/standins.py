@@ -9,7 +9,7 @@ emulate what docker-compose.tenant.yml relies on in the official images).
 
 Each image is tagged with a hash of its recipe (the Debian base's with the hash of the debootstrap step, the
 Python one's with the CA bundle's), so a change of recipe builds a new one and an unchanged one is reused as it
-is; older tags of the same image are removed. A lock file serialises two runs on one machine.
+is; older tags of the same image are removed. A lock file serialises the builds of two runs on one machine.
 
 Environment:
     TENANTRY_DEBIAN_MIRROR: the Debian mirror for debootstrap (default http://deb.debian.org/debian).
@@ -55,14 +55,17 @@ class StandInError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class StandIns:
-    """Image references of the stand-ins, ready for PYTHON_IMAGE, POSTGRES_IMAGE and REDIS_IMAGE."""
+class _Recipe:
+    version: str
+    files: tuple[str, ...]
+    machine_files: tuple[Path, ...] = ()
 
-    python: str
-    postgres: str
-    redis: str
-    built: dict[str, float]
-    """The images this call had to build, with the seconds each took (empty when all were cached)."""
+
+_RECIPES: Final = {
+    "python": _Recipe("3.11", ("python.Dockerfile",), (CA_BUNDLE,)),
+    "postgres": _Recipe("15", ("postgres.Dockerfile", "postgres-entrypoint.sh")),
+    "redis": _Recipe("7", ("redis.Dockerfile", "redis-entrypoint.sh")),
+}
 
 
 def _digest(*parts: bytes) -> str:
@@ -121,42 +124,48 @@ class _Docker:
                 subprocess.run([*self.docker, "rmi", reference], env=self.env, capture_output=True, check=False)
 
 
-def ensure_standins(docker: list[str], env: dict[str, str]) -> StandIns:
-    """Build the stand-ins that are missing (as root: debootstrap needs it) and return their references.
+class StandIns:
+    """The stand-in images: :meth:`image` builds one when its recipe has none yet, and says which to use.
 
-    Args:
-        docker: The docker CLI.
-        env: Its environment (``DOCKER_HOST`` set).
+    Each call holds a machine-wide lock, so two runs never build the same image twice; two calls in one process
+    may run in threads (the Python base first, then the others while compose builds the service images).
 
-    Raises:
-        StandInError: A step failed; the message holds the tail of its output.
+    Attributes:
+        built: The images built by this object, with the seconds each took (empty when all were cached).
     """
-    client = _Docker(docker, env)
-    built: dict[str, float] = {}
-    with _machine_lock():
-        debian = f"{REPOSITORY}/debian:{SUITE}-{_digest(_DEBIAN_RECIPE.encode())}"
-        if not client.has_image(debian):
-            started = time.monotonic()
-            _import_debian(client, debian)
-            built[debian] = time.monotonic() - started
-        client.drop_other_tags(f"{REPOSITORY}/debian", debian)
 
-        references: dict[str, str] = {}
-        for name, version, files in (
-            ("python", "3.11", ("python.Dockerfile",)),
-            ("postgres", "15", ("postgres.Dockerfile", "postgres-entrypoint.sh")),
-            ("redis", "7", ("redis.Dockerfile", "redis-entrypoint.sh")),
-        ):
-            extra = (CA_BUNDLE,) if name == "python" else ()
-            contents = [(RECIPES / f).read_bytes() for f in files] + [p.read_bytes() for p in extra]
-            reference = f"{REPOSITORY}/{name}:{version}-{SUITE}-{_digest(debian.encode(), *contents)}"
-            if not client.has_image(reference):
+    def __init__(self, docker: list[str], env: dict[str, str]) -> None:
+        """``docker`` is the CLI, ``env`` its environment (``DOCKER_HOST`` set)."""
+        self._client = _Docker(docker, env)
+        self.built: dict[str, float] = {}
+
+    def image(self, name: str) -> str:
+        """The reference of the stand-in ``name`` (``python``, ``postgres`` or ``redis``), built if missing.
+
+        Raises:
+            StandInError: A step failed; the message holds the tail of its output.
+        """
+        recipe = _RECIPES[name]
+        with _machine_lock():
+            debian = self._debian()
+            contents = [(RECIPES / f).read_bytes() for f in recipe.files]
+            contents += [path.read_bytes() for path in recipe.machine_files]
+            reference = f"{REPOSITORY}/{name}:{recipe.version}-{SUITE}-{_digest(debian.encode(), *contents)}"
+            if not self._client.has_image(reference):
                 started = time.monotonic()
-                _build(client, reference, debian, [RECIPES / f for f in files], extra)
-                built[reference] = time.monotonic() - started
-            client.drop_other_tags(f"{REPOSITORY}/{name}", reference)
-            references[name] = reference
-    return StandIns(references["python"], references["postgres"], references["redis"], built)
+                _build(self._client, reference, debian, [RECIPES / f for f in recipe.files], recipe.machine_files)
+                self.built[reference] = time.monotonic() - started
+            self._client.drop_other_tags(f"{REPOSITORY}/{name}", reference)
+        return reference
+
+    def _debian(self) -> str:
+        debian = f"{REPOSITORY}/debian:{SUITE}-{_digest(_DEBIAN_RECIPE.encode())}"
+        if not self._client.has_image(debian):
+            started = time.monotonic()
+            _import_debian(self._client, debian)
+            self.built[debian] = time.monotonic() - started
+            self._client.drop_other_tags(f"{REPOSITORY}/debian", debian)
+        return debian
 
 
 def _import_debian(client: _Docker, reference: str) -> None:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from standins import StandInError, StandIns, ensure_standins
+from standins import StandInError, StandIns
 
 from tenantry_devtools.engine import Engine, EngineError, compose_command, docker_command, ensure_engine
 from tenantry_devtools.platform_secrets import COMPOSE_SECRET_NAMES, new_secret
 from tenantry_devtools.servers import free_port
-from tenantry_devtools.stack import ComposeStack, StackError
+from tenantry_devtools.stack import ROOT, ComposeStack, StackError
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
 
@@ -48,7 +48,7 @@ class Deployment:
     docker: list[str]
     env: dict[str, str]
     values: dict[str, str]
-    standins: StandIns
+    standins_built: dict[str, float]
     tag: str
     phases: dict[str, float] = field(default_factory=dict)
 
@@ -79,6 +79,18 @@ def _engine() -> Engine:
         return ensure_engine(install=True)
     except EngineError as exc:
         pytest.fail(f"No Docker engine for the container tests.\n{exc}", pytrace=False)
+
+
+def _standin(standins: StandIns, name: str) -> str:
+    try:
+        return standins.image(name)
+    except StandInError as exc:
+        pytest.fail(f"Could not build the {name} stand-in image.\n{exc}", pytrace=False)
+
+
+def _write_env_file(path: Path, values: dict[str, str]) -> None:
+    path.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    path.chmod(0o600)
 
 
 def _clean_env(engine: Engine) -> dict[str, str]:
@@ -122,19 +134,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             compose = compose_command(engine)
         except EngineError as exc:
             pytest.fail(str(exc), pytrace=False)
-    with _timed(phases, "stand-ins"):
-        try:
-            standins = ensure_standins(docker, env)
-        except StandInError as exc:
-            pytest.fail(f"Could not build the stand-in base images.\n{exc}", pytrace=False)
+    standins = StandIns(docker, env)
+    with _timed(phases, "python base"):
+        python_image = _standin(standins, "python")
 
     tmp = tmp_path_factory.mktemp("compose")
     _down_stale_projects(compose, docker, env, tmp)
     project = f"{PROJECT_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
     values = {name: new_secret(name) for name in COMPOSE_SECRET_NAMES} | {
-        "PYTHON_IMAGE": standins.python,
-        "POSTGRES_IMAGE": standins.postgres,
-        "REDIS_IMAGE": standins.redis,
+        "PYTHON_IMAGE": python_image,
         # The engine routes nothing to the outside: builds reach the package registries on the host's network.
         "BUILD_NETWORK": "host",
         "TENANTRY_IMAGE_TAG": project,
@@ -143,16 +151,27 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "APP_PORT": str(free_port()),
     }
     env_file = tmp / "stack.env"
-    env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
-    env_file.chmod(0o600)
     stack = ComposeStack(compose=compose, env=env, project=project, env_file=env_file)
     try:
-        with _timed(phases, "build"):
-            stack.run("build", capture=True)
+        with _timed(phases, "build, meanwhile postgres and redis"):
+            # The service images need only the Python base: build them while the other stand-ins are made.
+            _write_env_file(env_file, values)
+            build_log = tmp / "build.log"
+            with build_log.open("wb") as log:
+                build = subprocess.Popen(stack.command("build"), env=env, cwd=ROOT, stdout=log, stderr=log)
+            try:
+                values["POSTGRES_IMAGE"] = _standin(standins, "postgres")
+                values["REDIS_IMAGE"] = _standin(standins, "redis")
+            finally:
+                status = build.wait()
+            if status != 0:
+                tail = "\n".join(build_log.read_text(errors="replace").splitlines()[-60:])
+                pytest.fail(f"compose build exited {status}:\n{tail}", pytrace=False)
+            _write_env_file(env_file, values)
         with _timed(phases, "up"):
             stack.run("up", "--detach", "--no-build", "--pull", "never", capture=True)
             stack.wait_healthy()
-        yield Deployment(stack, docker, env, values, standins, project, phases)
+        yield Deployment(stack, docker, env, values, standins.built, project, phases)
     except StackError as exc:
         pytest.fail(f"The compose stack did not come up.\n{exc}", pytrace=False)
     finally:
@@ -264,8 +283,9 @@ def _size_mb(deployment: Deployment, image: str) -> float:
 def test_images_carry_no_build_tools_and_their_sizes_are_reported(
     deployment: Deployment, record_property: pytest.RecordProperty
 ) -> None:
-    base = _size_mb(deployment, deployment.standins.python)
-    lines = [f"python base (stand-in {deployment.standins.python}): {base:.0f} MB"]
+    python, postgres, redis = (deployment.values[f"{name}_IMAGE"] for name in ("PYTHON", "POSTGRES", "REDIS"))
+    base = _size_mb(deployment, python)
+    lines = [f"python base (stand-in {python}): {base:.0f} MB"]
     oversized = []
     for app, repository in IMAGES.items():
         image = f"{repository}:{deployment.tag}"
@@ -278,9 +298,9 @@ def test_images_carry_no_build_tools_and_their_sizes_are_reported(
         lines.append(f"{app}: {total:.0f} MB ({total - base:.0f} MB on top of the base)")
         if total - base > SERVICE_LAYER_BUDGET_MB:
             oversized.append(app)
-    lines.append(f"postgres stand-in: {_size_mb(deployment, deployment.standins.postgres):.0f} MB")
-    lines.append(f"redis stand-in: {_size_mb(deployment, deployment.standins.redis):.0f} MB")
-    built = ", ".join(f"{image} ({seconds:.0f} s)" for image, seconds in deployment.standins.built.items())
+    lines.append(f"postgres stand-in: {_size_mb(deployment, postgres):.0f} MB")
+    lines.append(f"redis stand-in: {_size_mb(deployment, redis):.0f} MB")
+    built = ", ".join(f"{image} ({seconds:.0f} s)" for image, seconds in deployment.standins_built.items())
     built = built or "none (all cached)"
     lines.append(f"stand-ins built by this run: {built}")
     lines.append("phases: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in deployment.phases.items()))

@@ -23,7 +23,7 @@ from typing import Any, Final
 from tenantry_devtools.engine import Engine, EngineError, compose_command, find_engine, private_engine_host
 from tenantry_devtools.platform_secrets import COMPOSE_SECRET_NAMES, new_secret
 
-__all__ = ["COMPOSE_FILE", "ComposeStack", "StackError", "read_env_file", "write_env_file"]
+__all__ = ["COMPOSE_FILE", "ROOT", "ComposeStack", "StackError", "read_env_file", "write_env_file"]
 
 ROOT: Final = Path(__file__).resolve().parents[4]
 COMPOSE_FILE: Final = ROOT / "docker-compose.tenant.yml"

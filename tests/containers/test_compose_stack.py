@@ -99,27 +99,33 @@ def _clean_env(engine: Engine) -> dict[str, str]:
     return engine.env({name: os.environ[name] for name in keep if name in os.environ})
 
 
+def _docker_lines(docker: list[str], env: dict[str, str], *args: str) -> list[str]:
+    return subprocess.run([*docker, *args], env=env, capture_output=True, text=True, check=False).stdout.split()
+
+
 def _down_stale_projects(compose: list[str], docker: list[str], env: dict[str, str], tmp: Path) -> None:
-    """Projects of earlier runs whose process is gone (killed before its teardown): down -v, best effort."""
-    listed = subprocess.run(
-        [*docker, "ps", "-a", "--filter", "label=com.docker.compose.project", "--format",
-         '{{.Label "com.docker.compose.project"}}'],
-        env=env, capture_output=True, text=True, check=False,
-    ).stdout.split()  # fmt: skip
-    for project in sorted(set(listed)):
-        if not project.startswith(PROJECT_PREFIX):
-            continue
+    """Projects of earlier runs whose process is gone (killed before its teardown): down -v and their images."""
+    label = "com.docker.compose.project"
+    projects = set(
+        _docker_lines(docker, env, "ps", "-a", "--filter", f"label={label}", "--format", f'{{{{.Label "{label}"}}}}')
+    )
+    if images := _docker_lines(docker, env, "image", "ls", "-q", "--filter", f"label={label}"):
+        projects |= set(
+            _docker_lines(
+                docker, env, "image", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}', *images
+            )
+        )
+    for project in sorted(projects):
         pid = project.removeprefix(PROJECT_PREFIX).split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if project.startswith(PROJECT_PREFIX) and pid.isdigit() and not Path(f"/proc/{pid}").exists():
             subprocess.run([*compose, "-p", project, "down", "-v"], env=env, cwd=tmp, capture_output=True, check=False)
+            _remove_project_images(docker, env, project)
 
 
 def _remove_project_images(docker: list[str], env: dict[str, str], project: str) -> None:
-    ids = subprocess.run(
-        [*docker, "image", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"],
-        env=env, capture_output=True, text=True, check=False,
-    ).stdout.split()  # fmt: skip
-    if ids:
+    if ids := _docker_lines(
+        docker, env, "image", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"
+    ):
         subprocess.run([*docker, "rmi", "-f", *sorted(set(ids))], env=env, capture_output=True, check=False)
 
 

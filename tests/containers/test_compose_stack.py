@@ -74,18 +74,21 @@ def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
         phases[name] = time.monotonic() - started
 
 
-def _engine() -> Engine:
+def _engine_and_compose() -> tuple[Engine, list[str]]:
     try:
-        return ensure_engine(install=True)
+        engine = ensure_engine(install=True)
+        return engine, compose_command(engine)
     except EngineError as exc:
-        pytest.fail(f"No Docker engine for the container tests.\n{exc}", pytrace=False)
+        problem = str(exc)
+    pytest.fail(f"No Docker engine or Compose for the container tests.\n{problem}", pytrace=False)
 
 
 def _standin(standins: StandIns, name: str) -> str:
     try:
         return standins.image(name)
     except StandInError as exc:
-        pytest.fail(f"Could not build the {name} stand-in image.\n{exc}", pytrace=False)
+        problem = str(exc)
+    pytest.fail(f"Could not build the {name} stand-in image.\n{problem}", pytrace=False)
 
 
 def _write_env_file(path: Path, values: dict[str, str]) -> None:
@@ -133,13 +136,9 @@ def _remove_project_images(docker: list[str], env: dict[str, str], project: str)
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     phases: dict[str, float] = {}
     with _timed(phases, "engine"):
-        engine = _engine()
+        engine, compose = _engine_and_compose()
         docker = docker_command()
         env = _clean_env(engine)
-        try:
-            compose = compose_command(engine)
-        except EngineError as exc:
-            pytest.fail(str(exc), pytrace=False)
     standins = StandIns(docker, env)
     with _timed(phases, "python base"):
         python_image = _standin(standins, "python")
@@ -179,10 +178,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             stack.wait_healthy()
         yield Deployment(stack, docker, env, values, standins.built, project, phases)
     except StackError as exc:
-        pytest.fail(f"The compose stack did not come up.\n{exc}", pytrace=False)
+        problem = str(exc)
+    else:
+        problem = ""
     finally:
         stack.run("down", "--volumes", "--remove-orphans", "--timeout", "10", capture=True, check=False)
         _remove_project_images(docker, env, project)
+    if problem:
+        pytest.fail(f"The compose stack did not come up.\n{problem}", pytrace=False)
 
 
 def _admin(deployment: Deployment) -> httpx.Client:

@@ -146,6 +146,9 @@ class StandIns:
             StandInError: A step failed; the message holds the tail of its output.
         """
         recipe = _RECIPES[name]
+        for path in recipe.machine_files:
+            if not path.is_file():
+                raise StandInError(f"{path} is missing: apt-get install -y ca-certificates (the builds need it)")
         with _machine_lock():
             debian = self._debian()
             contents = [(RECIPES / f).read_bytes() for f in recipe.files]

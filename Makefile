@@ -51,16 +51,8 @@ stop: ## Stop what `make dev` started
 tenantctl: install ## tenantctl against the platform of `make dev` (ARGS="tenants list")
 	@$(UV) run python -m tenantry_devtools.dev tenantctl $(ARGS)
 
-COMPOSE ?= docker compose -f docker-compose.tenant.yml
+up: install ## Build and start the stack with Docker Compose; writes .env with generated secrets when missing
+	@$(UV) run python -m tenantry_devtools.stack up
 
-up: ## Build and start the stack with Docker Compose (needs Docker and a filled-in .env)
-	@docker info >/dev/null 2>&1 || { echo "make up: no Docker engine answers ('docker info' failed). Start Docker (or point DOCKER_HOST at one), or use 'make dev' instead." >&2; exit 1; }
-	@$(COMPOSE) version >/dev/null 2>&1 || { echo "make up: the Docker Compose plugin is missing ('docker compose version' failed); install docker-compose-plugin." >&2; exit 1; }
-	@[ -f .env ] || { echo "make up: .env is missing. Run 'cp .env.example .env' and fill in every secret (the comments say how to generate each)." >&2; exit 1; }
-	$(COMPOSE) up -d --build
-	@echo "tenant-service http://127.0.0.1:$${TENANT_SERVICE_PORT:-8001}  gateway http://127.0.0.1:$${GATEWAY_PORT:-8080}  notes http://127.0.0.1:$${APP_PORT:-8002}"
-	@echo "status: $(COMPOSE) ps    logs: $(COMPOSE) logs -f    stop: make down"
-
-down: ## Stop the Docker Compose stack (data stays in its volumes; add ARGS=-v to delete them)
-	@docker info >/dev/null 2>&1 || { echo "make down: no Docker engine answers ('docker info' failed)." >&2; exit 1; }
-	$(COMPOSE) down $(ARGS)
+down: install ## Stop the Docker Compose stack (data stays in its volumes; add ARGS=-v to delete them)
+	@$(UV) run python -m tenantry_devtools.stack down $(ARGS)

@@ -151,3 +151,19 @@ def load_tenant(stack: GatewayStack) -> Tenant:
     """A tenant on an unthrottled plan that the stack's gateway serves, for wrk (which must be installed)."""
     require_wrk()
     return unthrottled_tenant(stack)
+
+
+# Reports a test records with record_property("containers_report", ...) (image sizes, phase times), shown at
+# the end of the run: under xdist a passing test's output is not, but its properties reach this process.
+_CONTAINER_REPORTS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _CONTAINER_REPORTS.extend(str(v) for name, v in report.user_properties if name == "containers_report")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for text in _CONTAINER_REPORTS:
+        terminalreporter.section("container images")
+        terminalreporter.write_line(text)

@@ -151,9 +151,16 @@ def test_ports_bind_loopback_only(services: dict[str, dict[str, Any]]) -> None:
     assert published == PUBLISHED, "tenant-service, gateway and notes are published; Postgres and Redis are not"
 
 
+def _default_image(service: dict[str, Any]) -> str:
+    """The service's image as a user gets it: compose's interpolation with nothing set."""
+    image, missing = _interpolate(service["image"], {})
+    assert not missing
+    return image
+
+
 def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
-        image = service["image"]
+        image = _default_image(service)
         repository, _, tag = image.rpartition(":")
         assert repository, f"{name}: image {image!r} has no tag"
         assert "latest" not in tag, f"{name}: {image!r}"
@@ -166,10 +173,22 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_postgres_and_redis_versions_meet_the_contract(services: dict[str, dict[str, Any]]) -> None:
-    pg_major = int(services["postgres"]["image"].split(":")[1].split(".")[0])
-    redis_major = int(services["redis"]["image"].split(":")[1].split(".")[0])
+    pg_major = int(_default_image(services["postgres"]).split(":")[1].split(".")[0])
+    redis_major = int(_default_image(services["redis"]).split(":")[1].split(".")[0])
     assert pg_major >= 15
     assert redis_major >= 7
+
+
+def test_base_images_can_be_replaced_without_editing_files(services: dict[str, dict[str, Any]]) -> None:
+    # The container tests run the stack on stand-ins built from Debian packages (no registry is reachable there).
+    for name, variable in (("postgres", "POSTGRES_IMAGE"), ("redis", "REDIS_IMAGE")):
+        assert _interpolate(services[name]["image"], {variable: "standin:1"})[0] == "standin:1", name
+    for name in (*APPS, *ONE_SHOT):
+        build = services[name]["build"]
+        # A bare name: passed when set, so the Dockerfile's own default stays the default.
+        assert build.get("args") == ["PYTHON_IMAGE"], name
+        assert _interpolate(build["network"], {})[0] == "default", name
+        assert _interpolate(build["network"], {"BUILD_NETWORK": "host"})[0] == "host", name
 
 
 def test_required_secrets_fail_clearly_when_missing() -> None:
@@ -354,6 +373,15 @@ def test_builder_installs_a_pinned_uv_and_syncs_frozen(stages: dict[str, Stage])
         assert any(f"uv sync --frozen --no-dev --no-editable --package {package}" in r for r in runs)
     # lock and pyproject files come before the sources, so dependencies are cached across source changes
     assert text.index("COPY pyproject.toml uv.lock") < text.index("COPY libs/common/src")
+
+
+def test_the_base_image_is_the_only_thing_taken_from_a_registry() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    # A `# syntax=` directive makes BuildKit fetch a frontend image; the builder's own frontend reads this file.
+    assert not re.search(r"(?im)^#\s*syntax\s*=", text)
+    # The interpreter comes from PYTHON_IMAGE's PATH, so a base with Python elsewhere (a stand-in) works too.
+    assert re.search(r"UV_PYTHON=python3\b", text)
+    assert "/usr/local/bin/python" not in text
 
 
 @pytest.mark.parametrize("target", APPS)

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from support.gateway_support import EchoUpstream, GatewayProcess
-from tenantry_devtools.platform import Installation, Platform, Tenant, TenantServiceProcess, new_signing_keys
+from tenantry_devtools.platform import Installation, Platform, Tenant, TenantServiceProcess
+from tenantry_devtools.platform_secrets import new_secret
 from tenantry_devtools.processes import wait_until
 
 #: An ``X-Tenant-ID`` that names no tenant: with a known key the gateway answers 404, with an unknown one 401.
@@ -118,7 +119,7 @@ def running_stack(
     stack: GatewayStack | None = None
     try:
         echo = EchoUpstream(folder / "echo.log").start()
-        keys = new_signing_keys()
+        keys = new_secret("JWT_SIGNING_KEYS")
         gateway = GatewayProcess(
             installation, service.url, echo.url, folder / "gateway.log", keys,
             **{"REDIS_TIMEOUT": "2", **(gateway_env or {})},

@@ -13,7 +13,6 @@ environment's defaults before the first application import).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import json
@@ -24,13 +23,14 @@ import sys
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from tenantry_devtools.platform_secrets import new_secret
 from tenantry_devtools.processes import ROOT, ServerProcess, free_port
 
 if TYPE_CHECKING:
@@ -62,18 +62,6 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
-def new_encryption_keys() -> str:
-    """A fresh ``ENCRYPTION_KEYS`` value: one 256-bit key named ``k1``."""
-    return "k1:" + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
-
-
-def new_signing_keys() -> str:
-    """A fresh ``JWT_SIGNING_KEYS`` value: one EdDSA key named ``k1``, made by the shared library."""
-    from tenantry_common.jwt_keys import generate_signing_key  # noqa: PLC0415 - crypto only when a key is made
-
-    return "k1:" + generate_signing_key()
-
-
 class TenantctlError(RuntimeError):
     """``tenantctl`` exited with an error."""
 
@@ -94,14 +82,14 @@ class Installation:
     """Prefix of tenant database and role names (``TENANT_DB_PREFIX``; None: the service's default)."""
     registry_url: str | None = None
     """``DATABASE_URL`` when the registry is not ``master_db`` on ``pg_url``'s server."""
-    admin_token: str = field(default_factory=lambda: "adm_" + secrets.token_urlsafe(24))
-    service_token: str = field(default_factory=lambda: "svc_" + secrets.token_urlsafe(24))
+    admin_token: str = field(default_factory=partial(new_secret, "ADMIN_TOKEN"))
+    service_token: str = field(default_factory=partial(new_secret, "SERVICE_TOKEN"))
     """The tenant apps' token (``SERVICE_TOKEN``, named "app"): scope credentials:vend only."""
-    gateway_token: str = field(default_factory=lambda: "gws_" + secrets.token_urlsafe(24))
+    gateway_token: str = field(default_factory=partial(new_secret, "GATEWAY_SERVICE_TOKEN"))
     """The gateways' token (``GATEWAY_SERVICE_TOKEN``, named "gateway"): scope directory:read only."""
-    encryption_keys: str = field(default_factory=new_encryption_keys)
-    api_key_hash_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    jwt_signing_keys: str = field(default_factory=new_signing_keys)
+    encryption_keys: str = field(default_factory=partial(new_secret, "ENCRYPTION_KEYS"))
+    api_key_hash_secret: str = field(default_factory=partial(new_secret, "API_KEY_HASH_SECRET"))
+    jwt_signing_keys: str = field(default_factory=partial(new_secret, "JWT_SIGNING_KEYS"))
     """The gateways' signing keys (``JWT_SIGNING_KEYS``), unless a gateway is given others."""
     settings_env: dict[str, str] = field(default_factory=dict)
     """Further tenant-service settings (environment variables)."""

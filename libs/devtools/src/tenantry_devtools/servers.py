@@ -41,6 +41,7 @@ __all__ = [
     "PG_OS_USER_ENV",
     "LocalPostgres",
     "LocalRedis",
+    "apt_install",
     "docker_available",
     "ensure_binaries",
     "find_pg_bindir",
@@ -316,25 +317,41 @@ def ensure_binaries(install: bool = False, *, postgres: bool = True, redis: bool
     if not install:
         raise RuntimeError(_install_hint(missing))
 
+    apt_install(missing, hint=_install_hint(missing))
+
+    still_missing = _missing_binaries(postgres, redis, wrk)
+    if still_missing:
+        raise RuntimeError(_install_hint(still_missing) + "\n(apt-get install did not provide them.)")
+
+
+def apt_install(packages: list[str], *, hint: str) -> None:
+    """Install Debian packages with apt-get (root only), without their recommended packages.
+
+    Waits up to five minutes for the dpkg lock, so that two installs on one machine do not fail each other.
+
+    Args:
+        packages: Package names.
+        hint: What to tell the user when the install cannot run or fails.
+
+    Raises:
+        RuntimeError: Not root, no apt-get, or apt-get failed; the message ends with ``hint``.
+    """
     apt_get = shutil.which("apt-get")
     if os.geteuid() != 0 or apt_get is None:
         reason = "root" if os.geteuid() != 0 else "apt-get"
-        raise RuntimeError(_install_hint(missing) + f"\n(Automatic install needs {reason}.)")
+        raise RuntimeError(hint + f"\n(Automatic install needs {reason}.)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    wait_for_lock = ["-o", "DPkg::Lock::Timeout=300"]
     try:
-        subprocess.run([apt_get, "update"], env=env, check=True, stdin=subprocess.DEVNULL)  # noqa: S603
+        subprocess.run([apt_get, *wait_for_lock, "update"], env=env, check=True, stdin=subprocess.DEVNULL)  # noqa: S603
         subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [apt_get, "install", "-y", "--no-install-recommends", *missing],
+            [apt_get, *wait_for_lock, "install", "-y", "--no-install-recommends", *packages],
             env=env,
             check=True,
             stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise RuntimeError(f"apt-get install failed ({exc}).\n{_install_hint(missing)}") from exc
-
-    still_missing = _missing_binaries(postgres, redis, wrk)
-    if still_missing:
-        raise RuntimeError(_install_hint(still_missing) + "\n(apt-get install did not provide them.)")
+        raise RuntimeError(f"apt-get install failed ({exc}).\n{hint}") from exc
 
 
 def _require_pg_bindir() -> Path:
@@ -354,21 +371,22 @@ def _require_redis_server() -> Path:
 # --------------------------------------------------------------------------- docker
 
 
-def docker_available(timeout: float = 3.0) -> bool:
+def docker_available(timeout: float = 3.0, *, host: str | None = None) -> bool:
     """Tell whether a Docker engine answers ``GET /_ping`` (stdlib only, bounded time).
 
-    Looks at ``$DOCKER_HOST`` (``unix://`` or ``tcp://``, TLS when
+    Looks at ``host`` when given, else at ``$DOCKER_HOST`` (``unix://`` or ``tcp://``, TLS when
     ``$DOCKER_TLS_VERIFY`` is set) and otherwise at ``/var/run/docker.sock``, which is
     where the Docker SDK used by testcontainers looks too. An installed CLI without a
     running daemon yields False.
 
     Args:
         timeout: Seconds allowed for the connect and for each read.
+        host: An engine address in ``DOCKER_HOST`` form.
 
     Returns:
         True when the engine answered with HTTP 200.
     """
-    host = os.environ.get("DOCKER_HOST", "").strip() or "unix:///var/run/docker.sock"
+    host = host or os.environ.get("DOCKER_HOST", "").strip() or "unix:///var/run/docker.sock"
     parts = urlsplit(host)
     try:
         if parts.scheme == "unix":

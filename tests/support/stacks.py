@@ -91,8 +91,10 @@ def wait_known(gateway: GatewayProcess, key: str, timeout: float = 10.0) -> None
             gateway.url + "/_known", headers={"X-API-Key": key, "X-Tenant-ID": NO_SUCH_TENANT}, timeout=5
         )
         if response.status_code == 404:
-            # Known, but maybe still as `provisioning` (the create's first revision): wait for the settled status,
-            # which the token endpoint reports without reaching the upstream or counting a request.
+            # Known, but maybe still as `provisioning` (a periodic sync can catch the create's first revision): give
+            # the activation's change event a moment to land, then check the settled status, which the token
+            # endpoint reports without reaching the upstream (a 503 there would count in the gateway's metrics).
+            time.sleep(0.2)
             token = httpx.post(gateway.url + "/_gateway/token", headers={"X-API-Key": key}, timeout=5)
             if token.status_code != 503:
                 return

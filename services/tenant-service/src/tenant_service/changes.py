@@ -23,6 +23,7 @@ from tenant_service.audit.service import record
 from tenant_service.db.models import Tenant
 from tenant_service.tenants.lookup import find_tenant, touch
 from tenantry_common.events import EventKind
+from tenantry_common.lifecycle import TenantStatus
 from tenantry_common.problems import ConflictError
 
 if TYPE_CHECKING:
@@ -101,7 +102,10 @@ class Unit:
             before=before,
             after=audited,
         )
-        self.publish("tenant.changed", tenant_id=tenant.id)
+        if tenant.status != TenantStatus.PROVISIONING:
+            # A tenant being provisioned is announced when it becomes active (the provisioner's change); until then
+            # gateways see it, as `provisioning`, only on their periodic sync, as before this unit existed.
+            self.publish("tenant.changed", tenant_id=tenant.id)
         return after
 
 

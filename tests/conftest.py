@@ -7,6 +7,7 @@ Server fixtures (all session scoped):
   fault tests use ``.stop()``/``.start()``/``.restart()``/``.outage()`` (Redis also
   ``.kill()``), which fail the test when the server is not owned by the suite.
 * ``pg_url`` / ``redis_url``: just the URLs of the above.
+* ``s3_server``: a :class:`support.s3.S3Server`, moto's S3 server as a real process on 127.0.0.1 with a bucket.
 
 Platform fixtures: ``installation`` (session) and ``fresh_installation`` (a test's own), ``service`` (the
 tenant-service as a process), ``api`` (in-process), and ``stack`` (module scoped: tenant-service, echo upstream and
@@ -27,6 +28,7 @@ import pytest
 
 from support.load import require_wrk, unthrottled_tenant
 from support.platform import Installation, Tenant, TenantServiceProcess
+from support.s3 import S3Server, running_s3_server
 from support.servers import PostgresServer, RedisServer, provide_postgres, provide_redis
 from support.stacks import GatewayStack, running_stack
 from tenantry_devtools.processes import use_bytecode_cache
@@ -75,6 +77,13 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_url(redis_server: RedisServer) -> str:
     """URL ``redis://host:port/0`` of ``redis_server``."""
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """Session S3-compatible server (moto's, a child process) with a bucket; fails with the fix when it can't start."""
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -267,6 +267,60 @@ def test_production_renders_autoscaling_disruption_budget_network_policy_ingress
     assert not [d for d in of_kind(objects, "Deployment") if component(d) == "notes"]
 
 
+def _tenant_service(objects: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tenant-service's pod spec and its ConfigMap's data."""
+    (deployment,) = [d for d in of_kind(objects, "Deployment") if component(d) == "tenant-service"]
+    (config,) = [c for c in of_kind(objects, "ConfigMap") if component(c) == "tenant-service"]
+    return deployment["spec"]["template"]["spec"], config["data"]
+
+
+def _secret_refs(container: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"].get("optional", False))
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def test_backups_go_to_a_kept_volume_mounted_at_the_store_directory_by_default() -> None:
+    objects = render("default")
+    pod, config = _tenant_service(objects)
+    assert config["BACKUP_STORE_URL"] == "file:///var/lib/tenantry/backups"
+    (claim,) = of_kind(objects, "PersistentVolumeClaim")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/tenantry/backups"]
+    assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    # Only the tenant-service stores backups: the migration Job mounts no claim.
+    (job,) = of_kind(objects, "Job")
+    assert not [v for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+
+
+def test_backups_go_to_a_bucket_in_production_with_keys_from_the_existing_secret() -> None:
+    objects = render("production")
+    pod, config = _tenant_service(objects)
+    assert config["BACKUP_STORE_URL"].startswith("s3://")
+    assert config["S3_REGION"] == "eu-central-1"
+    assert of_kind(objects, "PersistentVolumeClaim") == []
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    refs = _secret_refs(pod["containers"][0])
+    assert refs["AWS_ACCESS_KEY_ID"] == refs["AWS_SECRET_ACCESS_KEY"] == (EXISTING_SECRET, True)
+
+
+def test_a_backup_store_claim_or_bucket_secret_of_the_operator_is_used_as_named(tmp_path: Path) -> None:
+    values = {"backups": {"persistence": {"existingClaim": "nfs-backups"}, "s3": {"existingSecret": "bucket-keys"}}}
+    done = template(SCENARIOS["default"], _values_file(tmp_path, values))
+    assert done.returncode == 0, done.stderr
+    objects = tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+    assert of_kind(objects, "PersistentVolumeClaim") == []
+    pod, _ = _tenant_service(objects)
+    assert {"name": "backups", "persistentVolumeClaim": {"claimName": "nfs-backups"}} in pod["volumes"]
+    refs = _secret_refs(pod["containers"][0])
+    assert refs["AWS_ACCESS_KEY_ID"] == refs["AWS_SECRET_ACCESS_KEY"] == ("bucket-keys", True)
+    assert refs["ENCRYPTION_KEYS"][0] != "bucket-keys"
+
+
 # --- broken values fail, with a message that names the problem -------------------------------------------------
 
 
@@ -288,8 +342,19 @@ def _values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
             "tenantService.config.serviceTokenScopes.app.0 must be one of",
         ),
         ({"tenantService": {"config": {"serviceTokenScopes": {"app": []}}}}, "serviceTokenScopes.app: Array must have"),
+        ({"backups": {"storeUrl": "/var/lib/tenantry/backups"}}, "backups.storeUrl: Does not match pattern"),
+        ({"backups": {"storeUrl": "file:///var/my%20backups"}}, "backups.storeUrl: Does not match pattern"),
     ],
-    ids=["typo-top-level", "typo-nested", "negative-replicas", "quota-mode", "unknown-scope", "no-scope"],
+    ids=[
+        "typo-top-level",
+        "typo-nested",
+        "negative-replicas",
+        "quota-mode",
+        "unknown-scope",
+        "no-scope",
+        "backup-store-path",
+        "backup-store-escape",
+    ],
 )
 def test_values_against_the_schema_fail_lint_and_template_with_a_clear_message(
     tmp_path: Path, values: dict[str, Any], message: str
@@ -314,8 +379,16 @@ def test_values_against_the_schema_fail_lint_and_template_with_a_clear_message(
             "gateway.config.directoryMaxStalenessSeconds (1) must be 0 (off) or more than "
             "gateway.config.directoryRefreshSeconds (2)",
         ),
+        (
+            {"tenantService": {"replicas": 2}},
+            "tenantService.replicas (2) pods share the file store of backups.storeUrl: add ReadWriteMany",
+        ),
+        (
+            {"backups": {"persistence": {"enabled": False}}},
+            "backups.persistence.enabled is false: the backups would be lost with the pod",
+        ),
     ],
-    ids=["hpa-bounds", "no-upstream", "staleness-below-refresh"],
+    ids=["hpa-bounds", "no-upstream", "staleness-below-refresh", "shared-rwo-backups", "ephemeral-backups"],
 )
 def test_impossible_combinations_fail_template_with_a_clear_message(
     tmp_path: Path, values: dict[str, Any], message: str

@@ -118,7 +118,7 @@ and fails with a message naming the missing value otherwise.
   "DATABASE_URL" (required (printf "secrets.databaseUrl is required: %s" $hint) $s.databaseUrl)
   "REDIS_URL" (required (printf "secrets.redisUrl is required: %s" $hint) $s.redisUrl)
 }}
-{{- range $key, $value := dict "ADMIN_TOKEN" $s.adminToken "ADMIN_TOKENS" $s.adminTokens "SERVICE_TOKEN" $s.serviceToken "SERVICE_TOKENS" $s.serviceTokens "GATEWAY_SERVICE_TOKEN" $s.gatewayServiceToken "TENANT_DATABASE_URL" $s.tenantDatabaseUrl }}
+{{- range $key, $value := dict "ADMIN_TOKEN" $s.adminToken "ADMIN_TOKENS" $s.adminTokens "SERVICE_TOKEN" $s.serviceToken "SERVICE_TOKENS" $s.serviceTokens "GATEWAY_SERVICE_TOKEN" $s.gatewayServiceToken "TENANT_DATABASE_URL" $s.tenantDatabaseUrl "AWS_ACCESS_KEY_ID" $s.awsAccessKeyId "AWS_SECRET_ACCESS_KEY" $s.awsSecretAccessKey }}
 {{- if $value }}
 {{- $_ := set $data $key $value }}
 {{- end }}
@@ -167,6 +167,37 @@ Optional keys may be absent from the Secret (the process then uses its default).
 {{- include "tenantry.secretEnv" (dict "name" .name "required" (list "DATABASE_URL" "ENCRYPTION_KEYS" "API_KEY_HASH_SECRET" "REDIS_URL") "optional" (list "TENANT_DATABASE_URL" "ADMIN_TOKEN" "ADMIN_TOKENS" "SERVICE_TOKEN" "SERVICE_TOKENS" "GATEWAY_SERVICE_TOKEN")) }}
 {{- end }}
 
+{{/*
+Keys of the backup store's credentials (tenant-service only): from backups.s3.existingSecret when named, else from
+the platform's Secret. Optional: without them the process uses its cloud identity, and a file store needs none.
+*/}}
+{{- define "tenantry.backupStoreSecretEnv" -}}
+{{- $name := .Values.backups.s3.existingSecret | default (include "tenantry.secretName" .) }}
+{{- include "tenantry.secretEnv" (dict "name" $name "optional" (list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY")) }}
+{{- end }}
+
+{{/*
+The directory of a file:// backup store ("" for an s3:// one), and checks that its volume can be shared by the
+tenant-service pods.
+*/}}
+{{- define "tenantry.backupDir" -}}
+{{- $b := .Values.backups }}
+{{- if hasPrefix "file://" $b.storeUrl }}
+{{- if not $b.persistence.enabled }}
+{{- fail (printf "backups.storeUrl %q is a directory but backups.persistence.enabled is false: the backups would be lost with the pod; enable persistence or use an s3:// storeUrl" $b.storeUrl) }}
+{{- end }}
+{{- if and (gt (int .Values.tenantService.replicas) 1) (not $b.persistence.existingClaim) (not (has "ReadWriteMany" $b.persistence.accessModes)) }}
+{{- fail (printf "tenantService.replicas (%d) pods share the file store of backups.storeUrl: add ReadWriteMany to backups.persistence.accessModes, name a ReadWriteMany backups.persistence.existingClaim, or use an s3:// storeUrl" (int .Values.tenantService.replicas)) }}
+{{- end }}
+{{- trimPrefix "file://" $b.storeUrl }}
+{{- end }}
+{{- end }}
+
+{{/* The PersistentVolumeClaim of a file:// backup store: the operator's existingClaim, else the chart's. */}}
+{{- define "tenantry.backupClaimName" -}}
+{{- .Values.backups.persistence.existingClaim | default (include "tenantry.componentName" (dict "ctx" . "component" "backups")) }}
+{{- end }}
+
 {{/* Non-secret configuration of the tenant-service, keyed by environment variable (ConfigMap and Job). */}}
 {{- define "tenantry.tenantServiceConfig" -}}
 {{- $c := .Values.tenantService.config }}
@@ -200,6 +231,9 @@ DB_POOL_SIZE: {{ $c.dbPoolSize | int64 | toString | quote }}
 DB_CONNECT_TIMEOUT: {{ $c.dbConnectTimeout | toString | quote }}
 DB_STATEMENT_TIMEOUT_MS: {{ $c.dbStatementTimeoutMs | int64 | toString | quote }}
 TENANT_SERVICE_MAX_REQUEST_BODY_BYTES: {{ $c.maxRequestBodyBytes | int64 | toString | quote }}
+BACKUP_STORE_URL: {{ .Values.backups.storeUrl | quote }}
+S3_ENDPOINT_URL: {{ .Values.backups.s3.endpointUrl | quote }}
+S3_REGION: {{ .Values.backups.s3.region | quote }}
 {{- end }}
 
 {{/* The hardened security context of every container. */}}

@@ -173,6 +173,7 @@ Optional keys may be absent from the Secret (the process then uses its default).
 BASE_DOMAIN: {{ .Values.config.baseDomain | quote }}
 LOG_FORMAT: {{ .Values.config.logFormat | quote }}
 LOG_LEVEL: {{ .Values.config.logLevel | quote }}
+CUTOVER_HOLD_SECONDS: {{ .Values.config.cutoverHoldSeconds | toString | quote }}
 {{- with $c.tenantDbHost }}
 TENANT_DB_HOST: {{ . | quote }}
 {{- end }}

@@ -3,12 +3,15 @@
 ``INFO commandstats`` also counts the commands a Lua script runs inside Redis (an EVALSHA whose script calls GET,
 INCR and TTL counts 1 + 3), so it measures work inside Redis, not round trips. The client commands a process
 sends (its "Redis calls") are counted with ``MONITOR``, which tags commands run by scripts with the source
-``lua``. ``INFO`` itself is excluded from both: it is the harness's own measurement call, not the platform's.
+``lua``. ``INFO`` itself is excluded from both: it is the harness's own measurement call, not the platform's. So is
+the gateways' heartbeat (once a second per worker, whatever the traffic): ``MONITOR`` recognises it by its script's
+SHA, and a monitored run takes it out of its ``INFO commandstats`` delta too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import socket
 import threading
@@ -17,9 +20,15 @@ from collections import Counter
 from typing import Final
 from urllib.parse import urlsplit
 
+from tenantry_common.holds import HEARTBEAT_SCRIPT
+
 _CMDSTAT: Final = re.compile(r"^cmdstat_([^:]+):calls=(\d+)", re.MULTILINE)
 #: Commands the harness itself sends while measuring (INFO snapshots, the MONITOR that counts calls).
 OWN_COMMANDS: Final = frozenset({"info", "monitor"})
+#: The gateways' heartbeat (tenantry_common.holds): background work, not a request's.
+HEARTBEAT_SHA: Final = hashlib.sha1(HEARTBEAT_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's script name
+#: The commands one heartbeat runs inside Redis (its script is straight-line: each exactly once).
+HEARTBEAT_SCRIPT_COMMANDS: Final = ("time", "zadd", "zremrangebyscore", "expire")
 
 
 def parse_commandstats(text: str) -> dict[str, int]:
@@ -44,19 +53,33 @@ def parse_monitor_line(line: str) -> tuple[str, str] | None:
     return match.group(1), match.group(2).lower()
 
 
+def is_heartbeat(line: str) -> bool:
+    """A gateway's heartbeat call (an EVALSHA of the heartbeat script)."""
+    parsed = parse_monitor_line(line)
+    return parsed is not None and parsed[1] == "evalsha" and f'"{HEARTBEAT_SHA}"' in line
+
+
 def split_monitor(lines: list[str]) -> tuple[dict[str, int], dict[str, int]]:
-    """Commands sent by clients and commands run by scripts (source ``lua``), by command name."""
+    """Commands sent by clients and commands run by scripts (source ``lua``), by command name; without the
+    harness's own commands and the gateways' heartbeats (their calls and what their script ran)."""
     clients: Counter[str] = Counter()
     scripts: Counter[str] = Counter()
     for line in lines:
         parsed = parse_monitor_line(line)
-        if parsed is None:
+        if parsed is None or is_heartbeat(line):
             continue
         source, command = parsed
         if command in OWN_COMMANDS:
             continue
         (scripts if source == "lua" else clients)[command] += 1
-    return dict(sorted(clients.items())), dict(sorted(scripts.items()))
+    scripts.subtract(dict.fromkeys(HEARTBEAT_SCRIPT_COMMANDS, sum(map(is_heartbeat, lines))))
+    return dict(sorted(clients.items())), {k: n for k, n in sorted(scripts.items()) if n > 0}
+
+
+def without_heartbeats(delta: dict[str, int], heartbeats: int) -> dict[str, int]:
+    """An ``INFO commandstats`` delta without the work of ``heartbeats`` heartbeats (counted with ``MONITOR``)."""
+    work = dict.fromkeys(("evalsha", *HEARTBEAT_SCRIPT_COMMANDS), heartbeats)
+    return {name: n - work.get(name, 0) for name, n in delta.items() if n - work.get(name, 0) > 0}
 
 
 class RedisMonitor:
@@ -65,6 +88,8 @@ class RedisMonitor:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self._address = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        #: The gateways' heartbeats seen (after :meth:`stop`).
+        self.heartbeats = 0
         self._lines: list[str] = []
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -96,6 +121,7 @@ class RedisMonitor:
             self._sock.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.heartbeats = sum(map(is_heartbeat, self._lines))
         return split_monitor(self._lines)
 
 

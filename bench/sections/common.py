@@ -12,7 +12,7 @@ from bench.context import BenchContext, SectionReport, say
 from bench.nginx import BODY_BYTES, nginx_service, served_requests, upstream_config
 from bench.platform import installation, run_async
 from bench.procs import CpuMeter
-from bench.redisstats import RedisMonitor, calls_delta
+from bench.redisstats import RedisMonitor, calls_delta, without_heartbeats
 from bench.results import median, paired_ratio
 from bench.wrk import display_command, run_wrk, wrk_command
 from tenantry_devtools.platform import Installation
@@ -141,7 +141,7 @@ def measure(
         non_2xx=result.non_2xx,
         socket_errors=result.errors,
         cpu_us_per_request=cpu * 1e6 / result.requests if cpu is not None and result.requests else None,
-        redis_calls=calls_delta(before, after),
+        redis_calls=without_heartbeats(calls_delta(before, after), watcher.heartbeats if watcher else 0),
         client_calls=client_calls,
         script_calls=script_calls,
         forwarded=forwarded,

@@ -144,7 +144,9 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
         "run per row (MONITOR slows Redis, so these runs are not used for throughput), divided by the requests the "
         "upstream served in that run (nginx `stub_status`; it includes the requests still in flight when wrk "
         "stops, which wrk does not count but which did call Redis). `INFO commandstats` deltas over the measured "
-        "runs are shown too: they also count the commands the quota script executes inside Redis.",
+        "runs are shown too: they also count the commands the quota script executes inside Redis. The gateways' "
+        "heartbeat (one EVALSHA a second per worker, for the cutover hold) is background work, not a request's: "
+        "MONITOR runs leave it out, commandstats deltas of unmonitored runs include it (about 0.001/request).",
         f"Runs interleave the rows {settings.runs} times after a 2 s warm-up of each, in the order a, b, c, d, e, "
         "d' in odd runs and reversed in even ones; the tables show medians over the runs.",
         "On this 2-core machine wrk, the upstream nginx, Redis and the tenant-service share one core, so the rows "
@@ -287,7 +289,7 @@ def _tables(
     commands = report.table(
         "Redis work per request: calls sent by the gateway (MONITOR) and commands executed (INFO commandstats, "
         "which also counts the commands the quota script runs inside Redis; the harness's own INFO and MONITOR "
-        "are left out)",
+        "and the gateways' once-a-second heartbeat are left out of MONITOR runs)",
         ["Row", "calls/req (MONITOR)", "commands/req (commandstats, medians over runs)", "inside scripts/req"],
     )
     for row in rows[2:]:

@@ -14,7 +14,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.nginx import BODY, BODY_BYTES, parse_stub_status
-from bench.redisstats import calls_delta, parse_commandstats, parse_monitor_line, split_monitor
+from bench.redisstats import (
+    HEARTBEAT_SHA,
+    calls_delta,
+    parse_commandstats,
+    parse_monitor_line,
+    split_monitor,
+    without_heartbeats,
+)
 from bench.report import render
 from bench.results import (
     ERROR,
@@ -197,6 +204,22 @@ def test_monitor_lines_separate_client_calls_from_script_internals() -> None:
         '+1.5 [0 127.0.0.1:1] "evalsha" "x"',
     ]
     assert split_monitor(lines) == ({"evalsha": 2}, {"get": 1, "incr": 1})
+
+
+def test_the_gateways_heartbeat_is_background_work_not_a_requests() -> None:
+    heartbeat = [
+        f'+2.1 [0 127.0.0.1:3] "evalsha" "{HEARTBEAT_SHA}" "1" "tenantry:gateways:i" "vm:1:ab" "60"',
+        '+2.2 [0 lua] "TIME"',
+        '+2.3 [0 lua] "ZADD" "tenantry:gateways:i" "1700000000.5" "vm:1:ab"',
+        '+2.4 [0 lua] "ZREMRANGEBYSCORE" "tenantry:gateways:i" "-inf" "1699999940.5"',
+        '+2.5 [0 lua] "EXPIRE" "tenantry:gateways:i" "60"',
+    ]
+    quota = ['+2.6 [0 127.0.0.1:1] "evalsha" "x"', '+2.7 [0 lua] "expire" "a" "65"']
+    assert split_monitor(heartbeat * 2 + quota) == ({"evalsha": 1}, {"expire": 1})
+    assert split_monitor(heartbeat) == ({}, {})
+    delta = {"evalsha": 3, "time": 2, "zadd": 2, "zremrangebyscore": 2, "expire": 3}
+    assert without_heartbeats(delta, 2) == {"evalsha": 1, "expire": 1}
+    assert without_heartbeats(delta, 0) == delta
 
 
 def test_stub_status_and_the_upstream_body() -> None:

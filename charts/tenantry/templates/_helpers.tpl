@@ -204,6 +204,7 @@ tenant-service pods.
 BASE_DOMAIN: {{ .Values.config.baseDomain | quote }}
 LOG_FORMAT: {{ .Values.config.logFormat | quote }}
 LOG_LEVEL: {{ .Values.config.logLevel | quote }}
+CUTOVER_HOLD_SECONDS: {{ .Values.config.cutoverHoldSeconds | toString | quote }}
 {{- with $c.tenantDbHost }}
 TENANT_DB_HOST: {{ . | quote }}
 {{- end }}

@@ -1,7 +1,8 @@
 """The tenant directory's wire format: what the tenant-service tells gateways about tenants.
 
 A gateway asks for everything changed since the revision it has; the answer carries the tenants that changed
-(with their domains, plan limits and API key hashes — never a secret) and the ids of tenants that are gone.
+(with their domains, plan limits and API key hashes — never a secret) and the ids of tenants that are gone. A tenant
+whose database is being switched carries the id of its cutover hold (see :mod:`tenantry_common.holds`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class DirectoryTenant(msgspec.Struct, frozen=True):
     revision: int
     #: Absent in pages from a tenant-service older than the feature: no external issuers.
     jwt_issuers: list[DirectoryIssuer] = msgspec.field(default_factory=list)
+    #: The id of the cutover hold in force (gateways hold the tenant's new requests); absent or null: no hold.
+    hold: str | None = None
 
 
 class DirectoryPage(msgspec.Struct, frozen=True):
@@ -54,3 +57,6 @@ class DirectoryPage(msgspec.Struct, frozen=True):
     tenants: list[DirectoryTenant]
     removed: list[str]
     full: bool
+    #: The registry's installation id: the gateways following it heartbeat under it (tenantry_common.holds).
+    #: Absent in pages from a tenant-service older than the cutover hold.
+    installation: str | None = None

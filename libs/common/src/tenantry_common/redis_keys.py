@@ -15,6 +15,17 @@ PLATFORM_PREFIX: Final = "tenantry:"
 EVENTS_CHANNEL: Final = PLATFORM_PREFIX + "events"
 
 
+def gateways_key(installation: str) -> str:
+    """The sorted set of the gateway workers that follow one registry (its installation id): member = a worker's
+    instance id, score = the Redis time of its last heartbeat."""
+    return platform_key("gateways", installation)
+
+
+def hold_acks_key(hold_id: str) -> str:
+    """The hash of the gateway workers that acknowledged a cutover hold: field = a worker's instance id."""
+    return platform_key("hold", hold_id)
+
+
 def tenant_prefix(tenant_id: UUID | str) -> str:
     """The namespace prefix of one tenant's keys."""
     return f"t:{{{UUID(str(tenant_id))}}}:"

@@ -1,7 +1,7 @@
 """The gateway's assembly: the reserved ``/_gateway/*`` endpoints, then the pipeline resolve → authenticate →
-limit → forward for everything else, each step a module of its own. No framework on the hot path: the headers it
-needs were noted while parsing, lookups are in memory, there is one Redis call, a pooled upstream connection, and
-one write of the response when the upstream's answer is complete.
+(hold) → limit → forward for everything else, each step a module of its own. No framework on the hot path: the
+headers it needs were noted while parsing, lookups are in memory, there is one Redis call, a pooled upstream
+connection, and one write of the response when the upstream's answer is complete.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from gateway.directory import Directory, DirectorySync
 from gateway.errors import GatewayError, bad_request
 from gateway.exchange import Exchange
 from gateway.forward import Forwarder, escapes_upstream_path
+from gateway.hold import Holds
 from gateway.http import CONTENT_LENGTH, REQUEST_ID, HttpConnection, Request
 from gateway.jwks import JwksCache
 from gateway.limit import Limiter
@@ -153,6 +154,9 @@ class Gateway:
             read_timeout=settings.read_timeout,
             response_timeout=settings.total_timeout,
         )
+        self.holds = Holds(
+            self.directory, self.redis, hold_seconds=settings.cutover_hold_seconds, redis_timeout=settings.redis_timeout
+        )
         self.sync = DirectorySync(
             self.directory,
             base_url=settings.tenant_service_url,
@@ -161,6 +165,7 @@ class Gateway:
             refresh_seconds=settings.directory_refresh_seconds,
             full_sync_seconds=settings.directory_full_sync_seconds,
             max_staleness=settings.directory_max_staleness,
+            on_sync=self.holds.observe,
         )
         self.reserved = ReservedEndpoints(
             directory=self.directory,
@@ -195,10 +200,11 @@ class Gateway:
             _log.info("signing_keys_reloaded", kids=list(keys.private_keys), signing_kid=keys.primary_kid)
 
     async def start(self) -> None:
-        """Start the directory sync (and the key file's watch)."""
+        """Start the directory sync, the heartbeat of the cutover hold (and the key file's watch)."""
         sync = self.sync
         DIRECTORY_AGE.set_function(lambda: -1.0 if (age := sync.age()) is None else age)
         await self.sync.start()
+        self.holds.start()
         if self.settings.jwt_signing_keys_file:
             self._key_watch = asyncio.get_running_loop().create_task(
                 self._watch_keys(self.settings.jwt_signing_keys_file)
@@ -208,7 +214,8 @@ class Gateway:
         """Stop the sync and close every pool."""
         if self._key_watch is not None:
             self._key_watch.cancel()
-        await self.sync.stop()
+        await self.sync.stop()  # first: a sync would see new holds
+        await self.holds.stop()
         self.pool.close()
         self.quota_redis.close()
         await self.jwks.close()
@@ -241,9 +248,19 @@ class Gateway:
                     principal = await self.authenticator.external(credential.value)
                 exchange.principal = principal
                 tenant = exchange.tenant = self.authenticator.tenant_of(principal, location)
-                exchange.quota_headers = await self.limiter.admit(tenant)
-            outcome = "forwarded"
-            status = await self.forwarder.forward(exchange, tenant)
+            if tenant.hold is not None:  # its database is being switched: wait until it is done (hold.py)
+                tenant = exchange.tenant = await self.holds.wait(tenant)
+            # Counted in flight in the same step as the tenant's entry was read (nothing awaited in between): a worker
+            # that acknowledges a hold has counted every request that saw the tenant without it.
+            holds, tenant_id = self.holds, tenant.id
+            holds.enter(tenant_id)
+            try:
+                if not self._passthrough:
+                    exchange.quota_headers = await self.limiter.admit(tenant)
+                outcome = "forwarded"
+                status = await self.forwarder.forward(exchange, tenant)
+            finally:
+                holds.leave(tenant_id)
             if status in (502, 504):
                 outcome = "upstream_error"
             elif status == 499:

@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from tenantry_common.holds import DEFAULT_HOLD_SECONDS, MIN_HOLD_SECONDS, checked_hold_seconds
 from tenantry_common.settings import (
     ConfigError,
     env_bool,
@@ -75,6 +76,9 @@ class GatewaySettings:
     """Seconds a Redis call may take before the quota failure mode applies (GATEWAY_REDIS_TIMEOUT)."""
     quota_failure_mode: str
     """``open`` (pass without quota headers) or ``closed`` (503) when Redis is unavailable."""
+    cutover_hold_seconds: float
+    """Longest a request of a tenant under a cutover hold waits, from when this worker first saw the hold; then 503
+    ``tenant_unavailable`` (CUTOVER_HOLD_SECONDS, the tenant-service's variable too)."""
     api_key_hash_secret: bytes
     """Keyed-hash secret of API keys (the tenant-service's)."""
     jwt_signing_keys: str
@@ -165,6 +169,9 @@ class GatewaySettings:
             redis_url=env_str("REDIS_URL", required=True),
             redis_timeout=env_float(env_name("GATEWAY_REDIS_TIMEOUT", deprecated="REDIS_TIMEOUT"), 0.25, minimum=0.001),
             quota_failure_mode=mode,
+            cutover_hold_seconds=checked_hold_seconds(
+                env_float("CUTOVER_HOLD_SECONDS", DEFAULT_HOLD_SECONDS, minimum=MIN_HOLD_SECONDS)
+            ),
             api_key_hash_secret=env_str("API_KEY_HASH_SECRET", required=True).encode(),
             jwt_signing_keys=keys_file_content or env_str("JWT_SIGNING_KEYS", required=True),
             jwt_signing_keys_file=keys_file,

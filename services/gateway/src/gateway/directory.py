@@ -4,7 +4,8 @@ A warm request never leaves the process to learn about its tenant: slugs, domain
 live here. Changes arrive three ways: a Redis event makes the gateway fetch at once; an incremental poll by
 revision runs every second; a full resync catches anything both missed. When the tenant-service is down the
 gateway keeps serving what it knows, and says so: once no sync has succeeded for ``max_staleness`` seconds the
-directory is stale (readiness fails, a warning is logged) until one succeeds again.
+directory is stale (readiness fails, a warning is logged) until one succeeds again. After each sync the cutover
+holds in force (``Directory.held``) are compared with those seen before (gateway.hold).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -73,6 +75,8 @@ class TenantEntry:
     domains: tuple[str, ...]
     key_hashes: tuple[bytes, ...]
     issuers: tuple[tuple[str, str], ...] = ()
+    #: The cutover hold in force (its id): the tenant's new requests wait (gateway.hold). None on the hot path.
+    hold: str | None = None
 
 
 @dataclass
@@ -88,13 +92,18 @@ class Directory:
     issuers: dict[str, dict[str, IssuerEntry]] = field(default_factory=dict)
     #: The revision each tenant's entry was built from: overlapping polls skip what did not change.
     revisions: dict[str, int] = field(default_factory=dict)
+    #: Tenants under a cutover hold → the hold's id (a handful at most: the hold's watcher walks it after each sync).
+    held: dict[str, str] = field(default_factory=dict)
     revision: int = 0
     loaded: bool = False
+    #: The registry's installation id, from the feed (None until a tenant-service that sends it answered).
+    installation: str | None = None
 
     def remove(self, tenant_id: str) -> None:
         """Forget a tenant and everything that points to it."""
         old = self.by_id.pop(tenant_id, None)
         self.revisions.pop(tenant_id, None)
+        self.held.pop(tenant_id, None)
         if old is None:
             return
         if self.by_slug.get(old.slug) is old:
@@ -130,8 +139,11 @@ class Directory:
             domains=tuple(tenant.domains),
             key_hashes=tuple(bytes.fromhex(k.hash) for k in tenant.keys),
             issuers=tuple((i.issuer, i.audience) for i in tenant.jwt_issuers),
+            hold=tenant.hold,
         )
         self.by_id[entry.id] = entry
+        if entry.hold is not None:
+            self.held[entry.id] = entry.hold
         self.by_slug[entry.slug] = entry
         for domain in entry.domains:
             self.by_domain[domain] = entry
@@ -165,12 +177,15 @@ class Directory:
             self.keys_by_hash, self.keys_by_id = fresh.keys_by_hash, fresh.keys_by_id
             self.issuers = fresh.issuers
             self.revisions = fresh.revisions
+            self.held = fresh.held
         else:
             for tenant in page.tenants:
                 self.apply(tenant)
         for tenant_id in page.removed:
             self.remove(tenant_id)
         self.revision = max(self.revision, page.revision) if not page.full else page.revision
+        if page.installation is not None:
+            self.installation = page.installation
         self.loaded = True
 
     def find(self, ref: str) -> TenantEntry | None:
@@ -193,8 +208,11 @@ class DirectorySync:
         refresh_seconds: float,
         full_sync_seconds: float,
         max_staleness: float = 0.0,
+        on_sync: Callable[[], None] | None = None,
     ) -> None:
+        """``on_sync``: called after each applied answer (the hold's watcher compares the holds in force)."""
         self.directory = directory
+        self._on_sync = on_sync
         self._http = httpx.AsyncClient(
             base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(5.0)
         )
@@ -243,12 +261,17 @@ class DirectorySync:
         """One incremental (or full) sync."""
         page = await self._fetch(0 if full or not self.directory.loaded else self._since())
         self.directory.apply_page(page)
+        if self._on_sync is not None:
+            self._on_sync()
         self.last_success = time.monotonic()
         self._seen.append((self.last_success, page.revision))
 
     async def _poll(self) -> None:
         last_full = time.monotonic()
         while True:
+            # Cleared before the fetch, not after: an event that arrives while a fetch is under way (which may have
+            # read the registry before that change committed) makes the next fetch start at once.
+            self._wake.clear()
             try:
                 full = time.monotonic() - last_full >= self._full_every
                 await self.sync_once(full=full)
@@ -257,7 +280,6 @@ class DirectorySync:
             except (httpx.HTTPError, msgspec.DecodeError, OSError) as exc:
                 _log.warning("directory_sync_failed", error=type(exc).__name__)
             self._note_staleness()
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._refresh)
 

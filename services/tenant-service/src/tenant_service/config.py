@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from tenant_service.internal.scopes import DIRECTORY_READ, SERVICE_SCOPES
+from tenantry_common.holds import DEFAULT_HOLD_SECONDS, MIN_HOLD_SECONDS, checked_hold_seconds
 from tenantry_common.settings import (
     ConfigError,
     env_float,
@@ -104,6 +105,9 @@ class LifecycleSettings:
     """How long a rotated API key keeps working."""
     upstream_allowlist: tuple[str, ...] = ()
     """Hosts and CIDRs an ``upstream_url`` may point at."""
+    cutover_hold_seconds: float = DEFAULT_HOLD_SECONDS
+    """Longest a tenant's requests are held at the gateways while its database is switched (CUTOVER_HOLD_SECONDS,
+    the gateways' variable too); also the longest the tenant-service waits for the gateways to drain."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,9 @@ class Settings:
                 default_plan=env_str("DEFAULT_PLAN", "free"),
                 default_key_grace_seconds=env_int("API_KEY_GRACE_SECONDS", 86400, minimum=0),
                 upstream_allowlist=allowlist,
+                cutover_hold_seconds=checked_hold_seconds(
+                    env_float("CUTOVER_HOLD_SECONDS", DEFAULT_HOLD_SECONDS, minimum=MIN_HOLD_SECONDS)
+                ),
             ),
             http=HttpSettings(
                 host=env_str("TENANT_SERVICE_HOST", "127.0.0.1"),

@@ -1,5 +1,5 @@
-"""The tenant directory for gateways: tenants, domains, limits, API key hashes and external JWT issuers changed
-since a revision."""
+"""The tenant directory for gateways: tenants, domains, limits, API key hashes, external JWT issuers and cutover
+holds changed since a revision."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from sqlalchemy import func, select
 
 from tenant_service.auth import service_guard
 from tenant_service.context import AppContext
+from tenant_service.cutover import hold_in_force
 from tenant_service.db.models import ApiKey, Plan, Tenant, TenantDomain, TenantJwtIssuer, TenantTombstone
 from tenant_service.deps import Ctx
 from tenant_service.internal.scopes import DIRECTORY_READ, SCOPE_OPT
 from tenant_service.openapi import problems, service_security
 from tenantry_common.directory import DirectoryIssuer, DirectoryKey, DirectoryPage, DirectoryTenant
 from tenantry_common.limits import merged_limits
+from tenantry_common.timeutil import utcnow
 
 
 async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | None = None) -> DirectoryPage:
@@ -81,6 +83,8 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
                     )
                 )
         plans: dict[str, dict[str, Any]] = {p.name: p.limits for p in (await session.execute(select(Plan))).scalars()}
+    installation = await ctx.installation_id()
+    now = utcnow()
     return DirectoryPage(
         revision=high_water,
         tenants=[
@@ -95,11 +99,13 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
                 keys=keys[t.id],
                 revision=t.revision,
                 jwt_issuers=issuers[t.id],
+                hold=hold_in_force(t, now),
             )
             for t in tenants
         ],
         removed=removed,
         full=since == 0 and tenant_id is None,
+        installation=str(installation),
     )
 
 

@@ -1,8 +1,9 @@
 """The reconciler: at start-up and periodically, finish or undo whatever a crash left half-done.
 
-It resumes tenants stuck in ``provisioning``, finishes purges stuck in ``deleting``, purges soft-deleted tenants
-whose retention has ended, brings each role's LOGIN flag in line with its tenant's status, and drops databases
-and roles that carry this installation's marker but belong to no tenant in the registry.
+It clears cutover holds that have run out (their holder died), resumes tenants stuck in ``provisioning``, finishes
+purges stuck in ``deleting``, purges soft-deleted tenants whose retention has ended, brings each role's LOGIN flag in
+line with its tenant's status, and drops databases and roles that carry this installation's marker but belong to no
+tenant in the registry.
 
 The registry decides what is an orphan. A tenant owns its database and may rewrite its comment, so a marker is
 only a hint: a database or role whose name the registry gives to a tenant is never dropped, whatever its marker
@@ -21,6 +22,7 @@ import structlog
 from sqlalchemy import func, select
 
 from tenant_service.context import AppContext
+from tenant_service.cutover import clear_expired_holds
 from tenant_service.db.models import Tenant
 from tenant_service.provisioning.provisioner import Outcome, Provisioner
 from tenantry_common.lifecycle import HAS_DATABASE, LOGIN_ALLOWED, TenantStatus
@@ -38,6 +40,7 @@ class ReconcileReport:
     purged: list[str] = field(default_factory=list)
     orphans_dropped: list[str] = field(default_factory=list)
     logins_fixed: list[str] = field(default_factory=list)
+    holds_cleared: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -52,6 +55,11 @@ class Reconciler:
         """One full pass; each tenant's trouble is logged and reported, never fatal to the pass."""
         report = ReconcileReport()
         ctx = self._ctx
+        try:
+            report.holds_cleared = [str(tenant_id) for tenant_id in await clear_expired_holds(ctx)]
+        except Exception as exc:  # noqa: BLE001 - the registry may be briefly unreachable; next pass retries
+            _log.warning("reconcile_holds_error", error=type(exc).__name__)
+            report.errors.append(f"holds: {type(exc).__name__}")
         async with ctx.sessions() as session:
             rows = (
                 await session.execute(
@@ -80,7 +88,8 @@ class Reconciler:
         except Exception as exc:  # noqa: BLE001 - the cluster may be briefly unreachable; next pass retries
             _log.warning("reconcile_sweep_error", error=type(exc).__name__)
             report.errors.append(f"sweep: {type(exc).__name__}")
-        if any((report.provisioned, report.failed, report.purged, report.orphans_dropped, report.logins_fixed)):
+        if any((report.provisioned, report.failed, report.purged, report.orphans_dropped, report.logins_fixed,
+                report.holds_cleared)):  # fmt: skip
             _log.info("reconciled", **{k: v for k, v in report.__dict__.items() if v})
         return report
 

@@ -20,13 +20,17 @@ admin path runs: provisioning, plan and connection-limit changes, ``tenantctl mi
 Each test ends with the same checks: no role gained an attribute or a membership, the victim tenant's data and
 password are untouched, no trap ran as anyone but the hostile tenant, and no request got a 5xx.
 
-New admin paths into tenant databases (backups, restores, clones, exports, moves) add themselves here.
+Backups, restores, clones and exports run here too (``pg_dump``/``pg_restore`` and the export's reads log in as the
+tenant); new admin paths into tenant databases (moves) add themselves here.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import shutil
+import tarfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,8 +44,10 @@ import pytest
 from support.assertions import unique_slug
 from support.platform import Installation, with_database
 from tenant_service.app import create_app
+from tenant_service.backups.jobs import handlers
 from tenant_service.context import AppContext
 from tenant_service.internal.service import vend_credentials
+from tenant_service.operations.runner import OperationRunner
 from tenant_service.provisioning.names import object_marker
 from tenant_service.provisioning.reconciler import Reconciler
 from tenant_service.provisioning.schema import DEFAULT_MIGRATIONS_DIR
@@ -465,9 +471,71 @@ async def test_provisioning_and_the_reconciler_beside_a_hostile_tenant(setup: Fi
     await _assert_nothing_gained(fx, hostile)
 
 
+async def _run_operation(fx: Fixture, response: httpx.Response) -> dict[str, Any]:
+    """Run the operation a ``202`` announced, here and now (the in-process app runs no background work)."""
+    assert response.status_code == 202, response.text
+    op_id = response.json()["id"]
+    await OperationRunner(fx.ctx, handlers(fx.ctx), workers=1, poll_seconds=1.0).run_now(uuid.UUID(op_id))
+    done: dict[str, Any] = (await fx.call("GET", f"/admin/operations/{op_id}")).json()
+    assert done["state"] == "succeeded", done
+    return done
+
+
+async def test_backup_restore_clone_and_export_run_tenant_code_only_as_the_tenant(
+    setup: Fixture, hostile: Hostile
+) -> None:
+    fx = setup
+    ref = hostile.tenant.id
+    backup = await _run_operation(fx, await fx.call("POST", f"/admin/tenants/{ref}/backups", json={}))
+    backup_id = backup["result"]["backup_id"]
+    download = await fx.call("GET", f"/admin/tenants/{ref}/backups/{backup_id}/download")
+    assert download.status_code == 200
+    assert download.content.startswith(b"PGDMP")
+    export = await _run_operation(fx, await fx.call("POST", f"/admin/tenants/{ref}/exports"))
+    archive = await fx.call("GET", f"/admin/tenants/{ref}/exports/{export['result']['export_id']}/download")
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert {"notes", "trap_log", "trap_versions"} <= {t["name"] for t in manifest["tables"]}
+
+    conn = await asyncpg.connect(hostile.tenant.dsn(fx.pg_url))
+    try:
+        await conn.execute("INSERT INTO notes (body) VALUES ('after the backup')")
+    finally:
+        await conn.close()
+    restore = await fx.call("POST", f"/admin/tenants/{ref}/restore", json={"backup_id": backup_id})
+    await _run_operation(fx, restore)
+    conn = await asyncpg.connect(hostile.tenant.dsn(fx.pg_url))
+    try:
+        notes = [r["body"] for r in await conn.fetch("SELECT body FROM notes ORDER BY id")]
+        assert await conn.fetchval("SELECT count(*) FROM public.trap_log") > 0  # the traps fired, as the tenant
+    finally:
+        await conn.close()
+    assert notes == ["the hostile tenant's own note"]
+
+    slug = unique_slug("ht", "clone")
+    created = await fx.call(
+        "POST", "/admin/tenants", json={"slug": slug, "name": "c", "source": {"backup_id": backup_id}}
+    )
+    await _run_operation(fx, created)
+    clone_id = created.json()["tenant"]["id"]
+    creds = await vend_credentials(fx.ctx, clone_id, actor="test")
+    clone = TenantDb(clone_id, slug, creds.database, creds.user, creds.password)
+    conn = await asyncpg.connect(clone.dsn(fx.pg_url))
+    try:
+        assert [r["body"] for r in await conn.fetch("SELECT body FROM notes")] == ["the hostile tenant's own note"]
+        runs = [dict(r) for r in await conn.fetch("SELECT * FROM public.trap_log")]
+    finally:
+        await conn.close()
+    strangers = [r for r in runs if r["session_role"] not in (clone.role, hostile.tenant.role) or r["superuser"]]
+    assert not strangers, f"tenant code ran with the platform's rights during the clone: {strangers}"
+    assert not any(r["escalated"] for r in runs)
+    await _assert_nothing_gained(fx, hostile)
+
+
 def test_one_module_opens_connections_to_the_tenant_cluster() -> None:
-    """The rule holds by structure: only ``provisioning/cluster.py`` connects to the tenant cluster, and only it
-    may open an admin session inside a database other than the maintenance one."""
+    """The rule holds by structure: only ``provisioning/cluster.py`` connects to the tenant cluster (``pg_dump`` and
+    ``pg_restore`` included: it is the only module that starts a process), and only it may open an admin session
+    inside a database other than the maintenance one."""
     source = Path(__file__).resolve().parents[2] / "services" / "tenant-service" / "src" / "tenant_service"
     cluster = source / "provisioning" / "cluster.py"
     offenders = []
@@ -475,7 +543,7 @@ def test_one_module_opens_connections_to_the_tenant_cluster() -> None:
         if path == cluster:
             continue
         text = path.read_text(encoding="utf-8")
-        for needle in ("asyncpg.connect(", "asyncpg.create_pool(", "._admin_in(", "tenant_cluster_url"):
+        for needle in ("asyncpg.connect(", "asyncpg.create_pool(", "._admin_in(", "tenant_cluster_url", "subprocess"):
             if needle in text and not (needle == "tenant_cluster_url" and path.name == "config.py"):
                 offenders.append(f"{path.relative_to(source)}: {needle}")
     assert not offenders

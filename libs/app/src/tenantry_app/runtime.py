@@ -77,16 +77,17 @@ class TenantRuntime:
         self._listener: asyncio.Task[None] | None = None
 
     async def _listen(self) -> None:
-        """Drop the engine of a purged tenant as soon as the tenant-service says so."""
+        """Drop a tenant's engine (and its vended credentials) as soon as the tenant-service says its database was
+        purged or replaced (a restore, a move): the next request vends anew and connects to the new database."""
         assert self.redis is not None
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(EVENTS_CHANNEL)
                 async for message in pubsub.listen():
-                    purged = decode_event(message["data"]).purged_tenant()
-                    if purged:
-                        await self.databases.forget(purged)
+                    replaced = decode_event(message["data"]).replaced_database()
+                    if replaced:
+                        await self.databases.forget(replaced)
             except (redis.RedisError, OSError, msgspec.DecodeError) as exc:
                 _log.debug("events_unavailable", error=type(exc).__name__)
                 await asyncio.sleep(1.0)

@@ -17,8 +17,9 @@ from tenantry_common.redis_keys import EVENTS_CHANNEL
 
 __all__ = ["EVENTS_CHANNEL", "ChangeEvent", "EventKind", "decode_event", "encode_event"]
 
-EventKind = Literal["tenant.changed", "tenant.purged", "plan.changed"]
-"""What changed: a tenant (its row, keys, domains or issuers), a tenant's purge (its database is gone), a plan."""
+EventKind = Literal["tenant.changed", "tenant.purged", "tenant.database_changed", "plan.changed"]
+"""What changed: a tenant (its row, keys, domains or issuers), a tenant's purge (its database is gone), the database
+behind a tenant (restored from a backup, or moved: apps drop their connections and credentials), a plan."""
 
 
 class ChangeEvent(msgspec.Struct, frozen=True):
@@ -35,6 +36,11 @@ class ChangeEvent(msgspec.Struct, frozen=True):
     def purged_tenant(self) -> str | None:
         """The id of the tenant whose purge this event announces, else ``None``."""
         return self.tenant_id if self.kind == "tenant.purged" else None
+
+    def replaced_database(self) -> str | None:
+        """The id of the tenant whose database was purged or replaced (connections to it are useless), else
+        ``None``."""
+        return self.tenant_id if self.kind in ("tenant.purged", "tenant.database_changed") else None
 
 
 def encode_event(kind: EventKind, *, tenant_id: str | None = None, plan: str | None = None) -> bytes:

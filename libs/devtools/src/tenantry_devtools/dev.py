@@ -48,6 +48,7 @@ RECORDED_NAMES: Final = (
     "BASE_DOMAIN",
     "UPSTREAM_ALLOWLIST",
     "SERVICE_TOKEN_SCOPES",
+    "BACKUP_STORE_URL",
     "TENANT_SERVICE_PORT",
     "GATEWAY_PORT",
     "APP_PORT",
@@ -85,6 +86,7 @@ def _installation(admin_url: str, redis_url: str) -> Installation:
             # GATEWAY_SERVICE_TOKEN is the gateway's: the tenant-service gives it directory:read by itself.
             "SERVICE_TOKEN_SCOPES": os.environ.get("SERVICE_TOKEN_SCOPES") or "app=credentials:vend",
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
+            "BACKUP_STORE_URL": os.environ.get("BACKUP_STORE_URL") or (RUN / "backups").resolve().as_uri(),
         },
     )
     exported = {name: os.environ[name] for name in SECRET_NAMES if os.environ.get(name)}

@@ -18,8 +18,10 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,14 +102,21 @@ class Installation:
         ``t<hex>_``), so that it lives side by side with any other on the same servers: the reconciler only ever
         touches objects marked with its own installation id."""
         suffix = secrets.token_hex(4)
+        store = Path(tempfile.gettempdir()) / f"tenantry-backups-{suffix}"
         return cls(
             pg_url=pg_url,
             redis_url=redis_url,
             master_db=f"tenantry_{label}_{suffix}",
             template=f"tenantry_tpl_{suffix}",
             prefix=f"t{suffix}_",
-            settings_env=dict(ISOLATED_SETTINGS),
+            settings_env={**ISOLATED_SETTINGS, "BACKUP_STORE_URL": store.as_uri()},
         )
+
+    @property
+    def backup_dir(self) -> Path | None:
+        """The directory of a ``file://`` backup store (None for another store)."""
+        url = self.settings_env.get("BACKUP_STORE_URL", "")
+        return Path(url.removeprefix("file://")) if url.startswith("file://") else None
 
     @property
     def database_url(self) -> str:
@@ -223,6 +232,8 @@ class Installation:
                 await conn.execute(f'DROP ROLE IF EXISTS "{row["rolname"]}"', timeout=60)
         finally:
             await conn.close(timeout=5)
+        if self.backup_dir is not None:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,14 @@ from tenant_service.apikeys.controllers import ApiKeyController
 from tenant_service.audit.controllers import AuditController
 from tenant_service.auth import warn_about_service_token_scopes
 from tenant_service.background import BackgroundWork
+from tenant_service.backups.controllers import BackupController, ExportController
 from tenant_service.config import Settings
 from tenant_service.context import AppContext
 from tenant_service.health import healthz, readyz
 from tenant_service.internal.controllers import InternalController
 from tenant_service.internal.directory import DirectoryController
 from tenant_service.openapi import COMPONENTS
+from tenant_service.operations.controllers import OperationController
 from tenant_service.plans.controllers import PlanController
 from tenant_service.strict_requests import strict_request
 from tenant_service.tenants.controllers import JwtIssuerController, TenantController
@@ -131,6 +133,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if run_background:
             background.start_reconciler()
+            background.start_operations()
         try:
             yield
         finally:
@@ -145,6 +148,9 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
             ApiKeyController,
             PlanController,
             AuditController,
+            BackupController,
+            ExportController,
+            OperationController,
             InternalController,
             DirectoryController,
             healthz,

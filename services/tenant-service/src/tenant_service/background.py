@@ -1,4 +1,5 @@
-"""Background work of one process: the periodic reconciler and async provisioning jobs."""
+"""Background work of one process: the periodic reconciler, async provisioning jobs, the operation runner and the
+backup schedule."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import uuid
 
 import structlog
 
+from tenant_service.backups.jobs import handlers
+from tenant_service.backups.schedule import run_forever as run_schedule
 from tenant_service.context import AppContext
+from tenant_service.operations.runner import OperationRunner
 from tenant_service.provisioning.provisioner import Provisioner
 from tenant_service.provisioning.reconciler import Reconciler
 
@@ -21,6 +25,7 @@ class BackgroundWork:
     def __init__(self, ctx: AppContext) -> None:
         self._ctx = ctx
         self._tasks: set[asyncio.Task[object]] = set()
+        self.operations: OperationRunner | None = None
 
     def _keep(self, task: asyncio.Task[object]) -> None:
         self._tasks.add(task)
@@ -30,6 +35,21 @@ class BackgroundWork:
         """Run a reconcile pass now and then every ``RECONCILE_INTERVAL_SECONDS``."""
         interval = self._ctx.settings.lifecycle.reconcile_interval_seconds
         self._keep(asyncio.create_task(Reconciler(self._ctx).run_forever(interval), name="reconciler"))
+
+    def start_operations(self) -> None:
+        """Run operations (this replica's share of them) and the backup schedule."""
+        settings = self._ctx.settings.operations
+        self.operations = OperationRunner(
+            self._ctx, handlers(self._ctx), workers=settings.workers, poll_seconds=settings.poll_seconds
+        )
+        self._keep(asyncio.create_task(self.operations.run_forever(), name="operations"))
+        schedule = run_schedule(self._ctx, settings.schedule_interval_seconds, on_scheduled=self.wake_operations)
+        self._keep(asyncio.create_task(schedule, name="backup-schedule"))
+
+    def wake_operations(self) -> None:
+        """An operation was just enqueued here: start it now rather than at the next poll."""
+        if self.operations is not None:
+            self.operations.wake()
 
     def spawn_provisioning(self, tenant_id: str) -> None:
         """Provision a tenant created with ``Prefer: respond-async``."""

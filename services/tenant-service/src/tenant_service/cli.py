@@ -6,7 +6,8 @@ import asyncio
 import getpass
 import json
 import sys
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from functools import wraps
 from typing import Any, TypeVar
@@ -17,10 +18,16 @@ from sqlalchemy.exc import DBAPIError
 
 from tenant_service.apikeys.schemas import ApiKeyCreate
 from tenant_service.apikeys.service import ApiKeyService
+from tenant_service.backups.jobs import handlers
+from tenant_service.backups.objects import rewrap_data_keys
+from tenant_service.backups.service import BackupService
 from tenant_service.config import Settings
 from tenant_service.context import AppContext, open_context
 from tenant_service.db.migrate import upgrade_registry
 from tenant_service.internal.service import SecretUnreadableError
+from tenant_service.operations.runner import OperationRunner
+from tenant_service.operations.schemas import OperationView
+from tenant_service.operations.service import OperationService
 from tenant_service.provisioning.fleet import migrate_fleet, migrate_template
 from tenant_service.provisioning.provisioner import password_context
 from tenant_service.provisioning.reconciler import Reconciler
@@ -174,6 +181,7 @@ async def rotate_encryption(ctx: AppContext) -> None:
                 tenant.db_password_enc = ctx.box.encrypt(password, context)
                 count += 1
     click.echo(f"re-encrypted {count} secret(s) with key {ctx.box.primary_kid}")
+    click.echo(f"re-wrapped {await rewrap_data_keys(ctx)} data key(s); stored backups and exports are unchanged")
     if unreadable:
         raise SecretUnreadableError(
             f"{len(unreadable)} secret(s) do not decrypt for their tenant and were left as they are: "
@@ -292,3 +300,109 @@ async def api_keys_revoke(ctx: AppContext, ref: str, key_id: str) -> None:
 async def api_keys_rotate(ctx: AppContext, ref: str, key_id: str, grace_seconds: int | None) -> None:
     """Replace a key; the old one keeps working for the grace period."""
     _echo_json(await ApiKeyService(ctx).rotate(ref, key_id, grace_seconds, actor=_ACTOR))
+
+
+async def _follow(ctx: AppContext, op: OperationView, wait: bool) -> None:
+    """Run the operation here and print how it ended (``--no-wait``: leave it to the service's runners)."""
+    if wait:
+        runner = OperationRunner(ctx, handlers(ctx), workers=1, poll_seconds=1.0)
+        await runner.run_now(uuid.UUID(op.id))
+        op = await OperationService(ctx).get(op.id)
+    _echo_json(op)
+    if op.state in ("failed", "cancelled"):
+        sys.exit(1)
+
+
+_WAIT = click.option(
+    "--wait/--no-wait", default=True, show_default=True, help="Run it here and wait, or leave it to the service."
+)
+
+
+@main.group()
+def backups() -> None:
+    """Backups of tenant databases (encrypted, in BACKUP_STORE_URL)."""
+
+
+@backups.command("create")
+@click.argument("ref")
+@click.option("--note", default=None)
+@_WAIT
+@_run
+async def backups_create(ctx: AppContext, ref: str, note: str | None, wait: bool) -> None:
+    """Back up a tenant's database; prints the operation (its result names the backup)."""
+    await _follow(ctx, await BackupService(ctx).request_backup(ref, note=note, actor=_ACTOR), wait)
+
+
+@backups.command("list")
+@click.argument("ref")
+@click.option("--limit", type=click.IntRange(1, 200), default=50)
+@_run
+async def backups_list(ctx: AppContext, ref: str, limit: int) -> None:
+    """A tenant's backups, newest first."""
+    page = await BackupService(ctx).list_backups(ref, limit=limit)
+    for b in page.items:
+        size = "-" if b.size_bytes is None else f"{b.size_bytes}"
+        click.echo(f"{b.id}  {b.created_at:%Y-%m-%d %H:%M:%S}  {b.kind:<12} {b.state:<10} {size:>12}  {b.note or ''}")
+
+
+@backups.command("restore")
+@click.argument("ref")
+@click.argument("backup_id")
+@_WAIT
+@_run
+async def backups_restore(ctx: AppContext, ref: str, backup_id: str, wait: bool) -> None:
+    """Replace a tenant's data with one of its backups (a pre_restore backup is taken first)."""
+    await _follow(ctx, await BackupService(ctx).request_restore(ref, backup_id, actor=_ACTOR), wait)
+
+
+@backups.command("download")
+@click.argument("ref")
+@click.argument("backup_id")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), required=True)
+@_run
+async def backups_download(ctx: AppContext, ref: str, backup_id: str, output: str) -> None:
+    """Write a backup as a pg_restore custom-format archive."""
+    download = await BackupService(ctx).download_backup(ref, backup_id, actor=_ACTOR)
+    await _write(download.chunks, output)
+
+
+@tenants.command("export")
+@click.argument("ref")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None)
+@_WAIT
+@_run
+async def tenants_export(ctx: AppContext, ref: str, output: str | None, wait: bool) -> None:
+    """Export a tenant's data (.tar.gz of CSV files with a manifest); with --output, also write it there."""
+    op = await BackupService(ctx).request_export(ref, actor=_ACTOR)
+    await _follow(ctx, op, wait)
+    if output and wait:
+        export_id = (await OperationService(ctx).get(op.id)).result or {}
+        download = await BackupService(ctx).download_export(ref, str(export_id.get("export_id")), actor=_ACTOR)
+        await _write(download.chunks, output)
+
+
+@main.group()
+def operations() -> None:
+    """Long-running work: backups, restores, clones, exports."""
+
+
+@operations.command("show")
+@click.argument("op_id")
+@_run
+async def operations_show(ctx: AppContext, op_id: str) -> None:
+    """One operation."""
+    _echo_json(await OperationService(ctx).get(op_id))
+
+
+@operations.command("cancel")
+@click.argument("op_id")
+@_run
+async def operations_cancel(ctx: AppContext, op_id: str) -> None:
+    """Cancel an operation that can still be undone."""
+    _echo_json(await OperationService(ctx).cancel(op_id, actor=_ACTOR))
+
+
+async def _write(chunks: AsyncIterator[bytes], output: str) -> None:
+    with open(output, "wb") as handle:  # noqa: ASYNC230 - a CLI writing its one output file
+        async for chunk in chunks:
+            handle.write(chunk)

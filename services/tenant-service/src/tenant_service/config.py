@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from tenant_service.backups.store import StoreSettings
 from tenant_service.internal.scopes import DIRECTORY_READ, SERVICE_SCOPES
 from tenantry_common.holds import DEFAULT_HOLD_SECONDS, MIN_HOLD_SECONDS, checked_hold_seconds
 from tenantry_common.settings import (
@@ -61,6 +62,9 @@ class DatabaseSettings:
     """Tries of CREATE DATABASE while the template is briefly in use."""
     migrations_dir: str | None = None
     """Directory of the tenant schema's SQL migrations (default: the ones shipped with the service)."""
+    pg_bin_dir: str | None = None
+    """Directory of ``pg_dump``/``pg_restore`` (default: found on PATH); their version must be at least the
+    servers'."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,20 @@ class LifecycleSettings:
 
 
 @dataclass(frozen=True)
+class OperationSettings:
+    """Long-running work: the operation runner, backups, exports and their schedule."""
+
+    store: StoreSettings
+    """Where backups and exports are stored (``BACKUP_STORE_URL`` and the S3 settings)."""
+    workers: int = 2
+    """Operations one replica runs at once (OPERATION_WORKERS)."""
+    poll_seconds: float = 2.0
+    """How often a runner looks for work it was not told about (OPERATION_POLL_SECONDS)."""
+    schedule_interval_seconds: float = 60.0
+    """How often due scheduled backups and expired ones are looked for (BACKUP_SCHEDULE_INTERVAL_SECONDS)."""
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     """The HTTP server."""
 
@@ -130,6 +148,7 @@ class Settings:
 
     database: DatabaseSettings
     security: SecuritySettings
+    operations: OperationSettings
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     redis_url: str | None = None
@@ -175,6 +194,7 @@ class Settings:
                 statement_timeout_ms=env_int("DB_STATEMENT_TIMEOUT_MS", 30_000, minimum=100),
                 create_database_attempts=env_int("CREATE_DATABASE_ATTEMPTS", 5, minimum=1, maximum=50),
                 migrations_dir=env_opt("TENANT_MIGRATIONS_DIR"),
+                pg_bin_dir=env_opt("PG_BIN_DIR"),
             ),
             security=SecuritySettings(
                 admin_tokens=admin_tokens,
@@ -182,6 +202,12 @@ class Settings:
                 unused_scope_names=unused_scope_names,
                 encryption_keys=env_str("ENCRYPTION_KEYS", required=True),
                 api_key_hash_secret=env_str("API_KEY_HASH_SECRET", required=True).encode(),
+            ),
+            operations=OperationSettings(
+                store=StoreSettings.from_env(),
+                workers=env_int("OPERATION_WORKERS", 2, minimum=1, maximum=64),
+                poll_seconds=env_float("OPERATION_POLL_SECONDS", 2.0, minimum=0.05),
+                schedule_interval_seconds=env_float("BACKUP_SCHEDULE_INTERVAL_SECONDS", 60.0, minimum=0.1),
             ),
             lifecycle=LifecycleSettings(
                 delete_retention_seconds=env_int("DELETE_RETENTION_SECONDS", 30 * 86400, minimum=0),

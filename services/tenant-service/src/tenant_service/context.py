@@ -12,6 +12,7 @@ import redis.asyncio as redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tenant_service.backups.store import ObjectStore, open_store
 from tenant_service.config import Settings
 from tenant_service.db.engine import make_engine, make_sessionmaker
 from tenant_service.db.models import Installation
@@ -34,6 +35,14 @@ class AppContext:
     events: EventPublisher
     migrations: list[SchemaMigration]
     _installation_id: uuid.UUID | None = field(default=None)
+    _store: ObjectStore | None = field(default=None)
+
+    @property
+    def store(self) -> ObjectStore:
+        """Where backups and exports are kept (opened on first use)."""
+        if self._store is None:
+            self._store = open_store(self.settings.operations.store)
+        return self._store
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:
@@ -71,6 +80,9 @@ class AppContext:
     async def close(self) -> None:
         """Release pools and clients."""
         await self.cluster.close()
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                await self._store.close()
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose()

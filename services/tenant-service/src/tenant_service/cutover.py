@@ -91,19 +91,22 @@ def hold_in_force(tenant: Tenant, now: datetime) -> str | None:
     return None
 
 
-async def place_hold(ctx: AppContext, tenant_id: uuid.UUID) -> Hold:
+async def place_hold(ctx: AppContext, tenant_id: uuid.UUID, hold_id: str | None = None) -> Hold:
     """Set a new hold on the tenant (committed, revision bumped, change event published); gateways start holding.
+
+    ``hold_id``: the holder's own id (an operation's), so that the holder resumed after a crash takes its hold over
+    instead of waiting for it to run out; a new random one when not given.
 
     Raises:
         TenantNotFoundError: no such tenant.
-        HoldInProgressError: the tenant already has a hold that has not run out.
+        HoldInProgressError: the tenant already has a hold of another holder that has not run out.
     """
     seconds = ctx.settings.lifecycle.cutover_hold_seconds
-    hold_id = secrets.token_hex(16)
+    hold_id = hold_id or secrets.token_hex(16)
     async with unit_of_work(ctx) as unit:
         tenant = await unit.lock(str(tenant_id))
         now = utcnow()
-        if hold_in_force(tenant, now) is not None:
+        if hold_in_force(tenant, now) not in (None, hold_id):
             raise HoldInProgressError("another cutover of this tenant is under way")
         placed, until = time.monotonic(), now + timedelta(seconds=seconds)
         tenant.hold_id, tenant.hold_until = hold_id, until
@@ -189,8 +192,9 @@ async def release_hold(ctx: AppContext, hold: Hold) -> None:
 
 
 @contextlib.asynccontextmanager
-async def cutover_hold(ctx: AppContext, tenant_id: uuid.UUID) -> AsyncIterator[Hold]:
+async def cutover_hold(ctx: AppContext, tenant_id: uuid.UUID, hold_id: str | None = None) -> AsyncIterator[Hold]:
     """Hold the tenant's traffic at every gateway for the block; released on exit, whatever happened inside.
+    ``hold_id``: see :func:`place_hold`.
 
     Raises:
         TenantNotFoundError: no such tenant.
@@ -198,7 +202,7 @@ async def cutover_hold(ctx: AppContext, tenant_id: uuid.UUID) -> AsyncIterator[H
         HoldNotDrainedError: the gateways did not all stop the tenant's traffic in time (the block does not run; the
             hold is released).
     """
-    hold = await place_hold(ctx, tenant_id)
+    hold = await place_hold(ctx, tenant_id, hold_id)
     try:
         await wait_until_drained(ctx, hold)
         yield hold

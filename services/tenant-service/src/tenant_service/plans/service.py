@@ -15,7 +15,7 @@ from tenant_service.changes import unit_of_work
 from tenant_service.context import AppContext
 from tenant_service.db.models import Plan, Tenant, revision_seq
 from tenant_service.provisioning.provisioner import connection_limit
-from tenant_service.tenants.schemas import ConnectionLimit, Count
+from tenant_service.tenants.schemas import BackupIntervalHours, BackupRetentionDays, ConnectionLimit, Count
 from tenantry_common.lifecycle import HAS_DATABASE
 from tenantry_common.problems import FieldError, InvalidInputError
 from tenantry_common.timeutil import utcnow
@@ -30,6 +30,10 @@ class PlanLimits(msgspec.Struct, forbid_unknown_fields=True):
     requests_per_minute: Count
     requests_per_day: Count
     max_connections: ConnectionLimit = 5
+    backup_interval_hours: BackupIntervalHours | None = None
+    """Scheduled backups this often (none when unset)."""
+    backup_retention_days: BackupRetentionDays | None = None
+    """Backups (and exports) are deleted this long after they complete (kept until deleted when unset)."""
 
 
 class PlanPut(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,7 +81,7 @@ class PlanService:
                 "invalid plan name",
                 errors=[FieldError(field="name", message="2-32 characters: lowercase letters, digits, '-', '_'")],
             )
-        limits = msgspec.to_builtins(data.limits)
+        limits = {k: v for k, v in msgspec.to_builtins(data.limits).items() if v is not None}
         ctx = self._ctx
         async with unit_of_work(ctx) as work:
             session = work.session

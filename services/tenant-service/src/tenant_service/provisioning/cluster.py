@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
@@ -68,6 +71,34 @@ _TENANT_APP = "tenantry-maintenance"
 ADMIN_POOL_SIZE = 8
 #: An idle pooled admin connection is closed after this many seconds.
 ADMIN_POOL_IDLE_SECONDS = 60.0
+
+
+#: Bytes read from ``pg_dump`` per chunk (and the pipe buffer behind it).
+TOOL_CHUNK_BYTES = 1 << 20
+#: A ``pg_dump``/``pg_restore`` that neither writes nor reads for this long is killed.
+TOOL_IDLE_TIMEOUT_SECONDS = 600.0
+#: Session settings of the platform's ``pg_dump``/``pg_restore`` runs, given as startup options so that they beat
+#: whatever the tenant set on its role or database (a statement timeout would cut its own backup short).
+_TOOL_OPTIONS = (
+    "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 "
+    "-c default_transaction_read_only=off"
+)
+
+
+class PgToolError(RuntimeError):
+    """``pg_dump`` or ``pg_restore`` failed; the message is its last error line (never a password)."""
+
+
+@dataclass(frozen=True)
+class TenantLogin:
+    """What the platform needs to act as a tenant's own role in a database (the tenant's or a new one of it)."""
+
+    database: str
+    role: str
+    password: str = ""
+
+    def __repr__(self) -> str:
+        return f"TenantLogin(database={self.database!r}, role={self.role!r})"
 
 
 class TemplateBusyError(RuntimeError):
@@ -397,6 +428,63 @@ class TenantCluster:
                 await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
                 await conn.execute(f"DROP ROLE IF EXISTS {quote_ident(role)}")
 
+    async def database_exists(self, database: str) -> bool:
+        """Whether a database of that name exists."""
+        async with self.connect() as conn:
+            return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database))
+
+    async def create_empty_database(self, database: str, owner: str, marker: str) -> None:
+        """Create an empty database owned by the tenant's role (from ``template0``: a restore fills it), marked and
+        closed to everyone but its owner. Idempotent."""
+        db, role = quote_ident(database), quote_ident(owner)
+        async with self.connect() as conn:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+                with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                    await conn.execute(f"CREATE DATABASE {db} OWNER {role} TEMPLATE template0 ENCODING 'UTF8'")
+            await conn.execute(
+                f"COMMENT ON DATABASE {db} IS {quote_literal(marker)}; REVOKE ALL ON DATABASE {db} FROM PUBLIC; "
+                f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}"
+            )
+
+    async def switch_database(self, current: str, incoming: str, aside: str, role: str) -> None:
+        """Make ``incoming`` the tenant's database under the name ``current``; the old one is renamed ``aside``.
+
+        The tenant's role cannot log in meanwhile (the caller gives LOGIN back), and its sessions are ended, so no
+        connection sees a half-switched state: a tenant app reconnects by name and lands on the new database.
+        Idempotent: resumed after a crash between the two renames, it does what is left.
+        """
+        async with self.connect() as conn:
+            await conn.execute(f"ALTER ROLE {quote_ident(role)} NOLOGIN")
+            for _ in range(5):
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = ANY($1::text[]) AND pid <> pg_backend_pid()",
+                    [current, incoming, aside],
+                )
+                names = {
+                    r["datname"]
+                    for r in await conn.fetch(
+                        "SELECT datname FROM pg_database WHERE datname = ANY($1::text[])", [current, incoming, aside]
+                    )
+                }
+                try:
+                    if current in names and incoming in names and aside not in names:
+                        await conn.execute(f"ALTER DATABASE {quote_ident(current)} RENAME TO {quote_ident(aside)}")
+                        names = (names - {current}) | {aside}
+                        await failpoint("restore.between_renames")
+                    if current not in names and incoming in names:
+                        await conn.execute(f"ALTER DATABASE {quote_ident(incoming)} RENAME TO {quote_ident(current)}")
+                    return
+                except asyncpg.PostgresError as exc:
+                    if getattr(exc, "sqlstate", None) != _OBJECT_IN_USE:
+                        raise
+                    await asyncio.sleep(0.05)  # a session raced the termination
+            raise TemplateBusyError(f"database {current!r} stayed in use during the switch")
+
+    def tools(self) -> PgTools:
+        """``pg_dump``/``pg_restore`` against this cluster, as tenant roles."""
+        return PgTools(self._dsn, self._settings.connect_timeout, self._settings.pg_bin_dir)
+
     async def database_size(self, database: str) -> int | None:
         """The database's size in bytes, or ``None`` when it does not exist."""
         async with self.connect() as conn:
@@ -422,6 +510,139 @@ class TenantCluster:
         )
 
 
+class PgTools:
+    """``pg_dump`` and ``pg_restore`` as the tenant's own role: the only other way into the tenant cluster.
+
+    They log in as the tenant (never as the platform's admin), so whatever the tenant's objects do while they run
+    (a CHECK constraint or an index expression during a restore, a default, a domain) runs with the tenant's rights
+    only; the archive's owner and privilege statements are not applied (``--no-owner --no-privileges``): what a
+    restore creates belongs to the role that runs it. Nothing is written to local disk and the password travels in
+    the child's environment only.
+    """
+
+    def __init__(self, dsn: str, connect_timeout: float, bin_dir: str | None = None) -> None:
+        parts = urlsplit(dsn)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self._base_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LC_ALL": "C.UTF-8",
+            "PGHOST": query.get("host") or parts.hostname or "localhost",
+            "PGPORT": query.get("port") or str(parts.port or 5432),
+            "PGCONNECT_TIMEOUT": str(max(2, int(connect_timeout))),
+            "PGAPPNAME": _TENANT_APP,
+            "PGOPTIONS": _TOOL_OPTIONS,
+        }
+        if "sslmode" in query:
+            self._base_env["PGSSLMODE"] = query["sslmode"]
+        self._bin_dir = bin_dir
+
+    def _binary(self, name: str) -> str:
+        found = shutil.which(name, path=self._bin_dir) if self._bin_dir else shutil.which(name)
+        if found is None:
+            raise PgToolError(f"{name} is not installed (install the PostgreSQL client, or set PG_BIN_DIR)")
+        return found
+
+    def _env(self, login: TenantLogin) -> dict[str, str]:
+        return {**self._base_env, "PGUSER": login.role, "PGPASSWORD": login.password, "PGDATABASE": login.database}
+
+    async def dump(
+        self, login: TenantLogin, *, schema_only: bool = False, snapshot: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """The database as a custom-format archive (``pg_restore`` reads it), or with ``schema_only`` its schema
+        as plain SQL without owners or privileges; streamed in chunks of up to :data:`TOOL_CHUNK_BYTES`.
+
+        Raises:
+            PgToolError: the tool is missing or failed.
+        """
+        args = [self._binary("pg_dump"), "--no-password"]
+        args += (
+            ["--schema-only", "--format=plain", "--no-owner", "--no-privileges"] if schema_only else ["--format=custom"]
+        )
+        if snapshot:
+            args.append(f"--snapshot={snapshot}")
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._env(login),
+            limit=TOOL_CHUNK_BYTES,
+        )
+        assert proc.stdout is not None
+        errors = asyncio.create_task(_last_lines(proc.stderr))
+        try:
+            while chunk := await asyncio.wait_for(proc.stdout.read(TOOL_CHUNK_BYTES), TOOL_IDLE_TIMEOUT_SECONDS):
+                yield chunk
+            code = await asyncio.wait_for(proc.wait(), TOOL_IDLE_TIMEOUT_SECONDS)
+            if code != 0:
+                raise PgToolError(f"pg_dump failed: {await errors}")
+        finally:
+            await _reap(proc, errors)
+
+    async def restore(self, login: TenantLogin, archive: AsyncIterable[bytes]) -> None:
+        """Restore a custom-format ``archive`` into ``login.database`` as the tenant's role, stopping at the first
+        error.
+
+        Raises:
+            PgToolError: the tool is missing or failed (the archive is unreadable, or a statement failed).
+        """
+        args = [
+            self._binary("pg_restore"), "--no-password", "--exit-on-error", "--no-owner", "--no-privileges",
+            "--no-tablespaces", "--no-security-labels", "--no-subscriptions", "--no-publications",
+            f"--role={login.role}", f"--dbname={login.database}",
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._env(login),
+        )
+        assert proc.stdin is not None
+        errors = asyncio.create_task(_last_lines(proc.stderr))
+        try:
+            broken = False
+            async for chunk in archive:
+                try:
+                    proc.stdin.write(chunk)
+                    await asyncio.wait_for(proc.stdin.drain(), TOOL_IDLE_TIMEOUT_SECONDS)
+                except (BrokenPipeError, ConnectionResetError):
+                    broken = True  # pg_restore stopped reading: its exit code and message say why
+                    break
+            if not broken:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    proc.stdin.close()
+                    await proc.stdin.wait_closed()
+            code = await asyncio.wait_for(proc.wait(), TOOL_IDLE_TIMEOUT_SECONDS)
+            if code != 0 or broken:
+                raise PgToolError(f"pg_restore failed: {await errors}")
+        finally:
+            await _reap(proc, errors)
+
+
+async def _last_lines(stream: asyncio.StreamReader | None, keep: int = 4096) -> str:
+    """The end of a tool's stderr, for the error message (passwords never reach it: they are not arguments)."""
+    if stream is None:
+        return ""
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-keep:]
+    lines = [line.strip() for line in tail.decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "no message"
+
+
+async def _reap(proc: asyncio.subprocess.Process, errors: asyncio.Task[str]) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 10)
+    if not errors.done():
+        errors.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await errors
+
+
 def _template_version(mark: str | None) -> int | None:
     """The schema version in the template's comment, or None for a template not converted to pg_database_owner."""
     if mark is None or not mark.startswith(_TEMPLATE_MARK):
@@ -430,4 +651,13 @@ def _template_version(mark: str | None) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-__all__ = ["Clone", "MarkedObjects", "TemplateBusyError", "TenantCluster", "object_marker"]
+__all__ = [
+    "Clone",
+    "MarkedObjects",
+    "PgToolError",
+    "PgTools",
+    "TemplateBusyError",
+    "TenantCluster",
+    "TenantLogin",
+    "object_marker",
+]

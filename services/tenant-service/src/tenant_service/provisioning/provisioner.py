@@ -16,6 +16,7 @@ import structlog
 from sqlalchemy import delete, func, select
 
 from tenant_service.audit.service import SYSTEM_ACTOR, record
+from tenant_service.backups.objects import delete_tenant_objects, destroy_data_key
 from tenant_service.changes import unit_of_work
 from tenant_service.context import AppContext
 from tenant_service.db.models import Plan, Tenant, TenantTombstone, revision_seq
@@ -151,6 +152,11 @@ class Provisioner:
         await ctx.events.publish("tenant.changed", tenant_id=tenant_id)
         await failpoint("purge.after_mark")
         await ctx.cluster.drop_tenant(tenant.db_name, tenant.db_role)
+        # Crypto-shredding first: once the data key is gone no stored backup or export of the tenant can be read,
+        # even by someone holding the objects; then the objects themselves.
+        await destroy_data_key(ctx, tenant_id)
+        await failpoint("purge.after_key")
+        await delete_tenant_objects(ctx, tenant_id)
         await failpoint("purge.before_forget")
         async with ctx.sessions() as session, session.begin():
             await session.execute(delete(Tenant).where(Tenant.id == tenant_id))

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from tenant_service.context import AppContext
 from tenant_service.cutover import clear_expired_holds
-from tenant_service.db.models import Tenant
+from tenant_service.db.models import Operation, Tenant
 from tenant_service.provisioning.provisioner import Outcome, Provisioner
 from tenantry_common.lifecycle import HAS_DATABASE, LOGIN_ALLOWED, TenantStatus
 
@@ -64,7 +64,16 @@ class Reconciler:
             rows = (
                 await session.execute(
                     select(Tenant.id, Tenant.status, Tenant.slug).where(
-                        (Tenant.status.in_((TenantStatus.PROVISIONING, TenantStatus.DELETING)))
+                        (
+                            (Tenant.status == TenantStatus.PROVISIONING)
+                            # A clone is provisioned by its operation (a restore), never from the template.
+                            & Tenant.id.not_in(
+                                select(Operation.tenant_id).where(
+                                    Operation.kind == "clone", Operation.state.in_(("pending", "running"))
+                                )
+                            )
+                        )
+                        | (Tenant.status == TenantStatus.DELETING)
                         | ((Tenant.status == TenantStatus.DELETED) & (Tenant.purge_after <= func.now()))
                     )
                 )

@@ -10,11 +10,16 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from tenant_service.auth import actor, admin_guard
+from tenant_service.backups.controllers import accepted
+from tenant_service.backups.schemas import RestoreRequest
+from tenant_service.backups.service import BackupService
 from tenant_service.deps import Ctx
-from tenant_service.openapi import ADMIN_SECURITY, problems
+from tenant_service.openapi import ADMIN_SECURITY, OptionalBodyOperation, problems
+from tenant_service.operations.schemas import OperationView
 from tenant_service.tenants.issuers import JwtIssuerService
 from tenant_service.tenants.schemas import (
     NO_NUL,
+    CloneAccepted,
     JwtIssuerCreate,
     JwtIssuerPage,
     JwtIssuerView,
@@ -64,10 +69,20 @@ class TenantController(Controller):
         ctx: Ctx,
         data: JSONBody[TenantCreate],
         prefer: Annotated[str | None, HeaderParameter(name="Prefer", required=False)] = None,
-    ) -> Response[TenantCreated]:
-        """Create a tenant; ``Prefer: respond-async`` answers 202 at once and provisions in the background."""
+    ) -> Response[Any]:
+        """Create a tenant; ``Prefer: respond-async`` answers 202 at once and provisions in the background. With
+        ``source: {"backup_id"}`` the tenant is a clone: 202 with the ``clone`` operation (and the new tenant and its
+        first key), its database restored from that backup."""
         wait = "respond-async" not in (prefer or "").lower()
-        created = await TenantService(ctx).create(data, actor=actor(request), wait=wait)
+        created = await TenantService(ctx).create(data, actor=actor(request), wait=wait or data.source is not None)
+        if created.operation is not None:  # a clone: provisioned by its operation
+            request.app.state.background.wake_operations()
+            op = created.operation
+            fields = {f: getattr(op, f) for f in OperationView.__struct_fields__}
+            clone = CloneAccepted(**fields, tenant=created.view, api_key=created.api_key)
+            return Response(
+                clone, status_code=202, headers={"Location": f"/admin/operations/{op.id}", "Retry-After": "1"}
+            )
         if not wait:
             request.app.state.background.spawn_provisioning(created.view.id)
         fields = {f: getattr(created.view, f) for f in TenantView.__struct_fields__}
@@ -126,10 +141,27 @@ class TenantController(Controller):
             return await service.purge(ref, actor=actor(request))
         return await service.transition(ref, "delete", actor=actor(request))
 
-    @post("/{ref:str}/restore", status_code=200, summary="Restore a soft-deleted tenant", responses=_TRANSITION)
-    async def restore(self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref) -> TenantView:
-        """Undo a soft delete within the retention period."""
-        return await TenantService(ctx).transition(ref, "restore", actor=actor(request))
+    @post(
+        "/{ref:str}/restore",
+        status_code=200,
+        summary="Restore a soft-deleted tenant, or restore a backup",
+        operation_class=OptionalBodyOperation,
+        responses={
+            202: ResponseSpec(OperationView, description="With `backup_id`: a `restore` operation"),
+            **_TRANSITION,
+        },
+    )
+    async def restore(
+        self, request: Request[Any, Any, Any], ctx: Ctx, ref: Ref, data: JSONBody[RestoreRequest | None] = None
+    ) -> Response[Any]:
+        """Without a body: undo a soft delete within the retention period (200, the tenant). With ``{"backup_id"}``:
+        replace the tenant's data with that backup's (202, a ``restore`` operation; a ``pre_restore`` backup of the
+        current data is taken first)."""
+        if data is not None:
+            op = await BackupService(ctx).request_restore(ref, data.backup_id, actor=actor(request))
+            request.app.state.background.wake_operations()
+            return accepted(op)
+        return Response(await TenantService(ctx).transition(ref, "restore", actor=actor(request)))
 
     @get("/{ref:str}/usage", summary="Quota counters and database size", responses=problems(401, 404, 422, 503))
     async def usage(self, ctx: Ctx, ref: Ref) -> TenantUsage:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
+from tenant_service.backups.schemas import CloneSource
+from tenant_service.operations.schemas import OperationView
 from tenantry_common.jwt_keys import EXTERNAL_ALGORITHMS
 from tenantry_common.slugs import SLUG_MAX_LENGTH, SLUG_MIN_LENGTH, SLUG_PATTERN
 
@@ -21,6 +23,8 @@ Domain = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=NO_NUL)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 ConnectionLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+BackupIntervalHours = Annotated[int, msgspec.Meta(ge=1, le=24 * 366)]
+BackupRetentionDays = Annotated[int, msgspec.Meta(ge=1, le=3660)]
 IssuerText = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=NO_NUL)]
 if TYPE_CHECKING:
     ExternalAlgorithm = str
@@ -35,6 +39,8 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     requests_per_minute: Count | None = None
     requests_per_day: Count | None = None
     max_connections: ConnectionLimit | None = None
+    backup_interval_hours: BackupIntervalHours | None = None
+    backup_retention_days: BackupRetentionDays | None = None
 
 
 class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,6 +53,8 @@ class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
     limits: Limits | None = None
     upstream_url: Url | None = None
+    source: CloneSource | None = None
+    """Clone: the new tenant's database is restored from this backup (any tenant's) instead of the template."""
 
 
 class TenantUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -103,6 +111,14 @@ class NewApiKey(msgspec.Struct):
 class TenantCreated(TenantView, kw_only=True):
     """A created tenant with its first API key."""
 
+    api_key: NewApiKey
+
+
+class CloneAccepted(OperationView, kw_only=True):
+    """A clone's ``202``: the ``clone`` operation, the new tenant (``provisioning`` until the operation succeeds)
+    and its first API key (shown once)."""
+
+    tenant: TenantView
     api_key: NewApiKey
 
 

@@ -17,11 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_service.apikeys.schemas import ApiKeyCreate
 from tenant_service.apikeys.service import ApiKeyService
+from tenant_service.backups.service import clone_source
 from tenant_service.changes import InvalidStateError, unit_of_work
 from tenant_service.context import AppContext
 from tenant_service.cursors import decode_cursor, split_page
 from tenant_service.db.models import Plan, Tenant, TenantDomain
 from tenant_service.failpoints import failpoint
+from tenant_service.operations.schemas import OperationView, operation_view
+from tenant_service.operations.service import enqueue
 from tenant_service.provisioning.names import tenant_object_name
 from tenant_service.provisioning.provisioner import Outcome, Provisioner, connection_limit, password_context
 from tenant_service.tenants.lookup import TenantNotFoundError, find_tenant
@@ -74,6 +77,8 @@ class CreatedTenant:
     view: TenantView
     api_key: NewApiKey
     pending: bool
+    #: A clone's operation (the tenant is provisioned by restoring a backup, not by the create itself).
+    operation: OperationView | None = None
 
 
 class TenantService:
@@ -219,6 +224,13 @@ class TenantService:
                 view: TenantView = await work.changed(
                     tenant, actor=actor, action="tenant.create", after=partial(self.view, session, tenant)
                 )
+                clone = None
+                if data.source is not None:
+                    backup = await clone_source(session, ctx, data.source.backup_id)
+                    params = {"backup_id": str(backup.id), "source_tenant_id": str(backup.tenant_id)}
+                    op = await enqueue(session, kind="clone", tenant_id=tenant_id, actor=actor, target=data.slug,
+                                       params=params)  # fmt: skip
+                    clone = operation_view(op)
                 # The row (with the encrypted password) is written but not committed yet.
                 await failpoint("provision.before_insert")
         except IntegrityError as exc:
@@ -233,6 +245,8 @@ class TenantService:
             expires_at=first_key.expires_at,
         )
         _log.info("tenant_registered", tenant_id=str(tenant_id), slug=data.slug)
+        if clone is not None:
+            return CreatedTenant(view=view, api_key=api_key, pending=True, operation=clone)
         if not wait:
             return CreatedTenant(view=view, api_key=api_key, pending=True)
         outcome = await self._provisioner.provision(tenant_id)

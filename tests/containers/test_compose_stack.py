@@ -150,6 +150,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "PYTHON_IMAGE": python_image,
         # The engine routes nothing to the outside: builds reach the package registries on the host's network.
         "BUILD_NETWORK": "host",
+        # apt.postgresql.org is out of reach here: the client tools of the base's Debian release, as its server.
+        "PG_CLIENT_REPO": "debian",
+        "PG_CLIENT_VERSION": "15",
         "TENANTRY_IMAGE_TAG": project,
         "TENANT_SERVICE_PORT": str(free_port()),
         "GATEWAY_PORT": str(free_port()),

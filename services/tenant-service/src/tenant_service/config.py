@@ -261,3 +261,13 @@ def _validate_allow_entry(entry: str) -> None:
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
             raise ConfigError(f"UPSTREAM_ALLOWLIST entry {entry!r} is not a valid CIDR") from None
+
+
+def operation_env() -> tuple[int, float, float, str | None]:
+    """OPERATION_WORKERS, OPERATION_POLL_SECONDS, BACKUP_SCHEDULE_INTERVAL_SECONDS, PG_BIN_DIR (see docs/backups.md)."""
+    return (
+        env_int("OPERATION_WORKERS", 2, minimum=1, maximum=64),
+        env_float("OPERATION_POLL_SECONDS", 2.0, minimum=0.05),
+        env_float("BACKUP_SCHEDULE_INTERVAL_SECONDS", 60.0, minimum=0.1),
+        env_opt("PG_BIN_DIR"),
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -150,6 +151,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "PYTHON_IMAGE": python_image,
         # The engine routes nothing to the outside: builds reach the package registries on the host's network.
         "BUILD_NETWORK": "host",
+        # apt.postgresql.org is out of reach here: the client tools of the base's Debian release, as its server.
+        "PG_CLIENT_REPO": "debian",
+        "PG_CLIENT_VERSION": "15",
         "TENANTRY_IMAGE_TAG": project,
         "TENANT_SERVICE_PORT": str(free_port()),
         "GATEWAY_PORT": str(free_port()),
@@ -283,6 +287,36 @@ def test_service_containers_run_as_non_root_on_a_read_only_root(deployment: Depl
     uid_gid, refused = deployment.docker_out("exec", container, "python", "-c", probe).splitlines()
     assert uid_gid == "10001 10001"
     assert refused == "Read-only file system"
+
+
+def _major_version(version_line: str) -> int:
+    """15 of ``pg_dump (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)``."""
+    match = re.search(r"\(PostgreSQL\) (\d+)", version_line)
+    assert match, f"not a PostgreSQL tool's version: {version_line!r}"
+    return int(match.group(1))
+
+
+def test_the_tenant_service_dumps_its_server_into_the_backups_volume(deployment: Deployment) -> None:
+    tenant_service = str(deployment.container("tenant-service")["ID"])
+    postgres = str(deployment.container("postgres")["ID"])
+    version_num = deployment.docker_out(
+        "exec", postgres, "psql", "-U", "postgres", "-d", "tenantry", "-tAc", "SHOW server_version_num"
+    )
+    server_major = int(version_num.strip()) // 10000
+    for tool in ("pg_dump", "pg_restore"):
+        line = deployment.docker_out("exec", tenant_service, tool, "--version").strip()
+        # pg_dump refuses a server newer than itself.
+        assert _major_version(line) >= server_major, f"{line}: older than the PostgreSQL {server_major} server"
+    # As the service user, on the read-only root: a custom-format dump into the volume, read back by pg_restore.
+    probe = (
+        "set -e; dump=/var/lib/tenantry/backups/probe.dump; "
+        'stat -c "%u %a" /var/lib/tenantry/backups; '
+        'pg_dump --format=custom --file="$dump" "$DATABASE_URL"; '
+        'pg_restore --list "$dump"; rm "$dump"'
+    )
+    owner_mode, *listing = deployment.docker_out("exec", tenant_service, "sh", "-c", probe).splitlines()
+    assert owner_mode == "10001 700"
+    assert any(" TABLE DATA public alembic_version " in line for line in listing), "\n".join(listing)
 
 
 def _size_mb(deployment: Deployment, image: str) -> float:

@@ -22,6 +22,7 @@ SCENARIOS = ("default", "production")
 # rendering the default scenario plus these values.
 ONLY_WHEN_SET: dict[str, dict[str, Any]] = {
     "TENANT_MIGRATIONS_DIR": {"tenantService": {"config": {"tenantMigrationsDir": "/srv/tenant-migrations"}}},
+    "PG_BIN_DIR": {"backups": {"pgBinDir": "/usr/lib/postgresql/17/bin"}},
 }
 
 # Read by the code, deliberately not settable through the chart, each with the reason.

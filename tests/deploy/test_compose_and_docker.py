@@ -33,6 +33,7 @@ REQUIRED_SECRETS = (
 PUBLISHED = {"tenant-service": 8001, "gateway": 8080, "notes": 8002}
 HEALTH_PATHS = {"tenant-service": "/healthz", "gateway": "/_gateway/healthz", "notes": "/healthz"}
 MODULES = {"tenant-service": "tenant_service", "gateway": "gateway", "notes": "notes_app"}
+PG_CLIENT_ARGS = ("PG_CLIENT_VERSION", "PG_CLIENT_REPO")
 
 
 # ------------------------------------------------------------------------------------------------ compose
@@ -185,8 +186,10 @@ def test_base_images_can_be_replaced_without_editing_files(services: dict[str, d
         assert _interpolate(services[name]["image"], {variable: "standin:1"})[0] == "standin:1", name
     for name in (*APPS, *ONE_SHOT):
         build = services[name]["build"]
-        # A bare name: passed when set, so the Dockerfile's own default stays the default.
-        assert build.get("args") == ["PYTHON_IMAGE"], name
+        # Bare names: passed when set, so the Dockerfile's own defaults stay the defaults. Only the tenant-service
+        # image (also migrate's) carries the PostgreSQL client tools.
+        args = ["PYTHON_IMAGE", *(PG_CLIENT_ARGS if build["target"] == "tenant-service" else ())]
+        assert build.get("args") == args, name
         assert _interpolate(build["network"], {})[0] == "default", name
         assert _interpolate(build["network"], {"BUILD_NETWORK": "host"})[0] == "host", name
 
@@ -410,13 +413,21 @@ def test_final_stage_has_healthcheck_stopsignal_and_entrypoint(stages: dict[str,
     assert "_HOST=0.0.0.0" in envs
 
 
+def _installs_the_postgresql_client(run: str) -> bool:
+    return "postgresql-client-${PG_CLIENT_VERSION}" in run
+
+
 @pytest.mark.parametrize("target", APPS)
 def test_final_stage_has_no_build_tools_and_no_secrets(stages: dict[str, Stage], target: str) -> None:
     chain = _lineage(stages, target)
     assert all(not stage.name.startswith(("builder", "build-")) for stage in chain), "final stage built on builder"
     for stage in chain:
         for run in stage.all("RUN"):
-            for tool in ("apt-get install", "apk add", "pip install", "uv ", "gcc", "build-essential", "curl", "wget"):
+            tools = ["apk add", "pip install", "uv ", "gcc", "build-essential", "curl", "wget"]
+            # The one package installation of a final stage: the tenant-service's pg_dump and pg_restore.
+            if not (stage.name == "tenant-service" and _installs_the_postgresql_client(run)):
+                tools.append("apt-get install")
+            for tool in tools:
                 assert tool not in run, f"{stage.name} runs {tool!r}"
         for copy in stage.all("COPY"):
             # only the builder's virtualenv, never files from the build context
@@ -425,6 +436,30 @@ def test_final_stage_has_no_build_tools_and_no_secrets(stages: dict[str, Stage],
     for stage in chain:
         for env in stage.all("ENV") + stage.all("ARG"):
             assert not re.search(r"(TOKEN|SECRET|PASSWORD|_KEYS)\s*=", env), f"{stage.name}: {env}"
+
+
+def test_the_tenant_service_image_gets_a_postgresql_client_no_older_than_the_compose_server(
+    stages: dict[str, Stage], services: dict[str, dict[str, Any]]
+) -> None:
+    global_args, _ = _parse_dockerfile()
+    # pg_dump refuses a server newer than itself: the default client must serve the default server.
+    server_major = int(_default_image(services["postgres"]).split(":")[1].split(".")[0])
+    assert int(global_args["PG_CLIENT_VERSION"]) >= server_major
+    assert global_args["PG_CLIENT_REPO"] == "pgdg", "by default from apt.postgresql.org, which has every major"
+    stage = stages["tenant-service"]
+    assert {arg.partition("=")[0] for arg in stage.all("ARG")} >= set(PG_CLIENT_ARGS)
+    (install,) = [run for run in stage.all("RUN") if _installs_the_postgresql_client(run)]
+    # Small: no recommended packages, no apt lists or downloaded packages left behind, and the tools work.
+    assert "apt-get install -y --no-install-recommends" in install
+    assert "rm -rf /var/lib/apt/lists/*" in install
+    assert "rm -f ./*.deb" in install
+    assert "apt-get clean" in install
+    assert "pg_dump --version" in install
+    assert "pg_restore --version" in install
+    # Before the virtualenv's COPY, so that a change of code does not install the client again.
+    assert stage.instructions.index(("RUN", install)) < [kind for kind, _ in stage.instructions].index("COPY")
+    for other in ("runtime", "gateway", "notes"):
+        assert not any("postgresql" in run for run in stages[other].all("RUN")), other
 
 
 def test_no_remote_add_and_no_env_files_copied(stages: dict[str, Stage]) -> None:

@@ -232,7 +232,13 @@ DB_POOL_SIZE: {{ $c.dbPoolSize | int64 | toString | quote }}
 DB_CONNECT_TIMEOUT: {{ $c.dbConnectTimeout | toString | quote }}
 DB_STATEMENT_TIMEOUT_MS: {{ $c.dbStatementTimeoutMs | int64 | toString | quote }}
 TENANT_SERVICE_MAX_REQUEST_BODY_BYTES: {{ $c.maxRequestBodyBytes | int64 | toString | quote }}
+OPERATION_WORKERS: {{ $c.operationWorkers | int64 | toString | quote }}
+OPERATION_POLL_SECONDS: {{ $c.operationPollSeconds | toString | quote }}
 BACKUP_STORE_URL: {{ .Values.backups.storeUrl | quote }}
+BACKUP_SCHEDULE_INTERVAL_SECONDS: {{ .Values.backups.scheduleIntervalSeconds | toString | quote }}
+{{- with .Values.backups.pgBinDir }}
+PG_BIN_DIR: {{ . | quote }}
+{{- end }}
 S3_ENDPOINT_URL: {{ .Values.backups.s3.endpointUrl | quote }}
 S3_REGION: {{ .Values.backups.s3.region | quote }}
 {{- end }}

@@ -209,7 +209,8 @@ def up() -> None:
         if engine.private:
             raise StackError(
                 f"{exc}\nThe project's own engine pulls no images: name local ones in PYTHON_IMAGE, POSTGRES_IMAGE "
-                "and REDIS_IMAGE, and set BUILD_NETWORK=host (docs/deploy.md, 'Without an image registry')."
+                "and REDIS_IMAGE, and set BUILD_NETWORK=host (docs/deploy.md, 'Without an image registry'); without "
+                "apt.postgresql.org, also PG_CLIENT_REPO=debian and PG_CLIENT_VERSION=15 (a PostgreSQL 15 server)."
             ) from exc
         raise
     print("[up] waiting until every service is healthy ...", flush=True)

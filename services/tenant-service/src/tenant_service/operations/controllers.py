@@ -35,7 +35,9 @@ class OperationController(Controller):
         cursor: Annotated[str | None, QueryParameter(required=False, max_length=512)] = None,
     ) -> OperationPage:
         """Newest first, filtered by tenant (id or slug), kind and state."""
-        return await OperationService(ctx).list(tenant=tenant, kind=kind, state=state_filter, limit=limit, cursor=cursor)
+        return await OperationService(ctx).list(
+            tenant=tenant, kind=kind, state=state_filter, limit=limit, cursor=cursor
+        )
 
     @get("/{op_id:str}", summary="One operation", responses=problems(401, 404, 422, 503))
     async def get_operation(self, ctx: Ctx, op_id: OpId) -> OperationView:

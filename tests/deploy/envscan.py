@@ -33,6 +33,7 @@ EXCLUDED: dict[str, str] = {
     "DEV_REDIS_PORT": "make dev only: port of its throw-away Redis",
     "TENANTRY_PG_BINDIR": "make dev / test tooling only: where the Postgres binaries are",
     "TENANTRY_PG_OS_USER": "make dev / test tooling only: the OS user that runs Postgres as root",
+    "PATH": "the operating system's search path, handed on to pg_dump/pg_restore so that they find their own helpers",
     "GATEWAY_MODE": "make bench only: 'passthrough' turns authentication and quotas off; never in a deployment",
 }
 

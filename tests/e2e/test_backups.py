@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 
 from support.operations import accepted, all_notes, take_backup, wait_operation
 from support.platform import Installation, registry, with_database
+from support.s3 import S3Server
 from support.stacks import gw, make_tenant, running_platform
 from tenantry_devtools.platform import Platform, Tenant
 
@@ -378,3 +380,39 @@ def test_a_second_restore_while_one_runs_is_409_and_a_cancelled_one_leaves_nothi
     assert cancel.json()["code"] == "operation_not_cancellable"
     assert platform.admin.get("/admin/operations/00000000-0000-0000-0000-000000000000").status_code == 404
     assert platform.admin.get("/admin/operations/nope").json()["code"] == "operation_not_found"
+
+
+def test_backup_restore_and_download_through_an_s3_compatible_store(
+    inst: Installation, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """The same flow with ``BACKUP_STORE_URL=s3://…`` against a real S3-compatible server process (moto's)."""
+    env = {
+        "BACKUP_STORE_URL": f"s3://{s3_server.bucket}/e2e-{uuid.uuid4().hex[:8]}",
+        "S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "S3_REGION": s3_server.region,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
+    with running_platform(inst.with_settings(env), tmp_path) as platform:
+        tenant = make_tenant(platform, "bk-s3")
+        write_notes(platform, tenant, "kept in s3")
+        backup_id = take_backup(platform.admin, tenant.slug)
+        write_notes(platform, tenant, "lost by the restore")
+        keys = asyncio.run(_bucket_keys(s3_server, env["BACKUP_STORE_URL"].rpartition("/")[2]))
+        assert any(backup_id in key for key in keys)
+        download = platform.admin.get(f"/admin/tenants/{tenant.slug}/backups/{backup_id}/download")
+        assert download.status_code == 200
+        assert download.content.startswith(b"PGDMP")
+        op = accepted(platform.admin.post(f"/admin/tenants/{tenant.slug}/restore", json={"backup_id": backup_id}))
+        assert wait_operation(platform.admin, op["id"])["state"] == "succeeded"
+        assert all_notes(platform, tenant) == ["kept in s3"]
+        assert platform.admin.delete(f"/admin/tenants/{tenant.slug}", params={"purge": "true"}).status_code == 200
+        assert asyncio.run(_bucket_keys(s3_server, env["BACKUP_STORE_URL"].rpartition("/")[2])) == []
+
+
+async def _bucket_keys(s3_server: S3Server, prefix: str) -> list[str]:
+    store = s3_server.store(prefix)
+    try:
+        return await store.list_keys("")
+    finally:
+        await store.close()

@@ -50,7 +50,7 @@ from tenant_service.internal.service import vend_credentials
 from tenant_service.operations.runner import OperationRunner
 from tenant_service.provisioning.names import object_marker
 from tenant_service.provisioning.reconciler import Reconciler
-from tenant_service.provisioning.schema import DEFAULT_MIGRATIONS_DIR
+from tenant_service.provisioning.schema import DEFAULT_MIGRATIONS_DIR, load_migrations
 
 pytestmark = pytest.mark.e2e
 
@@ -357,6 +357,7 @@ async def _database_exists(fx: Fixture, name: str) -> bool:
 async def test_fleet_migration_runs_tenant_code_only_as_the_tenant(setup: Fixture, hostile: Hostile) -> None:
     fx = setup
     (fx.migrations / "0003_pinned.sql").write_text(MIGRATION_0003, encoding="utf-8")
+    fx.ctx.migrations = load_migrations(fx.migrations)  # the in-process service ships the new migration too
     env = {"TENANT_MIGRATIONS_DIR": str(fx.migrations)}
     fx.inst.tenantctl("migrate", env=env)
     result = fx.inst.tenantctl("migrate-tenants", check=False, env=env, timeout=120)
@@ -499,6 +500,7 @@ async def test_backup_restore_clone_and_export_run_tenant_code_only_as_the_tenan
 
     conn = await asyncpg.connect(hostile.tenant.dsn(fx.pg_url))
     try:
+        backed_up = [r["body"] for r in await conn.fetch("SELECT body FROM notes ORDER BY id")]
         await conn.execute("INSERT INTO notes (body) VALUES ('after the backup')")
     finally:
         await conn.close()
@@ -510,7 +512,7 @@ async def test_backup_restore_clone_and_export_run_tenant_code_only_as_the_tenan
         assert await conn.fetchval("SELECT count(*) FROM public.trap_log") > 0  # the traps fired, as the tenant
     finally:
         await conn.close()
-    assert notes == ["the hostile tenant's own note"]
+    assert notes == backed_up
 
     slug = unique_slug("ht", "clone")
     created = await fx.call(
@@ -522,7 +524,7 @@ async def test_backup_restore_clone_and_export_run_tenant_code_only_as_the_tenan
     clone = TenantDb(clone_id, slug, creds.database, creds.user, creds.password)
     conn = await asyncpg.connect(clone.dsn(fx.pg_url))
     try:
-        assert [r["body"] for r in await conn.fetch("SELECT body FROM notes")] == ["the hostile tenant's own note"]
+        assert [r["body"] for r in await conn.fetch("SELECT body FROM notes ORDER BY id")] == backed_up
         runs = [dict(r) for r in await conn.fetch("SELECT * FROM public.trap_log")]
     finally:
         await conn.close()

@@ -135,6 +135,10 @@ class Installation:
                 setattr(copy, attribute, values[name])
         return copy
 
+    def with_settings(self, values: Mapping[str, str]) -> Self:
+        """A copy whose processes get ``values`` on top of its settings (the same registry, template, prefix)."""
+        return dataclasses.replace(self, settings_env={**self.settings_env, **values})
+
     def env(self, **overrides: str) -> dict[str, str]:
         """Environment variables of the tenant-service and ``tenantctl`` (``overrides`` on top)."""
         values = {

@@ -30,7 +30,7 @@ class OperationController(Controller):
         ctx: Ctx,
         tenant: Annotated[str | None, QueryParameter(required=False, max_length=64)] = None,
         kind: Annotated[str | None, QueryParameter(required=False, max_length=32)] = None,
-        state_filter: Annotated[str | None, QueryParameter(query="state", required=False, max_length=32)] = None,
+        state_filter: Annotated[str | None, QueryParameter(name="state", required=False, max_length=32)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, QueryParameter(required=False, max_length=512)] = None,
     ) -> OperationPage:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
 import structlog
+from prometheus_client import Counter
 from sqlalchemy import select, update
 
 from tenant_service.audit.service import SYSTEM_ACTOR
@@ -41,6 +42,9 @@ from tenantry_common.limits import merged_limits
 from tenantry_common.timeutil import utcnow
 
 _log = structlog.get_logger("tenantry.backups")
+STORED_BYTES: Final = Counter(
+    "tenantry_backup_stored_bytes_total", "Bytes of archives stored (before encryption), by kind", ["kind"]
+)
 #: The server every tenant lives on until several servers can be registered.
 DEFAULT_SERVER = "default"
 
@@ -92,6 +96,7 @@ async def dump_into(ctx: AppContext, job: Job, tenant: Tenant, backup_id: uuid.U
         job.note_progress(done)
 
     written = await write_object(ctx, tenant.id, key, _with_failpoint(ctx.cluster.tools().dump(login)), report)
+    STORED_BYTES.labels("backup").inc(written.size)
     await failpoint("backup.after_upload")
     retention = await _retention(ctx, tenant)
     now = utcnow()
@@ -213,6 +218,7 @@ class ExportJob:
         login = _login(ctx, tenant)
         async with build_export(ctx, tenant, login) as (archive, version):
             written = await write_object(ctx, tenant.id, key, archive)
+        STORED_BYTES.labels("export").inc(written.size)
         now = utcnow()
         retention = await _retention(ctx, tenant)
         async with ctx.sessions() as session, session.begin():

@@ -1,7 +1,5 @@
 """The operation object of the admin API (contract §9)."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any, Literal
 

@@ -59,7 +59,12 @@ class TenantController(Controller):
         status_code=201,
         summary="Create and provision a tenant",
         responses={
-            202: ResponseSpec(TenantCreated, description="Accepted (`Prefer: respond-async`): provisioning goes on"),
+            201: ResponseSpec(TenantCreated, description="Created and provisioned", generate_examples=False),
+            202: ResponseSpec(
+                TenantCreated | CloneAccepted,
+                description="Accepted: provisioning goes on (`Prefer: respond-async`), or a clone's operation",
+                generate_examples=False,
+            ),
             **problems(401, 409, 413, 415, 422, 503),
         },
     )
@@ -147,7 +152,10 @@ class TenantController(Controller):
         summary="Restore a soft-deleted tenant, or restore a backup",
         operation_class=OptionalBodyOperation,
         responses={
-            202: ResponseSpec(OperationView, description="With `backup_id`: a `restore` operation"),
+            200: ResponseSpec(TenantView, description="Without a body: the restored tenant", generate_examples=False),
+            202: ResponseSpec(
+                OperationView, description="With `backup_id`: a `restore` operation", generate_examples=False
+            ),
             **_TRANSITION,
         },
     )

@@ -21,10 +21,10 @@ from tenant_service.backups.service import clone_source
 from tenant_service.changes import InvalidStateError, unit_of_work
 from tenant_service.context import AppContext
 from tenant_service.cursors import decode_cursor, split_page
-from tenant_service.db.models import Plan, Tenant, TenantDomain
+from tenant_service.db.models import Operation, Plan, Tenant, TenantDomain
 from tenant_service.failpoints import failpoint
 from tenant_service.operations.schemas import OperationView, operation_view
-from tenant_service.operations.service import enqueue
+from tenant_service.operations.service import OperationInProgressError, enqueue
 from tenant_service.provisioning.names import tenant_object_name
 from tenant_service.provisioning.provisioner import Outcome, Provisioner, connection_limit, password_context
 from tenant_service.tenants.lookup import TenantNotFoundError, find_tenant
@@ -356,10 +356,23 @@ class TenantService:
         return view
 
     async def purge(self, ref: str, *, actor: str) -> TenantView:
-        """Drop the tenant's database and role now and forget it."""
+        """Drop the tenant's database and role now and forget it.
+
+        Raises:
+            OperationInProgressError: a restore or clone of the tenant is under way (cancel it first).
+        """
         async with self._ctx.sessions() as session:
             tenant = await find_tenant(session, ref)
             view = await self.view(session, tenant)
+            busy = await session.scalar(
+                select(Operation.id).where(
+                    Operation.tenant_id == tenant.id,
+                    Operation.kind.in_(("restore", "clone")),
+                    Operation.state.in_(("pending", "running")),
+                )
+            )
+        if busy is not None:
+            raise OperationInProgressError(f"a restore or clone of the tenant is under way (operation {busy})")
         purged = await self._provisioner.purge(tenant.id, actor=actor)
         if purged is None:
             raise TenantNotFoundError(f"no tenant {ref!r}")

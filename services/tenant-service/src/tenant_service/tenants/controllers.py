@@ -36,6 +36,8 @@ from tenant_service.tenants.usage import tenant_usage
 #: Errors of a lifecycle transition.
 _TRANSITION = problems(401, 404, 409, 422, 503)
 
+#: The two bodies of a create's 202: the tenant being provisioned, or a clone's operation with its tenant.
+_PROVISIONING_OR_CLONE: Any = TenantCreated | CloneAccepted
 Ref = Annotated[str, PathParameter(description="Tenant id (UUID) or slug", max_length=64)]
 IssuerId = Annotated[str, PathParameter(description="JWT issuer id (UUID)", max_length=64)]
 
@@ -61,7 +63,7 @@ class TenantController(Controller):
         responses={
             201: ResponseSpec(TenantCreated, description="Created and provisioned", generate_examples=False),
             202: ResponseSpec(
-                TenantCreated | CloneAccepted,
+                _PROVISIONING_OR_CLONE,
                 description="Accepted: provisioning goes on (`Prefer: respond-async`), or a clone's operation",
                 generate_examples=False,
             ),

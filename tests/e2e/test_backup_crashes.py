@@ -245,3 +245,28 @@ async def test_a_cancelled_backup_and_clone_leave_nothing_behind(inst: Installat
     finally:
         slow.stop()
     await _assert_nothing_left(inst)
+
+
+async def test_two_replicas_run_each_operation_exactly_once(inst: Installation, tmp_path: Path) -> None:
+    replicas = [
+        TenantServiceProcess(inst, tmp_path / f"replica-{n}.log", env={**FAST, "OPERATION_WORKERS": "2"}).start()
+        for n in range(2)
+    ]
+    try:
+        with replicas[0].client() as first, replicas[1].client() as second:
+            slug = "kx-replicas"
+            assert first.post("/admin/tenants", json={"slug": slug, "name": "r"}).status_code == 201
+            ids = [
+                (first if n % 2 else second).post(f"/admin/tenants/{slug}/backups", json={}).json()["id"]
+                for n in range(8)
+            ]
+            finished = [_wait(first, op_id) for op_id in ids]
+    finally:
+        for replica in replicas:
+            replica.stop()
+    assert [op["state"] for op in finished] == ["succeeded"] * 8
+    rows = await registry(
+        inst, "SELECT attempts FROM operations WHERE id = ANY($1::uuid[])", [uuid.UUID(i) for i in ids]
+    )
+    assert [r["attempts"] for r in rows] == [1] * 8  # claimed once each: no operation ran twice
+    await _assert_nothing_left(inst)

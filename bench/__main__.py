@@ -18,7 +18,7 @@ from bench.platform import PYCACHE, ROOT, Backends, ensure_tools, machine_info
 from bench.procs import Registry
 from bench.report import SECTION_ORDER, render
 from bench.results import PASS, load_results, merge_results, save_results
-from bench.sections import apps, fleet, gateway, provisioning, tenants
+from bench.sections import apps, backups, fleet, gateway, provisioning, tenants
 from tenantry_devtools.processes import use_bytecode_cache
 
 SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
@@ -27,6 +27,7 @@ SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
     "provisioning": provisioning.run,
     "fleet": fleet.run,
     "apps": apps.run,
+    "backups": backups.run,
 }
 
 
@@ -78,6 +79,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--app-tenants", type=int, default=defaults.app_tenants, help="tenants active in turn (apps)")
     parser.add_argument("--cold-per-run", type=int, default=defaults.cold_per_run, help="cold tenants per run (apps)")
+    parser.add_argument(
+        "--backup-mb", type=int, default=defaults.backup_mb, help="megabytes of data in the backed-up tenant (backups)"
+    )
+    parser.add_argument(
+        "--hold-clients",
+        type=int,
+        default=defaults.hold_clients,
+        help="clients sending requests through the gateway during in-place restores (backups)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json", help="results file")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md", help="report page")
     parser.add_argument("--fresh", action="store_true", help="do not keep other sections of the results file")
@@ -90,6 +100,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.sections = [s for s in SECTION_ORDER if s in chosen]
     if args.runs < 1 or args.duration <= 0:
         parser.error("--runs must be ≥ 1 and --duration > 0")
+    if args.backup_mb < 1 or args.hold_clients < 1:
+        parser.error("--backup-mb and --hold-clients must be ≥ 1")
     return args
 
 
@@ -113,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         fleet_concurrency=args.fleet_concurrency,
         app_tenants=args.app_tenants,
         cold_per_run=args.cold_per_run,
+        backup_mb=args.backup_mb,
+        hold_clients=args.hold_clients,
     )
     # Also SIGINT: a shell that starts the harness in the background ignores it otherwise.
     signal.signal(signal.SIGTERM, _interrupt)

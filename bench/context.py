@@ -32,6 +32,8 @@ class Settings:
     app_tenants: int = 500
     cold_per_run: int = 20
     warm_per_cold: int = 10
+    backup_mb: int = 200
+    hold_clients: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

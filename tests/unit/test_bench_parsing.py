@@ -361,3 +361,93 @@ def test_paired_ratio_is_the_median_of_the_runs_own_ratios() -> None:
     assert value == 0.8
     assert text == "median of the runs' ratios 0.800, 0.800, 0.900"
     assert paired_ratio([1.0], [0.0]) == (None, "no complete run")
+
+
+SERVICE_LOG = """\
+{"event": "tenant_created", "timestamp": "2026-11-24T10:00:00.000000Z", "level": "info"}
+not json at all "hold_placed"
+{"hold_id": "abc", "seconds": 5.0, "event": "hold_placed", "level": "info", "timestamp": "2026-11-24T10:00:01.000000Z"}
+{"hold_id": "abc", "gateways": 1, "seconds": 0.031, "event": "hold_drained", "timestamp": "2026-11-24T10:00:01.031000Z"}
+{"hold_id": "abc", "seconds": 0.25, "event": "hold_released", "timestamp": "2026-11-24T10:00:01.250000Z"}
+{"hold_id": "def", "seconds": 0.1, "event": "hold_released", "timestamp": "2026-11-24T10:00:09.100000+00:00"}
+"""
+
+GATEWAY_METRICS = """\
+# HELP tenantry_gateway_hold_wait_seconds How long held requests waited
+# TYPE tenantry_gateway_hold_wait_seconds histogram
+tenantry_gateway_hold_wait_seconds_bucket{le="0.01"} 0.0
+tenantry_gateway_hold_wait_seconds_bucket{le="0.1"} 1.0
+tenantry_gateway_hold_wait_seconds_bucket{le="0.25"} 4.0
+tenantry_gateway_hold_wait_seconds_bucket{le="+Inf"} 4.0
+tenantry_gateway_hold_wait_seconds_count 4.0
+tenantry_gateway_hold_wait_seconds_sum 0.6
+tenantry_gateway_held_requests_total{outcome="released"} 4.0
+garbage line
+"""
+
+
+def test_holds_are_read_from_the_tenant_service_log() -> None:
+    from bench.cutover import parse_hold_log
+
+    spans = parse_hold_log(SERVICE_LOG)
+    assert [s.hold_id for s in spans] == ["abc", "def"]
+    first, second = spans
+    assert first.seconds == pytest.approx(0.25)
+    assert first.released - first.placed == pytest.approx(0.25)
+    assert first.drained_s == 0.031
+    assert second.drained_s is None  # no hold_drained line for it
+    assert second.released - first.released == pytest.approx(7.85)  # Z and +00:00 are the same clock
+
+
+def test_the_gateways_hold_wait_histogram_is_diffed_between_scrapes() -> None:
+    from bench.cutover import histogram_delta, parse_prometheus
+
+    after = parse_prometheus(GATEWAY_METRICS)
+    assert after['tenantry_gateway_held_requests_total{outcome="released"}'] == 4.0
+    before = {"tenantry_gateway_hold_wait_seconds_count": 1.0, "tenantry_gateway_hold_wait_seconds_sum": 0.05,
+              'tenantry_gateway_hold_wait_seconds_bucket{le="0.1"}': 1.0,
+              'tenantry_gateway_hold_wait_seconds_bucket{le="0.25"}': 1.0,
+              'tenantry_gateway_hold_wait_seconds_bucket{le="+Inf"}': 1.0}  # fmt: skip
+    delta = histogram_delta(before, after)
+    assert delta.count == 3.0
+    assert delta.sum == pytest.approx(0.55)
+    assert delta.buckets == [(0.01, 0.0), (0.1, 0.0), (0.25, 3.0), (math.inf, 3.0)]
+    assert delta.quantile_bound(0.5) == 0.25
+    assert delta.quantile_bound(1.0) == 0.25
+    assert delta.mean == pytest.approx(0.55 / 3)
+    empty = histogram_delta(after, after)
+    assert empty.mean is None
+    assert empty.quantile_bound(0.5) is None
+
+
+def test_requests_in_flight_during_a_hold_and_failures() -> None:
+    from bench.cutover import Timed, elapsed_seconds, failed, overlapping
+
+    requests = [
+        Timed(sent=9.0, ms=500, status=200),  # done 9.5: before
+        Timed(sent=9.8, ms=400, status=200),  # in flight when the hold began at 10.0
+        Timed(sent=10.1, ms=300, status=200),  # held
+        Timed(sent=10.5, ms=10, status=503),  # sent after it ended
+        Timed(sent=10.2, ms=5, status=0),  # no answer, within
+    ]
+    assert overlapping(requests, 10.0, 10.4) == [requests[1], requests[2], requests[4]]
+    assert failed(requests) == [requests[3], requests[4]]
+    assert elapsed_seconds("2026-11-24T10:00:00.5Z", "2026-11-24T10:00:02+00:00") == 1.5
+
+
+def test_an_operations_time_is_split_by_the_progress_steps_seen() -> None:
+    from bench.sections.backups import OperationRun, median_steps
+
+    def op(wall: float, steps: list[tuple[float, str]]) -> OperationRun:
+        return OperationRun({}, {"started_at": "2026-11-24T10:00:00Z", "finished_at": "2026-11-24T10:00:03Z"},
+                            wall, steps)  # fmt: skip
+
+    first = op(3.0, [(0.0, "pending"), (0.1, "creating"), (0.4, "restoring")])
+    assert first.work_s == 3.0
+    assert first.step_seconds() == pytest.approx({"pending": 0.1, "creating": 0.3, "restoring": 2.6})
+    second = op(5.0, [(0.0, "creating"), (1.0, "restoring")])
+    third = op(4.0, [(0.0, "creating"), (0.5, "restoring"), (1.0, "creating")])  # a step seen twice adds up
+    assert third.step_seconds() == pytest.approx({"creating": 3.5, "restoring": 0.5})
+    medians = median_steps([first, second, third])
+    assert list(medians) == ["pending", "creating", "restoring"]
+    assert medians == pytest.approx({"pending": 0.0, "creating": 1.0, "restoring": 2.6})

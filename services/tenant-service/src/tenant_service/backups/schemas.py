@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -31,31 +31,6 @@ class CloneSource(msgspec.Struct, forbid_unknown_fields=True):
     backup_id: BackupId
 
 
-class BackupView(msgspec.Struct):
-    """A backup as the admin API shows it."""
-
-    id: str
-    tenant_id: str
-    state: str
-    kind: str
-    note: str | None
-    size_bytes: int | None
-    schema_version: int | None
-    server: str
-    sha256: str | None
-    created_at: datetime
-    completed_at: datetime | None
-    expires_at: datetime | None
-    operation_id: str | None
-
-
-class BackupPage(msgspec.Struct):
-    """A page of backups, newest first."""
-
-    items: list[BackupView]
-    next_cursor: str | None
-
-
 class ExportView(msgspec.Struct):
     """An export as the admin API shows it."""
 
@@ -72,6 +47,20 @@ class ExportView(msgspec.Struct):
     operation_id: str | None
 
 
+class BackupView(ExportView, kw_only=True):
+    """A backup as the admin API shows it: what an export shows, and its kind and note."""
+
+    kind: str
+    note: str | None
+
+
+class BackupPage(msgspec.Struct):
+    """A page of backups, newest first."""
+
+    items: list[BackupView]
+    next_cursor: str | None
+
+
 class ExportPage(msgspec.Struct):
     """A page of exports, newest first."""
 
@@ -79,37 +68,27 @@ class ExportPage(msgspec.Struct):
     next_cursor: str | None
 
 
+def _archive_fields(row: Backup | Export) -> dict[str, Any]:
+    return {
+        "id": str(row.id),
+        "tenant_id": str(row.tenant_id),
+        "state": row.state,
+        "size_bytes": row.size_bytes,
+        "schema_version": row.schema_version,
+        "server": row.server,
+        "sha256": row.sha256,
+        "created_at": row.created_at,
+        "completed_at": row.completed_at,
+        "expires_at": row.expires_at,
+        "operation_id": str(row.operation_id) if row.operation_id else None,
+    }
+
+
 def backup_view(row: Backup) -> BackupView:
     """The API view of a backup row."""
-    return BackupView(
-        id=str(row.id),
-        tenant_id=str(row.tenant_id),
-        state=row.state,
-        kind=row.kind,
-        note=row.note,
-        size_bytes=row.size_bytes,
-        schema_version=row.schema_version,
-        server=row.server,
-        sha256=row.sha256,
-        created_at=row.created_at,
-        completed_at=row.completed_at,
-        expires_at=row.expires_at,
-        operation_id=str(row.operation_id) if row.operation_id else None,
-    )
+    return BackupView(**_archive_fields(row), kind=row.kind, note=row.note)
 
 
 def export_view(row: Export) -> ExportView:
     """The API view of an export row."""
-    return ExportView(
-        id=str(row.id),
-        tenant_id=str(row.tenant_id),
-        state=row.state,
-        size_bytes=row.size_bytes,
-        schema_version=row.schema_version,
-        server=row.server,
-        sha256=row.sha256,
-        created_at=row.created_at,
-        completed_at=row.completed_at,
-        expires_at=row.expires_at,
-        operation_id=str(row.operation_id) if row.operation_id else None,
-    )
+    return ExportView(**_archive_fields(row))

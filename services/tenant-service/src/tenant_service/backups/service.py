@@ -4,8 +4,9 @@ come from the registry, downloads are decrypted streams of the stored objects.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -140,6 +141,24 @@ def _require_readable(tenant: Tenant) -> None:
         raise TenantUnavailableError(f"the tenant is {tenant.status}")
 
 
+Stored = TypeVar("Stored", Backup, Export)
+
+
+async def _newest_first(
+    session: AsyncSession, model: type[Stored], tenant: Tenant, limit: int, cursor: str | None
+) -> tuple[Sequence[Stored], str | None]:
+    """A page of the tenant's backups or exports, newest first, and the cursor after it."""
+    query = (
+        select(model)
+        .where(model.tenant_id == tenant.id)
+        .order_by(model.created_at.desc(), model.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor:
+        query = query.where(tuple_(model.created_at, model.id) < tuple_(*decode_cursor(cursor)))
+    return split_page(list((await session.execute(query)).scalars()), limit)
+
+
 class BackupService:
     """Backups, restores and exports of one tenant at a time."""
 
@@ -222,16 +241,8 @@ class BackupService:
         """The tenant's backups, newest first."""
         async with self._ctx.sessions() as session:
             tenant = await find_tenant(session, ref)
-            query = (
-                select(Backup)
-                .where(Backup.tenant_id == tenant.id)
-                .order_by(Backup.created_at.desc(), Backup.id.desc())
-                .limit(limit + 1)
-            )
-            if cursor:
-                query = query.where(tuple_(Backup.created_at, Backup.id) < tuple_(*decode_cursor(cursor)))
-            page, next_cursor = split_page(list((await session.execute(query)).scalars()), limit)
-            return BackupPage(items=[backup_view(b) for b in page], next_cursor=next_cursor)
+            rows, next_cursor = await _newest_first(session, Backup, tenant, limit, cursor)
+            return BackupPage(items=[backup_view(b) for b in rows], next_cursor=next_cursor)
 
     async def get_backup(self, ref: str, backup_id: str) -> BackupView:
         """One of the tenant's backups."""
@@ -295,16 +306,8 @@ class BackupService:
         """The tenant's exports, newest first."""
         async with self._ctx.sessions() as session:
             tenant = await find_tenant(session, ref)
-            query = (
-                select(Export)
-                .where(Export.tenant_id == tenant.id)
-                .order_by(Export.created_at.desc(), Export.id.desc())
-                .limit(limit + 1)
-            )
-            if cursor:
-                query = query.where(tuple_(Export.created_at, Export.id) < tuple_(*decode_cursor(cursor)))
-            page, next_cursor = split_page(list((await session.execute(query)).scalars()), limit)
-            return ExportPage(items=[export_view(e) for e in page], next_cursor=next_cursor)
+            rows, next_cursor = await _newest_first(session, Export, tenant, limit, cursor)
+            return ExportPage(items=[export_view(e) for e in rows], next_cursor=next_cursor)
 
     async def _export(self, session: AsyncSession, tenant: Tenant, raw_id: str) -> Export:
         missing = ExportNotFoundError(f"no export {raw_id[:64]!r} for this tenant")

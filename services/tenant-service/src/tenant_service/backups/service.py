@@ -291,16 +291,8 @@ class BackupService:
         async with self._ctx.sessions() as session:
             tenant = await find_tenant(session, ref)
             backup = await find_backup(session, tenant, backup_id)
-        if backup.state != "completed":
-            raise BackupNotReadyError(f"the backup is {backup.state}")
-        await verify_object(self._ctx, tenant.id, backup.object_key, backup.sha256)
-        await self._audit_download(tenant, "backup.download", {"backup_id": str(backup.id)}, actor)
-        return Download(
-            filename=f"{tenant.slug}-{backup.created_at:%Y%m%dT%H%M%SZ}-{str(backup.id)[:8]}.dump",
-            media_type="application/octet-stream",
-            size=backup.size_bytes,
-            chunks=read_object(self._ctx, tenant.id, backup.object_key, backup.sha256),
-        )
+        name = f"{tenant.slug}-{backup.created_at:%Y%m%dT%H%M%SZ}-{str(backup.id)[:8]}.dump"
+        return await self._download(tenant, backup, "backup", name, "application/octet-stream", actor)
 
     async def list_exports(self, ref: str, *, limit: int = 50, cursor: str | None = None) -> ExportPage:
         """The tenant's exports, newest first."""
@@ -327,17 +319,22 @@ class BackupService:
         async with self._ctx.sessions() as session:
             tenant = await find_tenant(session, ref)
             export = await self._export(session, tenant, export_id)
-        if export.state != "completed":
-            raise BackupNotReadyError(f"the export is {export.state}")
-        await verify_object(self._ctx, tenant.id, export.object_key, export.sha256)
-        await self._audit_download(tenant, "export.download", {"export_id": str(export.id)}, actor)
-        return Download(
-            filename=f"{tenant.slug}-export-{export.created_at:%Y%m%dT%H%M%SZ}.tar.gz",
-            media_type="application/gzip",
-            size=export.size_bytes,
-            chunks=read_object(self._ctx, tenant.id, export.object_key, export.sha256),
-        )
+        name = f"{tenant.slug}-export-{export.created_at:%Y%m%dT%H%M%SZ}.tar.gz"
+        return await self._download(tenant, export, "export", name, "application/gzip", actor)
 
-    async def _audit_download(self, tenant: Tenant, action: str, after: dict[str, str], actor: str) -> None:
+    async def _download(
+        self, tenant: Tenant, row: Backup | Export, kind: str, filename: str, media_type: str, actor: str
+    ) -> Download:
+        """Verify the stored object whole, audit the download, and hand out its decrypted stream."""
+        if row.state != "completed":
+            raise BackupNotReadyError(f"the {kind} is {row.state}")
+        await verify_object(self._ctx, tenant.id, row.object_key, row.sha256)
         async with self._ctx.sessions() as session, session.begin():
-            record(session, actor=actor, action=action, target=tenant.slug, tenant_id=tenant.id, after=after)
+            record(session, actor=actor, action=f"{kind}.download", target=tenant.slug, tenant_id=tenant.id,
+                   after={f"{kind}_id": str(row.id)})  # fmt: skip
+        return Download(
+            filename=filename,
+            media_type=media_type,
+            size=row.size_bytes,
+            chunks=read_object(self._ctx, tenant.id, row.object_key, row.sha256),
+        )

@@ -1,16 +1,16 @@
 """What one PostgreSQL server with many tenant databases costs: provisioning windows, disk usage, process memory,
 and the idle CPU of the server's processes (autovacuum) read from /proc.
 
-The parsing and arithmetic are pure functions (unit-tested in tests/unit/test_bench_parsing.py); :class:`PgIdleMeter`
-reads /proc and nothing else, so measuring an idle server does not wake it (no connection is opened).
+The parsing and arithmetic are pure functions (unit-tested in tests/unit/test_bench_parsing.py); :func:`measure_idle`
+reads /proc and the server log and nothing else, so measuring an idle server does not wake it (no connection).
 """
 
 from __future__ import annotations
 
 import bisect
+import re
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,9 +20,6 @@ from typing import Any, Final
 from bench.procs import cpu_seconds, cpu_seconds_with_reaped
 from bench.results import percentile
 
-#: How often the idle meter looks for new children of the postmaster (an autovacuum worker that finds nothing to
-#: do lives a few milliseconds to a few tens of milliseconds, so some may be missed: "seen" is a lower bound).
-POLL_SECONDS: Final = 0.005
 #: Process titles of PostgreSQL's long-lived processes, by the kind the report groups them under.
 _AUX_KINDS: Final = (
     "autovacuum launcher",
@@ -138,7 +135,8 @@ def disk_usage(directory: Path, entries: Sequence[str]) -> dict[str, int]:
 
 
 def parse_status_kb(text: str, name: str) -> int | None:
-    """A ``kB`` field (``VmRSS``, ``VmHWM`` …) of /proc/<pid>/status, in kB; None when absent."""
+    """A ``kB`` field of /proc/<pid>/status (``VmRSS``, ``VmHWM`` …) or /proc/meminfo (``Dirty`` …), in kB; None
+    when absent."""
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key == name:
@@ -155,6 +153,24 @@ def rss_mb(pid: int, name: str = "VmRSS") -> float | None:
     except OSError:
         return None
     return kb / 1024 if kb is not None else None
+
+
+_STAT_FIELDS: Final = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def parse_proc_stat(text: str) -> dict[str, int]:
+    """The machine's CPU time so far, in clock ticks, from the ``cpu`` line of /proc/stat (all cores summed):
+    ``user``, ``nice``, ``system``, ``idle``, ``iowait``, ``irq``, ``softirq``, ``steal``.
+
+    Raises:
+        ValueError: no ``cpu`` line.
+    """
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "cpu":
+            values = [int(v) for v in parts[1 : 1 + len(_STAT_FIELDS)]]
+            return dict(zip(_STAT_FIELDS, values + [0] * (len(_STAT_FIELDS) - len(values)), strict=True))
+    raise ValueError("no cpu line in /proc/stat")
 
 
 # --------------------------------------------------------------------------- PostgreSQL's processes
@@ -206,6 +222,15 @@ def backend_kind(cmdline: str) -> tuple[str, str]:
     return "client backend", rest
 
 
+_AUTOVACUUM_DB: Final = re.compile(r'autovacuum: processing database "([^"]*)"')
+
+
+def parse_autovacuum_log(text: str) -> list[str]:
+    """The databases autovacuum workers started on, one per worker, from a server log written with
+    ``log_min_messages = debug1`` (each worker logs ``autovacuum: processing database "<name>"``)."""
+    return _AUTOVACUUM_DB.findall(text)
+
+
 def parse_children(text: str) -> list[int]:
     """``/proc/<pid>/task/<tid>/children``: space-separated process ids."""
     return [int(p) for p in text.split() if p.isdigit()]
@@ -252,10 +277,13 @@ class IdleResult:
     seconds: float
     cpu: dict[str, float]
     """CPU seconds by kind (:func:`cpu_by_kind`)."""
-    workers_seen: int
-    """Autovacuum workers seen (polled: a lower bound)."""
     databases_visited: list[str] = field(default_factory=list)
-    """Distinct databases those workers named in their titles."""
+    """The database of every autovacuum worker started (from the server log)."""
+
+    @property
+    def workers(self) -> int:
+        """Autovacuum workers started."""
+        return len(self.databases_visited)
 
     @property
     def total_cpu(self) -> float:
@@ -274,53 +302,22 @@ class IdleResult:
             "cpu_s": self.cpu,
             "total_cpu_s": self.total_cpu,
             "core_percent": self.core_percent(),
-            "autovacuum_workers_seen": self.workers_seen,
-            "databases_visited": len(self.databases_visited),
+            "autovacuum_workers": self.workers,
+            "distinct_databases_visited": len(set(self.databases_visited)),
         }
 
 
-class PgIdleMeter:
-    """The CPU a PostgreSQL server uses while nobody talks to it, from /proc only, and the autovacuum workers it
-    starts meanwhile (polled every :data:`POLL_SECONDS`)."""
-
-    def __init__(self, postmaster: int) -> None:
-        self._pm = postmaster
-
-    def measure(self, seconds: float) -> IdleResult:
-        """Watch the server for ``seconds``."""
-        stop = threading.Event()
-        workers: set[int] = set()
-        databases: set[str] = set()
-        settled: set[int] = set()
-
-        def poll() -> None:
-            while not stop.is_set():
-                for child in _children(self._pm):
-                    if child in settled:
-                        continue
-                    line = _cmdline(child)
-                    if line is None:
-                        settled.add(child)
-                        continue
-                    kind, rest = backend_kind(line)
-                    if kind == "starting":
-                        continue  # look again at the next poll, once it has its title
-                    settled.add(child)
-                    if kind == "autovacuum worker":
-                        workers.add(child)
-                        if rest:
-                            databases.add(rest.split()[0])
-                stop.wait(POLL_SECONDS)
-
-        watcher = threading.Thread(target=poll, name="pg-idle-meter", daemon=True)
-        before = cpu_by_kind(self._pm)
-        started = time.monotonic()
-        watcher.start()
-        try:
-            time.sleep(seconds)
-        finally:
-            stop.set()
-            watcher.join(timeout=5)
-        after = cpu_by_kind(self._pm)
-        elapsed = time.monotonic() - started
-        return IdleResult(elapsed, cpu_delta(before, after), len(workers), sorted(databases))
+def measure_idle(postmaster: int, seconds: float, log_file: Path) -> IdleResult:
+    """Watch an idle PostgreSQL server for ``seconds`` from /proc (no connection: it would wake the server), and
+    read the autovacuum workers it started meanwhile from its log (``log_min_messages = debug1`` is the caller's
+    business)."""
+    offset = log_file.stat().st_size if log_file.exists() else 0
+    before = cpu_by_kind(postmaster)
+    started = time.monotonic()
+    time.sleep(seconds)
+    after = cpu_by_kind(postmaster)
+    elapsed = time.monotonic() - started
+    with log_file.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode("utf-8", "replace")
+    return IdleResult(elapsed, cpu_delta(before, after), parse_autovacuum_log(text))

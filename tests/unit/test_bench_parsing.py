@@ -525,11 +525,37 @@ def test_idle_cpu_is_a_share_of_one_core_by_kind() -> None:
     delta = cpu_delta({"postmaster": 1.0, "autovacuum worker": 0.5}, {"postmaster": 1.2, "exited": 3.0})
     assert delta == pytest.approx({"autovacuum worker": -0.5, "exited": 3.0, "postmaster": 0.2})
     result = IdleResult(seconds=10.0, cpu={"exited": 0.9, "autovacuum worker": 0.1, "checkpointer": 0.5},
-                        workers_seen=7)  # fmt: skip
+                        databases_visited=["a", "b", "a"])  # fmt: skip
     assert result.total_cpu == pytest.approx(1.5)
     assert result.core_percent() == pytest.approx(15.0)
     assert result.core_percent(["exited", "autovacuum worker"]) == pytest.approx(10.0)
-    assert result.to_dict()["autovacuum_workers_seen"] == 7
+    assert result.workers == 3
+    assert result.to_dict()["distinct_databases_visited"] == 2
+
+
+def test_autovacuum_workers_are_read_from_a_debug1_server_log() -> None:
+    from bench.capacity import parse_autovacuum_log
+
+    log = (
+        '2026-12-02 16:07:20.101 UTC [4242] DEBUG:  autovacuum: processing database "t1a2b3c4_s_00001"\n'
+        "2026-12-02 16:07:20.150 UTC [17] DEBUG:  checkpoint sync: number=1 file=base/1/2 time=0.01 ms\n"
+        '2026-12-02 16:07:20.212 UTC [4243] DEBUG:  autovacuum: processing database "postgres"\n'
+        '2026-12-02 16:07:20.330 UTC [4244] DEBUG:  autovacuum: processing database "t1a2b3c4_s_00001"\n'
+    )
+    assert parse_autovacuum_log(log) == ["t1a2b3c4_s_00001", "postgres", "t1a2b3c4_s_00001"]
+    assert parse_autovacuum_log("") == []
+
+
+def test_the_machines_cpu_and_dirty_pages_are_read_from_proc() -> None:
+    from bench.capacity import parse_proc_stat, parse_status_kb
+
+    stat = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 50 2 25 500 10 0 1 1 0 0\nintr 12345\n"
+    assert parse_proc_stat(stat) == {"user": 100, "nice": 5, "system": 50, "idle": 1000, "iowait": 20, "irq": 1,
+                                     "softirq": 2, "steal": 3}  # fmt: skip
+    assert parse_proc_stat("cpu  1 2 3 4\n")["iowait"] == 0  # an old kernel's shorter line
+    with pytest.raises(ValueError, match="no cpu line"):
+        parse_proc_stat("intr 1\n")
+    assert parse_status_kb("MemTotal:       24683520 kB\nDirty:              2760 kB\n", "Dirty") == 2760
 
 
 def test_autovacuum_worker_rate_follows_naptime_and_the_launchers_floor() -> None:

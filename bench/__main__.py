@@ -18,7 +18,7 @@ from bench.platform import PYCACHE, ROOT, Backends, ensure_tools, machine_info
 from bench.procs import Registry
 from bench.report import SECTION_ORDER, render
 from bench.results import PASS, load_results, merge_results, save_results
-from bench.sections import apps, backups, fleet, gateway, provisioning, tenants
+from bench.sections import apps, backups, fleet, gateway, provisioning, scale, tenants
 from tenantry_devtools.processes import use_bytecode_cache
 
 SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
@@ -28,6 +28,7 @@ SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
     "fleet": fleet.run,
     "apps": apps.run,
     "backups": backups.run,
+    "scale": scale.run,
 }
 
 
@@ -88,6 +89,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=defaults.hold_clients,
         help="clients sending requests through the gateway during in-place restores (backups)",
     )
+    parser.add_argument(
+        "--scale-tenants",
+        type=int,
+        default=defaults.scale_tenants,
+        help="real tenant databases created on one server (scale)",
+    )
+    parser.add_argument(
+        "--scale-idle-seconds",
+        type=float,
+        default=defaults.scale_idle_seconds,
+        help="seconds of each idle-CPU window of the server (scale)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json", help="results file")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md", help="report page")
     parser.add_argument("--fresh", action="store_true", help="do not keep other sections of the results file")
@@ -102,6 +115,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--runs must be ≥ 1 and --duration > 0")
     if args.backup_mb < 1 or args.hold_clients < 1:
         parser.error("--backup-mb and --hold-clients must be ≥ 1")
+    if args.scale_tenants < 3 or args.scale_idle_seconds <= 0:
+        parser.error("--scale-tenants must be ≥ 3 and --scale-idle-seconds > 0")
     return args
 
 
@@ -127,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         cold_per_run=args.cold_per_run,
         backup_mb=args.backup_mb,
         hold_clients=args.hold_clients,
+        scale_tenants=args.scale_tenants,
+        scale_idle_seconds=args.scale_idle_seconds,
     )
     # Also SIGINT: a shell that starts the harness in the background ignores it otherwise.
     signal.signal(signal.SIGTERM, _interrupt)

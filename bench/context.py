@@ -34,6 +34,8 @@ class Settings:
     warm_per_cold: int = 10
     backup_mb: int = 200
     hold_clients: int = 3
+    scale_tenants: int = 1000
+    scale_idle_seconds: float = 60.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

@@ -25,7 +25,7 @@ from tenantry_devtools.platform import Installation, with_database
 
 NAME = "fleet"
 TITLE = "4. Fleet migration"
-_SUMMARY: Final = re.compile(r"schema head (\d+): (\d+) migrated, (\d+) already up to date, (\d+) failed")
+SUMMARY: Final = re.compile(r"schema head (\d+): (\d+) migrated, (\d+) already up to date, (\d+) failed")
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
     ]
 
     # Warm-up and fixed cost: a run with nothing to migrate (Python start-up, imports, template check, registry read).
-    noop = _timed_migrate(inst, migrate_argv, extra)
+    noop = timed_migrate(inst, migrate_argv, extra)
     report.data["noop_migrate_tenants_s"] = noop[0]
 
     psql_walls: list[float] = []
@@ -98,9 +98,9 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
         migration.write_text(f"-- make bench, run {run_no}\n{ddl_migrate};\n")
         if run_no % 2:
             psql_walls.append(_psql_run(loop_argv))
-            migrate_walls.append(_migrate_run(inst, migrate_argv, extra, version, len(databases)))
+            migrate_walls.append(migrate_run(inst, migrate_argv, extra, version, len(databases)))
         else:
-            migrate_walls.append(_migrate_run(inst, migrate_argv, extra, version, len(databases)))
+            migrate_walls.append(migrate_run(inst, migrate_argv, extra, version, len(databases)))
             psql_walls.append(_psql_run(loop_argv))
         say(f"fleet run {run_no}: psql loop {psql_walls[-1]:.2f} s, migrate-tenants {migrate_walls[-1]:.2f} s")
     run_async(_check_columns(inst, databases[-1], settings.runs))
@@ -161,10 +161,10 @@ def _psql_run(argv: list[str]) -> float:
     return wall
 
 
-def _migrate_run(inst: Installation, argv: list[str], extra: dict[str, str], version: int, tenants: int) -> float:
+def migrate_run(inst: Installation, argv: list[str], extra: dict[str, str], version: int, tenants: int) -> float:
     """Run migrate-tenants; check it brought every tenant to ``version``; return its wall seconds."""
-    wall, stdout = _timed_migrate(inst, argv, extra)
-    match = _SUMMARY.search(stdout)
+    wall, stdout = timed_migrate(inst, argv, extra)
+    match = SUMMARY.search(stdout)
     if match is None or int(match.group(1)) != version or int(match.group(2)) != tenants:
         raise RuntimeError(f"migrate-tenants did not migrate every tenant: {stdout[-500:]}")
     if int(match.group(4)):
@@ -176,7 +176,8 @@ def _psql_env() -> dict[str, str]:
     return {**os.environ, "PGCONNECT_TIMEOUT": "10"}
 
 
-def _timed_migrate(inst: Installation, argv: list[str], extra: dict[str, str]) -> tuple[float, str]:
+def timed_migrate(inst: Installation, argv: list[str], extra: dict[str, str]) -> tuple[float, str]:
+    """Run migrate-tenants (``argv``) on ``inst`` with ``extra`` settings; return its wall seconds and stdout."""
     started = time.perf_counter()
     done = subprocess.run(  # noqa: S603 - argv built by the caller
         argv,

@@ -451,3 +451,125 @@ def test_an_operations_time_is_split_by_the_progress_steps_seen() -> None:
     medians = median_steps([first, second, third])
     assert list(medians) == ["pending", "creating", "restoring"]
     assert medians == pytest.approx({"pending": 0.0, "creating": 1.0, "restoring": 2.6})
+
+
+# --------------------------------------------------------------------------- the scale section (bench/capacity.py)
+
+
+def test_provisioning_windows_are_counted_in_completion_order() -> None:
+    from bench.capacity import Span, blocks, window
+
+    # Four creates, two at a time; they complete at 1, 2, 3 and 5 s (listed out of order on purpose).
+    spans = [Span(0.0, 2.0), Span(0.0, 1.0), Span(2.0, 5.0), Span(1.0, 3.0)]
+    first = window(spans, 0, 2)
+    assert first["seconds"] == 2.0  # from the pass's start to the 2nd completion
+    assert first["rate"] == 1.0
+    assert first["p50_ms"] == pytest.approx(1500)
+    last = window(spans, 2, 2)
+    assert (last["from_s"], last["to_s"]) == (2.0, 5.0)  # from the completion before the window
+    assert last["rate"] == pytest.approx(2 / 3)
+    assert last["max_ms"] == pytest.approx(3000)
+    assert [(b["first"], b["last"]) for b in blocks(spans, 3)] == [(1, 3), (4, 4)]
+    with pytest.raises(ValueError, match="outside"):
+        window(spans, 3, 2)
+    with pytest.raises(ValueError, match="≥ 1"):
+        blocks(spans, 0)
+
+
+def test_sampled_counters_are_interpolated_and_clamped() -> None:
+    from bench.capacity import interpolate
+
+    samples = [(0.0, 10.0), (1.0, 12.0), (3.0, 13.0)]
+    assert interpolate(samples, 0.5) == pytest.approx(11.0)
+    assert interpolate(samples, 2.0) == pytest.approx(12.5)
+    assert interpolate(samples, 1.0) == 12.0
+    assert interpolate(samples, -1.0) == 10.0
+    assert interpolate(samples, 9.0) == 13.0
+    with pytest.raises(ValueError, match="no samples"):
+        interpolate([], 1.0)
+
+
+def test_du_output_and_proc_status_are_parsed() -> None:
+    from bench.capacity import parse_du, parse_status_kb
+
+    assert parse_du("7479296\tbase\n540672\tglobal\ndu: cannot read x\n16781312\tpg_wal\n") == {
+        "base": 7479296,
+        "global": 540672,
+        "pg_wal": 16781312,
+    }
+    status = "Name:\tpython\nVmPeak:\t  300000 kB\nVmRSS:\t  137216 kB\nThreads:\t4\n"
+    assert parse_status_kb(status, "VmRSS") == 137216
+    assert parse_status_kb(status, "VmHWM") is None
+
+
+def test_postgres_process_titles_are_classified() -> None:
+    from bench.capacity import backend_kind, parse_children
+
+    assert backend_kind("postgres: autovacuum worker t1a2b3c4_s_00001\x00") == (
+        "autovacuum worker",
+        "t1a2b3c4_s_00001",
+    )
+    assert backend_kind("postgres: autovacuum worker ") == ("autovacuum worker", "")
+    assert backend_kind("postgres: autovacuum launcher ") == ("autovacuum launcher", "")
+    assert backend_kind("postgres: main: checkpointer ") == ("checkpointer", "")  # cluster_name prefix
+    assert backend_kind("postgres: postgres tenantry 127.0.0.1(5432) idle")[0] == "client backend"
+    # A child that has not set its title yet still shows the postmaster's command line.
+    assert backend_kind("/usr/lib/postgresql/15/bin/postgres\x00-D\x00/tmp/x\x00") == ("starting", "")
+    assert parse_children("101 102 \n") == [101, 102]
+    assert parse_children("") == []
+
+
+def test_idle_cpu_is_a_share_of_one_core_by_kind() -> None:
+    from bench.capacity import IdleResult, cpu_delta
+
+    delta = cpu_delta({"postmaster": 1.0, "autovacuum worker": 0.5}, {"postmaster": 1.2, "exited": 3.0})
+    assert delta == pytest.approx({"autovacuum worker": -0.5, "exited": 3.0, "postmaster": 0.2})
+    result = IdleResult(seconds=10.0, cpu={"exited": 0.9, "autovacuum worker": 0.1, "checkpointer": 0.5},
+                        databases_visited=["a", "b", "a"])  # fmt: skip
+    assert result.total_cpu == pytest.approx(1.5)
+    assert result.core_percent() == pytest.approx(15.0)
+    assert result.core_percent(["exited", "autovacuum worker"]) == pytest.approx(10.0)
+    assert result.workers == 3
+    assert result.to_dict()["distinct_databases_visited"] == 2
+
+
+def test_autovacuum_workers_are_read_from_a_debug1_server_log() -> None:
+    from bench.capacity import parse_autovacuum_log
+
+    log = (
+        '2026-12-02 16:07:20.101 UTC [4242] DEBUG:  autovacuum: processing database "t1a2b3c4_s_00001"\n'
+        "2026-12-02 16:07:20.150 UTC [17] DEBUG:  checkpoint sync: number=1 file=base/1/2 time=0.01 ms\n"
+        '2026-12-02 16:07:20.212 UTC [4243] DEBUG:  autovacuum: processing database "postgres"\n'
+        '2026-12-02 16:07:20.330 UTC [4244] DEBUG:  autovacuum: processing database "t1a2b3c4_s_00001"\n'
+    )
+    assert parse_autovacuum_log(log) == ["t1a2b3c4_s_00001", "postgres", "t1a2b3c4_s_00001"]
+    assert parse_autovacuum_log("") == []
+
+
+def test_the_machines_cpu_and_dirty_pages_are_read_from_proc() -> None:
+    from bench.capacity import parse_proc_stat, parse_status_kb
+
+    stat = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 50 2 25 500 10 0 1 1 0 0\nintr 12345\n"
+    assert parse_proc_stat(stat) == {"user": 100, "nice": 5, "system": 50, "idle": 1000, "iowait": 20, "irq": 1,
+                                     "softirq": 2, "steal": 3}  # fmt: skip
+    assert parse_proc_stat("cpu  1 2 3 4\n")["iowait"] == 0  # an old kernel's shorter line
+    with pytest.raises(ValueError, match="no cpu line"):
+        parse_proc_stat("intr 1\n")
+    assert parse_status_kb("MemTotal:       24683520 kB\nDirty:              2760 kB\n", "Dirty") == 2760
+
+
+def test_autovacuum_worker_rate_follows_naptime_and_the_launchers_floor() -> None:
+    from bench.capacity import expected_worker_rate, setting_seconds
+
+    assert setting_seconds("60s") == 60.0
+    assert setting_seconds("1min") == 60.0
+    assert setting_seconds("500ms") == 0.5
+    assert setting_seconds("15") == 15.0
+    with pytest.raises(ValueError, match="could not convert"):
+        setting_seconds("soon")
+    assert expected_worker_rate(0, 60.0) == 0.0
+    assert expected_worker_rate(3, 60.0) == pytest.approx(0.05)  # each of 3 databases once a minute
+    assert expected_worker_rate(500, 60.0) == pytest.approx(500 / 60)  # 120 ms apart
+    # 1,000 databases would be 60 ms apart: below the launcher's 100 ms floor, so 110 ms apart.
+    assert expected_worker_rate(1000, 60.0) == pytest.approx(1 / 0.11)
+    assert expected_worker_rate(600, 60.0) == pytest.approx(1 / 0.11)  # exactly 100 ms: also spaced out

@@ -747,6 +747,13 @@ class LocalPostgres:
             "shared_buffers": "128MB",
             "logging_collector": "off",
             "log_destination": "stderr",
+            # Logical replication, for moves of tenant databases between servers (contract §11).
+            "wal_level": "logical",
+            "max_replication_slots": "32",
+            "max_wal_senders": "32",
+            "max_logical_replication_workers": "16",
+            "max_worker_processes": "24",
+            "max_sync_workers_per_subscription": "2",
         }
         # pg_ctl hands -o to /bin/sh, hence shell quoting.
         return " ".join(f"-c {shlex.quote(f'{key}={value}')}" for key, value in settings.items())

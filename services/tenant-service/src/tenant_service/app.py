@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,8 @@ from tenant_service.internal.directory import DirectoryController
 from tenant_service.openapi import COMPONENTS
 from tenant_service.operations.controllers import OperationController
 from tenant_service.plans.controllers import PlanController
+from tenant_service.servers.controllers import MoveController, ServerController
+from tenant_service.servers.service import ensure_configured_servers
 from tenant_service.strict_requests import strict_request
 from tenant_service.tenants.controllers import JwtIssuerController, TenantController
 from tenantry_common.litestar_problems import problem_exception_handlers, problem_response
@@ -132,6 +135,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if run_background:
+            await _register_servers(app_ctx)
             background.start_reconciler()
             background.start_operations()
         try:
@@ -151,6 +155,8 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
             BackupController,
             ExportController,
             OperationController,
+            ServerController,
+            MoveController,
             InternalController,
             DirectoryController,
             healthz,
@@ -173,6 +179,16 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
         ),
         logging_config=None,
     )
+
+
+async def _register_servers(ctx: AppContext) -> None:
+    """Register ``default`` and the configured servers (contract §11) before work starts; a failure is logged and
+    retried by the next start or ``tenantctl migrate`` (the registry's own readiness says whether it is up)."""
+    try:
+        async with asyncio.timeout(ctx.settings.database.connect_timeout * 4 + 30):
+            await ensure_configured_servers(ctx)
+    except Exception as exc:  # noqa: BLE001 - the service still starts; /readyz tells whether the registry answers
+        structlog.get_logger("tenantry.servers").warning("servers_not_registered", error=type(exc).__name__)
 
 
 def asgi_factory() -> Any:

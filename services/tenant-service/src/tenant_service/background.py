@@ -9,9 +9,9 @@ import uuid
 
 import structlog
 
-from tenant_service.backups.jobs import handlers
 from tenant_service.backups.schedule import run_forever as run_schedule
 from tenant_service.context import AppContext
+from tenant_service.operations.kinds import handlers
 from tenant_service.operations.runner import OperationRunner
 from tenant_service.provisioning.provisioner import Provisioner
 from tenant_service.provisioning.reconciler import Reconciler

@@ -18,13 +18,13 @@ from sqlalchemy.exc import DBAPIError
 
 from tenant_service.apikeys.schemas import ApiKeyCreate
 from tenant_service.apikeys.service import ApiKeyService
-from tenant_service.backups.jobs import handlers
 from tenant_service.backups.objects import rewrap_data_keys
 from tenant_service.backups.service import BackupService
 from tenant_service.config import Settings
 from tenant_service.context import AppContext, open_context
 from tenant_service.db.migrate import upgrade_registry
 from tenant_service.internal.service import SecretUnreadableError
+from tenant_service.operations.kinds import handlers
 from tenant_service.operations.runner import OperationRunner
 from tenant_service.operations.schemas import OperationView
 from tenant_service.operations.service import OperationService

@@ -129,6 +129,44 @@ class OperationSettings:
 
 
 @dataclass(frozen=True)
+class ServerSettings:
+    """Several PostgreSQL servers: extra ones from configuration, placement and moves."""
+
+    extra: tuple[tuple[str, str], ...] = ()
+    """Servers registered at start when missing (EXTRA_DATABASE_SERVERS="name=postgresql://...;..."), besides
+    ``default`` (the server of TENANT_DATABASE_URL)."""
+    default_capacity: int = 2000
+    """Tenant databases a server takes when registered without a capacity, ``default`` included
+    (DEFAULT_SERVER_CAPACITY; docs/operations.md says where that number comes from)."""
+    move_keep_seconds: int = 86400
+    """How long a moved tenant's old database is kept, closed to connections, before it is dropped
+    (MOVE_KEEP_SECONDS)."""
+    drain_concurrency: int = 2
+    """Moves a drain runs at once (DRAIN_CONCURRENCY)."""
+    catch_up_seconds: float = 600.0
+    """Longest a logical move waits for the target to catch up with the source before its cutover
+    (MOVE_CATCH_UP_SECONDS)."""
+
+
+def _extra_servers(spec: str | None) -> tuple[tuple[str, str], ...]:
+    servers: list[tuple[str, str]] = []
+    for entry in (spec or "").split(";"):
+        if not entry.strip():
+            continue
+        name, sep, url = entry.strip().partition("=")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", name) or name == "default":
+            raise ConfigError(
+                "EXTRA_DATABASE_SERVERS entries must look like name=postgresql://user:password@host:port/db, with a "
+                "name of lowercase letters, digits and '-' other than 'default'"
+            )
+        asyncpg_dsn(url)
+        if any(known == name for known, _ in servers):
+            raise ConfigError(f"EXTRA_DATABASE_SERVERS names {name!r} twice")
+        servers.append((name, url))
+    return tuple(servers)
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     """The HTTP server."""
 
@@ -150,6 +188,7 @@ class Settings:
     security: SecuritySettings
     operations: OperationSettings
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    servers: ServerSettings = field(default_factory=ServerSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     redis_url: str | None = None
     """Redis, for change events and quota counters; optional for the registry itself."""
@@ -218,6 +257,13 @@ class Settings:
                 cutover_hold_seconds=checked_hold_seconds(
                     env_float("CUTOVER_HOLD_SECONDS", DEFAULT_HOLD_SECONDS, minimum=MIN_HOLD_SECONDS)
                 ),
+            ),
+            servers=ServerSettings(
+                extra=_extra_servers(env_opt("EXTRA_DATABASE_SERVERS")),
+                default_capacity=env_int("DEFAULT_SERVER_CAPACITY", 2000, minimum=0),
+                move_keep_seconds=env_int("MOVE_KEEP_SECONDS", 86400, minimum=0),
+                drain_concurrency=env_int("DRAIN_CONCURRENCY", 2, minimum=1, maximum=32),
+                catch_up_seconds=env_float("MOVE_CATCH_UP_SECONDS", 600.0, minimum=1.0),
             ),
             http=HttpSettings(
                 host=env_str("TENANT_SERVICE_HOST", "127.0.0.1"),

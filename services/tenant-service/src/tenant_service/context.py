@@ -20,6 +20,7 @@ from tenant_service.events import EventPublisher
 from tenant_service.provisioning.cluster import TenantCluster
 from tenant_service.provisioning.schema import DEFAULT_MIGRATIONS_DIR, SchemaMigration, load_migrations
 from tenant_service.secretbox import SecretBox
+from tenant_service.servers.pool import ServerPool
 
 
 @dataclass
@@ -29,13 +30,19 @@ class AppContext:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    cluster: TenantCluster
+    servers: ServerPool
     box: SecretBox
     redis: redis.Redis | None
     events: EventPublisher
     migrations: list[SchemaMigration]
     _installation_id: uuid.UUID | None = field(default=None)
     _store: ObjectStore | None = field(default=None)
+
+    @property
+    def cluster(self) -> TenantCluster:
+        """The ``default`` server's cluster (the server of TENANT_DATABASE_URL); a tenant's own is
+        ``await ctx.servers.for_tenant(tenant)``."""
+        return self.servers.default
 
     @property
     def store(self) -> ObjectStore:
@@ -49,6 +56,8 @@ class AppContext:
         """Create the engine, clients and key ring (no I/O yet)."""
         migrations_dir = Path(settings.database.migrations_dir or DEFAULT_MIGRATIONS_DIR)
         engine = make_engine(settings.database)
+        sessions = make_sessionmaker(engine)
+        box = SecretBox.from_config(settings.security.encryption_keys)
         client = (
             redis.Redis.from_url(
                 settings.redis_url,
@@ -61,9 +70,9 @@ class AppContext:
         return cls(
             settings=settings,
             engine=engine,
-            sessions=make_sessionmaker(engine),
-            cluster=TenantCluster(settings.database),
-            box=SecretBox.from_config(settings.security.encryption_keys),
+            sessions=sessions,
+            servers=ServerPool(settings.database, box, sessions),
+            box=box,
             redis=client,
             events=EventPublisher(client),
             migrations=load_migrations(migrations_dir),
@@ -79,7 +88,7 @@ class AppContext:
 
     async def close(self) -> None:
         """Release pools and clients."""
-        await self.cluster.close()
+        await self.servers.close()
         if self._store is not None:
             with contextlib.suppress(Exception):
                 await self._store.close()

@@ -84,12 +84,13 @@ async def build_export(
         (folder / "data").mkdir()
         tables: list[dict[str, Any]] = []
         taken: set[str] = set()
-        connection = ctx.cluster.tenant_connection(login.database, login.role, login.password)
+        cluster = await ctx.servers.for_tenant(tenant)
+        connection = cluster.tenant_connection(login.database, login.role, login.password)
         async with connection as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             snapshot = await conn.fetchval("SELECT pg_catalog.pg_export_snapshot()")
             version = await current_version(conn)
             with (folder / "schema.sql").open("wb") as schema:
-                async for chunk in ctx.cluster.tools().dump(login, schema_only=True, snapshot=snapshot):
+                async for chunk in cluster.tools().dump(login, schema_only=True, snapshot=snapshot):
                     await asyncio.to_thread(schema.write, chunk)
             for row in await conn.fetch(_TABLES):
                 file = _file_name(row["schema"], row["name"], taken)

@@ -33,7 +33,7 @@ from tenant_service.cutover import HoldNotDrainedError, cutover_hold
 from tenant_service.db.models import Backup, Export, Plan, Tenant
 from tenant_service.failpoints import failpoint
 from tenant_service.operations.runner import Job, OperationFailedError
-from tenant_service.provisioning.cluster import PgToolError, TenantLogin
+from tenant_service.provisioning.cluster import PgToolError, TenantCluster, TenantLogin
 from tenant_service.provisioning.names import object_marker
 from tenant_service.provisioning.provisioner import connection_limit, password_context
 from tenant_service.provisioning.schema import SchemaError, apply_migrations, current_version, head_version
@@ -46,7 +46,6 @@ STORED_BYTES: Final = Counter(
     "tenantry_backup_stored_bytes_total", "Bytes of archives stored (before encryption), by kind", ["kind"]
 )
 #: The server every tenant lives on until several servers can be registered.
-DEFAULT_SERVER = "default"
 
 
 class TenantUnavailableError(OperationFailedError):
@@ -71,8 +70,8 @@ def _login(ctx: AppContext, tenant: Tenant, database: str | None = None) -> Tena
     return TenantLogin(database=database or tenant.db_name, role=tenant.db_role, password=password)
 
 
-async def _schema_version(ctx: AppContext, login: TenantLogin) -> int:
-    async with ctx.cluster.tenant_connection(login.database, login.role, login.password) as conn:
+async def _schema_version(cluster: TenantCluster, login: TenantLogin) -> int:
+    async with cluster.tenant_connection(login.database, login.role, login.password) as conn:
         return await current_version(conn)
 
 
@@ -87,7 +86,8 @@ async def dump_into(ctx: AppContext, job: Job, tenant: Tenant, backup_id: uuid.U
     """Stream ``pg_dump`` of the tenant's database (as its role) through encryption into the store under the
     backup's key; record the result on the backup row. Returns the row's recorded facts."""
     login = _login(ctx, tenant)
-    version = await _schema_version(ctx, login)
+    cluster = await ctx.servers.for_tenant(tenant)
+    version = await _schema_version(cluster, login)
     key = backup_key(tenant.id, backup_id)
     await _forget_object(ctx, key)
     await failpoint("backup.before_dump")
@@ -95,7 +95,7 @@ async def dump_into(ctx: AppContext, job: Job, tenant: Tenant, backup_id: uuid.U
     def report(done: int) -> None:
         job.note_progress(done)
 
-    written = await write_object(ctx, tenant.id, key, _with_failpoint(ctx.cluster.tools().dump(login)), report)
+    written = await write_object(ctx, tenant.id, key, _with_failpoint(cluster.tools().dump(login)), report)
     STORED_BYTES.labels("backup").inc(written.size)
     await failpoint("backup.after_upload")
     retention = await _retention(ctx, tenant)
@@ -132,7 +132,7 @@ async def _with_failpoint(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             await failpoint("backup.during_upload")
 
 
-async def restore_into(ctx: AppContext, backup: Backup, login: TenantLogin) -> int:
+async def restore_into(ctx: AppContext, cluster: TenantCluster, backup: Backup, login: TenantLogin) -> int:
     """Decrypt the backup into ``pg_restore`` running as the tenant's role in ``login.database``; check it, and
     bring it to the schema head. Returns the schema version it ends at.
 
@@ -141,7 +141,7 @@ async def restore_into(ctx: AppContext, backup: Backup, login: TenantLogin) -> i
     """
     archive = read_object(ctx, backup.tenant_id, backup.object_key, backup.sha256)
     try:
-        await ctx.cluster.tools().restore(login, archive)
+        await cluster.tools().restore(login, archive)
     except BackupCorruptError as exc:
         raise OperationFailedError("backup_corrupt", exc.detail or "the backup is corrupt") from None
     except ObjectGoneError as exc:
@@ -150,7 +150,7 @@ async def restore_into(ctx: AppContext, backup: Backup, login: TenantLogin) -> i
         raise OperationFailedError("restore_failed", str(exc)) from None
     await failpoint("restore.after_pg_restore")
     head = head_version(ctx.migrations)
-    async with ctx.cluster.tenant_connection(login.database, login.role, login.password) as conn:
+    async with cluster.tenant_connection(login.database, login.role, login.password) as conn:
         version = await current_version(conn)
         if backup.schema_version is not None and version != backup.schema_version:
             raise OperationFailedError(
@@ -268,15 +268,16 @@ class RestoreJob:
     async def run(self, job: Job) -> dict[str, Any]:
         ctx = self._ctx
         tenant = await _tenant(ctx, job.tenant_id)
+        cluster = await ctx.servers.for_tenant(tenant)
         incoming, aside = self._names(job)
         if not job.committed:
             backup = await _backup(ctx, uuid.UUID(job.params["backup_id"]))
             await job.step("restoring")
-            await ctx.cluster.drop_database(incoming)  # a crashed attempt's half-restored copy
+            await cluster.drop_database(incoming)  # a crashed attempt's half-restored copy
             marker = object_marker(await ctx.installation_id(), tenant.id)
-            await ctx.cluster.create_empty_database(incoming, tenant.db_role, marker)
+            await cluster.create_empty_database(incoming, tenant.db_role, marker)
             await failpoint("restore.after_create")
-            version = await restore_into(ctx, backup, _login(ctx, tenant, incoming))
+            version = await restore_into(ctx, cluster, backup, _login(ctx, tenant, incoming))
             await job.save(schema_version=version)
             await job.step("pre_restore_backup")
             await self._pre_restore_backup(job, tenant)
@@ -295,7 +296,7 @@ class RestoreJob:
             await self._switch(tenant, incoming, aside)  # resumed past the point of no return: finish regardless
         await failpoint("restore.after_switch")
         await job.step("cleanup")
-        await ctx.cluster.drop_database(aside)
+        await cluster.drop_database(aside)
         version = int(job.checkpoint.get("schema_version") or 0)
         pre_id = job.checkpoint.get("pre_restore_backup_id")
         async with unit_of_work(ctx) as work:
@@ -337,7 +338,7 @@ class RestoreJob:
                     note=f"before restore operation {job.id}",
                     operation_id=job.id,
                     object_key=backup_key(tenant.id, backup_id),
-                    server=DEFAULT_SERVER,
+                    server=tenant.server,
                 )
             )
         await job.save(pre_restore_backup_id=str(backup_id))
@@ -349,15 +350,19 @@ class RestoreJob:
 
     async def _switch(self, tenant: Tenant, incoming: str, aside: str) -> None:
         ctx = self._ctx
-        await ctx.cluster.switch_database(tenant.db_name, incoming, aside, tenant.db_role)
+        cluster = await ctx.servers.for_tenant(tenant)
+        await cluster.switch_database(tenant.db_name, incoming, aside, tenant.db_role)
         async with ctx.sessions() as session:
             status = await session.scalar(select(Tenant.status).where(Tenant.id == tenant.id))
-        await ctx.cluster.set_login(tenant.db_role, enabled=status in LOGIN_ALLOWED)
+        await cluster.set_login(tenant.db_role, enabled=status in LOGIN_ALLOWED)
 
     async def undo(self, job: Job) -> None:
         ctx = self._ctx
         incoming, _ = self._names(job)
-        await ctx.cluster.drop_database(incoming)
+        async with ctx.sessions() as session:
+            tenant = await session.get(Tenant, job.tenant_id) if job.tenant_id else None
+        if tenant is not None:
+            await (await ctx.servers.for_tenant(tenant)).drop_database(incoming)
         pre_id = job.checkpoint.get("pre_restore_backup_id")
         if pre_id and job.tenant_id is not None:  # a pre-restore backup the crash or failure cut short
             async with ctx.sessions() as session:
@@ -394,13 +399,14 @@ class CloneJob:
         await job.step("creating")
         login = _login(ctx, tenant)
         marker = object_marker(await ctx.installation_id(), tenant.id)
-        await ctx.cluster.drop_database(tenant.db_name)  # a crashed attempt's half-restored database
+        cluster = await ctx.servers.for_tenant(tenant)
+        await cluster.drop_database(tenant.db_name)  # a crashed attempt's half-restored database
         limit = connection_limit(plan.limits if plan else {}, tenant.limits)
-        await ctx.cluster.ensure_role(tenant.db_role, login.password, limit, marker)
-        await ctx.cluster.create_empty_database(tenant.db_name, tenant.db_role, marker)
+        await cluster.ensure_role(tenant.db_role, login.password, limit, marker)
+        await cluster.create_empty_database(tenant.db_name, tenant.db_role, marker)
         await failpoint("clone.after_create")
         await job.step("restoring")
-        version = await restore_into(ctx, backup, login)
+        version = await restore_into(ctx, cluster, backup, login)
         await failpoint("clone.before_activate")
         async with unit_of_work(ctx) as work:
             locked = await work.session.get(Tenant, tenant.id, with_for_update=True)
@@ -425,8 +431,9 @@ class CloneJob:
             tenant = await session.get(Tenant, job.tenant_id)
         if tenant is None or tenant.status != TenantStatus.PROVISIONING:
             return
-        await ctx.cluster.drop_database(tenant.db_name)
-        await ctx.cluster.drop_role(tenant.db_role)
+        cluster = await ctx.servers.for_tenant(tenant)
+        await cluster.drop_database(tenant.db_name)
+        await cluster.drop_role(tenant.db_role)
         async with unit_of_work(ctx) as work:
             locked = await work.session.get(Tenant, tenant.id, with_for_update=True)
             if locked is not None and locked.status == TenantStatus.PROVISIONING:

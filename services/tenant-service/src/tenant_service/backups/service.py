@@ -12,7 +12,6 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_service.audit.service import record
-from tenant_service.backups.jobs import DEFAULT_SERVER
 from tenant_service.backups.objects import backup_key, export_key, read_object, verify_object
 from tenant_service.backups.schemas import (
     BackupPage,
@@ -75,7 +74,7 @@ def new_backup_row(tenant: Tenant, *, kind: str, note: str | None) -> Backup:
         kind=kind,
         note=note,
         object_key=backup_key(tenant.id, backup_id),
-        server=DEFAULT_SERVER,
+        server=tenant.server,
         created_at=utcnow(),
     )
 
@@ -221,7 +220,7 @@ class BackupService:
                     state="running",
                     operation_id=op_id,
                     object_key=export_key(tenant.id, export_id),
-                    server=DEFAULT_SERVER,
+                    server=tenant.server,
                     created_at=utcnow(),
                 )
             )

@@ -60,6 +60,8 @@ class Plan(Base):
     __tablename__ = "plans"
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     limits: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    #: Tenants on the plan are placed on servers carrying these labels.
+    placement_labels: Mapped[dict[str, str]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -102,6 +104,47 @@ class Tenant(Base):
     hold_id: Mapped[str | None] = mapped_column(Text)
     #: When the hold ends at the latest (a crashed holder's hold is cleared by the reconciler after it).
     hold_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The registered PostgreSQL server that holds the tenant's database (:class:`Server`).
+    server: Mapped[str] = mapped_column(Text, nullable=False, server_default="default")
+
+
+class Server(Base):
+    """A PostgreSQL server that holds tenant databases (and a copy of the template)."""
+
+    __tablename__ = "servers"
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    #: Admin URL without its password (None for ``default``: TENANT_DATABASE_URL is its connection).
+    url: Mapped[str | None] = mapped_column(Text)
+    #: The admin password, sealed by the ``ENCRYPTION_KEYS`` ring (never shown).
+    password_enc: Mapped[str | None] = mapped_column(Text)
+    #: What tenant apps are given to reach their database there.
+    host: Mapped[str] = mapped_column(Text, nullable=False)
+    port: Mapped[int] = mapped_column(Integer, nullable=False)
+    state: Mapped[str] = mapped_column(Text, nullable=False, server_default="active")
+    #: How many tenant databases it takes (placement skips it when full).
+    capacity: Mapped[int] = mapped_column(Integer, nullable=False)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    #: ``server_version_num`` // 10000 (the major version), as last checked.
+    version: Mapped[int | None] = mapped_column(Integer)
+    can_move_online: Mapped[bool] = mapped_column(nullable=False, server_default=text("false"))
+    template_version: Mapped[int | None] = mapped_column(Integer)
+    #: The cluster's identity (``pg_control_system()``): one cluster is registered once.
+    system_identifier: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class RetiredDatabase(Base):
+    """A tenant database left on its old server by a move: closed to connections, dropped after ``drop_after``."""
+
+    __tablename__ = "retired_databases"
+    server: Mapped[str] = mapped_column(Text, primary_key=True)
+    db_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    db_role: Mapped[str] = mapped_column(Text, nullable=False)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    operation_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    drop_after: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
 class TenantDomain(Base):

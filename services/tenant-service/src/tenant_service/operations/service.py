@@ -85,6 +85,8 @@ async def enqueue(
             raise OperationInProgressError(
                 "the tenant already has a restore, clone or move under way; wait for it or cancel it"
             ) from None
+        if "uq_operations_drain" in str(exc.orig):
+            raise OperationInProgressError("the server is already being drained") from None
         raise
     record(
         session,

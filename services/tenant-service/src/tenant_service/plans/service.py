@@ -15,6 +15,7 @@ from tenant_service.changes import unit_of_work
 from tenant_service.context import AppContext
 from tenant_service.db.models import Plan, Tenant, revision_seq
 from tenant_service.provisioning.provisioner import connection_limit
+from tenant_service.servers.schemas import Labels
 from tenant_service.tenants.schemas import BackupIntervalHours, BackupRetentionDays, ConnectionLimit, Count
 from tenantry_common.lifecycle import HAS_DATABASE
 from tenantry_common.problems import FieldError, InvalidInputError
@@ -40,6 +41,8 @@ class PlanPut(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``PUT /admin/plans/{name}``."""
 
     limits: PlanLimits
+    placement_labels: Labels = msgspec.field(default_factory=dict)
+    """New tenants on the plan go to servers carrying these labels (unless their create body says otherwise)."""
 
 
 class PlanView(msgspec.Struct):
@@ -47,6 +50,7 @@ class PlanView(msgspec.Struct):
 
     name: str
     limits: dict[str, int]
+    placement_labels: dict[str, str]
     created_at: datetime
     updated_at: datetime
 
@@ -59,7 +63,13 @@ class PlanPage(msgspec.Struct):
 
 
 def _view(plan: Plan) -> PlanView:
-    return PlanView(name=plan.name, limits=dict(plan.limits), created_at=plan.created_at, updated_at=plan.updated_at)
+    return PlanView(
+        name=plan.name,
+        limits=dict(plan.limits),
+        placement_labels=dict(plan.placement_labels or {}),
+        created_at=plan.created_at,
+        updated_at=plan.updated_at,
+    )
 
 
 class PlanService:
@@ -88,25 +98,34 @@ class PlanService:
             plan = await session.get(Plan, name, with_for_update=True)
             before = msgspec.to_builtins(_view(plan)) if plan else None
             if plan is None:
-                plan = Plan(name=name, limits=limits, created_at=utcnow(), updated_at=utcnow())
+                plan = Plan(
+                    name=name,
+                    limits=limits,
+                    placement_labels=dict(data.placement_labels),
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
                 session.add(plan)
             else:
                 plan.limits = limits
+                plan.placement_labels = dict(data.placement_labels)
                 plan.updated_at = utcnow()
             await session.flush()
             await session.execute(update(Tenant).where(Tenant.plan == name).values(revision=revision_seq.next_value()))
             tenants = (
                 await session.execute(
-                    select(Tenant.db_role, Tenant.limits).where(Tenant.plan == name, Tenant.status.in_(HAS_DATABASE))
+                    select(Tenant.server, Tenant.db_role, Tenant.limits).where(
+                        Tenant.plan == name, Tenant.status.in_(HAS_DATABASE)
+                    )
                 )
             ).all()
             view = _view(plan)
             record(session, actor=actor, action="plan.put", target=name, before=before,
                    after=msgspec.to_builtins(view))  # fmt: skip
             if before is None or before["limits"].get("max_connections") != limits.get("max_connections"):
-                for role, overrides in tenants:
+                for server, role, overrides in tenants:
                     work.after_commit(
-                        partial(ctx.cluster.set_connection_limit, role, connection_limit(limits, overrides))
+                        partial(ctx.servers.set_connection_limit, server, role, connection_limit(limits, overrides))
                     )
             work.publish("plan.changed", plan=name)
         return view

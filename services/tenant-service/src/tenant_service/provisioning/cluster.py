@@ -91,14 +91,47 @@ class PgToolError(RuntimeError):
 
 @dataclass(frozen=True)
 class TenantLogin:
-    """What the platform needs to act as a tenant's own role in a database (the tenant's or a new one of it)."""
+    """What the platform needs to act as a tenant's own role in a database (the tenant's or a new one of it).
+
+    ``user``: the role that logs in, when it is not ``role`` itself: a move's stand-in (a member of the tenant's
+    role and of nothing else, see :meth:`TenantCluster.ensure_stand_in`), which then acts as ``role`` with
+    ``SET ROLE``. Whatever the tenant's code does in such a session (``RESET ROLE`` included), it has the tenant's
+    rights and no more.
+    """
 
     database: str
     role: str
     password: str = ""
+    user: str | None = None
+
+    @property
+    def login_user(self) -> str:
+        """The role named in the startup packet."""
+        return self.user or self.role
 
     def __repr__(self) -> str:
-        return f"TenantLogin(database={self.database!r}, role={self.role!r})"
+        return f"TenantLogin(database={self.database!r}, role={self.role!r}, user={self.user!r})"
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What registering a server (and deciding how a move runs) needs to know of it."""
+
+    version: int
+    """The major version (``server_version_num`` // 10000)."""
+    superuser: bool
+    createdb: bool
+    createrole: bool
+    wal_level: str
+    max_replication_slots: int
+    system_identifier: str
+    """The cluster's identity: two registrations of one cluster share it."""
+
+    @property
+    def can_move_online(self) -> bool:
+        """Whether the server can take part in a logical-replication move: ``wal_level = logical``, slots, and an
+        admin that may create subscriptions (superuser on PostgreSQL 15)."""
+        return self.wal_level == "logical" and self.max_replication_slots > 0 and self.superuser
 
 
 class TemplateBusyError(RuntimeError):
@@ -125,9 +158,11 @@ class MarkedObjects:
 class TenantCluster:
     """The cluster of tenant databases, reached with an administrative role."""
 
-    def __init__(self, settings: DatabaseSettings) -> None:
+    def __init__(self, settings: DatabaseSettings, *, url: str | None = None, name: str = "default") -> None:
         self._settings = settings
-        self._dsn = asyncpg_dsn(settings.tenant_cluster_url)
+        self._dsn = asyncpg_dsn(url or settings.tenant_cluster_url)
+        #: The registered server's name (``default``: the server of TENANT_DATABASE_URL).
+        self.name = name
         self.template = settings.template_name
         self.template_owner = template_owner_role(settings.template_name)
         quote_ident(self.template)
@@ -173,19 +208,20 @@ class TenantCluster:
                 await asyncio.wait_for(conn.close(), timeout=2)
 
     @contextlib.asynccontextmanager
-    async def tenant_connection(self, database: str, role: str, password: str) -> AsyncIterator[Any]:
+    async def tenant_connection(
+        self, database: str, role: str, password: str, *, user: str | None = None
+    ) -> AsyncIterator[Any]:
         """A connection to a tenant's database **as the tenant's own role**, for anything that touches its objects.
 
-        The session user is the tenant, so whatever its functions, triggers or views do, they do with its rights
-        only. ``search_path`` is pinned to ``public`` (the platform's objects live there, whatever the tenant set).
+        The session user is the tenant (or ``user``, a stand-in that is a member of the tenant's role only, acting
+        as ``role`` from the startup packet on), so whatever its functions, triggers or views do, they do with its
+        rights only. ``search_path`` is pinned to ``public`` (the platform's objects live there, whatever the
+        tenant set).
         """
-        conn = await asyncpg.connect(
-            self._dsn,
-            database=database,
-            user=role,
-            password=password,
-            **self._connect_kwargs(search_path="public", application_name=_TENANT_APP),
-        )
+        kwargs = self._connect_kwargs(search_path="public", application_name=_TENANT_APP)
+        if user is not None and user != role:
+            kwargs["server_settings"]["role"] = role
+        conn = await asyncpg.connect(self._dsn, database=database, user=user or role, password=password, **kwargs)
         try:
             yield conn
         finally:
@@ -296,7 +332,14 @@ class TenantCluster:
                 yield own
 
     async def ensure_role(
-        self, role: str, password: str, connection_limit: int, marker: str, *, conn: Any | None = None
+        self,
+        role: str,
+        password: str,
+        connection_limit: int,
+        marker: str,
+        *,
+        conn: Any | None = None,
+        login: bool = True,
     ) -> None:
         """Create the tenant's LOGIN role, or bring an existing one to the wanted attributes.
 
@@ -309,7 +352,7 @@ class TenantCluster:
         ident = quote_ident(role)
         verifier = quote_literal(scram_sha256_verifier(password))
         attributes = (
-            f"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT "
+            f"{'LOGIN' if login else 'NOLOGIN'} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT "
             f"CONNECTION LIMIT {int(connection_limit)} PASSWORD {verifier}"
         )
         async with self._admin(conn) as admin:
@@ -481,6 +524,199 @@ class TenantCluster:
                     await asyncio.sleep(0.05)  # a session raced the termination
             raise TemplateBusyError(f"database {current!r} stayed in use during the switch")
 
+    # --- servers and moves -----------------------------------------------------------------------------
+
+    async def facts(self) -> ServerFacts:
+        """Version, the admin's attributes and the replication settings (registration, ``can_move_online``)."""
+        async with self.connect() as conn:
+            row = await conn.fetchrow(
+                "SELECT current_setting('server_version_num')::int / 10000 AS version, r.rolsuper, r.rolcreatedb,"
+                " r.rolcreaterole, current_setting('wal_level') AS wal_level,"
+                " current_setting('max_replication_slots')::int AS slots,"
+                " (SELECT system_identifier::text FROM pg_control_system()) AS system_identifier"
+                " FROM pg_roles r WHERE r.rolname = current_user"
+            )
+        return ServerFacts(
+            version=int(row["version"]),
+            superuser=bool(row["rolsuper"]),
+            createdb=bool(row["rolcreatedb"]),
+            createrole=bool(row["rolcreaterole"]),
+            wal_level=str(row["wal_level"]),
+            max_replication_slots=int(row["slots"]),
+            system_identifier=str(row["system_identifier"]),
+        )
+
+    def endpoint(self) -> tuple[str, int]:
+        """Host and port of the admin URL (what another server's subscription connects to)."""
+        parts = urlsplit(self._dsn)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        return query.get("host") or parts.hostname or "localhost", int(query.get("port") or parts.port or 5432)
+
+    async def ensure_stand_in(
+        self, name: str, password: str, member_of: str, marker: str, *, replication: bool
+    ) -> None:
+        """A move's stand-in for the tenant's role: LOGIN with a password only the platform knows, a member of the
+        tenant's role and of nothing else, so that it acts with the tenant's rights while the tenant's own role
+        may not log in (and, with ``replication``, serves a subscription's walsender). Idempotent."""
+        ident, verifier = quote_ident(name), quote_literal(scram_sha256_verifier(password))
+        attributes = (
+            f"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE {'REPLICATION' if replication else 'NOREPLICATION'} "
+            f"NOBYPASSRLS INHERIT CONNECTION LIMIT 8 PASSWORD {verifier}"
+        )
+        async with self.connect() as conn:
+            verb = "ALTER" if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name) else "CREATE"
+            await conn.execute(
+                f"{verb} ROLE {ident} {attributes}; GRANT {quote_ident(member_of)} TO {ident}; "
+                f"COMMENT ON ROLE {ident} IS {quote_literal(marker)}"
+            )
+
+    async def set_password(self, role: str, password: str) -> None:
+        """Give the role a new password (a SCRAM verifier computed here)."""
+        verifier = quote_literal(scram_sha256_verifier(password))
+        async with self.connect() as conn:
+            await conn.execute(f"ALTER ROLE {quote_ident(role)} PASSWORD {verifier}")
+
+    async def role_exists(self, role: str) -> bool:
+        """Whether a role of that name exists."""
+        async with self.connect() as conn:
+            return bool(await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role))
+
+    async def allow_connections(self, database: str, *, allowed: bool) -> None:
+        """Open or close a database to every connection (superusers included); closing also ends its sessions."""
+        db = quote_ident(database)
+        async with self.connect() as conn:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+                return
+            await conn.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS {'true' if allowed else 'false'}")
+            if not allowed:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    database,
+                )
+
+    async def current_wal_lsn(self) -> str:
+        """The server's current WAL write position."""
+        async with self.connect() as conn:
+            return str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+
+    async def slot_lag(self, slot: str) -> int | None:
+        """Bytes of WAL the slot's consumer has yet to confirm, or None when there is no such slot."""
+        async with self.connect() as conn:
+            value = await conn.fetchval(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots"
+                " WHERE slot_name = $1",
+                slot,
+            )
+        return int(value) if value is not None else None
+
+    async def slot_confirmed(self, slot: str, lsn: str) -> bool:
+        """Whether the slot's consumer has confirmed everything up to ``lsn``."""
+        async with self.connect() as conn:
+            return bool(
+                await conn.fetchval(
+                    "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                    slot,
+                    lsn,
+                )
+            )
+
+    async def drop_slot(self, slot: str) -> None:
+        """Drop a replication slot, ending the walsender that uses it. Idempotent."""
+        async with self.connect() as conn:
+            for _ in range(50):
+                row = await conn.fetchrow("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot)
+                if row is None:
+                    return
+                if row["active_pid"] is not None:
+                    await conn.execute("SELECT pg_terminate_backend($1)", row["active_pid"])
+                    await asyncio.sleep(0.1)
+                    continue
+                try:
+                    await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
+                    return
+                except asyncpg.PostgresError as exc:  # became active again, or dropped meanwhile
+                    if getattr(exc, "sqlstate", None) == "42704":
+                        return
+                    await asyncio.sleep(0.1)
+            raise RuntimeError(f"replication slot {slot!r} stayed in use")
+
+    async def slots(self, prefix: str) -> list[str]:
+        """Replication slots whose name starts with ``prefix``."""
+        async with self.connect() as conn:
+            rows = await conn.fetch(
+                "SELECT slot_name FROM pg_replication_slots WHERE starts_with(slot_name, $1)", prefix
+            )
+        return [r["slot_name"] for r in rows]
+
+    async def subscriptions(self, prefix: str) -> list[tuple[str, str]]:
+        """(subscription, database) of the subscriptions whose name starts with ``prefix`` (a shared catalog)."""
+        async with self.connect() as conn:
+            rows = await conn.fetch(
+                "SELECT s.subname, d.datname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid"
+                " WHERE starts_with(s.subname, $1)",
+                prefix,
+            )
+        return [(r["subname"], r["datname"]) for r in rows]
+
+    @contextlib.asynccontextmanager
+    async def subscriber(self, database: str) -> AsyncIterator[Any]:
+        """An admin connection to a move's target database, which only the platform can reach until the cutover,
+        for the subscription's DDL and progress (they run no tenant code)."""
+        async with self._admin_in(database) as conn:
+            yield conn
+
+    async def create_subscription(self, database: str, name: str, conninfo: str, publication: str) -> None:
+        """Subscribe ``database`` to ``publication``; the slot on the publisher has the subscription's name.
+        Idempotent. ``conninfo`` logs in as a move's stand-in whose password dies with the move."""
+        async with self.subscriber(database) as conn:
+            if await conn.fetchval("SELECT 1 FROM pg_subscription WHERE subname = $1", name):
+                return
+            await conn.execute(
+                f"CREATE SUBSCRIPTION {quote_ident(name)} CONNECTION {quote_literal(conninfo)} "
+                f"PUBLICATION {quote_ident(publication)} "
+                f"WITH (slot_name = {quote_literal(name)}, copy_data = true, create_slot = true, enabled = true)"
+            )
+
+    async def drop_subscription(self, database: str, name: str) -> None:
+        """Drop a subscription without touching its slot (the caller drops that on the publisher). Idempotent."""
+        async with self.connect() as conn:
+            found = await conn.fetchval(
+                "SELECT 1 FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid"
+                " WHERE s.subname = $1 AND d.datname = $2",
+                name,
+                database,
+            )
+            if not found:
+                return
+            allowed = await conn.fetchval("SELECT datallowconn FROM pg_database WHERE datname = $1", database)
+            if not allowed:
+                await conn.execute(f"ALTER DATABASE {quote_ident(database)} ALLOW_CONNECTIONS true")
+        sub = quote_ident(name)
+        async with self.subscriber(database) as conn:
+            if await conn.fetchval("SELECT 1 FROM pg_subscription WHERE subname = $1", name):
+                await conn.execute(f"ALTER SUBSCRIPTION {sub} DISABLE")
+                await conn.execute(f"ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")
+                await conn.execute(f"DROP SUBSCRIPTION {sub}")
+
+    @contextlib.asynccontextmanager
+    async def retired_admin(self, database: str) -> AsyncIterator[Any]:
+        """An admin connection to a database a move retired (closed, its role unable to log in), opened just for
+        the platform's own cleanup (dropping the move's publication, which runs no tenant code)."""
+        async with self.connect() as conn:
+            allowed = await conn.fetchval("SELECT datallowconn FROM pg_database WHERE datname = $1", database)
+            if allowed is None:
+                raise LookupError(database)
+            if not allowed:
+                await conn.execute(f"ALTER DATABASE {quote_ident(database)} ALLOW_CONNECTIONS true")
+        try:
+            async with self._admin_in(database) as conn:
+                yield conn
+        finally:
+            if not allowed:
+                async with self.connect() as conn:
+                    await conn.execute(f"ALTER DATABASE {quote_ident(database)} ALLOW_CONNECTIONS false")
+
     def tools(self) -> PgTools:
         """``pg_dump``/``pg_restore`` against this cluster, as tenant roles."""
         return PgTools(self._dsn, self._settings.connect_timeout, self._settings.pg_bin_dir)
@@ -543,21 +779,34 @@ class PgTools:
         return found
 
     def _env(self, login: TenantLogin) -> dict[str, str]:
-        return {**self._base_env, "PGUSER": login.role, "PGPASSWORD": login.password, "PGDATABASE": login.database}
+        return {
+            **self._base_env,
+            "PGUSER": login.login_user,
+            "PGPASSWORD": login.password,
+            "PGDATABASE": login.database,
+        }
 
     async def dump(
-        self, login: TenantLogin, *, schema_only: bool = False, snapshot: str | None = None
+        self, login: TenantLogin, *, schema_only: bool = False, snapshot: str | None = None, archive: bool = False
     ) -> AsyncIterator[bytes]:
         """The database as a custom-format archive (``pg_restore`` reads it), or with ``schema_only`` its schema
-        as plain SQL without owners or privileges; streamed in chunks of up to :data:`TOOL_CHUNK_BYTES`.
+        as plain SQL without owners or privileges (as a custom-format archive too with ``archive``); streamed in
+        chunks of up to :data:`TOOL_CHUNK_BYTES`.
 
         Raises:
             PgToolError: the tool is missing or failed.
         """
         args = [self._binary("pg_dump"), "--no-password"]
-        args += (
-            ["--schema-only", "--format=plain", "--no-owner", "--no-privileges"] if schema_only else ["--format=custom"]
-        )
+        if login.user is not None and login.user != login.role:
+            args.append(f"--role={login.role}")
+        if schema_only and archive:
+            args += ["--schema-only", "--format=custom"]
+        else:
+            args += (
+                ["--schema-only", "--format=plain", "--no-owner", "--no-privileges"]
+                if schema_only
+                else ["--format=custom"]
+            )
         if snapshot:
             args.append(f"--snapshot={snapshot}")
         proc = await asyncio.create_subprocess_exec(
@@ -656,6 +905,7 @@ __all__ = [
     "MarkedObjects",
     "PgToolError",
     "PgTools",
+    "ServerFacts",
     "TemplateBusyError",
     "TenantCluster",
     "TenantLogin",

@@ -23,6 +23,7 @@ from tenant_service.db.models import Installation, Tenant
 from tenant_service.provisioning.provisioner import password_context
 from tenant_service.provisioning.schema import SchemaError, apply_migrations, head_version
 from tenant_service.secretbox import DecryptionError
+from tenant_service.servers.pool import DEFAULT_SERVER
 from tenantry_common.lifecycle import HAS_DATABASE, LOGIN_ALLOWED
 
 _log = structlog.get_logger("tenantry.fleet")
@@ -39,8 +40,18 @@ class FleetReport:
 
 
 async def migrate_template(ctx: AppContext) -> int:
-    """Bring the template to the head and record its version in the registry."""
-    version = await ctx.cluster.migrate_template(ctx.migrations)
+    """Bring the template of every registered server to the head (registering ``default`` and the configured
+    servers first) and record the version in the registry. A server that is not reachable is reported and
+    skipped: its template is migrated by the next run, and placement skips it meanwhile (its template lags).
+
+    Returns:
+        The ``default`` server's template version.
+    """
+    from tenant_service.servers.service import ensure_configured_servers, migrate_templates  # noqa: PLC0415
+
+    await ensure_configured_servers(ctx)
+    versions = await migrate_templates(ctx)
+    version = versions[DEFAULT_SERVER]
     async with ctx.sessions() as session, session.begin():
         await session.execute(update(Installation).values(template_version=version))
     return version
@@ -69,6 +80,7 @@ async def migrate_fleet(
             await session.execute(
                 select(
                     Tenant.id,
+                    Tenant.server,
                     Tenant.slug,
                     Tenant.status,
                     Tenant.db_name,
@@ -125,7 +137,8 @@ async def _as_tenant(ctx: AppContext, row: Any) -> AsyncIterator[Any]:
     before the lock is released. A crash in between is undone by the reconciler's LOGIN sweep.
     """
     password = ctx.box.decrypt(row.db_password_enc, password_context(row.id))
-    connect = ctx.cluster.tenant_connection(row.db_name, row.db_role, password)
+    cluster = await ctx.servers.get(row.server)
+    connect = cluster.tenant_connection(row.db_name, row.db_role, password)
     if row.status in LOGIN_ALLOWED:
         async with connect as conn:
             yield conn
@@ -137,10 +150,10 @@ async def _as_tenant(ctx: AppContext, row: Any) -> AsyncIterator[Any]:
                 raise SchemaError(f"the tenant became {status} during the migration")
             relogin = status not in LOGIN_ALLOWED
             if relogin:
-                await ctx.cluster.set_login(row.db_role, enabled=True)
+                await cluster.set_login(row.db_role, enabled=True)
             try:
                 conn = await stack.enter_async_context(connect)
             finally:
                 if relogin:
-                    await ctx.cluster.set_login(row.db_role, enabled=False, end_sessions=False)
+                    await cluster.set_login(row.db_role, enabled=False, end_sessions=False)
         yield conn

@@ -24,6 +24,7 @@ from tenant_service.failpoints import failpoint
 from tenant_service.provisioning.cluster import TemplateBusyError
 from tenant_service.provisioning.names import object_marker
 from tenant_service.secretbox import DecryptionError
+from tenant_service.servers.retired import drop_retired
 from tenantry_common.lifecycle import TenantStatus
 from tenantry_common.limits import merged_limits
 from tenantry_common.timeutil import utcnow
@@ -112,21 +113,23 @@ class Provisioner:
         marker = object_marker(await ctx.installation_id(), tenant.id)
         password = ctx.box.decrypt(tenant.db_password_enc, password_context(tenant.id))
         await failpoint("provision.before_role")
-        async with ctx.cluster.connect() as admin:  # one admin connection for the role and the database
-            await ctx.cluster.ensure_role(tenant.db_role, password, conn_limit, marker, conn=admin)
+        cluster = await ctx.servers.for_tenant(tenant)
+        async with cluster.connect() as admin:  # one admin connection for the role and the database
+            await cluster.ensure_role(tenant.db_role, password, conn_limit, marker, conn=admin)
             await failpoint("provision.after_role")
-            clone = await ctx.cluster.ensure_database(tenant.db_name, tenant.db_role, marker, conn=admin)
+            clone = await cluster.ensure_database(tenant.db_name, tenant.db_role, marker, conn=admin)
         await failpoint("provision.after_database")
         if clone.version is not None:  # cloned now from a template whose objects belong to pg_database_owner
             return clone.version
-        return await ctx.cluster.secure_database(tenant.db_name, tenant.db_role, password)
+        return await cluster.secure_database(tenant.db_name, tenant.db_role, password)
 
     async def _fail(self, tenant: Tenant, reason: str) -> None:
         """Compensate (drop whatever was made) and mark ``failed``; stay ``provisioning`` if cleanup fails."""
         try:
-            await self._ctx.cluster.drop_database(tenant.db_name)
+            cluster = await self._ctx.servers.for_tenant(tenant)
+            await cluster.drop_database(tenant.db_name)
             await failpoint("provision.compensating")
-            await self._ctx.cluster.drop_role(tenant.db_role)
+            await cluster.drop_role(tenant.db_role)
         except (*_TRANSIENT, asyncpg.PostgresError) as exc:
             tenant.failure_reason = f"cleanup pending: {type(exc).__name__}"
             return
@@ -151,7 +154,8 @@ class Provisioner:
             tenant.revision = await session.scalar(revision_seq.next_value())
         await ctx.events.publish("tenant.changed", tenant_id=tenant_id)
         await failpoint("purge.after_mark")
-        await ctx.cluster.drop_tenant(tenant.db_name, tenant.db_role)
+        await (await ctx.servers.for_tenant(tenant)).drop_tenant(tenant.db_name, tenant.db_role)
+        await drop_retired(ctx, tenant_id=tenant_id)
         # Crypto-shredding first: once the data key is gone no stored backup or export of the tenant can be read,
         # even by someone holding the objects; then the objects themselves.
         await destroy_data_key(ctx, tenant_id)

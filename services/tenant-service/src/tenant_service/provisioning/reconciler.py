@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import structlog
@@ -23,8 +24,12 @@ from sqlalchemy import func, select
 
 from tenant_service.context import AppContext
 from tenant_service.cutover import clear_expired_holds
-from tenant_service.db.models import Operation, Tenant
+from tenant_service.db.models import Operation, RetiredDatabase, Server, Tenant
+from tenant_service.provisioning.cluster import TenantCluster
 from tenant_service.provisioning.provisioner import Outcome, Provisioner
+from tenant_service.servers.moves import sweep_move_leftovers
+from tenant_service.servers.pool import DEFAULT_SERVER
+from tenant_service.servers.retired import drop_retired
 from tenantry_common.lifecycle import HAS_DATABASE, LOGIN_ALLOWED, TenantStatus
 
 _log = structlog.get_logger("tenantry.reconciler")
@@ -41,6 +46,7 @@ class ReconcileReport:
     orphans_dropped: list[str] = field(default_factory=list)
     logins_fixed: list[str] = field(default_factory=list)
     holds_cleared: list[str] = field(default_factory=list)
+    retired_dropped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -74,7 +80,16 @@ class Reconciler:
                             )
                         )
                         | (Tenant.status == TenantStatus.DELETING)
-                        | ((Tenant.status == TenantStatus.DELETED) & (Tenant.purge_after <= func.now()))
+                        | (
+                            (Tenant.status == TenantStatus.DELETED)
+                            & (Tenant.purge_after <= func.now())
+                            # A moving tenant is purged once its move has ended.
+                            & Tenant.id.not_in(
+                                select(Operation.tenant_id).where(
+                                    Operation.kind == "move", Operation.state.in_(("pending", "running"))
+                                )
+                            )
+                        )
                     )
                 )
             ).all()
@@ -104,41 +119,107 @@ class Reconciler:
 
     async def _sweep_cluster(self, report: ReconcileReport) -> None:
         ctx = self._ctx
-        installation = await ctx.installation_id()
-        marked = await ctx.cluster.marked_objects(installation)
+        try:
+            report.retired_dropped = await drop_retired(ctx)
+        except Exception as exc:  # noqa: BLE001 - next pass retries
+            _log.warning("reconcile_retired_error", error=type(exc).__name__)
+            report.errors.append(f"retired: {type(exc).__name__}")
         async with ctx.sessions() as session:
+            servers = list((await session.execute(select(Server.name).order_by(Server.name))).scalars())
             known = {
                 row.id: row
-                for row in (await session.execute(select(Tenant.id, Tenant.status, Tenant.db_name, Tenant.db_role)))
+                for row in await session.execute(
+                    select(Tenant.id, Tenant.status, Tenant.db_name, Tenant.db_role, Tenant.server)
+                )
             }
-        names = {row.db_name for row in known.values()} | {row.db_role for row in known.values()}
-        orphan_dbs = {name for name, tid in marked.databases.items() if tid not in known and name not in names}
-        orphan_roles = {name for name, tid in marked.roles.items() if tid not in known and name not in names}
+            moving = set(
+                (
+                    await session.execute(
+                        select(Operation.tenant_id).where(
+                            Operation.kind == "move", Operation.state.in_(("pending", "running"))
+                        )
+                    )
+                ).scalars()
+            )
+            retired = {(row.server, row.db_name) for row in await session.execute(select(RetiredDatabase))}
+            open_moves = set(
+                (
+                    await session.execute(
+                        select(Operation.id).where(
+                            Operation.kind == "move", Operation.state.in_(("pending", "running"))
+                        )
+                    )
+                ).scalars()
+            )
+        for name in servers or [DEFAULT_SERVER]:
+            try:
+                cluster = await ctx.servers.get(name)
+                await self._sweep_server(cluster, known, moving, retired, report)
+                report.orphans_dropped += await sweep_move_leftovers(ctx, cluster, open_moves)
+            except Exception as exc:  # noqa: BLE001 - one server may be briefly unreachable; next pass retries
+                _log.warning("reconcile_sweep_error", server=name, error=type(exc).__name__)
+                report.errors.append(f"sweep {name}: {type(exc).__name__}")
+
+    async def _sweep_server(
+        self,
+        cluster: TenantCluster,
+        known: dict[Any, Any],
+        moving: set[Any],
+        retired: set[tuple[str, str]],
+        report: ReconcileReport,
+    ) -> None:
+        """Orphans on one server, and the LOGIN flag of the roles of the tenants it holds.
+
+        On a server other than its own, a tenant's database is kept only while a move of the tenant runs (its
+        target) or as a move's retired database; anything else of it there is what a crashed move left.
+        """
+        installation = await self._ctx.installation_id()
+        marked = await cluster.marked_objects(installation)
+        here = {row.id: row for row in known.values() if row.server == cluster.name}
+        every_name = {row.db_name for row in known.values()} | {row.db_role for row in known.values()}
+        kept_here = {db for server, db in retired if server == cluster.name}
+
+        def orphan(name: str, tenant_id: Any) -> bool:
+            row = known.get(tenant_id)
+            if row is None:  # the marker names no tenant: an orphan, unless the registry gives the name to one
+                return name not in every_name
+            # A known tenant's object elsewhere than on its server: a crashed move's, unless kept on purpose.
+            return (
+                name in (row.db_name, row.db_role)
+                and row.server != cluster.name
+                and row.id not in moving
+                and row.db_name not in kept_here
+            )
+
+        orphan_dbs = {name for name, tid in marked.databases.items() if orphan(name, tid)}
+        orphan_roles = {name for name, tid in marked.roles.items() if orphan(name, tid)}
         # Each kind by its own name: a marked orphan role says nothing about a database of the same name.
         # Databases first, so an orphan role no longer owns one when it is dropped.
         drops: list[tuple[str, Callable[[str], Awaitable[None]]]]
-        drops = [(name, ctx.cluster.drop_database) for name in sorted(orphan_dbs)]
-        drops += [(name, ctx.cluster.drop_role) for name in sorted(orphan_roles)]
+        drops = [(name, cluster.drop_database) for name in sorted(orphan_dbs)]
+        drops += [(name, cluster.drop_role) for name in sorted(orphan_roles)]
         for name, drop in drops:
             try:
                 await drop(name)
             except asyncpg.PostgresError as exc:
-                _log.warning("orphan_drop_failed", name=name, error=type(exc).__name__)
+                _log.warning("orphan_drop_failed", server=cluster.name, name=name, error=type(exc).__name__)
                 report.errors.append(f"orphan {name}: {type(exc).__name__}")
                 continue
             if name not in report.orphans_dropped:
                 report.orphans_dropped.append(name)
-            _log.warning("orphan_dropped", name=name)
-        logins = await self._role_logins([row.db_role for row in known.values()])
-        for row in known.values():
+            _log.warning("orphan_dropped", server=cluster.name, name=name)
+        logins = await self._role_logins(cluster, [row.db_role for row in here.values()])
+        for row in here.values():
             wanted = row.status in LOGIN_ALLOWED if row.status in HAS_DATABASE else None
             current = logins.get(row.db_role)
+            if row.id in moving:
+                continue  # a move's cutover turns LOGIN off and back on by itself
             if wanted is not None and current is not None and current != wanted:
-                await ctx.cluster.set_login(row.db_role, enabled=wanted)
+                await cluster.set_login(row.db_role, enabled=wanted)
                 report.logins_fixed.append(row.db_role)
 
-    async def _role_logins(self, roles: list[str]) -> dict[str, bool]:
-        async with self._ctx.cluster.connect() as conn:
+    async def _role_logins(self, cluster: TenantCluster, roles: list[str]) -> dict[str, bool]:
+        async with cluster.connect() as conn:
             rows = await conn.fetch("SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY($1)", roles)
         return {r["rolname"]: r["rolcanlogin"] for r in rows}
 

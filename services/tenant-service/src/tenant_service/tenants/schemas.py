@@ -9,6 +9,7 @@ import msgspec
 
 from tenant_service.backups.schemas import CloneSource
 from tenant_service.operations.schemas import OperationView
+from tenant_service.servers.schemas import Placement, ServerName
 from tenantry_common.jwt_keys import EXTERNAL_ALGORITHMS
 from tenantry_common.slugs import SLUG_MAX_LENGTH, SLUG_MIN_LENGTH, SLUG_PATTERN
 
@@ -55,6 +56,10 @@ class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
     upstream_url: Url | None = None
     source: CloneSource | None = None
     """Clone: the new tenant's database is restored from this backup (any tenant's) instead of the template."""
+    server: ServerName | None = None
+    """Pin the tenant's database to this server."""
+    placement: Placement | None = None
+    """Place the tenant's database on a server carrying these labels (else the plan's ``placement_labels``)."""
 
 
 class TenantUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -73,6 +78,8 @@ class DatabaseInfo(msgspec.Struct):
     name: str
     host: str
     port: int
+    server: str
+    """The registered server that holds it (``GET /admin/servers/{name}``)."""
     template_version: int | None
     schema_version: int | None
 

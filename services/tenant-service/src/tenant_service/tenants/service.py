@@ -27,6 +27,7 @@ from tenant_service.operations.schemas import OperationView, operation_view
 from tenant_service.operations.service import OperationInProgressError, enqueue
 from tenant_service.provisioning.names import tenant_object_name
 from tenant_service.provisioning.provisioner import Outcome, Provisioner, connection_limit, password_context
+from tenant_service.servers.service import place
 from tenant_service.tenants.lookup import TenantNotFoundError, find_tenant
 from tenant_service.tenants.schemas import (
     DatabaseInfo,
@@ -116,6 +117,7 @@ class TenantService:
                 name=t.db_name,
                 host=t.db_host,
                 port=t.db_port,
+                server=t.server,
                 template_version=t.template_version,
                 schema_version=t.schema_version,
             ),
@@ -198,6 +200,9 @@ class TenantService:
             async with unit_of_work(ctx) as work:
                 session = work.session
                 plan = await self._plan(session, data.plan or ctx.settings.lifecycle.default_plan)
+                server = await place(
+                    session, pin=data.server, labels=data.placement.labels if data.placement else None, plan=plan
+                )
                 tenant = Tenant(
                     id=tenant_id,
                     slug=data.slug,
@@ -209,8 +214,9 @@ class TenantService:
                     upstream_url=upstream,
                     db_name=name,
                     db_role=name,
-                    db_host=ctx.settings.database.tenant_host,
-                    db_port=ctx.settings.database.tenant_port,
+                    db_host=server.host,
+                    db_port=server.port,
+                    server=server.name,
                     db_password_enc=ctx.box.encrypt(password, password_context(tenant_id)),
                 )
                 session.add(tenant)
@@ -308,7 +314,7 @@ class TenantService:
             if limits_changed and tenant.status in HAS_DATABASE:
                 plan = await work.session.get(Plan, tenant.plan)
                 role, limit = tenant.db_role, connection_limit(plan.limits if plan else {}, tenant.limits)
-                work.after_commit(lambda: ctx.cluster.set_connection_limit(role, limit))
+                work.after_commit(partial(ctx.servers.set_connection_limit, tenant.server, role, limit))
         return view
 
     async def transition(self, ref: str, action: str, *, actor: str) -> TenantView:
@@ -352,14 +358,14 @@ class TenantService:
             )
             if action in (TenantAction.DELETE, TenantAction.RESTORE) and tenant.template_version is not None:
                 role, login = tenant.db_role, action is TenantAction.RESTORE
-                work.after_commit(lambda: ctx.cluster.set_login(role, enabled=login))
+                work.after_commit(partial(ctx.servers.set_login, tenant.server, role, enabled=login))
         return view
 
     async def purge(self, ref: str, *, actor: str) -> TenantView:
         """Drop the tenant's database and role now and forget it.
 
         Raises:
-            OperationInProgressError: a restore or clone of the tenant is under way (cancel it first).
+            OperationInProgressError: a restore, clone or move of the tenant is under way (cancel it first).
         """
         async with self._ctx.sessions() as session:
             tenant = await find_tenant(session, ref)
@@ -367,12 +373,12 @@ class TenantService:
             busy = await session.scalar(
                 select(Operation.id).where(
                     Operation.tenant_id == tenant.id,
-                    Operation.kind.in_(("restore", "clone")),
+                    Operation.kind.in_(("restore", "clone", "move")),
                     Operation.state.in_(("pending", "running")),
                 )
             )
         if busy is not None:
-            raise OperationInProgressError(f"a restore or clone of the tenant is under way (operation {busy})")
+            raise OperationInProgressError(f"a restore, clone or move of the tenant is under way (operation {busy})")
         purged = await self._provisioner.purge(tenant.id, actor=actor)
         if purged is None:
             raise TenantNotFoundError(f"no tenant {ref!r}")

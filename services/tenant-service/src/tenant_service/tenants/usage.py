@@ -13,7 +13,8 @@ from tenantry_common.redis_keys import day_counter_key, minute_counter_key
 
 async def tenant_usage(ctx: AppContext, tenant: TenantView) -> TenantUsage:
     """Counters and sizes, each read with its own timeout; a missing source gives ``None``, not an error."""
-    size = await ctx.cluster.database_size(tenant.database.name) if tenant.status in HAS_DATABASE else None
+    cluster = await ctx.servers.get(tenant.database.server)
+    size = await cluster.database_size(tenant.database.name) if tenant.status in HAS_DATABASE else None
     now = int(time.time())
     minute, day = now // 60, now // 86400
     minute_usage = day_usage = None

@@ -1,0 +1,1 @@
+"""Several PostgreSQL servers: the registry of servers, placement, moves and drains (contract §11)."""

@@ -200,8 +200,9 @@ class PlatformStandIn:
 
 
 APP_NAME = "moves-test"
-#: Called by a handler in its first run only, between its writes and its commit (or after its commit).
-Hook = Callable[[], Awaitable[None]]
+#: Called by a handler in its first run only, between its writes and its commit (or after its commit), with the
+#: driver connection the handler's session uses.
+Hook = Callable[[Any], Awaitable[None]]
 
 
 @dataclass
@@ -233,6 +234,9 @@ def _build_app(platform: PlatformStandIn, redis_url: str | None) -> tuple[Litest
         runs[key] = runs.get(key, 0) + 1
         return runs[key]
 
+    async def driver(session: AsyncSession) -> Any:
+        return (await (await session.connection()).get_raw_connection()).driver_connection
+
     async def where(session: AsyncSession) -> dict[str, Any]:
         row = (await session.execute(text("SELECT current_database() AS db, inet_server_port() AS port"))).one()
         return {"database": row.db, "port": row.port}
@@ -247,7 +251,7 @@ def _build_app(platform: PlatformStandIn, redis_url: str | None) -> tuple[Litest
         run = count_run(key)
         await db_session.execute(text("INSERT INTO notes (body) VALUES (:body)"), {"body": key})
         if run == 1 and key in hooks:
-            await hooks[key]()
+            await hooks[key](await driver(db_session))
         await db_session.commit()
         return {"runs": run, **await where(db_session)}
 
@@ -258,7 +262,7 @@ def _build_app(platform: PlatformStandIn, redis_url: str | None) -> tuple[Litest
         await db_session.execute(text("INSERT INTO notes (body) VALUES (:body)"), {"body": key})
         await db_session.commit()
         if run == 1 and key in hooks:
-            await hooks[key]()
+            await hooks[key](await driver(db_session))
         return {"runs": run, **await where(db_session)}
 
     app = Litestar(
@@ -320,6 +324,20 @@ async def cutover(app: MovesApp, move: Move, *, close: str = "nologin", switch: 
         app.platform.vended[move.tenant_id] = move.target.credentials()
 
 
+async def seen_closed(driver: Any) -> None:
+    """Wait until the app's driver has seen the server end its connection.
+
+    A COMMIT sent before that counts as possibly applied, and the request is then not run again (right: with
+    synchronous replication, a terminated backend may have committed locally); the tests that want a second run
+    make sure the driver knew.
+    """
+    for _ in range(500):
+        if driver.is_closed():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the terminated connection still looks open")
+
+
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -356,8 +374,9 @@ async def test_a_request_whose_connection_the_cutover_ended_before_its_commit_ru
     tenant_app.platform.vended[move.tenant_id] = move.source.credentials()
     key = uuid.uuid4().hex
 
-    async def raced_cutover() -> None:
+    async def raced_cutover(driver: Any) -> None:
         await cutover(tenant_app, move)
+        await seen_closed(driver)
 
     tenant_app.hooks[key] = raced_cutover
 
@@ -374,8 +393,9 @@ async def test_a_request_that_committed_before_the_cutover_ended_its_connection_
     tenant_app.platform.vended[move.tenant_id] = move.source.credentials()
     key = uuid.uuid4().hex
 
-    async def late_cutover() -> None:
+    async def late_cutover(driver: Any) -> None:
         await cutover(tenant_app, move)
+        await seen_closed(driver)
 
     tenant_app.hooks[key] = late_cutover
 

@@ -62,6 +62,10 @@ _DATABASE_RETRY_AFTER = "2"
 _TENANT_RETRY_AFTER = "1"
 _DATABASE_DOWN = "The tenant's database is unreachable right now; retry shortly."
 _DATABASE_REPLACED = "The tenant's database is being moved or replaced and took no connection yet; retry shortly."
+_REPLACED_AFTER_COMMIT = (
+    "The tenant's database was moved or replaced while this request ran, after it had committed changes; "
+    "it was not repeated, and what it committed stays."
+)
 _LOST_AFTER_COMMIT = (
     "The connection to the tenant's database broke after this request had committed changes; "
     "it was not repeated, and what it committed stays."
@@ -241,7 +245,7 @@ def _database_error(request: Request[Any, Any, Any], exc: Exception) -> Response
             503,
             "tenant_unavailable",
             headers={"Retry-After": _TENANT_RETRY_AFTER},
-            detail=_DATABASE_REPLACED,
+            detail=_REPLACED_AFTER_COMMIT if committed else _DATABASE_REPLACED,
             instance=request.url.path,
         )
     return problem_response(

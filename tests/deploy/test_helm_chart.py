@@ -6,6 +6,7 @@ helm comes from support.helm_tool (HELM, PATH, or the pinned npm package); no cl
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -321,6 +322,78 @@ def test_a_backup_store_claim_or_bucket_secret_of_the_operator_is_used_as_named(
     assert refs["ENCRYPTION_KEYS"][0] != "bucket-keys"
 
 
+EU_URL = "postgresql://tenantry_admin:eu-pass-0123@pg-eu.example.internal:5432/postgres"
+BIG_URL = "postgresql://tenantry_admin:big-pass-4567@pg-big.example.internal:5432/postgres"
+EXTRA_SERVERS: list[dict[str, str]] = [
+    {"name": "eu", "url": EU_URL},
+    {"name": "big-1", "existingSecret": "pg-big", "key": "url"},
+]
+
+
+def _expanded(container: dict[str, Any], secrets: dict[tuple[str, str], str], name: str) -> str:
+    """The value of the container's variable ``name`` as the process sees it: secretKeyRef read from ``secrets``,
+    ``$(VAR)`` replaced by the variables defined before it (what the kubelet does)."""
+    seen: dict[str, str] = {}
+    for entry in container["env"]:
+        if "valueFrom" in entry:
+            ref = entry["valueFrom"].get("secretKeyRef")
+            if ref is None or (ref["name"], ref["key"]) not in secrets:
+                continue
+            seen[entry["name"]] = secrets[(ref["name"], ref["key"])]
+        else:
+            seen[entry["name"]] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: seen.get(m[1], m[0]), entry["value"]
+            )
+    return seen[name]
+
+
+def test_extra_database_servers_reach_the_tenant_service_and_migrations_from_secrets_only(tmp_path: Path) -> None:
+    done = template(SCENARIOS["default"], _values_file(tmp_path, {"extraDatabaseServers": EXTRA_SERVERS}))
+    assert done.returncode == 0, done.stderr
+    objects = tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+    secrets = {
+        (secret["metadata"]["name"], key): base64.b64decode(value).decode()
+        for secret in of_kind(objects, "Secret")
+        for key, value in secret["data"].items()
+    }
+    secrets[("pg-big", "url")] = BIG_URL  # the operator's Secret
+    readers = set()
+    for workload, pod in pod_templates(objects):
+        (container,) = pod["containers"]
+        if "EXTRA_DATABASE_SERVERS" not in _env_names(container):
+            continue
+        readers.add(component(workload))
+        assert _expanded(container, secrets, "EXTRA_DATABASE_SERVERS") == f"eu={EU_URL};big-1={BIG_URL}"
+    assert readers == {"tenant-service", "migrate"}  # like compose: the gateway and the apps never see them
+    for obj in objects:
+        if obj["kind"] != "Secret":
+            text = yaml.safe_dump(obj)
+            assert "eu-pass-0123" not in text, f"{obj['kind']}/{obj['metadata']['name']}"
+            assert "pg-eu.example.internal" not in text, f"{obj['kind']}/{obj['metadata']['name']}"
+        if (obj["apiVersion"], obj["kind"]) not in NOT_VALIDATED:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_extra_database_servers_with_existing_secret_read_the_operators_secrets(tmp_path: Path) -> None:
+    servers = [{"name": "eu", "existingSecret": EXISTING_SECRET, "key": "EU_DATABASE_URL"}]
+    done = template(SCENARIOS["existing-secret"], _values_file(tmp_path, {"extraDatabaseServers": servers}))
+    assert done.returncode == 0, done.stderr
+    objects = tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+    assert of_kind(objects, "Secret") == []
+    pod, _ = _tenant_service(objects)
+    (container,) = pod["containers"]
+    assert _expanded(container, {(EXISTING_SECRET, "EU_DATABASE_URL"): EU_URL}, "EXTRA_DATABASE_SERVERS") == (
+        f"eu={EU_URL}"
+    )
+
+
+@scenarios
+def test_no_extra_database_servers_by_default(scenario: str) -> None:
+    for _, pod in pod_templates(render(scenario)):
+        for container in pod["containers"]:
+            assert not [name for name in _env_names(container) if "DATABASE_SERVER" in name]
+
+
 # --- broken values fail, with a message that names the problem -------------------------------------------------
 
 
@@ -344,6 +417,19 @@ def _values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
         ({"tenantService": {"config": {"serviceTokenScopes": {"app": []}}}}, "serviceTokenScopes.app: Array must have"),
         ({"backups": {"storeUrl": "/var/lib/tenantry/backups"}}, "backups.storeUrl: Does not match pattern"),
         ({"backups": {"storeUrl": "file:///var/my%20backups"}}, "backups.storeUrl: Does not match pattern"),
+        (
+            {"extraDatabaseServers": [{"name": "default", "url": EU_URL}]},
+            "extraDatabaseServers.0.name: Must not validate the schema (not)",
+        ),
+        (
+            {"extraDatabaseServers": [{"name": "eu", "url": "mysql://h/x"}]},
+            "extraDatabaseServers.0.url: Does not match",
+        ),
+        (
+            {"extraDatabaseServers": [{"name": "eu", "url": EU_URL, "existingSecret": "s", "key": "k"}]},
+            "extraDatabaseServers.0: Additional property",
+        ),
+        ({"extraDatabaseServers": [{"name": "eu", "existingSecret": "s"}]}, "extraDatabaseServers.0: key is required"),
     ],
     ids=[
         "typo-top-level",
@@ -354,6 +440,10 @@ def _values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
         "no-scope",
         "backup-store-path",
         "backup-store-escape",
+        "server-named-default",
+        "server-not-postgres",
+        "server-url-and-secret",
+        "server-secret-without-key",
     ],
 )
 def test_values_against_the_schema_fail_lint_and_template_with_a_clear_message(
@@ -387,8 +477,24 @@ def test_values_against_the_schema_fail_lint_and_template_with_a_clear_message(
             {"backups": {"persistence": {"enabled": False}}},
             "backups.persistence.enabled is false: the backups would be lost with the pod",
         ),
+        (
+            {
+                "extraDatabaseServers": [
+                    {"name": "eu", "url": EU_URL},
+                    {"name": "eu", "existingSecret": "s", "key": "k"},
+                ]
+            },
+            'extraDatabaseServers: the name "eu" is given twice',
+        ),
     ],
-    ids=["hpa-bounds", "no-upstream", "staleness-below-refresh", "shared-rwo-backups", "ephemeral-backups"],
+    ids=[
+        "hpa-bounds",
+        "no-upstream",
+        "staleness-below-refresh",
+        "shared-rwo-backups",
+        "ephemeral-backups",
+        "server-named-twice",
+    ],
 )
 def test_impossible_combinations_fail_template_with_a_clear_message(
     tmp_path: Path, values: dict[str, Any], message: str
@@ -431,6 +537,14 @@ def test_no_values_at_all_asks_for_secrets() -> None:
     done = template()
     assert done.returncode != 0
     assert "is required: set it under secrets, or name a Secret holding every key with existingSecret" in done.stderr
+
+
+def test_an_inline_database_server_url_next_to_existing_secret_is_refused(tmp_path: Path) -> None:
+    values = {"existingSecret": EXISTING_SECRET, "extraDatabaseServers": [{"name": "eu", "url": EU_URL}]}
+    done = template(_values_file(tmp_path, values))
+    assert done.returncode != 0
+    assert "extraDatabaseServers[0] (eu) has an inline url, but with existingSecret" in done.stderr
+    assert "eu-pass-0123" not in done.stderr
 
 
 def test_inline_secrets_next_to_existing_secret_are_refused(tmp_path: Path) -> None:

@@ -4,10 +4,13 @@ and ``make tenantctl`` against the running platform, exactly as printed."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -22,7 +25,7 @@ from support.dev_platform import (
     dev_platform,
     read_banner,
 )
-from support.platform import ROOT
+from support.platform import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -112,3 +115,50 @@ def test_stop_with_nothing_running_is_quiet(platform: DevPlatform) -> None:
     assert result.returncode == 0, result.stderr
     assert "stopped" in result.stdout
     assert time.monotonic() - started < START_TIMEOUT
+
+
+def _show(port: int, setting: str) -> str:
+    async def fetch() -> str:
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", timeout=10)
+        try:
+            return str(await conn.fetchval(f"SHOW {setting}"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def test_dev_servers_2_runs_a_second_postgres_for_the_tenant_service_and_stop_ends_it(platform: DevPlatform) -> None:
+    second_port = free_port()
+    second_url = f"postgresql://postgres@127.0.0.1:{second_port}/postgres"
+    dev = DevProcess(platform, DEV_SERVERS="2", DEV_PG2_PORT=str(second_port))
+    try:
+        read_banner(dev)
+        summary = next(line for line in dev.lines if line.strip().startswith("database servers"))
+        assert f"default 127.0.0.1:{platform.pg_port}, second 127.0.0.1:{second_port}" in summary
+        # Both throw-away servers can take part in online moves.
+        assert _show(second_port, "wal_level") == _show(platform.pg_port, "wal_level") == "logical"
+        # The tenant-service is told to register it as `second` (and dev.env records it for `make tenantctl`).
+        service_pid = _pids(platform)["tenant-service"]
+        environ = Path(f"/proc/{service_pid}/environ").read_bytes().split(b"\0")
+        assert f"EXTRA_DATABASE_SERVERS=second={second_url}".encode() in environ
+        assert f"EXTRA_DATABASE_SERVERS=second={second_url}" in (platform.run_dir / "dev.env").read_text()
+
+        stopped = dev_command(platform, "stop", DEV_PG2_PORT="")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        dev.wait(60)
+        assert_all_gone(platform)
+        assert not accepts(second_port)
+
+        # It holds data now (tenants may live on it): the next `make dev` starts it too, without DEV_SERVERS=2.
+        again = DevProcess(platform, DEV_PG2_PORT=str(second_port))
+        try:
+            read_banner(again)
+            assert accepts(second_port)
+        finally:
+            dev_command(platform, "stop")
+            again.wait(60)
+        assert not accepts(second_port)
+    finally:
+        dev.kill()
+        dev_command(platform, "stop")

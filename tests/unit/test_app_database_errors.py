@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from tenantry_app import (
     AppSettings,
     CredentialClient,
+    CredentialsRefusedError,
     DatabaseCredentials,
     DatabaseUnavailableError,
     TenantDatabases,
@@ -22,6 +23,7 @@ from tenantry_app import (
     connection_lost,
     database_unavailable,
     track_commits,
+    worth_running_again,
 )
 from tenantry_app.litestar import _REPLAY_LIMIT, _Body
 from tenantry_common.litestar_problems import problem_exception_handlers
@@ -68,6 +70,24 @@ def test_a_broken_connection_is_told_apart_from_other_errors(error: BaseExceptio
 )
 def test_only_database_outages_count_as_unavailable(error: BaseException, unavailable: bool) -> None:
     assert database_unavailable(error) is unavailable
+
+
+@pytest.mark.parametrize(
+    ("error", "worth_it"),
+    [
+        (_dbapi_error("57P01"), True),  # a move's cutover ended the session
+        (_dbapi_error(None, invalidated=True), True),
+        (CredentialsRefusedError("28000"), True),  # the old role may no longer log in: fresh credentials may work
+        (DatabaseUnavailableError("refused"), False),  # the server takes no connection: it would only fail again
+        (_dbapi_error("55000"), False),  # from a statement, 55000 is the app's own (currval before nextval)
+        (_dbapi_error("23505"), False),
+    ],
+)
+def test_only_lost_connections_and_refused_credentials_are_worth_running_again(
+    error: BaseException, worth_it: bool
+) -> None:
+    assert worth_running_again(error) is worth_it
+    assert database_unavailable(error) is (worth_it or isinstance(error, DatabaseUnavailableError))
 
 
 class _FixedCredentials(CredentialClient):
@@ -216,6 +236,16 @@ def test_a_server_that_takes_no_connection_is_503_at_once_without_a_second_run()
     assert len(bodies) == 1
     assert response.status_code == 503
     assert response.json()["code"] == "database_unavailable"
+
+
+def test_credentials_refused_twice_run_the_handler_twice_then_answer_503_tenant_unavailable() -> None:
+    app, bodies = _app(lambda run: CredentialsRefusedError("28000"))
+    with TestClient(app) as client:
+        response = client.post("/work", content=b"x")
+    assert len(bodies) == 2
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["code"] == "tenant_unavailable"
 
 
 def test_other_database_errors_stay_the_apps_own_500_problem() -> None:

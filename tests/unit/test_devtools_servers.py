@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -251,6 +252,71 @@ def test_local_postgres_validates_arguments(server_dir: Path) -> None:
         _ = pg.port
     with pytest.raises(ValueError, match="mode"):
         pg.stop("gentle")
+
+
+async def test_an_existing_cluster_restarted_with_the_defaults_replicates_logically(server_dir: Path) -> None:
+    # A cluster made before the logical-replication defaults: wal_level=replica, as PostgreSQL's own default.
+    source = LocalPostgres(server_dir / "source", extra_settings={"wal_level": "replica", "work_mem": "8MB"})
+    target = LocalPostgres(server_dir / "target")
+    try:
+        source.start()
+        assert (await _pg_fetch(source.url, "show wal_level"), await _pg_fetch(source.url, "show work_mem")) == (
+            "replica",
+            "8MB",
+        )
+        await _pg_fetch(source.url, "create table moved (id int primary key, body text)")
+        await _pg_fetch(source.url, "insert into moved values (1, 'before the restart')")
+        source.stop()
+
+        source = LocalPostgres(server_dir / "source")  # the same data directory, today's defaults
+        source.start()
+        target.start()
+        for pg in (source, target):
+            settings = {
+                name: await _pg_fetch(pg.url, f"show {name}")
+                for name in (
+                    "wal_level",
+                    "max_replication_slots",
+                    "max_wal_senders",
+                    "max_logical_replication_workers",
+                    "max_worker_processes",
+                    "max_sync_workers_per_subscription",
+                )
+            }
+            assert settings == {
+                "wal_level": "logical",
+                "max_replication_slots": "32",
+                "max_wal_senders": "32",
+                "max_logical_replication_workers": "16",
+                "max_worker_processes": "24",
+                "max_sync_workers_per_subscription": "2",
+            }
+        assert await _pg_fetch(source.url, "show work_mem") == "4MB"  # extra settings last only for their instance
+
+        # What a move does: publish on the source, subscribe on the target (initial copy, then changes).
+        await _pg_fetch(source.url, "create publication moving for table moved")
+        await _pg_fetch(target.url, "create table moved (id int primary key, body text)")
+        conninfo = f"host=127.0.0.1 port={source.port} user=postgres dbname=postgres"
+        await _pg_fetch(target.url, f"create subscription moving connection '{conninfo}' publication moving")
+        await _pg_fetch(source.url, "insert into moved values (2, 'after the restart')")
+        deadline = time.monotonic() + 30
+        while await _pg_fetch(target.url, "select count(*) from moved") != 2:
+            assert time.monotonic() < deadline, "the subscription did not catch up"
+            await asyncio.sleep(0.1)
+        await _pg_fetch(target.url, "drop subscription moving")  # drops its slot on the source too
+        assert await _pg_fetch(source.url, "select count(*) from pg_replication_slots") == 0
+    finally:
+        target.stop("immediate")
+        source.stop("immediate")
+
+
+def test_extra_settings_cannot_move_the_server_off_its_address_or_port(server_dir: Path) -> None:
+    pg = LocalPostgres(server_dir / "pg", extra_settings={"listen_addresses": "*", "port": "1", "work_mem": "8MB"})
+    options = pg._server_options(54321)
+    assert "-c listen_addresses=127.0.0.1" in options
+    assert "-c port=54321" in options
+    assert "-c work_mem=8MB" in options
+    assert "-c wal_level=logical" in options
 
 
 # --------------------------------------------------------------------------- Redis

@@ -123,6 +123,11 @@ and fails with a message naming the missing value otherwise.
 {{- $_ := set $data $key $value }}
 {{- end }}
 {{- end }}
+{{- range $i, $server := .Values.extraDatabaseServers }}
+{{- if $server.url }}
+{{- $_ := set $data (include "tenantry.extraDatabaseServerKey" $i) $server.url }}
+{{- end }}
+{{- end }}
 {{- range $key, $value := $data }}
 {{ $key }}: {{ $value | b64enc | quote }}
 {{- end }}
@@ -136,6 +141,44 @@ and fails with a message naming the missing value otherwise.
 {{- fail (printf "secrets.%s is set together with existingSecret %q: put it in that Secret instead" $key $.Values.existingSecret) }}
 {{- end }}
 {{- end }}
+{{- end }}
+{{- $names := list }}
+{{- range $i, $server := .Values.extraDatabaseServers }}
+{{- if has $server.name $names }}
+{{- fail (printf "extraDatabaseServers: the name %q is given twice" $server.name) }}
+{{- end }}
+{{- $names = append $names $server.name }}
+{{- if and $server.url $.Values.existingSecret }}
+{{- fail (printf "extraDatabaseServers[%d] (%s) has an inline url, but with existingSecret %q the chart keeps no Secret: put the url in a Secret and give its existingSecret and key" $i $server.name $.Values.existingSecret) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The key of the chart's Secret holding the url of the extraDatabaseServers entry at this index. */}}
+{{- define "tenantry.extraDatabaseServerKey" -}}
+{{- printf "EXTRA_DATABASE_SERVER_%d" (int .) }}
+{{- end }}
+
+{{/*
+EXTRA_DATABASE_SERVERS, with no url in the pod spec: each server's url is read from its Secret into a variable of
+its own, and EXTRA_DATABASE_SERVERS joins them as "name=$(VAR);..." (Kubernetes expands references to variables
+defined before it in the same container). include "tenantry.extraDatabaseServersEnv" (dict "ctx" $ "name" <the
+chart's Secret>).
+*/}}
+{{- define "tenantry.extraDatabaseServersEnv" -}}
+{{- $entries := list }}
+{{- range $i, $server := .ctx.Values.extraDatabaseServers }}
+{{- $variable := printf "TENANTRY_DATABASE_SERVER_URL_%d" $i }}
+- name: {{ $variable }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $server.existingSecret | default $.name }}
+      key: {{ $server.key | default (include "tenantry.extraDatabaseServerKey" $i) }}
+{{- $entries = append $entries (printf "%s=$(%s)" $server.name $variable) }}
+{{- end }}
+{{- if $entries }}
+- name: EXTRA_DATABASE_SERVERS
+  value: {{ join ";" $entries | quote }}
 {{- end }}
 {{- end }}
 
@@ -162,9 +205,10 @@ Optional keys may be absent from the Secret (the process then uses its default).
 {{- end }}
 {{- end }}
 
-{{/* Secret keys of the tenant-service and its migration Job. */}}
+{{/* Secret keys of the tenant-service and its migration Job: include (dict "ctx" $ "name" <secret>). */}}
 {{- define "tenantry.tenantServiceSecretEnv" -}}
 {{- include "tenantry.secretEnv" (dict "name" .name "required" (list "DATABASE_URL" "ENCRYPTION_KEYS" "API_KEY_HASH_SECRET" "REDIS_URL") "optional" (list "TENANT_DATABASE_URL" "ADMIN_TOKEN" "ADMIN_TOKENS" "SERVICE_TOKEN" "SERVICE_TOKENS" "GATEWAY_SERVICE_TOKEN")) }}
+{{- include "tenantry.extraDatabaseServersEnv" . }}
 {{- end }}
 
 {{/*

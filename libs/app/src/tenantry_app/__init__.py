@@ -8,11 +8,13 @@ from tenantry_app.credentials import CredentialClient, DatabaseCredentials, Tena
 from tenantry_app.databases import (
     Attempt,
     BudgetExhaustedError,
+    CredentialsRefusedError,
     DatabaseUnavailableError,
     TenantDatabases,
     connection_lost,
     database_unavailable,
     track_commits,
+    worth_running_again,
 )
 from tenantry_app.identity import InvalidTenantTokenError, TenantIdentity, TokenVerifier
 from tenantry_app.litestar import TenantryPlugin
@@ -24,6 +26,7 @@ __all__ = [
     "Attempt",
     "BudgetExhaustedError",
     "CredentialClient",
+    "CredentialsRefusedError",
     "DatabaseCredentials",
     "DatabaseUnavailableError",
     "InvalidTenantTokenError",
@@ -37,4 +40,5 @@ __all__ = [
     "connection_lost",
     "database_unavailable",
     "track_commits",
+    "worth_running_again",
 ]

@@ -10,6 +10,11 @@ Around server restarts and outages: a pooled connection the server has closed is
 round trip (asyncpg sees the closed socket at once); a connection that cannot be made raises
 :class:`DatabaseUnavailableError`; and :func:`track_commits` tells whether a unit of work that lost its connection
 may have committed something, i.e. whether it can safely be run again.
+
+Around moves and restores (the tenant's database replaced, maybe on another server): the old database's sessions
+are ended and it refuses the old credentials (:class:`CredentialsRefusedError`). A session that sees either drops
+its tenant's engine and cached credentials, so the next session vends anew and connects to the new database; so
+does the ``tenant.database_changed`` event (:meth:`TenantDatabases.forget`).
 """
 
 from __future__ import annotations
@@ -35,8 +40,11 @@ from tenantry_app.credentials import CredentialClient
 from tenantry_common.internal_api import DatabaseCredentials
 
 _log = structlog.get_logger("tenantry.app.databases")
-#: SQLSTATEs that mean the cached credentials are stale: bad password, no such role/database.
-_STALE_CREDENTIALS = frozenset({"28P01", "28000", "3D000"})
+#: SQLSTATEs with which a server refuses a new connection that fresh credentials may get: bad password (rotated),
+#: role not permitted to log in (28000: made NOLOGIN by a move's or restore's cutover), database not accepting
+#: connections (55000: the old database of a move), no such database (3D000: dropped). Only at connect: from a
+#: statement, 55000 means something else (e.g. ``currval`` before ``nextval``).
+_REFUSED_AT_CONNECT = frozenset({"28P01", "28000", "55000", "3D000"})
 #: SQLSTATEs (besides class 08, connection exception) of an open connection the server ended: admin or crash shutdown.
 _ENDED_BY_SERVER = frozenset({"57P01", "57P02"})
 #: What ``asyncpg.connect`` raises when the server cannot take a connection now: refused, unreachable or timed out
@@ -60,6 +68,14 @@ class DatabaseUnavailableError(Exception):
     """The tenant's database server took no connection: down, restarting, unreachable or out of slots."""
 
 
+class CredentialsRefusedError(DatabaseUnavailableError):
+    """The tenant's database refused the app's cached credentials at connect: it was moved or restored (the old
+    role cannot log in, the old database takes no connections), dropped, or its password changed.
+
+    The tenant's engine and credentials are dropped when this is raised: a new attempt vends fresh credentials.
+    """
+
+
 def connection_lost(exc: BaseException) -> bool:
     """Whether ``exc`` is an open connection that broke (server restart, terminated backend, network).
 
@@ -74,6 +90,16 @@ def connection_lost(exc: BaseException) -> bool:
 def database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the tenant's database cannot be used right now (rather than a bug or a bad query)."""
     return isinstance(exc, DatabaseUnavailableError) or connection_lost(exc)
+
+
+def worth_running_again(exc: BaseException) -> bool:
+    """Whether a unit of work that failed with ``exc`` may succeed when run again at once: its connection broke
+    (:func:`connection_lost`), or the database refused the credentials (:class:`CredentialsRefusedError`) and fresh
+    ones will be vended. Only safe if it committed nothing (:func:`track_commits`).
+
+    A server that took no connection at all (:class:`DatabaseUnavailableError`) is not: it would only fail again.
+    """
+    return isinstance(exc, CredentialsRefusedError) or connection_lost(exc)
 
 
 @dataclass
@@ -140,6 +166,8 @@ class _Engine:
     sessions: async_sessionmaker[AsyncSession]
     leases: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    retired: bool = False
+    """Taken out while sessions still used it: the last of them to end closes it."""
 
 
 class TenantDatabases:
@@ -190,6 +218,12 @@ class TenantDatabases:
                 # Raised as our own type: a bare OSError or TimeoutError would be indistinguishable from one of
                 # the app's own.
                 raise DatabaseUnavailableError(f"no connection to the tenant's database: {type(exc).__name__}") from exc
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate in _REFUSED_AT_CONNECT:
+                    raise CredentialsRefusedError(
+                        f"the tenant's database refused the credentials ({exc.sqlstate})"
+                    ) from exc
+                raise
 
         return connect
 
@@ -259,9 +293,10 @@ class TenantDatabases:
 
     def _dispose_soon(self, tenant_id: str) -> None:
         """Like :meth:`_dispose`, with the close in a task."""
-        entry = self._take(tenant_id)
-        if entry is None:
-            return
+        if (entry := self._take(tenant_id)) is not None:
+            self._close_soon(entry)
+
+    def _close_soon(self, entry: _Engine) -> None:
         task = asyncio.create_task(self._close(entry))
         self._closers.add(task)
         task.add_done_callback(self._closed)
@@ -275,32 +310,54 @@ class TenantDatabases:
     async def session(self, tenant_id: str) -> AsyncIterator[AsyncSession]:
         """An ``AsyncSession`` on the tenant's own database, as the tenant's own role.
 
+        A connection that broke (:func:`connection_lost`) or credentials the database refused
+        (:class:`CredentialsRefusedError`) drop the tenant's engine and credentials on the way out: the server may
+        have ended the connection because the tenant's database moved, and the next session vends anew.
+
         Raises:
             BudgetExhaustedError: no connection could be had within ``acquire_timeout``.
             TenantUnavailableError: the tenant-service refused the credentials.
             DatabaseUnavailableError: the server took no connection (from the session's first statement).
+            CredentialsRefusedError: the database refused the credentials (moved, restored, dropped).
         """
         entry = await self._lease(tenant_id)
         try:
             async with entry.sessions() as session:
                 yield session
-        except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) in _STALE_CREDENTIALS:
-                _log.info("tenant_credentials_stale", tenant_id=tenant_id)
-                await self.forget(tenant_id, _release=entry)
-                raise
+        except (CredentialsRefusedError, DBAPIError) as exc:
+            if worth_running_again(exc) and self._engines.get(tenant_id) is entry:
+                # Only the engine this session used: a newer one (after the event, say) has fresh credentials.
+                _log.info("tenant_engine_dropped", tenant_id=tenant_id, error_type=type(exc).__name__)
+                self._forget_now(tenant_id)
             raise
         finally:
             entry.leases -= 1
             entry.last_used = time.monotonic()
+            if entry.retired and entry.leases == 0:
+                self._close_soon(entry)
             self._changed.set()
 
-    async def forget(self, tenant_id: str, *, _release: _Engine | None = None) -> None:
-        """Drop the tenant's engine and cached credentials (stale credentials, suspended or purged tenant)."""
+    async def forget(self, tenant_id: str) -> None:
+        """Drop the tenant's engine and cached credentials (database moved or restored, tenant suspended or purged).
+
+        New sessions get a new engine on freshly vended credentials at once; sessions in use keep their connection
+        until they end, and the old engine counts against the budget until it is closed.
+        """
+        retiring = self._forget_now(tenant_id)
+        if retiring is not None:
+            await self._close(retiring)
+
+    def _forget_now(self, tenant_id: str) -> _Engine | None:
+        """Take the tenant's engine out and forget its credentials; returns the engine if it is for the caller to
+        close (no session uses it), else it is closed when its last session ends."""
         self._credentials.forget(tenant_id)
-        entry = self._engines.get(tenant_id)
-        if entry is not None and (entry.leases == 0 or entry is _release):
-            await self._dispose(tenant_id)
+        entry = self._take(tenant_id)
+        if entry is None:
+            return None
+        if entry.leases == 0:
+            return entry
+        entry.retired = True
+        return None
 
     async def _reap(self) -> None:
         while True:

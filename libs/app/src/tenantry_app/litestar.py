@@ -2,8 +2,10 @@
 database and its Redis namespace as dependencies.
 
 Database outages are 503 ``database_unavailable`` with ``Retry-After``. A handler whose connection broke before it
-committed anything (say, Postgres restarted under it) is run once more on a fresh connection; see
-:func:`_run_again_middleware`.
+committed anything (say, Postgres restarted under it, or a move's cutover ended it), or whose tenant's database
+refused the app's credentials (moved or restored since they were vended), is run once more, on a new engine with
+freshly vended credentials; see :func:`_run_again_middleware`. A database that still refuses them is 503
+``tenant_unavailable`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ from tenantry_app.credentials import TenantUnavailableError
 from tenantry_app.databases import (
     Attempt,
     BudgetExhaustedError,
+    CredentialsRefusedError,
     DatabaseUnavailableError,
     connection_lost,
     database_unavailable,
     track_commits,
+    worth_running_again,
 )
 from tenantry_app.identity import InvalidTenantTokenError, TenantIdentity
 from tenantry_app.runtime import AppSettings, TenantRuntime
@@ -55,7 +59,13 @@ _RUN = "tenantry_run"
 #: A request body is kept for a second run up to this size; a handler with a larger body is not run again.
 _REPLAY_LIMIT = 1 << 20
 _DATABASE_RETRY_AFTER = "2"
+_TENANT_RETRY_AFTER = "1"
 _DATABASE_DOWN = "The tenant's database is unreachable right now; retry shortly."
+_DATABASE_REPLACED = "The tenant's database is being moved or replaced and took no connection yet; retry shortly."
+_REPLACED_AFTER_COMMIT = (
+    "The tenant's database was moved or replaced while this request ran, after it had committed changes; "
+    "it was not repeated, and what it committed stays."
+)
 _LOST_AFTER_COMMIT = (
     "The connection to the tenant's database broke after this request had committed changes; "
     "it was not repeated, and what it committed stays."
@@ -137,7 +147,10 @@ class _Run:
     started: bool = False
     """The response began: the client has seen part of this run."""
     again: bool = False
-    """Run the handler once more: its connection broke before it committed anything."""
+    """Run the handler once more: its connection broke, or its credentials were refused, before it committed
+    anything."""
+    reason: str = ""
+    """Why the handler runs again (logged)."""
 
     def can_run_again(self) -> bool:
         return (
@@ -163,7 +176,9 @@ class _Run:
 
 
 def _run_again_middleware(enabled: bool) -> Any:
-    """Runs a handler a second time when its database connection broke before it committed anything.
+    """Runs a handler a second time when its database connection broke, or the database refused the credentials,
+    before it committed anything. The session that failed has dropped the tenant's engine and credentials
+    (:meth:`TenantDatabases.session`), so the second run vends anew and follows a moved database.
 
     Litestar turns a handler's exception into a response in an exception handler inside every app middleware, so
     the decision is taken there (:func:`_database_error`): it marks the run, and
@@ -182,7 +197,7 @@ def _run_again_middleware(enabled: bool) -> Any:
             await first.serve(app, scope, body.receive, send)
             if not first.again:
                 return
-            _log.info("handler_run_again", path=scope["path"], reason="database_connection_lost")
+            _log.info("handler_run_again", path=scope["path"], reason=first.reason)
             await _Run(body=body, may_run_again=False).serve(
                 app, _scope_for_second_run(scope, state_before), body.replay(), send
             )
@@ -202,15 +217,18 @@ def _scope_for_second_run(scope: Scope, state_before: dict[str, Any]) -> Scope:
 
 
 def _database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """503 ``database_unavailable`` for an outage, deciding whether the handler runs again; any other database
-    error goes to the app's handler for ``Exception``."""
+    """503 ``database_unavailable`` for an outage (``tenant_unavailable`` when the database refused the
+    credentials), deciding whether the handler runs again; any other database error goes to the app's handler for
+    ``Exception``."""
     if not database_unavailable(exc):
         fallback = request.app.exception_handlers.get(Exception) or problem_exception_handlers()[Exception]
         return fallback(request, exc)
     run: _Run | None = request.scope.get("state", {}).get(_RUN)
     lost = connection_lost(exc)
-    if run is not None and lost and run.can_run_again():
+    refused = isinstance(exc, CredentialsRefusedError)
+    if run is not None and worth_running_again(exc) and run.can_run_again():
         run.again = True
+        run.reason = "credentials_refused" if refused else "database_connection_lost"
     tenant: TenantIdentity | None = request.scope.get("state", {}).get(_TENANT)
     committed = run is not None and run.database is not None and run.database.committed
     _log.warning(
@@ -218,9 +236,18 @@ def _database_error(request: Request[Any, Any, Any], exc: Exception) -> Response
         tenant_id=tenant.tenant_id if tenant else None,
         error_type=type(exc).__name__,
         connection_lost=lost,
+        credentials_refused=refused,
         committed=committed,
         run_again=run is not None and run.again,
     )
+    if refused:
+        return problem_response(
+            503,
+            "tenant_unavailable",
+            headers={"Retry-After": _TENANT_RETRY_AFTER},
+            detail=_REPLACED_AFTER_COMMIT if committed else _DATABASE_REPLACED,
+            instance=request.url.path,
+        )
     return problem_response(
         503,
         "database_unavailable",
@@ -286,7 +313,7 @@ class TenantryPlugin(InitPluginProtocol):
         def unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
             status = 403 if isinstance(exc, TenantUnavailableError) and exc.status == 403 else 503
             code = "tenant_suspended" if status == 403 else "tenant_unavailable"
-            retry = {"Retry-After": "1"} if status == 503 else None
+            retry = {"Retry-After": _TENANT_RETRY_AFTER} if status == 503 else None
             detail = "The tenant's database cannot be used right now."
             return problem_response(status, code, headers=retry, detail=detail, instance=request.url.path)
 

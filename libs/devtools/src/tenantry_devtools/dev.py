@@ -7,6 +7,11 @@ the same platform; an explicitly exported variable always wins, and the file rec
 ``make tenantctl`` reaches the running platform). One ``make dev`` at a time: a second one refuses and changes
 nothing. ``make stop`` stops the services by their pid files and the throw-away servers living under ``.run/``
 by theirs, on whatever ports they run.
+
+``DEV_SERVERS=2`` adds a second throw-away PostgreSQL (``.run/postgres2``, port ``DEV_PG2_PORT``, default
+``DEV_PG_PORT + 1``), which the tenant-service registers as the database server ``second``
+(``EXTRA_DATABASE_SERVERS``), so that tenants can be placed on it and moved between the two. Once it exists it is
+started by every later ``make dev``, whatever ``DEV_SERVERS`` says: tenants may live on it.
 """
 
 from __future__ import annotations
@@ -53,7 +58,10 @@ RECORDED_NAMES: Final = (
     "GATEWAY_PORT",
     "APP_PORT",
     "TENANT_SERVICE_URL",
+    "EXTRA_DATABASE_SERVERS",
 )
+#: The database server name the tenant-service registers the second throw-away PostgreSQL under.
+SECOND_SERVER: Final = "second"
 
 
 def _say(message: str) -> None:
@@ -143,11 +151,32 @@ def _local_servers() -> tuple[LocalPostgres, LocalRedis]:
     )
 
 
+def _second_postgres() -> LocalPostgres | None:
+    """The second throw-away PostgreSQL when ``DEV_SERVERS=2`` asks for it or an earlier run made it, else None."""
+    wanted = os.environ.get("DEV_SERVERS") or "1"
+    if wanted not in ("1", "2"):
+        raise SystemExit(f"DEV_SERVERS must be 1 or 2, not {wanted!r}")
+    data_dir = RUN / "postgres2"
+    if wanted == "1" and not (data_dir / "PG_VERSION").exists():
+        return None
+    port = _port("DEV_PG2_PORT", _port("DEV_PG_PORT", 5433) + 1)
+    return LocalPostgres(data_dir, port=port, log_file=LOGS / "postgres2.log")
+
+
+def _extra_servers(second: LocalPostgres | None) -> str:
+    """``EXTRA_DATABASE_SERVERS`` for the tenant-service: an exported value, plus the second server."""
+    entries = [entry for entry in os.environ.get("EXTRA_DATABASE_SERVERS", "").split(";") if entry.strip()]
+    if second is not None and not any(entry.split("=", 1)[0].strip() == SECOND_SERVER for entry in entries):
+        entries.append(f"{SECOND_SERVER}={second.url}")
+    return ";".join(entries)
+
+
 def stop() -> None:
     """Stop the services and the throw-away servers of ``make dev`` (only it starts servers under ``.run/``), found
     by their data directories and pid files, not by ports: whatever ``DEV_PG_PORT``/``DEV_REDIS_PORT`` were."""
     _stop_services()
     LocalPostgres(RUN / "postgres", log_file=LOGS / "postgres.log").stop()
+    LocalPostgres(RUN / "postgres2", log_file=LOGS / "postgres2.log").stop()
     LocalRedis(RUN / "redis", log_file=LOGS / "redis.log").stop()
     _say("stopped")
 
@@ -185,6 +214,12 @@ def tenantctl(args: list[str]) -> int:
     return subprocess.run(command, env=env, cwd=ROOT, check=False).returncode  # noqa: S603
 
 
+def _address(url: str) -> str:
+    """``host:port`` of a database URL (never its password)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -210,7 +245,8 @@ def _run_platform() -> None:
     _stop_services()
     use_local_pg = not os.environ.get("DATABASE_URL")
     use_local_redis = not os.environ.get("REDIS_URL")
-    ensure_binaries(install=True, postgres=use_local_pg, redis=use_local_redis)
+    second = _second_postgres()
+    ensure_binaries(install=True, postgres=use_local_pg or second is not None, redis=use_local_redis)
     pg, redis = _local_servers()
     if use_local_pg:
         pg.start()
@@ -218,6 +254,10 @@ def _run_platform() -> None:
         _say(f"PostgreSQL on 127.0.0.1:{pg.port} (data in .run/postgres)")
     else:
         admin_url = os.environ.get("TENANT_DATABASE_URL") or os.environ["DATABASE_URL"]
+    if second is not None:
+        second.start()
+        _say(f"PostgreSQL {SECOND_SERVER!r} on 127.0.0.1:{second.port} (data in .run/postgres2)")
+    extra_servers = _extra_servers(second)
     if use_local_redis:
         redis.start()
         _say(f"Redis on 127.0.0.1:{redis.port}")
@@ -235,6 +275,7 @@ def _run_platform() -> None:
             service_port=_port("TENANT_SERVICE_PORT", 8001),
             gateway_port=_port("GATEWAY_PORT", 8080),
             notes_port=_port("APP_PORT", 8002),
+            service_env={"EXTRA_DATABASE_SERVERS": extra_servers} if extra_servers else None,
             gateway_env=gateway_env,
             notes_env={"LOG_FORMAT": log_format},
             pid_dir=PIDS,
@@ -250,10 +291,14 @@ def _run_platform() -> None:
         "GATEWAY_PORT": str(gateway_port),
         "APP_PORT": str(app_port),
         "TENANT_SERVICE_URL": base,
+        "EXTRA_DATABASE_SERVERS": extra_servers,
     }
     _record(env)
     token = env["ADMIN_TOKEN"]
     base_domain = env["BASE_DOMAIN"]
+    databases = f"default {_address(installation.pg_url)}"
+    if second is not None:
+        databases += f", {SECOND_SERVER} {_address(second.url)}"
     print(
         f"""
 Tenantry is running (logs in {LOGS}, stop with Ctrl-C or `make stop`)
@@ -261,6 +306,7 @@ Tenantry is running (logs in {LOGS}, stop with Ctrl-C or `make stop`)
   tenant-service   {base}          (OpenAPI: {base}/schema)
   gateway          {gateway_url}          (tenants: http://<slug>.{base_domain}:{gateway_port}/...)
   notes app        http://127.0.0.1:{app_port}          (the default upstream, reached through the gateway)
+  database servers {databases}          (GET {base}/admin/servers)
 
   admin token      {token}
   service token    {env["SERVICE_TOKEN"]}          (SERVICE_TOKEN, the notes app's: credentials:vend)

@@ -63,6 +63,17 @@ _MAX_SOCKET_PATH = 100
 _PORT_ATTEMPTS = 3
 _BIND_ERROR_MARKERS = ("could not bind", "address already in use")
 _INITDB_TIMEOUT = 120.0
+#: Logical replication, so that these servers can take part in online moves of tenant databases
+#: (``can_move_online``): a publication and slot on the source, a subscription with its workers on the target,
+#: for many tenants at once.
+_LOGICAL_REPLICATION = {
+    "wal_level": "logical",
+    "max_replication_slots": "32",
+    "max_wal_senders": "32",
+    "max_logical_replication_workers": "16",
+    "max_worker_processes": "24",
+    "max_sync_workers_per_subscription": "2",
+}
 _POLL_INTERVAL = 0.05
 
 
@@ -521,8 +532,11 @@ class LocalPostgres:
     """A throw-away PostgreSQL cluster living in ``data_dir``.
 
     The cluster is created on first ``start()`` (trust auth, superuser ``postgres``,
-    UTF8, C locale) and started with durability switched off. A cluster already
-    running from the same directory is reused, which lets ``make dev`` be re-run.
+    UTF8, C locale) and started with durability switched off and logical replication
+    on (``wal_level=logical``, slots, senders and workers for concurrent moves). A
+    cluster already running from the same directory is reused as it runs, which lets
+    ``make dev`` be re-run; settings apply from the next start, and the options are
+    given at every start, so an existing data directory takes new ones on restart.
 
     Attributes:
         data_dir: Absolute path of the cluster's data directory.
@@ -531,7 +545,14 @@ class LocalPostgres:
             an empty data directory.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        log_file: Path | None = None,
+        *,
+        extra_settings: dict[str, str] | None = None,
+    ) -> None:
         """Describe the cluster; nothing is created or started yet.
 
         Args:
@@ -541,6 +562,9 @@ class LocalPostgres:
                 Once started, the instance keeps its port across stop/start so URLs
                 handed out stay valid.
             log_file: Where server output goes; see the class attributes.
+            extra_settings: Server settings (``postgresql.conf`` names) added to, or
+                replacing, the defaults; ``listen_addresses``, ``port`` and
+                ``unix_socket_directories`` stay the harness's.
         """
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.log_file = (
@@ -550,6 +574,7 @@ class LocalPostgres:
         )
         self._requested_port = _validate_port(port)
         self._port = self._requested_port
+        self._extra_settings = dict(extra_settings or {})
 
     def __repr__(self) -> str:
         return f"LocalPostgres(data_dir={str(self.data_dir)!r}, port={self._port!r})"
@@ -737,9 +762,6 @@ class LocalPostgres:
             # syntax) would abort startup; TCP alone is enough for this harness.
             socket_dir = ""
         settings = {
-            "listen_addresses": _LOCALHOST,
-            "port": str(port),
-            "unix_socket_directories": socket_dir,
             "fsync": "off",
             "synchronous_commit": "off",
             "full_page_writes": "off",
@@ -747,13 +769,11 @@ class LocalPostgres:
             "shared_buffers": "128MB",
             "logging_collector": "off",
             "log_destination": "stderr",
-            # Logical replication, for moves of tenant databases between servers (contract §11).
-            "wal_level": "logical",
-            "max_replication_slots": "32",
-            "max_wal_senders": "32",
-            "max_logical_replication_workers": "16",
-            "max_worker_processes": "24",
-            "max_sync_workers_per_subscription": "2",
+            **_LOGICAL_REPLICATION,
+            **self._extra_settings,
+            "listen_addresses": _LOCALHOST,
+            "port": str(port),
+            "unix_socket_directories": socket_dir,
         }
         # pg_ctl hands -o to /bin/sh, hence shell quoting.
         return " ".join(f"-c {shlex.quote(f'{key}={value}')}" for key, value in settings.items())

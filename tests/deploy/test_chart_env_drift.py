@@ -23,6 +23,7 @@ SCENARIOS = ("default", "production")
 ONLY_WHEN_SET: dict[str, dict[str, Any]] = {
     "TENANT_MIGRATIONS_DIR": {"tenantService": {"config": {"tenantMigrationsDir": "/srv/tenant-migrations"}}},
     "PG_BIN_DIR": {"backups": {"pgBinDir": "/usr/lib/postgresql/17/bin"}},
+    "EXTRA_DATABASE_SERVERS": {"extraDatabaseServers": [{"name": "eu", "url": "postgresql://u:p@h:5432/postgres"}]},
 }
 
 # Read by the code, deliberately not settable through the chart, each with the reason.

@@ -278,6 +278,10 @@ DB_STATEMENT_TIMEOUT_MS: {{ $c.dbStatementTimeoutMs | int64 | toString | quote }
 TENANT_SERVICE_MAX_REQUEST_BODY_BYTES: {{ $c.maxRequestBodyBytes | int64 | toString | quote }}
 OPERATION_WORKERS: {{ $c.operationWorkers | int64 | toString | quote }}
 OPERATION_POLL_SECONDS: {{ $c.operationPollSeconds | toString | quote }}
+DEFAULT_SERVER_CAPACITY: {{ $c.defaultServerCapacity | int64 | toString | quote }}
+MOVE_KEEP_SECONDS: {{ $c.moveKeepSeconds | int64 | toString | quote }}
+DRAIN_CONCURRENCY: {{ $c.drainConcurrency | int64 | toString | quote }}
+MOVE_CATCH_UP_SECONDS: {{ $c.moveCatchUpSeconds | toString | quote }}
 BACKUP_STORE_URL: {{ .Values.backups.storeUrl | quote }}
 BACKUP_SCHEDULE_INTERVAL_SECONDS: {{ .Values.backups.scheduleIntervalSeconds | toString | quote }}
 {{- with .Values.backups.pgBinDir }}

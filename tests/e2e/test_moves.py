@@ -87,7 +87,7 @@ def leftovers(url: str, prefix: str) -> dict[str, list[str]]:
         "stand_ins": [
             r[0]
             for r in fetch(
-                url, "postgres", "SELECT rolname FROM pg_roles WHERE rolname ~ $1", f"^{prefix}mv_[0-9a-f]{{32}}$"
+                url, "postgres", "SELECT rolname FROM pg_roles WHERE rolname ~ $1", f"^{prefix}mv_[0-9a-f]{{32}}(_r)?$"
             )
         ],
     }

@@ -21,7 +21,7 @@ Each test ends with the same checks: no role gained an attribute or a membership
 password are untouched, no trap ran as anyone but the hostile tenant, and no request got a 5xx.
 
 Backups, restores, clones and exports run here too (``pg_dump``/``pg_restore`` and the export's reads log in as the
-tenant); new admin paths into tenant databases (moves) add themselves here.
+tenant), and so do moves between servers (``test_a_move_runs_tenant_code_only_as_the_tenant``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import re
 import shutil
 import tarfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,14 +43,16 @@ import pytest
 
 from support.assertions import unique_slug
 from support.platform import Installation, with_database
+from support.servers import own_postgres
 from tenant_service.app import create_app
-from tenant_service.backups.jobs import handlers
 from tenant_service.context import AppContext
 from tenant_service.internal.service import vend_credentials
+from tenant_service.operations.kinds import handlers
 from tenant_service.operations.runner import OperationRunner
 from tenant_service.provisioning.names import object_marker
 from tenant_service.provisioning.reconciler import Reconciler
 from tenant_service.provisioning.schema import DEFAULT_MIGRATIONS_DIR, load_migrations
+from tenantry_devtools.servers import LocalPostgres
 
 pytestmark = pytest.mark.e2e
 
@@ -549,3 +551,109 @@ def test_one_module_opens_connections_to_the_tenant_cluster() -> None:
             if needle in text and not (needle == "tenant_cluster_url" and path.name == "config.py"):
                 offenders.append(f"{path.relative_to(source)}: {needle}")
     assert not offenders
+
+
+@pytest.fixture(scope="module")
+def more_servers() -> Iterator[tuple[LocalPostgres, LocalPostgres]]:
+    """Two throw-away clusters of this module's own (``wal_level=logical``), for moves."""
+    with own_postgres("hostile-b") as second, own_postgres("hostile-c") as third:
+        yield second, third
+
+
+def _at(tenant: TenantDb, server: LocalPostgres) -> str:
+    return f"postgresql://{tenant.role}:{tenant.password}@127.0.0.1:{server.port}/{tenant.database}"
+
+
+async def _trap_runs(url: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [dict(r) for r in await conn.fetch("SELECT * FROM public.trap_log")]
+    finally:
+        await conn.close()
+
+
+async def _superusers(url: str, prefix: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT rolname FROM pg_roles WHERE rolsuper AND starts_with(rolname, $1)", prefix)
+    finally:
+        await conn.close()
+    return [r["rolname"] for r in rows]
+
+
+async def test_a_move_runs_tenant_code_only_as_the_tenant(
+    setup: Fixture, hostile: Hostile, more_servers: tuple[LocalPostgres, LocalPostgres]
+) -> None:
+    """A database full of traps moves by dump (its triggers, CHECK and index expression would run in a
+    subscription's apply worker, which is a superuser on PostgreSQL 15), as the tenant; a database whose traps
+    cannot run in the apply worker moves online, and none of them fires with the platform's rights either."""
+    fx = setup
+    second, third = more_servers
+    for name, server in (("second", second), ("third", third)):
+        registered = await fx.call("POST", "/admin/servers", json={"name": name, "url": server.url})
+        assert registered.status_code == 201, registered.text
+    ref = hostile.tenant.id
+    done = await _run_operation(fx, await fx.call("POST", f"/admin/tenants/{ref}/move", json={"server": "second"}))
+    assert done["result"]["mode"] == "dump", done
+    assert "trigger" in done["result"]["mode_reason"]
+    # The restore runs the tenant's own triggers (as the tenant): the table they write differs, and says so.
+    assert set(done["result"].get("mismatched_tables", [])) <= {'"public"."trap_log"'}
+    moved = await _trap_runs(_at(hostile.tenant, second))
+    stand_in = f"{fx.inst.prefix}mv_{uuid.UUID(done['id']).hex}"
+    strangers = [r for r in moved if r["session_role"] not in (hostile.tenant.role, stand_in) or r["superuser"]]
+    assert not strangers, f"tenant code ran with the platform's rights during the move: {strangers}"
+    assert not any(r["escalated"] for r in moved)
+    conn = await asyncpg.connect(_at(hostile.tenant, second))
+    try:
+        assert "the hostile tenant's own note" in [r["body"] for r in await conn.fetch("SELECT body FROM notes")]
+    finally:
+        await conn.close()
+    for server in (second, third):
+        assert await _superusers(server.url, fx.inst.prefix or "") == []
+    await _assert_nothing_gained(fx, hostile, trap_database=False)
+
+    # Online: traps in triggers that do not fire in replica mode, a row-security policy, a rule and a column
+    # default, none of which the apply worker runs.
+    created = await fx.call("POST", "/admin/tenants", json={"slug": unique_slug("ht", "online"), "name": "o",
+                                                            "server": "second"})  # fmt: skip
+    assert created.status_code == 201, created.text
+    creds = await vend_credentials(fx.ctx, created.json()["id"], actor="test")
+    online = TenantDb(created.json()["id"], created.json()["slug"], creds.database, creds.user, creds.password)
+    values = {"hostile": f'"{online.role}"', "victim": f'"{fx.victim.role}"', "victim_db": fx.victim.database,
+              "host": "127.0.0.1", "port": str(httpx.URL(fx.pg_url).port)}  # fmt: skip
+    trap = TRAP
+    for key, value in values.items():
+        trap = trap.replace("{" + key + "}", value)
+    conn = await asyncpg.connect(_at(online, second))
+    try:
+        await conn.execute(trap)
+        await conn.execute(
+            """
+            CREATE TRIGGER trap_row BEFORE INSERT OR UPDATE OR DELETE ON notes
+                FOR EACH ROW EXECUTE FUNCTION public.trap_trigger();
+            CREATE RULE trap_rule AS ON UPDATE TO notes DO ALSO SELECT public.trap('rule');
+            ALTER TABLE notes ADD COLUMN trap_column text DEFAULT public.trap_default();
+            ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+            ALTER TABLE notes FORCE ROW LEVEL SECURITY;
+            CREATE POLICY trap_policy ON notes USING (public.trap('policy'));
+            INSERT INTO notes (body) VALUES ('online note');
+            DELETE FROM public.trap_log;
+            """
+        )
+    finally:
+        await conn.close()
+    done = await _run_operation(fx, await fx.call("POST", f"/admin/tenants/{online.id}/move", json={"server": "third"}))
+    assert done["result"]["mode"] == "logical", done
+    runs = await _trap_runs(_at(online, third))
+    stand_in = f"{fx.inst.prefix}mv_{uuid.UUID(done['id']).hex}"
+    strangers = [r for r in runs if r["session_role"] not in (online.role, stand_in) or r["superuser"]]
+    assert not strangers, f"tenant code ran with the platform's rights during an online move: {strangers}"
+    assert not any(r["escalated"] for r in runs)
+    conn = await asyncpg.connect(_at(online, third))
+    try:
+        assert [r["body"] for r in await conn.fetch("SELECT body FROM notes")] == ["online note"]
+    finally:
+        await conn.close()
+    for server in (second, third):
+        assert await _superusers(server.url, fx.inst.prefix or "") == []
+    await _assert_nothing_gained(fx, hostile, trap_database=False)

@@ -33,6 +33,9 @@ from tenant_service.provisioning.provisioner import password_context
 from tenant_service.provisioning.reconciler import Reconciler
 from tenant_service.provisioning.schema import SchemaError
 from tenant_service.secretbox import DecryptionError, generate_key
+from tenant_service.servers.moves import request_drain, request_move
+from tenant_service.servers.schemas import MoveRequest, ServerCreate
+from tenant_service.servers.service import ServerService
 from tenant_service.tenants.schemas import TenantCreate
 from tenant_service.tenants.service import TenantService
 from tenantry_common.logging import configure_logging, redact_value
@@ -122,6 +125,8 @@ async def migrate(ctx: AppContext) -> None:
     await upgrade_registry(ctx.engine)
     version = await migrate_template(ctx)
     click.echo(f"registry migrated; template {ctx.cluster.template} at schema version {version}")
+    for server in (await ServerService(ctx).list()).items:
+        click.echo(f"  server {server.name}: template at schema version {server.template_version}")
 
 
 @main.command("migrate-tenants")
@@ -165,7 +170,8 @@ async def rotate_encryption(ctx: AppContext) -> None:
     """Re-encrypt every stored secret with the primary key of ENCRYPTION_KEYS (old keys can then be removed)."""
     from sqlalchemy import select  # noqa: PLC0415
 
-    from tenant_service.db.models import Tenant  # noqa: PLC0415
+    from tenant_service.db.models import Server, Tenant  # noqa: PLC0415
+    from tenant_service.servers.pool import password_context as server_password_context  # noqa: PLC0415
 
     count = 0
     unreadable: list[str] = []
@@ -179,6 +185,16 @@ async def rotate_encryption(ctx: AppContext) -> None:
                     unreadable.append(tenant.slug)
                     continue
                 tenant.db_password_enc = ctx.box.encrypt(password, context)
+                count += 1
+        for server in (await session.execute(select(Server).with_for_update())).scalars():
+            if server.password_enc is not None and ctx.box.needs_rotation(server.password_enc):
+                context = server_password_context(server.name)
+                try:
+                    password = ctx.box.decrypt(server.password_enc, context)
+                except DecryptionError:
+                    unreadable.append(f"server {server.name}")
+                    continue
+                server.password_enc = ctx.box.encrypt(password, context)
                 count += 1
     click.echo(f"re-encrypted {count} secret(s) with key {ctx.box.primary_kid}")
     click.echo(f"re-wrapped {await rewrap_data_keys(ctx)} data key(s); stored backups and exports are unchanged")
@@ -379,6 +395,59 @@ async def tenants_export(ctx: AppContext, ref: str, output: str | None, wait: bo
         export_id = (await OperationService(ctx).get(op.id)).result or {}
         download = await BackupService(ctx).download_export(ref, str(export_id.get("export_id")), actor=_ACTOR)
         await _write(download.chunks, output)
+
+
+@tenants.command("move")
+@click.argument("ref")
+@click.argument("server")
+@click.option("--mode", type=click.Choice(["auto", "logical", "dump"]), default="auto", show_default=True)
+@_WAIT
+@_run
+async def tenants_move(ctx: AppContext, ref: str, server: str, mode: str, wait: bool) -> None:
+    """Move a tenant's database to another server (online when both servers allow it)."""
+    op = await request_move(ctx, ref, MoveRequest(server=server, mode=mode), actor=_ACTOR)  # type: ignore[arg-type]
+    await _follow(ctx, op, wait)
+
+
+@main.group()
+def servers() -> None:
+    """PostgreSQL servers that hold tenant databases."""
+
+
+@servers.command("list")
+@_run
+async def servers_list(ctx: AppContext) -> None:
+    """Every server with its state and load."""
+    for s in (await ServerService(ctx).list()).items:
+        size = "-" if s.database_bytes is None else f"{s.database_bytes}"
+        online = "online-moves" if s.can_move_online else "dump-moves"
+        click.echo(
+            f"{s.name:<16} {s.host}:{s.port:<6} {s.state:<9} {s.tenants:>6}/{s.capacity:<6} {size:>14}  "
+            f"pg{s.version or '?'} {online} {'reachable' if s.reachable else 'UNREACHABLE'}"
+        )
+
+
+@servers.command("add")
+@click.argument("name")
+@click.option("--url", envvar="SERVER_URL", prompt=True, hide_input=True, help="Admin URL (or SERVER_URL).")
+@click.option("--capacity", type=click.IntRange(0, 1_000_000), default=None)
+@click.option("--label", "labels", multiple=True, help="key=value, repeatable")
+@_run
+async def servers_add(ctx: AppContext, name: str, url: str, capacity: int | None, labels: tuple[str, ...]) -> None:
+    """Register a server (checked; the template is created there). The URL is read from a prompt or SERVER_URL
+    so that its password stays out of the shell history."""
+    pairs = dict(label.partition("=")[::2] for label in labels)
+    data = msgspec.convert({"name": name, "url": url, "capacity": capacity, "labels": pairs}, ServerCreate)
+    _echo_json(await ServerService(ctx).register(data, actor=_ACTOR))
+
+
+@servers.command("drain")
+@click.argument("name")
+@_run
+async def servers_drain(ctx: AppContext, name: str) -> None:
+    """Move every tenant off a server, then disable it; the service's runners do the moves (follow the printed
+    operation with ``tenantctl operations show``)."""
+    _echo_json(await request_drain(ctx, name, actor=_ACTOR))
 
 
 @main.group()

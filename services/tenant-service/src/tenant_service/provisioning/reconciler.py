@@ -30,6 +30,7 @@ from tenant_service.provisioning.provisioner import Outcome, Provisioner
 from tenant_service.servers.moves import sweep_move_leftovers
 from tenant_service.servers.pool import DEFAULT_SERVER
 from tenant_service.servers.retired import drop_retired
+from tenant_service.servers.service import ServerService
 from tenantry_common.lifecycle import HAS_DATABASE, LOGIN_ALLOWED, TenantStatus
 
 _log = structlog.get_logger("tenantry.reconciler")
@@ -112,6 +113,10 @@ class Reconciler:
         except Exception as exc:  # noqa: BLE001 - the cluster may be briefly unreachable; next pass retries
             _log.warning("reconcile_sweep_error", error=type(exc).__name__)
             report.errors.append(f"sweep: {type(exc).__name__}")
+        try:
+            await ServerService(ctx).record_metrics()
+        except Exception as exc:  # noqa: BLE001 - metrics only; next pass retries
+            _log.warning("server_metrics_failed", error=type(exc).__name__)
         if any((report.provisioned, report.failed, report.purged, report.orphans_dropped, report.logins_fixed,
                 report.holds_cleared)):  # fmt: skip
             _log.info("reconciled", **{k: v for k, v in report.__dict__.items() if v})

@@ -85,9 +85,16 @@ def replication_name(op_id: uuid.UUID) -> str:
 
 
 def stand_in_name(prefix: str, op_id: uuid.UUID) -> str:
-    """The move's stand-in role (the same name on both servers). A slug has no ``_``, so no tenant's role can be
-    named like it."""
+    """The move's stand-in role (the same name on both servers). No tenant's role can be named like it: theirs end
+    in ``_`` and 12 hex digits, after a slug of at least three characters."""
     return f"{prefix}mv_{op_id.hex}"
+
+
+def walsender_name(prefix: str, op_id: uuid.UUID) -> str:
+    """The source's second stand-in, with ``REPLICATION``, for the subscription's walsender only (which runs no
+    tenant code); the platform's own sessions use the first, so tenant code that runs in them (a policy, a
+    trigger) cannot use ``REPLICATION`` (a physical slot would hold the server's WAL)."""
+    return f"{stand_in_name(prefix, op_id)}_r"
 
 
 class MoveJob:
@@ -134,7 +141,9 @@ class MoveJob:
         password = self._passwords[job.id] = secrets.token_urlsafe(32)
         name = stand_in_name(self._ctx.settings.database.tenant_db_prefix, job.id)
         marker = object_marker(await self._ctx.installation_id(), tenant.id)
-        await source.ensure_stand_in(name, password, tenant.db_role, marker, replication=True)
+        await source.ensure_stand_in(name, password, tenant.db_role, marker, replication=False)
+        walsender = walsender_name(self._ctx.settings.database.tenant_db_prefix, job.id)
+        await source.ensure_stand_in(walsender, password, tenant.db_role, marker, replication=True)
         if await target.role_exists(tenant.db_role):  # else made with the role, by _prepare_target
             await target.ensure_stand_in(name, password, tenant.db_role, marker, replication=False)
 
@@ -193,7 +202,8 @@ class MoveJob:
         await failpoint("move.after_publication")
         host, port = source.endpoint()
         conninfo = (
-            f"host={host} port={port} dbname={tenant.db_name} user={login.login_user} "
+            f"host={host} port={port} dbname={tenant.db_name} "
+            f"user={walsender_name(self._ctx.settings.database.tenant_db_prefix, job.id)} "
             f"password={self._passwords[job.id]} connect_timeout=10 application_name={name} "
             "options='-c search_path=pg_catalog -c statement_timeout=0'"
         )
@@ -332,9 +342,10 @@ class MoveJob:
                 await conn.execute(f'DROP PUBLICATION IF EXISTS "{name}"')
 
     async def _drop_stand_ins(self, job: Job, clusters: tuple[TenantCluster, ...]) -> None:
-        name = stand_in_name(self._ctx.settings.database.tenant_db_prefix, job.id)
+        prefix = self._ctx.settings.database.tenant_db_prefix
         for cluster in clusters:
-            await cluster.drop_role(name)
+            await cluster.drop_role(walsender_name(prefix, job.id))
+            await cluster.drop_role(stand_in_name(prefix, job.id))
 
     # --- the operation ----------------------------------------------------------------------------------
 
@@ -579,7 +590,7 @@ async def sweep_move_leftovers(ctx: AppContext, cluster: TenantCluster, open_mov
 
     def finished(name: str, prefix: str) -> bool:
         try:
-            return uuid.UUID(hex=name.removeprefix(prefix)) not in open_moves
+            return uuid.UUID(hex=name.removeprefix(prefix).removesuffix("_r")) not in open_moves
         except ValueError:
             return False
 

@@ -10,7 +10,7 @@ import asyncpg
 import structlog
 from sqlalchemy import delete, select
 
-from tenant_service.db.models import RetiredDatabase
+from tenant_service.db.models import RetiredDatabase, Tenant
 from tenantry_common.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -34,10 +34,13 @@ async def drop_retired(ctx: AppContext, *, tenant_id: uuid.UUID | None = None, s
         rows = list((await session.execute(query)).scalars())
     dropped: list[str] = []
     for row in rows:
+        async with ctx.sessions() as session:
+            home = await session.scalar(select(Tenant.server).where(Tenant.id == row.tenant_id))
         try:
             cluster = await ctx.servers.get(row.server)
-            await cluster.drop_database(row.db_name)
-            await cluster.drop_role(row.db_role)
+            if home != row.server:  # moved back meanwhile: the name is the live database's again (a move drops
+                await cluster.drop_database(row.db_name)  # the retired copy before it moves back; belt and braces)
+                await cluster.drop_role(row.db_role)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             _log.warning("retired_drop_failed", server=row.server, database=row.db_name, error=type(exc).__name__)
             continue

@@ -9,11 +9,12 @@ connection always comes from that setting (the registry keeps no password of it)
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import msgspec
 import structlog
+from prometheus_client import Gauge
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
     from tenant_service.context import AppContext
 
 _log = structlog.get_logger("tenantry.servers")
+
+SERVER_TENANTS: Final = Gauge("tenantry_server_tenants", "Tenant databases a server holds", ["server"])
+SERVER_BYTES: Final = Gauge("tenantry_server_database_bytes", "Bytes of a server's tenant databases", ["server"])
+SERVER_REACHABLE: Final = Gauge("tenantry_server_reachable", "1 when the server answered its last check", ["server"])
+SERVER_CAPACITY: Final = Gauge("tenantry_server_capacity", "Tenant databases a server takes", ["server"])
 
 #: The oldest PostgreSQL a server may run.
 MIN_VERSION = 15
@@ -238,6 +244,16 @@ class ServerService:
             )
             for row, (size, reachable) in zip(rows, stats, strict=True)
         ]
+
+    async def record_metrics(self) -> None:
+        """Set the per-server gauges (tenants, bytes, reachable, capacity) from a fresh look at every server."""
+        page = await self.list()
+        for server in page.items:
+            SERVER_TENANTS.labels(server.name).set(server.tenants)
+            SERVER_CAPACITY.labels(server.name).set(server.capacity)
+            SERVER_REACHABLE.labels(server.name).set(1 if server.reachable else 0)
+            if server.database_bytes is not None:
+                SERVER_BYTES.labels(server.name).set(server.database_bytes)
 
     async def list(self) -> ServerPage:
         """Every registered server, by name."""

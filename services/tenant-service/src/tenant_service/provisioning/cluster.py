@@ -595,10 +595,25 @@ class TenantCluster:
                     database,
                 )
 
-    async def current_wal_lsn(self) -> str:
-        """The server's current WAL write position."""
+    async def sessions_gone(self, role: str, seconds: float) -> bool:
+        """Wait until no session of ``role`` is left (``pg_terminate_backend`` only signals); True if none is."""
+        deadline = asyncio.get_running_loop().time() + seconds
         async with self.connect() as conn:
-            return str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+            while await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role):
+                if asyncio.get_running_loop().time() > deadline:
+                    return False
+                await asyncio.sleep(0.01)
+        return True
+
+    async def flushed_wal_position(self) -> str:
+        """A WAL position after every commit made so far, flushed to disk: commits of asynchronous sessions
+        (``synchronous_commit = off``) may sit in WAL buffers that a walsender does not read yet, so a small
+        transaction with a synchronous commit flushes them (and the position is that of its message)."""
+        async with self.connect() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")
+            position = str(await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
+            await conn.execute("SELECT pg_logical_emit_message(true, 'tenantry', 'move cutover')")
+        return position
 
     async def slot_lag(self, slot: str) -> int | None:
         """Bytes of WAL the slot's consumer has yet to confirm, or None when there is no such slot."""

@@ -39,7 +39,7 @@ class ServerController(Controller):
         ``server_unusable`` says why not."""
         return await ServerService(ctx).register(data, actor=actor(request))
 
-    @get("/{name:str}", summary="One server", responses=problems(401, 404, 503))
+    @get("/{name:str}", summary="One server", responses=problems(401, 404, 422, 503))
     async def get_server(self, ctx: Ctx, name: Name) -> ServerView:
         """Its state, capacity, labels and load."""
         return await ServerService(ctx).get(name)
@@ -51,12 +51,12 @@ class ServerController(Controller):
         """``state`` (``active``, ``draining``, ``disabled``), ``capacity`` and ``labels``."""
         return await ServerService(ctx).update(name, data, actor=actor(request))
 
-    @delete("/{name:str}", status_code=204, summary="Remove a server", responses=problems(401, 404, 409, 503))
+    @delete("/{name:str}", status_code=204, summary="Remove a server", responses=problems(401, 404, 409, 422, 503))
     async def remove(self, request: Request[Any, Any, Any], ctx: Ctx, name: Name) -> None:
         """Only once it holds no tenants (409 ``server_not_empty``)."""
         await ServerService(ctx).delete(name, actor=actor(request))
 
-    @post("/{name:str}/drain", status_code=202, summary="Drain a server", responses=problems(401, 404, 409, 503))
+    @post("/{name:str}/drain", status_code=202, summary="Drain a server", responses=problems(401, 404, 409, 422, 503))
     async def drain(self, request: Request[Any, Any, Any], ctx: Ctx, name: Name) -> Response[OperationView]:
         """A ``drain`` operation: every tenant moved off, then the server is ``disabled``."""
         op = await request_drain(ctx, name, actor=actor(request))

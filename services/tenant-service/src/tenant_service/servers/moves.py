@@ -240,26 +240,28 @@ class MoveJob:
     async def _freeze_source(self, tenant: Tenant, source: TenantCluster) -> None:
         """The tenant's role may no longer log in to the source and its sessions end (the stand-in's go on)."""
         await source.set_login(tenant.db_role, enabled=False)
+        if not await source.sessions_gone(tenant.db_role, 2.0):
+            raise OperationFailedError("move_failed", "the tenant's sessions on the source did not end in time")
 
     async def _final_sync_logical(
-        self, job: Job, tenant: Tenant, source: TenantCluster, target: TenantCluster, budget: float
+        self, job: Job, source: TenantCluster, src: Any, dst: Any, budget: float
     ) -> dict[str, Any]:
+        """Inside the write pause: the target confirms every change, sequences follow, row counts agree. ``src``
+        and ``dst``: stand-in sessions on the source and the target, opened before the pause."""
         name = replication_name(job.id)
-        async with self._as_tenant(source, self._stand_in(job, tenant)) as src:
-            if await replication.fingerprint(src) != job.checkpoint.get("fingerprint"):
-                raise OperationFailedError("schema_changed", "the tenant's schema changed during the move; retry it")
-            lsn = await source.current_wal_lsn()
-            deadline = time.monotonic() + min(_FINAL_SYNC_SECONDS, budget)
-            while not await source.slot_confirmed(name, lsn):
-                if time.monotonic() > deadline:
-                    raise OperationFailedError("move_failed", "the target did not confirm the last changes in time")
-                await asyncio.sleep(_POLL_SECONDS)
-            published = await replication.tables(src)
-            values = await replication.sequences(src)
-            counts = await replication.row_counts(src, published)
-        async with self._as_tenant(target, self._stand_in(job, tenant)) as dst:
-            await replication.set_sequences(dst, values)
-            theirs = await replication.row_counts(dst, published)
+        if await replication.fingerprint(src) != job.checkpoint.get("fingerprint"):
+            raise OperationFailedError("schema_changed", "the tenant's schema changed during the move; retry it")
+        lsn = await source.flushed_wal_position()
+        deadline = time.monotonic() + min(_FINAL_SYNC_SECONDS, budget)
+        while not await source.slot_confirmed(name, lsn):
+            if time.monotonic() > deadline:
+                raise OperationFailedError("move_failed", "the target did not confirm the last changes in time")
+            await asyncio.sleep(_POLL_SECONDS)
+        published = await replication.tables(src)
+        values = await replication.sequences(src)
+        counts = await replication.row_counts(src, published)
+        await replication.set_sequences(dst, values)
+        theirs = await replication.row_counts(dst, published)
         if theirs != counts:
             wrong = sorted(k for k in counts if counts[k] != theirs.get(k))
             raise OperationFailedError("move_failed", f"row counts differ after the catch-up: {', '.join(wrong[:5])}")
@@ -369,7 +371,13 @@ class MoveJob:
         await job.step("cutover")
         checks: dict[str, Any] = {}
         async with contextlib.AsyncExitStack() as stack:
+            # Sessions opened before the pause, so that it is not spent logging in.
             snapshot: Any = None
+            src = dst = None
+            if not job.committed and job.checkpoint["mode"] == "logical":
+                src = await stack.enter_async_context(self._as_tenant(source, self._stand_in(job, tenant)))
+                dst = await stack.enter_async_context(self._as_tenant(target, self._stand_in(job, tenant)))
+            view = await stack.enter_async_context(self._as_tenant(target, self._stand_in(job, tenant)))
             try:
                 async with cutover_hold(ctx, tenant.id, hold_id=job.id.hex) as hold:
                     if not job.committed:
@@ -378,7 +386,7 @@ class MoveJob:
                             await failpoint("move.frozen")
                             if job.checkpoint["mode"] == "logical":
                                 budget = max(0.5, hold.remaining() - 1.0)
-                                checks = await self._final_sync_logical(job, tenant, source, target, budget)
+                                checks = await self._final_sync_logical(job, source, src, dst, budget)
                             else:
                                 await self._copy_dump(job, tenant, source, target)
                             await job.commit_point()
@@ -387,7 +395,10 @@ class MoveJob:
                                 await source.set_login(tenant.db_role, enabled=tenant.status in LOGIN_ALLOWED)
                             raise
                     await self._switch(job, tenant.id, target)
-                    snapshot = await stack.enter_async_context(self._snapshot(job, tenant, target))
+                    # The verification reads the target as it is at the switch: a snapshot taken now.
+                    await stack.enter_async_context(view.transaction(isolation="repeatable_read", readonly=True))
+                    await view.fetchval("SELECT 1 FROM pg_catalog.pg_class LIMIT 1")
+                    snapshot = view
                     if "write_pause_seconds" not in job.checkpoint:
                         await job.save(write_pause_seconds=round(time.monotonic() - hold.placed, 3))
             except HoldNotDrainedError:
@@ -435,17 +446,6 @@ class MoveJob:
             result["cleanup_pending"] = pending
         _log.info("tenant_moved", tenant_id=str(tenant.id), **{k: v for k, v in result.items() if v is not None})
         return result
-
-    @contextlib.asynccontextmanager
-    async def _snapshot(self, job: Job, tenant: Tenant, target: TenantCluster) -> AsyncIterator[Any]:
-        """A read-only repeatable-read transaction on the target whose snapshot is taken now (before the hold is
-        released), for the verification."""
-        async with (
-            self._as_tenant(target, self._stand_in(job, tenant)) as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            await conn.fetchval("SELECT 1 FROM pg_catalog.pg_class LIMIT 1")
-            yield conn
 
     async def _reset(self, job: Job, tenant: Tenant, source: TenantCluster, target: TenantCluster) -> None:
         """Remove what an earlier attempt left (before the point of no return): the source serves the tenant."""

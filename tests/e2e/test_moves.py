@@ -132,6 +132,14 @@ def test_servers_are_registered_checked_and_shown_without_passwords(
     bad = admin.post("/admin/servers", json={"name": "Bad Name", "url": second_pg.url})
     assert bad.status_code == 422
     assert admin.get("/admin/servers/nope").status_code == 404
+    # A role without CREATEDB and CREATEROLE cannot hold tenant databases.
+    fetch(second_pg.url, "postgres", "CREATE ROLE weak LOGIN")
+    fetch(second_pg.url, "postgres", "GRANT CONNECT ON DATABASE postgres TO weak")
+    weak_url = f"postgresql://weak@127.0.0.1:{second_pg.port}/postgres"
+    weak = admin.post("/admin/servers", json={"name": "weak", "url": weak_url})
+    assert weak.status_code == 422
+    assert weak.json()["code"] == "server_unusable"
+    assert "CREATEDB" in weak.json()["detail"]
     # The template is there at the current version.
     assert fetch(
         second_pg.url, "postgres", "SELECT 1 FROM pg_database WHERE datname = $1", platform.installation.template

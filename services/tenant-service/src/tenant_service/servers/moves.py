@@ -73,6 +73,10 @@ _log = structlog.get_logger("tenantry.moves")
 REPLICATION_PREFIX = "tenantry_mv_"
 #: The target is close enough to cut over once it is this many bytes of WAL behind.
 CATCH_UP_BYTES = 4 << 20
+#: Tables up to this size are counted on both sides inside the write pause (a quick check that costs a few
+#: milliseconds each); larger ones only in the full comparison after the switch, so that the pause does not grow
+#: with the tenant (counting 200 MB took 0.23 s a side on the bench machine).
+QUICK_CHECK_BYTES = 16 << 20
 #: How often replication progress is looked at.
 _POLL_SECONDS = 0.02
 #: Longest the final catch-up inside the write pause may take; beyond it the cutover is abandoned and retried.
@@ -259,13 +263,15 @@ class MoveJob:
             await asyncio.sleep(_POLL_SECONDS)
         published = await replication.tables(src)
         values = await replication.sequences(src)
-        counts = await replication.row_counts(src, published)
         await replication.set_sequences(dst, values)
-        theirs = await replication.row_counts(dst, published)
+        checked = await replication.small_tables(src, published, QUICK_CHECK_BYTES)
+        counts, theirs = await asyncio.gather(
+            replication.row_counts(src, checked), replication.row_counts(dst, checked)
+        )
         if theirs != counts:
             wrong = sorted(k for k in counts if counts[k] != theirs.get(k))
             raise OperationFailedError("move_failed", f"row counts differ after the catch-up: {', '.join(wrong[:5])}")
-        return {"sequences": len(values), "tables": len(published)}
+        return {"sequences": len(values), "tables": len(published), "counted_in_pause": len(checked)}
 
     async def _copy_dump(self, job: Job, tenant: Tenant, source: TenantCluster, target: TenantCluster) -> None:
         login = self._stand_in(job, tenant)

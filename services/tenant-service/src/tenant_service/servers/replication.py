@@ -178,6 +178,20 @@ async def set_sequences(conn: Any, values: list[tuple[str, int, bool]]) -> None:
         await conn.execute("SELECT pg_catalog.setval($1::regclass, $2, $3)", name, last, called)
 
 
+async def small_tables(conn: Any, published: list[Table], limit_bytes: int) -> list[Table]:
+    """The tables of at most ``limit_bytes`` (heap and TOAST): those the quick check inside the write pause counts.
+    Larger ones would make the pause grow with the tenant; the full comparison after the switch covers them."""
+    sizes = {
+        r["name"]: int(r["size"])
+        for r in await conn.fetch(
+            "SELECT n.nspname || '.' || c.relname AS name, pg_catalog.pg_table_size(c.oid) AS size"
+            " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind = 'r'"
+        )
+    }
+    return [t for t in published if sizes.get(f"{t.schema}.{t.name}", 0) <= limit_bytes]
+
+
 async def row_counts(conn: Any, published: list[Table]) -> dict[str, int]:
     """Rows per table (the quick check inside the write pause)."""
     query = "SELECT count(*) FROM {}"

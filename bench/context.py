@@ -101,6 +101,8 @@ class SectionReport:
         self.method: list[str] = []
         self.commands: list[str] = []
         self.tables: list[Table] = []
+        self.summary: list[str] = []
+        """What the section's numbers show, written from this run's own numbers (a paragraph each)."""
         self.data: dict[str, Any] = {}
         self.targets: list[Target] = []
         self.notes: list[str] = []
@@ -137,6 +139,7 @@ class SectionReport:
             "method": self.method,
             "commands": self.commands,
             "tables": [asdict(t) for t in self.tables],
+            "summary": self.summary,
             "data": self.data,
             "targets": [t.to_dict() for t in self.targets],
             "notes": self.notes,

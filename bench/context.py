@@ -36,6 +36,10 @@ class Settings:
     hold_clients: int = 3
     scale_tenants: int = 1000
     scale_idle_seconds: float = 60.0
+    move_mb: int = 200
+    move_pause_mb: int = 20
+    move_pauses: int = 5
+    move_writers: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

@@ -118,8 +118,11 @@ class OperationRun:
         return value
 
 
-def run_operation(http: httpx.Client, path: str, body: dict[str, Any], timeout: float = 3600.0) -> OperationRun:
-    """``POST path`` (answered ``202`` with an operation), then ``GET /admin/operations/{id}`` until it finished.
+def run_operation(
+    http: httpx.Client, path: str, body: dict[str, Any], timeout: float = 3600.0, poll: float = POLL_SECONDS
+) -> OperationRun:
+    """``POST path`` (answered ``202`` with an operation), then ``GET /admin/operations/{id}`` every ``poll``
+    seconds until it finished.
 
     Raises:
         RuntimeError: not accepted, not finished in time, or finished other than succeeded.
@@ -143,7 +146,7 @@ def run_operation(http: httpx.Client, path: str, body: dict[str, Any], timeout: 
             steps.append((time.perf_counter() - started, str(step)))
         if time.perf_counter() - started > timeout:
             raise RuntimeError(f"POST {path}: operation {op_id} still {final['state']} after {timeout:.0f} s")
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll)
     wall = time.perf_counter() - started
     if final["state"] != "succeeded":
         raise RuntimeError(f"POST {path}: operation {op_id} {final['state']}: {final.get('error')}")

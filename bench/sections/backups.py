@@ -118,6 +118,15 @@ class OperationRun:
         return value
 
 
+class OperationFailedError(RuntimeError):
+    """An operation the harness followed finished other than succeeded."""
+
+    def __init__(self, message: str, operation: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.operation = operation
+        """The operation as last seen."""
+
+
 def run_operation(
     http: httpx.Client, path: str, body: dict[str, Any], timeout: float = 3600.0, poll: float = POLL_SECONDS
 ) -> OperationRun:
@@ -125,7 +134,8 @@ def run_operation(
     seconds until it finished.
 
     Raises:
-        RuntimeError: not accepted, not finished in time, or finished other than succeeded.
+        OperationFailedError: it finished other than succeeded.
+        RuntimeError: not accepted, or not finished in time.
     """
     started = time.perf_counter()
     response = http.post(path, json=body)
@@ -149,7 +159,7 @@ def run_operation(
         time.sleep(poll)
     wall = time.perf_counter() - started
     if final["state"] != "succeeded":
-        raise RuntimeError(f"POST {path}: operation {op_id} {final['state']}: {final.get('error')}")
+        raise OperationFailedError(f"POST {path}: operation {op_id} {final['state']}: {final.get('error')}", final)
     return OperationRun(accepted, final, wall, steps)
 
 

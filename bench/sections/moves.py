@@ -24,7 +24,14 @@ from bench.context import BenchContext, SectionReport, say
 from bench.cutover import HoldSpan, longest_gap, parse_hold_log
 from bench.platform import BENCH_GATEWAY_SETTINGS, BENCH_PLAN, START_TIMEOUT, Admin, file_size, run_async
 from bench.results import Target, format_number, median, paired_ratio, percentile
-from bench.sections.backups import INSERT_ROWS, POLL_SECONDS, OperationRun, median_steps, run_operation
+from bench.sections.backups import (
+    INSERT_ROWS,
+    POLL_SECONDS,
+    OperationFailedError,
+    OperationRun,
+    median_steps,
+    run_operation,
+)
 from bench.sections.common import in_installation, run_order
 from tenantry_devtools.platform import Installation, Platform, Tenant, with_database
 from tenantry_devtools.processes import wait_until
@@ -526,26 +533,37 @@ def _pauses(
     clusters: dict[str, LocalPostgres],
 ) -> list[PausedMove]:
     """The smaller tenant moved back and forth, :attr:`Settings.move_pauses` times per mode (the modes alternate
-    which goes first, so each mode moves in both directions), while the writers write its notes all along."""
+    which goes first, so each mode moves in both directions), while the writers write its notes all along. A move
+    that fails is recorded (``report.data["failed_moves"]``) and the next one starts from where the tenant stayed."""
     settings = ctx.settings
     slug = "mv-live"
     tenant = _prepare(platform, http, clusters, slug, settings.move_pause_mb)
     report.data["pause_tenant"] = run_async(_fill_summary(clusters[FIRST], tenant.database))
     where = FIRST
     done: list[PausedMove] = []
+    failed_moves: list[dict[str, Any]] = []
+    report.data["failed_moves"] = failed_moves
     log_offset = file_size(platform.service.log_path)
     with Writers(platform.gateway.url, tenant.key, settings.move_writers) as writers:
         time.sleep(QUIET_SECONDS)
         for pair in range(1, settings.move_pauses + 1):
             for mode in run_order([LOGICAL, DUMP], pair):
                 requested = time.monotonic()
-                one = move(http, slug, where, _other(where), mode, poll=PAUSE_POLL_SECONDS)
-                done.append(PausedMove(one, requested, time.monotonic()))
-                where = _other(where)
+                try:
+                    one = move(http, slug, where, _other(where), mode, poll=PAUSE_POLL_SECONDS)
+                except OperationFailedError as exc:
+                    failed_moves.append(
+                        {"mode": mode, "source": where, "target": _other(where), "operation": exc.operation}
+                    )
+                    say(f"moves: a {mode} move under writes failed: {exc}")
+                else:
+                    done.append(PausedMove(one, requested, time.monotonic()))
+                    where = _other(where)
                 time.sleep(QUIET_SECONDS)
             say(
                 f"moves under writes {pair}: "
                 + ", ".join(f"{p.move.mode} write pause {p.move.write_pause:.3f} s" for p in done[-2:])
+                + f"; {len(failed_moves)} moves failed"
                 + f"; {len(writers.seen.acks)} writes acknowledged, {len(writers.seen.failures)} failed"
             )
     seen = writers.seen
@@ -699,6 +717,7 @@ def _report(ctx: BenchContext, report: SectionReport, big: Copies, paused: list[
     dump_copy, dump_text = paired_ratio([m.copy_s for m in dump], raw)
     dump_pause = median([m.write_pause for m in dump])
     acknowledged, lost = report.data["writes"]["acknowledged"], report.data["writes"]["missing_after_moves"]
+    failed_moves: list[dict[str, Any]] = report.data["failed_moves"]
     report.summary = [
         f"A logical move of the {format_number(size / MB)} MB tenant took {_n(median([m.seconds for m in logical]))} s "
         f"in all, its copy {_n(logical_copy)}x the raw `pg_dump | pg_restore` of the same database "
@@ -715,7 +734,15 @@ def _report(ctx: BenchContext, report: SectionReport, big: Copies, paused: list[
         f"writes paused for {_stat(gaps[LOGICAL], 50)} s (p50; max {_stat(gaps[LOGICAL], 100)} s) per logical "
         f"move and {_stat(gaps[DUMP], 50)} s (max {_stat(gaps[DUMP], 100)} s) per dump move; "
         f"{failed[LOGICAL]} writes failed during the logical moves and {failed[DUMP]} during the dump moves; "
-        f"{lost} of {acknowledged} acknowledged writes were missing afterwards.",
+        f"{lost} of {acknowledged} acknowledged writes were missing afterwards."
+        + (
+            f" {len(failed_moves)} of {len(paused) + len(failed_moves)} moves under writes failed before their "
+            "switch ("
+            + ", ".join(sorted({str((f["operation"].get("error") or {}).get("detail")) for f in failed_moves}))
+            + "); the tenant stayed where it was."
+            if failed_moves
+            else ""
+        ),
     ]
     report.data.update(
         {
@@ -747,7 +774,7 @@ def _report(ctx: BenchContext, report: SectionReport, big: Copies, paused: list[
         Target(
             "moves.logical_write_pause",
             f"Longest write pause seen by {settings.move_writers} writers through the gateway during a logical move "
-            f"({settings.move_pauses} moves, max)",
+            f"({len(by_mode[LOGICAL])} moves, max)",
             max(gaps[LOGICAL], default=None),
             "<=",
             1.0,
@@ -766,4 +793,19 @@ def _report(ctx: BenchContext, report: SectionReport, big: Copies, paused: list[
             0.0,
             detail=f"{sum(p.acked for p in by_mode[LOGICAL])} writes acknowledged during those moves",
         ),
+        Target(
+            "moves.no_failed_moves_under_writes",
+            "Moves under steady writes that failed (either mode)",
+            float(len(failed_moves)),
+            "==",
+            0.0,
+            detail=f"{len(paused)} of {len(paused) + len(failed_moves)} moves succeeded",
+        ),
     ]
+    for failure in failed_moves:
+        error = failure["operation"].get("error") or {}
+        report.notes.append(
+            f"A `{failure['mode']}` move under writes ({failure['source']} → {failure['target']}, operation "
+            f"{failure['operation'].get('id')}) failed: `{error.get('code')}`: {error.get('detail')}. The tenant "
+            "stayed on its server and the next move started from there."
+        )

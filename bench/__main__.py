@@ -18,7 +18,7 @@ from bench.platform import PYCACHE, ROOT, Backends, ensure_tools, machine_info
 from bench.procs import Registry
 from bench.report import SECTION_ORDER, render
 from bench.results import PASS, load_results, merge_results, save_results
-from bench.sections import apps, backups, fleet, gateway, provisioning, scale, tenants
+from bench.sections import apps, backups, fleet, gateway, moves, provisioning, scale, tenants
 from tenantry_devtools.processes import use_bytecode_cache
 
 SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
@@ -29,6 +29,7 @@ SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
     "apps": apps.run,
     "backups": backups.run,
     "scale": scale.run,
+    "moves": moves.run,
 }
 
 
@@ -101,6 +102,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=defaults.scale_idle_seconds,
         help="seconds of each idle-CPU window of the server (scale)",
     )
+    parser.add_argument(
+        "--move-mb", type=int, default=defaults.move_mb, help="megabytes of data in the tenant moved (moves)"
+    )
+    parser.add_argument(
+        "--move-pause-mb",
+        type=int,
+        default=defaults.move_pause_mb,
+        help="megabytes of data in the tenant moved under a steady writer (moves)",
+    )
+    parser.add_argument(
+        "--move-pauses",
+        type=int,
+        default=defaults.move_pauses,
+        help="moves per mode under a steady writer, back and forth (moves)",
+    )
+    parser.add_argument(
+        "--move-writers",
+        type=int,
+        default=defaults.move_writers,
+        help="clients writing notes through the gateway during those moves (moves)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json", help="results file")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md", help="report page")
     parser.add_argument("--fresh", action="store_true", help="do not keep other sections of the results file")
@@ -117,6 +139,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--backup-mb and --hold-clients must be ≥ 1")
     if args.scale_tenants < 3 or args.scale_idle_seconds <= 0:
         parser.error("--scale-tenants must be ≥ 3 and --scale-idle-seconds > 0")
+    if min(args.move_mb, args.move_pause_mb, args.move_pauses, args.move_writers) < 1:
+        parser.error("--move-mb, --move-pause-mb, --move-pauses and --move-writers must be ≥ 1")
     return args
 
 
@@ -144,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         hold_clients=args.hold_clients,
         scale_tenants=args.scale_tenants,
         scale_idle_seconds=args.scale_idle_seconds,
+        move_mb=args.move_mb,
+        move_pause_mb=args.move_pause_mb,
+        move_pauses=args.move_pauses,
+        move_writers=args.move_writers,
     )
     # Also SIGINT: a shell that starts the harness in the background ignores it otherwise.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -36,6 +36,10 @@ class Settings:
     hold_clients: int = 3
     scale_tenants: int = 1000
     scale_idle_seconds: float = 60.0
+    move_mb: int = 200
+    move_pause_mb: int = 20
+    move_pauses: int = 5
+    move_writers: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -101,6 +105,8 @@ class SectionReport:
         self.method: list[str] = []
         self.commands: list[str] = []
         self.tables: list[Table] = []
+        self.summary: list[str] = []
+        """What the section's numbers show, written from this run's own numbers (a paragraph each)."""
         self.data: dict[str, Any] = {}
         self.targets: list[Target] = []
         self.notes: list[str] = []
@@ -137,6 +143,7 @@ class SectionReport:
             "method": self.method,
             "commands": self.commands,
             "tables": [asdict(t) for t in self.tables],
+            "summary": self.summary,
             "data": self.data,
             "targets": [t.to_dict() for t in self.targets],
             "notes": self.notes,

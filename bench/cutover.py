@@ -7,10 +7,11 @@ Everything here is a pure function of text and numbers (unit-tested in tests/uni
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -155,3 +156,14 @@ def failed(requests: Iterable[Timed]) -> list[Timed]:
 def elapsed_seconds(start: str, end: str) -> float:
     """Seconds between two ISO 8601 timestamps (``Z`` or an offset), as the admin API writes them."""
     return _epoch(end) - _epoch(start)
+
+
+def longest_gap(acks: Sequence[float], start: float, end: float) -> float | None:
+    """The longest time between two successive acknowledgements (``acks``: completion times on one clock, in any
+    order) of which some part lies between ``start`` and ``end``: the write blackout around an operation that ran
+    then. None when no acknowledgement came after ``end`` (the blackout had not ended when the writes stopped)."""
+    ordered = sorted(acks)
+    if not ordered or ordered[-1] <= end:
+        return None
+    gaps = [b - a for a, b in itertools.pairwise(ordered) if b >= start and a <= end]
+    return max(gaps) if gaps else None

@@ -110,9 +110,10 @@ async def _fetchval(url: str, query: str, *args: Any) -> Any:
 # --------------------------------------------------------------------------- processes of the platform
 
 
-def installation(backends: Backends, label: str) -> Installation:
-    """An installation of its own on the run's servers (registry ``tenantry_bench_<label>_<hex>``), not created."""
-    return Installation.isolated(backends.pg_url, backends.redis_url, label=f"bench_{label}")
+def installation(backends: Backends, label: str, *, pg_url: str | None = None) -> Installation:
+    """An installation of its own on the run's servers, or on the PostgreSQL of ``pg_url`` (registry
+    ``tenantry_bench_<label>_<hex>``), not created."""
+    return Installation.isolated(pg_url or backends.pg_url, backends.redis_url, label=f"bench_{label}")
 
 
 def tenant_service(

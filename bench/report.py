@@ -6,7 +6,7 @@ from typing import Any, Final
 
 from bench.results import MISS, PASS, all_targets, format_number, requirement_text
 
-SECTION_ORDER: Final = ("gateway", "tenants", "provisioning", "fleet", "apps", "backups", "scale")
+SECTION_ORDER: Final = ("gateway", "tenants", "provisioning", "fleet", "apps", "backups", "scale", "moves")
 #: The hand-written, dated analyses of targets missed in past runs: linked from the page, never pasted into it
 #: (prose about one day's runs would otherwise stand under another run's numbers).
 ANALYSIS_LINK: Final = "[bench/analysis.md](../bench/analysis.md)"
@@ -72,6 +72,8 @@ def _section(section: dict[str, Any]) -> list[str]:
         out.append("")
     for table in section.get("tables", []):
         out += [f"**{table['title']}**", "", *_table(table["columns"], table["rows"]), ""]
+    for index, paragraph in enumerate(section.get("summary", [])):
+        out += [("**What it shows.** " if index == 0 else "") + paragraph, ""]
     if section.get("targets"):
         out += ["**Targets**", "", *_targets_table(section["targets"]), ""]
     for note in section.get("notes", []):
@@ -108,8 +110,7 @@ def render(results: dict[str, Any]) -> str:
         "rows interleave), so a machine that speeds up or slows down between runs cancels out. The target's "
         "detail lists every run's ratio and the medians of each side; the section tables show medians over runs.",
         '- Everything: `make bench`. One or more sections: `make bench ARGS="--only gateway,tenants --runs 3 '
-        '--duration 5"` (sections: gateway, tenants, provisioning, fleet, apps, backups, scale; '
-        "`python -m bench --help` lists every option).",
+        f'--duration 5"` (sections: {", ".join(SECTION_ORDER)}; `python -m bench --help` lists every option).',
         "- A partial run replaces only its sections in `bench/results.json` and keeps the others (each section "
         "says when and how it was measured); `--fresh` starts the file afresh.",
         "- Throw-away PostgreSQL runs with `fsync=off`, `synchronous_commit=off`, `full_page_writes=off` "

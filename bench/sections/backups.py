@@ -118,11 +118,24 @@ class OperationRun:
         return value
 
 
-def run_operation(http: httpx.Client, path: str, body: dict[str, Any], timeout: float = 3600.0) -> OperationRun:
-    """``POST path`` (answered ``202`` with an operation), then ``GET /admin/operations/{id}`` until it finished.
+class OperationFailedError(RuntimeError):
+    """An operation the harness followed finished other than succeeded."""
+
+    def __init__(self, message: str, operation: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.operation = operation
+        """The operation as last seen."""
+
+
+def run_operation(
+    http: httpx.Client, path: str, body: dict[str, Any], timeout: float = 3600.0, poll: float = POLL_SECONDS
+) -> OperationRun:
+    """``POST path`` (answered ``202`` with an operation), then ``GET /admin/operations/{id}`` every ``poll``
+    seconds until it finished.
 
     Raises:
-        RuntimeError: not accepted, not finished in time, or finished other than succeeded.
+        OperationFailedError: it finished other than succeeded.
+        RuntimeError: not accepted, or not finished in time.
     """
     started = time.perf_counter()
     response = http.post(path, json=body)
@@ -143,10 +156,10 @@ def run_operation(http: httpx.Client, path: str, body: dict[str, Any], timeout: 
             steps.append((time.perf_counter() - started, str(step)))
         if time.perf_counter() - started > timeout:
             raise RuntimeError(f"POST {path}: operation {op_id} still {final['state']} after {timeout:.0f} s")
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll)
     wall = time.perf_counter() - started
     if final["state"] != "succeeded":
-        raise RuntimeError(f"POST {path}: operation {op_id} {final['state']}: {final.get('error')}")
+        raise OperationFailedError(f"POST {path}: operation {op_id} {final['state']}: {final.get('error')}", final)
     return OperationRun(accepted, final, wall, steps)
 
 

@@ -202,10 +202,13 @@ def in_installation(
     prefix: str,
     body: Callable[[Installation], None],
     cleanup: Callable[[], None] | None = None,
+    *,
+    pg_url: str | None = None,
 ) -> dict[str, Any]:
-    """Run a section's ``body`` on an installation of its own; whatever happens, stop what the section started,
-    drop the installation and return the report (an exception is recorded in it, and the other sections run)."""
-    inst = installation(ctx.backends, prefix)
+    """Run a section's ``body`` on an installation of its own (on the run's PostgreSQL, or the cluster of
+    ``pg_url``); whatever happens, stop what the section started, drop the installation and return the report (an
+    exception is recorded in it, and the other sections run)."""
+    inst = installation(ctx.backends, prefix, pg_url=pg_url)
     mark = ctx.registry.mark()
     try:
         run_async(inst.create())

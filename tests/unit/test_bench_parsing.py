@@ -435,6 +435,27 @@ def test_requests_in_flight_during_a_hold_and_failures() -> None:
     assert elapsed_seconds("2026-11-24T10:00:00.5Z", "2026-11-24T10:00:02+00:00") == 1.5
 
 
+def test_the_write_pause_is_the_longest_gap_between_acknowledgements_around_an_operation() -> None:
+    from bench.cutover import longest_gap
+
+    acks = [1.0, 1.1, 1.2, 2.9, 3.0, 3.05, 5.0, 5.1]  # a 1.7 s pause from 1.2, another of 1.95 s from 3.05
+    assert longest_gap(acks, 1.5, 2.0) == pytest.approx(1.7)  # the gap spans the whole operation
+    assert longest_gap(list(reversed(acks)), 1.15, 3.01) == pytest.approx(1.7)  # any order
+    assert longest_gap(acks, 2.95, 3.5) == pytest.approx(1.95)  # a gap that began during the operation counts
+    assert longest_gap(acks, 0.0, 1.15) == pytest.approx(0.1)
+    assert longest_gap(acks, 5.05, 5.2) is None  # nothing acknowledged after it: the pause had not ended
+    assert longest_gap([], 0.0, 1.0) is None
+
+
+def test_a_sections_summary_is_rendered_after_its_tables() -> None:
+    section = _section("8. Moves", [])
+    section["summary"] = ["A logical move paused writes for 0.2 s.", "More."]
+    page = render({"schema": 1, "sections": {"moves": section}})
+    assert "**What it shows.** A logical move paused writes for 0.2 s.\n\nMore." in page
+    assert page.index("**T**") < page.index("**What it shows.**")
+    assert "**What it shows.**" not in render({"schema": 1, "sections": {"moves": _section("8. Moves", [])}})
+
+
 def test_an_operations_time_is_split_by_the_progress_steps_seen() -> None:
     from bench.sections.backups import OperationRun, median_steps
 

@@ -30,6 +30,11 @@ class DirectoryIssuer(msgspec.Struct, frozen=True):
     audience: str
     jwks_url: str
     algorithms: list[str]
+    #: The claim holding the token's role (a dotted path such as ``realm_access.roles``; a string or a list of
+    #: strings); None: the issuer's tokens carry no role. Absent from older tenant-services.
+    role_claim: str | None = None
+    #: The claim's values mapped to ``admin``/``user``/``viewer``; empty: the values are the roles themselves.
+    role_map: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class DirectoryTenant(msgspec.Struct, frozen=True):
@@ -48,6 +53,9 @@ class DirectoryTenant(msgspec.Struct, frozen=True):
     jwt_issuers: list[DirectoryIssuer] = msgspec.field(default_factory=list)
     #: The id of the cutover hold in force (gateways hold the tenant's new requests); absent or null: no hold.
     hold: str | None = None
+    #: Sessions (refresh-token families) of the tenant's users revoked in the last day: an access token whose
+    #: ``sid`` is one of them is refused (contract §12). Absent from older tenant-services: none.
+    revoked_sessions: list[str] = msgspec.field(default_factory=list)
 
 
 class DirectoryPage(msgspec.Struct, frozen=True):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tenant_service.config import ServiceToken, service_tokens_from_env
-from tenant_service.internal.scopes import CREDENTIALS_VEND, DIRECTORY_READ, SERVICE_SCOPES
+from tenant_service.config import GATEWAY_SCOPES, ServiceToken, service_tokens_from_env
+from tenant_service.internal.scopes import CREDENTIALS_VEND, DIRECTORY_READ, SERVICE_SCOPES, USERS_AUTHENTICATE
 from tenantry_common.settings import ConfigError
 
 VARIABLES = ("SERVICE_TOKENS", "SERVICE_TOKEN", "GATEWAY_SERVICE_TOKEN", "SERVICE_TOKEN_SCOPES")
@@ -24,7 +24,7 @@ def test_the_deployed_shape_gives_each_app_only_its_scope(env: pytest.MonkeyPatc
     env.setenv("SERVICE_TOKEN_SCOPES", "app=credentials:vend")
     assert service_tokens_from_env()[0] == {
         "app": ServiceToken("notes-token-0123456789", frozenset({CREDENTIALS_VEND})),
-        "gateway": ServiceToken("gateway-token-0123456789", frozenset({DIRECTORY_READ})),
+        "gateway": ServiceToken("gateway-token-0123456789", frozenset({DIRECTORY_READ, USERS_AUTHENTICATE})),
     }
 
 
@@ -37,7 +37,7 @@ def test_scopes_join_with_plus_and_entries_with_commas(env: pytest.MonkeyPatch) 
     tokens, unused = service_tokens_from_env()
     assert unused == ()
     assert {name: t.scopes for name, t in tokens.items()} == {
-        "ops": SERVICE_SCOPES,
+        "ops": frozenset({DIRECTORY_READ, CREDENTIALS_VEND}),
         "notes": frozenset({CREDENTIALS_VEND}),
         "crawler": frozenset({DIRECTORY_READ}),
     }
@@ -58,13 +58,13 @@ def test_unscoped_tokens_are_legacy_and_hold_every_scope(env: pytest.MonkeyPatch
 def test_the_gateway_token_may_be_given_other_scopes(env: pytest.MonkeyPatch) -> None:
     env.setenv("GATEWAY_SERVICE_TOKEN", "gateway-token")
     env.setenv("SERVICE_TOKEN_SCOPES", "gateway=directory:read+credentials:vend")
-    assert service_tokens_from_env()[0]["gateway"].scopes == SERVICE_SCOPES
+    assert service_tokens_from_env()[0]["gateway"].scopes == {DIRECTORY_READ, CREDENTIALS_VEND}
 
 
 def test_a_gateway_entry_equal_to_gateway_service_token_is_the_same_token(env: pytest.MonkeyPatch) -> None:
     env.setenv("SERVICE_TOKENS", "gateway:gateway-token")
     env.setenv("GATEWAY_SERVICE_TOKEN", "gateway-token")
-    assert service_tokens_from_env()[0] == {"gateway": ServiceToken("gateway-token", frozenset({DIRECTORY_READ}))}
+    assert service_tokens_from_env()[0] == {"gateway": ServiceToken("gateway-token", GATEWAY_SCOPES)}
 
 
 def test_no_service_token_at_all_is_allowed(env: pytest.MonkeyPatch) -> None:
@@ -75,7 +75,7 @@ def test_scopes_for_a_name_without_a_token_grant_nothing_and_are_reported(env: p
     env.setenv("GATEWAY_SERVICE_TOKEN", "gateway-token")
     env.setenv("SERVICE_TOKEN_SCOPES", "app=credentials:vend,gatewy=credentials:vend")
     tokens, unused = service_tokens_from_env()
-    assert tokens == {"gateway": ServiceToken("gateway-token", frozenset({DIRECTORY_READ}))}
+    assert tokens == {"gateway": ServiceToken("gateway-token", GATEWAY_SCOPES)}
     assert unused == ("app", "gatewy")
 
 

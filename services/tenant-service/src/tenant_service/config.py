@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from tenant_service.backups.store import StoreSettings
-from tenant_service.internal.scopes import DIRECTORY_READ, SERVICE_SCOPES
+from tenant_service.internal.scopes import DIRECTORY_READ, SERVICE_SCOPES, USERS_AUTHENTICATE
 from tenantry_common.holds import DEFAULT_HOLD_SECONDS, MIN_HOLD_SECONDS, checked_hold_seconds
 from tenantry_common.settings import (
     ConfigError,
+    env_bool,
     env_float,
     env_int,
     env_list,
@@ -21,6 +22,9 @@ from tenantry_common.settings import (
     load_dotenv,
     named_tokens,
 )
+
+#: What GATEWAY_SERVICE_TOKEN holds when SERVICE_TOKEN_SCOPES does not name ``gateway``.
+GATEWAY_SCOPES = frozenset({DIRECTORY_READ, USERS_AUTHENTICATE})
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -167,6 +171,39 @@ def _extra_servers(spec: str | None) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass(frozen=True)
+class UserSettings:
+    """Tenant users (contract §12): sign-in, sessions, brute-force limits, sign-up and password hashing."""
+
+    signup_enabled: bool = False
+    """Self-service sign-up through ``POST /_gateway/signup`` (SIGNUP_ENABLED; off: 404)."""
+    signup_per_hour: int = 5
+    """Sign-ups one client address may make in an hour (SIGNUP_PER_HOUR)."""
+    login_max_failures: int = 5
+    """Failed sign-ins of one account within ``login_window_seconds`` before it answers 429 (LOGIN_MAX_FAILURES)."""
+    login_max_address_failures: int = 50
+    """Failed sign-ins from one client address to one tenant within the window before it answers 429
+    (LOGIN_MAX_ADDRESS_FAILURES)."""
+    login_window_seconds: int = 900
+    """The brute-force counters' window (LOGIN_FAILURE_WINDOW_SECONDS)."""
+    refresh_token_ttl_seconds: int = 30 * 86400
+    """Lifetime of a refresh token; each use gives a new one (REFRESH_TOKEN_TTL_SECONDS)."""
+    session_max_seconds: int = 90 * 86400
+    """Longest a session (a refresh-token family) lasts from its sign-in, however often refreshed
+    (SESSION_MAX_SECONDS)."""
+    invitation_ttl_seconds: int = 7 * 86400
+    """Lifetime of an invitation token (INVITATION_TTL_SECONDS)."""
+    hash_time_cost: int = 3
+    """argon2id passes (PASSWORD_HASH_TIME_COST)."""
+    hash_memory_kib: int = 65536
+    """argon2id memory in KiB (PASSWORD_HASH_MEMORY_KIB)."""
+    hash_parallelism: int = 4
+    """argon2id lanes (PASSWORD_HASH_PARALLELISM)."""
+    hash_concurrency: int = 4
+    """Password hashes computed at once by one replica; more wait (PASSWORD_HASH_CONCURRENCY): bounds the memory
+    a burst of sign-ins takes (``hash_memory_kib`` each)."""
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     """The HTTP server."""
 
@@ -190,6 +227,7 @@ class Settings:
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     servers: ServerSettings = field(default_factory=ServerSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    users: UserSettings = field(default_factory=UserSettings)
     redis_url: str | None = None
     """Redis, for change events and quota counters; optional for the registry itself."""
     redis_timeout: float = 0.5
@@ -275,6 +313,20 @@ class Settings:
                 ),
                 base_domain=env_str("BASE_DOMAIN", "localhost"),
             ),
+            users=UserSettings(
+                signup_enabled=env_bool("SIGNUP_ENABLED", False),
+                signup_per_hour=env_int("SIGNUP_PER_HOUR", 5, minimum=1),
+                login_max_failures=env_int("LOGIN_MAX_FAILURES", 5, minimum=1),
+                login_max_address_failures=env_int("LOGIN_MAX_ADDRESS_FAILURES", 50, minimum=1),
+                login_window_seconds=env_int("LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1),
+                refresh_token_ttl_seconds=env_int("REFRESH_TOKEN_TTL_SECONDS", 30 * 86400, minimum=60),
+                session_max_seconds=env_int("SESSION_MAX_SECONDS", 90 * 86400, minimum=60),
+                invitation_ttl_seconds=env_int("INVITATION_TTL_SECONDS", 7 * 86400, minimum=60),
+                hash_time_cost=env_int("PASSWORD_HASH_TIME_COST", 3, minimum=1, maximum=20),
+                hash_memory_kib=env_int("PASSWORD_HASH_MEMORY_KIB", 65536, minimum=8192, maximum=4 * 1024 * 1024),
+                hash_parallelism=env_int("PASSWORD_HASH_PARALLELISM", 4, minimum=1, maximum=64),
+                hash_concurrency=env_int("PASSWORD_HASH_CONCURRENCY", 4, minimum=1, maximum=256),
+            ),
             redis_url=env_opt("REDIS_URL"),
             redis_timeout=env_float(
                 env_name("TENANT_SERVICE_REDIS_TIMEOUT", deprecated="REDIS_TIMEOUT"), 0.5, minimum=0.01
@@ -328,7 +380,7 @@ def service_tokens_from_env() -> tuple[dict[str, ServiceToken], tuple[str, ...]]
         if name in configured:
             result[name] = ServiceToken(token, configured[name])
         elif name == "gateway" and gateway is not None:
-            result[name] = ServiceToken(token, frozenset({DIRECTORY_READ}))
+            result[name] = ServiceToken(token, GATEWAY_SCOPES)
         else:
             result[name] = ServiceToken(token, SERVICE_SCOPES, legacy=True)
     return result, tuple(name for name in configured if name not in tokens)

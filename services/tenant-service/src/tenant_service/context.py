@@ -21,6 +21,7 @@ from tenant_service.provisioning.cluster import TenantCluster
 from tenant_service.provisioning.schema import DEFAULT_MIGRATIONS_DIR, SchemaMigration, load_migrations
 from tenant_service.secretbox import SecretBox
 from tenant_service.servers.pool import ServerPool
+from tenant_service.users.passwords import PasswordHasher
 
 
 @dataclass
@@ -37,6 +38,7 @@ class AppContext:
     migrations: list[SchemaMigration]
     _installation_id: uuid.UUID | None = field(default=None)
     _store: ObjectStore | None = field(default=None)
+    _passwords: PasswordHasher | None = field(default=None)
 
     @property
     def cluster(self) -> TenantCluster:
@@ -50,6 +52,13 @@ class AppContext:
         if self._store is None:
             self._store = open_store(self.settings.operations.store)
         return self._store
+
+    @property
+    def passwords(self) -> PasswordHasher:
+        """The process's argon2id hasher (its concurrency bound is per process)."""
+        if self._passwords is None:
+            self._passwords = PasswordHasher(self.settings.users)
+        return self._passwords
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:

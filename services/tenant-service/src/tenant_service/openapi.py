@@ -38,6 +38,7 @@ _DESCRIPTIONS: Final[Mapping[int, str]] = {
     413: "The request body is larger than TENANT_SERVICE_MAX_REQUEST_BODY_BYTES",
     415: "The request body is not JSON",
     422: "The request did not pass validation; `errors` names the fields",
+    429: "Too many attempts (failed sign-ins, sign-ups); `Retry-After` says when to try again",
     500: "A stored secret cannot be read",
     503: "A dependency (the registry database, the tenant database cluster) is unavailable; retry",
 }

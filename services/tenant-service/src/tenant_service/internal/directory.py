@@ -14,10 +14,19 @@ from sqlalchemy import func, select
 from tenant_service.auth import service_guard
 from tenant_service.context import AppContext
 from tenant_service.cutover import hold_in_force
-from tenant_service.db.models import ApiKey, Plan, Tenant, TenantDomain, TenantJwtIssuer, TenantTombstone
+from tenant_service.db.models import (
+    ApiKey,
+    Plan,
+    Tenant,
+    TenantDomain,
+    TenantJwtIssuer,
+    TenantTombstone,
+    UserSession,
+)
 from tenant_service.deps import Ctx
 from tenant_service.internal.scopes import DIRECTORY_READ, SCOPE_OPT
 from tenant_service.openapi import problems, service_security
+from tenant_service.users.service import REVOKED_SESSION_HORIZON
 from tenantry_common.directory import DirectoryIssuer, DirectoryKey, DirectoryPage, DirectoryTenant
 from tenantry_common.limits import merged_limits
 from tenantry_common.timeutil import utcnow
@@ -51,7 +60,15 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
         domains: dict[uuid.UUID, list[str]] = defaultdict(list)
         keys: dict[uuid.UUID, list[DirectoryKey]] = defaultdict(list)
         issuers: dict[uuid.UUID, list[DirectoryIssuer]] = defaultdict(list)
+        revoked: dict[uuid.UUID, list[str]] = defaultdict(list)
         if ids:
+            for tid, session_id in await session.execute(
+                select(UserSession.tenant_id, UserSession.id).where(
+                    UserSession.tenant_id.in_(ids),
+                    UserSession.revoked_at > func.now() - REVOKED_SESSION_HORIZON,
+                )
+            ):
+                revoked[tid].append(str(session_id))
             for tid, domain in await session.execute(
                 select(TenantDomain.tenant_id, TenantDomain.domain).where(TenantDomain.tenant_id.in_(ids))
             ):
@@ -80,6 +97,8 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
                         audience=row.audience,
                         jwks_url=row.jwks_url,
                         algorithms=list(row.algorithms),
+                        role_claim=row.role_claim,
+                        role_map=dict(row.role_map),
                     )
                 )
         plans: dict[str, dict[str, Any]] = {p.name: p.limits for p in (await session.execute(select(Plan))).scalars()}
@@ -100,6 +119,7 @@ async def directory_since(ctx: AppContext, since: int, tenant_id: uuid.UUID | No
                 revision=t.revision,
                 jwt_issuers=issuers[t.id],
                 hold=hold_in_force(t, now),
+                revoked_sessions=sorted(revoked[t.id]),
             )
             for t in tenants
         ],

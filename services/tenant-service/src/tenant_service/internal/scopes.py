@@ -14,7 +14,11 @@ DIRECTORY_READ: Final = "directory:read"
 CREDENTIALS_VEND: Final = "credentials:vend"
 """Have a tenant's database credentials vended (``/internal/v1/tenants/{id}/database``): what tenant apps do."""
 
-SERVICE_SCOPES: Final = frozenset({DIRECTORY_READ, CREDENTIALS_VEND})
+USERS_AUTHENTICATE: Final = "users:authenticate"
+"""Sign a tenant's users in, refresh and end their sessions, sign-ups, and the tenant-facing ``/me``, ``/tenant`` and
+``/users`` (``/internal/v1/auth/*``, ``/internal/v1/tenants/{id}/users|info``): what gateways do (contract §12)."""
+
+SERVICE_SCOPES: Final = frozenset({DIRECTORY_READ, CREDENTIALS_VEND, USERS_AUTHENTICATE})
 """Every scope a service token can hold."""
 
 SCOPE_OPT: Final = "service_scope"

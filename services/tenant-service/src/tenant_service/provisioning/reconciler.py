@@ -31,6 +31,7 @@ from tenant_service.servers.moves import sweep_move_leftovers
 from tenant_service.servers.pool import DEFAULT_SERVER
 from tenant_service.servers.retired import drop_retired
 from tenant_service.servers.service import ServerService
+from tenant_service.users.service import sweep_sessions
 from tenantry_common.lifecycle import HAS_DATABASE, LOGIN_ALLOWED, TenantStatus
 
 _log = structlog.get_logger("tenantry.reconciler")
@@ -113,6 +114,10 @@ class Reconciler:
         except Exception as exc:  # noqa: BLE001 - the cluster may be briefly unreachable; next pass retries
             _log.warning("reconcile_sweep_error", error=type(exc).__name__)
             report.errors.append(f"sweep: {type(exc).__name__}")
+        try:
+            await sweep_sessions(ctx)
+        except Exception as exc:  # noqa: BLE001 - housekeeping only; next pass retries
+            _log.warning("session_sweep_failed", error=type(exc).__name__)
         try:
             await ServerService(ctx).record_metrics()
         except Exception as exc:  # noqa: BLE001 - metrics only; next pass retries

@@ -57,6 +57,8 @@ def issuer_view(row: TenantJwtIssuer) -> JwtIssuerView:
         jwks_url=row.jwks_url,
         algorithms=list(row.algorithms),
         created_at=row.created_at,
+        role_claim=row.role_claim,
+        role_map=dict(row.role_map),
     )
 
 
@@ -67,6 +69,8 @@ def _audited(row: TenantJwtIssuer) -> dict[str, Any]:
         "audience": row.audience,
         "jwks_url": row.jwks_url,
         "algorithms": list(row.algorithms),
+        "role_claim": row.role_claim,
+        "role_map": dict(row.role_map),
     }
 
 
@@ -116,6 +120,8 @@ class JwtIssuerService:
                     jwks_url=jwks_url,
                     algorithms=list(data.algorithms),
                     created_at=utcnow(),
+                    role_claim=data.role_claim,
+                    role_map=dict(data.role_map),
                 )
                 session.add(row)
                 await session.flush()

@@ -12,6 +12,7 @@ from tenant_service.operations.schemas import OperationView
 from tenant_service.servers.schemas import Placement, ServerName
 from tenantry_common.jwt_keys import EXTERNAL_ALGORITHMS
 from tenantry_common.slugs import SLUG_MAX_LENGTH, SLUG_MIN_LENGTH, SLUG_PATTERN
+from tenantry_common.users_api import Role
 
 #: Postgres text (and JSONB) cannot hold NUL characters.
 NO_NUL = r"^[^\x00]*$"
@@ -27,6 +28,8 @@ ConnectionLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 BackupIntervalHours = Annotated[int, msgspec.Meta(ge=1, le=24 * 366)]
 BackupRetentionDays = Annotated[int, msgspec.Meta(ge=1, le=3660)]
 IssuerText = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=NO_NUL)]
+RoleClaim = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_:/.-]+$")]
+RoleValue = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 if TYPE_CHECKING:
     ExternalAlgorithm = str
 else:
@@ -170,6 +173,11 @@ class JwtIssuerCreate(msgspec.Struct, forbid_unknown_fields=True):
     algorithms: Annotated[list[ExternalAlgorithm], msgspec.Meta(min_length=1, max_length=len(EXTERNAL_ALGORITHMS))] = (
         msgspec.field(default_factory=lambda: ["RS256"])
     )
+    role_claim: RoleClaim | None = None
+    """The claim holding the token's role (contract §12): a dotted path such as ``realm_access.roles``; its value a
+    string or a list of strings. Tokens without it carry no role."""
+    role_map: Annotated[dict[RoleValue, Role], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=dict)
+    """The claim's values mapped to ``admin``/``user``/``viewer``; empty: the values are the roles themselves."""
 
 
 class JwtIssuerView(msgspec.Struct):
@@ -181,6 +189,8 @@ class JwtIssuerView(msgspec.Struct):
     jwks_url: str
     algorithms: list[str]
     created_at: datetime
+    role_claim: str | None = None
+    role_map: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class JwtIssuerPage(msgspec.Struct):

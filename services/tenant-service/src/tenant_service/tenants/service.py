@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_service.apikeys.schemas import ApiKeyCreate
 from tenant_service.apikeys.service import ApiKeyService
 from tenant_service.backups.service import clone_source
-from tenant_service.changes import InvalidStateError, unit_of_work
+from tenant_service.changes import InvalidStateError, Unit, unit_of_work
 from tenant_service.context import AppContext
 from tenant_service.cursors import decode_cursor, split_page
 from tenant_service.db.models import Operation, Plan, Tenant, TenantDomain
@@ -172,8 +173,18 @@ class TenantService:
 
     # --- creating -------------------------------------------------------------------------------------
 
-    async def create(self, data: TenantCreate, *, actor: str, wait: bool = True) -> CreatedTenant:
+    async def create(
+        self,
+        data: TenantCreate,
+        *,
+        actor: str,
+        wait: bool = True,
+        on_create: Callable[[Unit, Tenant], Awaitable[object]] | None = None,
+    ) -> CreatedTenant:
         """Register a tenant and provision its database (now, or in the background when ``wait`` is false).
+
+        ``on_create`` adds to the registering transaction (a sign-up's first user): it commits with the tenant or
+        not at all.
 
         Raises:
             InvalidInputError: bad slug, plan, domain or upstream.
@@ -224,6 +235,8 @@ class TenantService:
                 for domain in domains:
                     session.add(TenantDomain(domain=domain, tenant_id=tenant_id))
                 await session.flush()
+                if on_create is not None:
+                    await on_create(work, tenant)
                 first_key = await ApiKeyService(ctx).create(
                     str(tenant_id), ApiKeyCreate(name="default"), actor=actor, unit=work
                 )

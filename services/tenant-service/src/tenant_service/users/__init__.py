@@ -1,0 +1,1 @@
+"""Tenant users (contract §12)."""

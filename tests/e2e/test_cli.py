@@ -266,3 +266,18 @@ def test_an_unusable_registry_url_is_one_clean_error_without_its_password(
     assert result.returncode == 1
     assert "Sup3r-Secret-Pw" not in result.stderr + result.stdout
     assert _clean_failure(result).startswith(expected)
+
+
+async def test_users_from_the_command_line(installation: Installation, ctx: AppContext) -> None:
+    await TenantService(ctx).create(TenantCreate(slug="cli-users", name="Users"), actor="test")
+    created = _json(_cli(installation, "users", "create", "cli-users", "--email", "Ops@Example.com", "--role", "admin"))
+    assert created["user"]["status"] == "invited"
+    assert created["invitation"]["token"].startswith("inv_")
+    listed = _json(_cli(installation, "users", "list", "cli-users"))
+    assert [u["email"] for u in listed["items"]] == ["Ops@Example.com"]
+    assert "inv_" not in json.dumps(listed)
+    disabled = _json(_cli(installation, "users", "disable", "cli-users", created["user"]["id"]))
+    assert disabled["status"] == "disabled"
+    bad = _cli(installation, "users", "create", "cli-users", "--email", "not an email", check=False)
+    assert bad.returncode != 0
+    assert "Traceback" not in bad.stderr

@@ -38,6 +38,8 @@ from tenant_service.servers.schemas import MoveRequest, ServerCreate
 from tenant_service.servers.service import ServerService
 from tenant_service.tenants.schemas import TenantCreate
 from tenant_service.tenants.service import TenantService
+from tenant_service.users.schemas import UserCreate, UserUpdate
+from tenant_service.users.service import Actor, UserService
 from tenantry_common.logging import configure_logging, redact_value
 from tenantry_common.problems import ProblemError
 from tenantry_common.settings import ConfigError
@@ -296,6 +298,62 @@ async def api_keys_create(
             ref, ApiKeyCreate(name=name, scopes=list(scopes), expires_at=expires_at), actor=_ACTOR
         )
     )
+
+
+@main.group()
+def users() -> None:
+    """A tenant's users (contract §12)."""
+
+
+@users.command("create")
+@click.argument("ref")
+@click.option("--email", required=True)
+@click.option("--role", type=click.Choice(["admin", "user", "viewer"]), default="user", show_default=True)
+@click.option("--name", default=None)
+@_run
+async def users_create(ctx: AppContext, ref: str, email: str, role: str, name: str | None) -> None:
+    """Create a user; the invitation token (to set a password) is printed once."""
+    try:
+        data = msgspec.convert({"email": email, "role": role, "name": name}, UserCreate)
+    except msgspec.ValidationError as exc:
+        raise click.BadParameter(str(exc)) from None
+    _echo_json(await UserService(ctx).create(ref, data, actor=Actor(_ACTOR)))
+
+
+@users.command("list")
+@click.argument("ref")
+@click.option("--limit", type=click.IntRange(1, 200), default=100)
+@_run
+async def users_list(ctx: AppContext, ref: str, limit: int) -> None:
+    """The tenant's users (never a password hash or a token)."""
+    _echo_json(await UserService(ctx).list(ref, limit=limit))
+
+
+@users.command("disable")
+@click.argument("ref")
+@click.argument("user_id")
+@_run
+async def users_disable(ctx: AppContext, ref: str, user_id: str) -> None:
+    """Disable a user: sign-in and refresh answer 403, the user's sessions end."""
+    _echo_json(await UserService(ctx).update(ref, user_id, UserUpdate(disabled=True), actor=Actor(_ACTOR)))
+
+
+@users.command("enable")
+@click.argument("ref")
+@click.argument("user_id")
+@_run
+async def users_enable(ctx: AppContext, ref: str, user_id: str) -> None:
+    """Enable a disabled user again."""
+    _echo_json(await UserService(ctx).update(ref, user_id, UserUpdate(disabled=False), actor=Actor(_ACTOR)))
+
+
+@users.command("invite")
+@click.argument("ref")
+@click.argument("user_id")
+@_run
+async def users_invite(ctx: AppContext, ref: str, user_id: str) -> None:
+    """A new invitation for a user (a forgotten password too); its token is printed once."""
+    _echo_json(await UserService(ctx).invite(ref, user_id, actor=Actor(_ACTOR)))
 
 
 @api_keys.command("revoke")

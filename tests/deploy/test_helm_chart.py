@@ -54,7 +54,8 @@ SECRET_ENV = {
     "TENANT_DATABASE_URL",
     "REDIS_URL",
 }
-SECRET_LOOKING_KEY = re.compile(r"PASSWORD|SECRET|_TOKENS?$|_KEYS?$|DATABASE_URL|REDIS_URL")
+# PASSWORD_HASH_* are the argon2id cost settings of tenant users, not secrets.
+SECRET_LOOKING_KEY = re.compile(r"PASSWORD(?!_HASH_)|SECRET|_TOKENS?$|_KEYS?$|DATABASE_URL|REDIS_URL")
 CREDENTIAL_IN_URL = re.compile(r"://[^/\s@]+:[^/\s@]+@")
 
 scenarios = pytest.mark.parametrize("scenario", sorted(SCENARIOS))

@@ -282,6 +282,18 @@ DEFAULT_SERVER_CAPACITY: {{ $c.defaultServerCapacity | int64 | toString | quote 
 MOVE_KEEP_SECONDS: {{ $c.moveKeepSeconds | int64 | toString | quote }}
 DRAIN_CONCURRENCY: {{ $c.drainConcurrency | int64 | toString | quote }}
 MOVE_CATCH_UP_SECONDS: {{ $c.moveCatchUpSeconds | toString | quote }}
+SIGNUP_ENABLED: {{ $c.signupEnabled | toString | quote }}
+SIGNUP_PER_HOUR: {{ $c.signupPerHour | int64 | toString | quote }}
+LOGIN_MAX_FAILURES: {{ $c.loginMaxFailures | int64 | toString | quote }}
+LOGIN_MAX_ADDRESS_FAILURES: {{ $c.loginMaxAddressFailures | int64 | toString | quote }}
+LOGIN_FAILURE_WINDOW_SECONDS: {{ $c.loginFailureWindowSeconds | int64 | toString | quote }}
+REFRESH_TOKEN_TTL_SECONDS: {{ $c.refreshTokenTtlSeconds | int64 | toString | quote }}
+SESSION_MAX_SECONDS: {{ $c.sessionMaxSeconds | int64 | toString | quote }}
+INVITATION_TTL_SECONDS: {{ $c.invitationTtlSeconds | int64 | toString | quote }}
+PASSWORD_HASH_TIME_COST: {{ $c.passwordHashTimeCost | int64 | toString | quote }}
+PASSWORD_HASH_MEMORY_KIB: {{ $c.passwordHashMemoryKib | int64 | toString | quote }}
+PASSWORD_HASH_PARALLELISM: {{ $c.passwordHashParallelism | int64 | toString | quote }}
+PASSWORD_HASH_CONCURRENCY: {{ $c.passwordHashConcurrency | int64 | toString | quote }}
 BACKUP_STORE_URL: {{ .Values.backups.storeUrl | quote }}
 BACKUP_SCHEDULE_INTERVAL_SECONDS: {{ .Values.backups.scheduleIntervalSeconds | toString | quote }}
 {{- with .Values.backups.pgBinDir }}

@@ -13,6 +13,7 @@ import pytest
 
 from support.assertions import assert_problem, create_tenant, uniq
 from support.platform import Installation, registry
+from tenant_service import failpoints
 from tenant_service.app import create_app
 from tenant_service.context import AppContext
 from tenant_service.users.passwords import password_problem
@@ -177,8 +178,11 @@ async def test_disabled_and_deleted_users(api: httpx.AsyncClient, internal: http
         await login(internal, tenant["id"], "eve@example.com", "wrong password!"), 401, "invalid_credentials"
     )
     refresh = await internal.post("/internal/v1/auth/refresh", json={"refresh_token": grant["refresh_token"]})
-    assert refresh.status_code == 401  # the disable ended the session
+    assert_problem(refresh, 403, "user_disabled")
     await api.patch(f"/admin/tenants/{tenant['slug']}/users/{user_id}", json={"disabled": False})
+    # Enabled again: the sessions the disable ended stay ended.
+    stale = await internal.post("/internal/v1/auth/refresh", json={"refresh_token": grant["refresh_token"]})
+    assert_problem(stale, 401, "invalid_refresh_token")
     again = (await login(internal, tenant["id"], "eve@example.com")).json()
     assert (await api.delete(f"/admin/tenants/{tenant['slug']}/users/{user_id}")).status_code == 204
     page = (await internal.get("/internal/v1/directory/")).json()
@@ -244,3 +248,50 @@ async def test_a_tenant_app_token_cannot_sign_users_in(ctx: AppContext, installa
             json={"tenant_id": str(uuid.uuid4()), "email": "a@b.c", "password": "x", "client_address": "x"},
         )
     assert_problem(response, 403, "insufficient_scope")
+
+
+@pytest.fixture
+async def signup_api(installation: Installation) -> AsyncIterator[httpx.AsyncClient]:
+    """The internal API of a tenant-service with SIGNUP_ENABLED (its own context, same registry)."""
+    signup_ctx = AppContext.build(installation.settings(SIGNUP_ENABLED="true", SIGNUP_PER_HOUR="100"))
+    app = create_app(signup_ctx, run_background=False)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://testserver.local",
+            headers={"Authorization": f"Bearer {installation.gateway_token}"},
+        ) as client:
+            yield client
+    finally:
+        await signup_ctx.close()
+
+
+async def test_a_signup_whose_provisioning_fails_leaves_no_tenant_and_no_user(
+    signup_api: httpx.AsyncClient, installation: Installation
+) -> None:
+    slug = uniq("signupfail")
+    body = {"slug": slug, "name": "Fail", "email": "owner@example.com", "password": PASSWORD, "client_address": "x"}
+    failpoints.configure("provision.after_database=error")
+    try:
+        response = await signup_api.post("/internal/v1/auth/signup", json=body)
+    finally:
+        failpoints.configure("")
+    assert response.status_code == 503, response.text
+    assert not await registry(installation, "SELECT id FROM tenants WHERE slug = $1", slug)
+    users = await registry(installation, "SELECT u.id FROM tenant_users u JOIN tenants t ON t.id = u.tenant_id "
+                           "WHERE t.slug = $1", slug)  # fmt: skip
+    assert not users
+    # The slug is free again, and a sign-up creates the tenant with its admin signed in.
+    created = await signup_api.post("/internal/v1/auth/signup", json=body)
+    assert created.status_code == 201, created.text
+    result = created.json()
+    assert result["tenant"]["status"] == "active"
+    assert result["grant"]["user"]["role"] == "admin"
+    taken = await signup_api.post("/internal/v1/auth/signup", json=body)
+    assert_problem(taken, 409, "slug_taken")
+    for bad in ("admin", "A!", "x"):
+        assert_problem(await signup_api.post("/internal/v1/auth/signup", json={**body, "slug": bad}), 422)
+    weak = await signup_api.post(
+        "/internal/v1/auth/signup", json={**body, "slug": uniq("weak"), "password": "password1"}
+    )
+    assert_problem(weak, 422, "weak_password")

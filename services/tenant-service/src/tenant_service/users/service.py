@@ -37,7 +37,7 @@ from tenant_service.db.models import RefreshToken, Tenant, TenantUser, UserInvit
 from tenant_service.tenants.lookup import TenantNotFoundError, find_tenant, touch
 from tenant_service.users.passwords import PasswordHasher, check_password
 from tenant_service.users.schemas import InvitationView, UserCreate, UserCreated, UserPage, UserUpdate, UserView
-from tenant_service.users.throttle import SignupLimit, Throttle
+from tenant_service.users.throttle import Throttle
 from tenantry_common.lifecycle import CHANGEABLE, refusal
 from tenantry_common.problems import (
     ConflictError,
@@ -371,7 +371,6 @@ class AuthService:
             per_account=settings.login_max_failures,
             per_address=settings.login_max_address_failures,
         )
-        self.signups = SignupLimit(ctx.redis, settings.signup_per_hour)
 
     @property
     def hasher(self) -> PasswordHasher:
@@ -528,6 +527,9 @@ class AuthService:
                 raise _invalid_refresh()
             tenant, family, token = found
             now = utcnow()
+            owner = await work.session.get(TenantUser, family.user_id) if family.user_id else None
+            if owner is not None and owner.disabled:
+                raise user_disabled()  # before the session's own state: a disabled user is told so (403)
             if family.revoked_at is not None:
                 raise _invalid_refresh()
             if token.used_at is not None:

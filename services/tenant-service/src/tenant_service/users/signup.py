@@ -21,7 +21,7 @@ from tenant_service.tenants.service import ProvisioningFailedError, TenantExists
 from tenant_service.users.passwords import check_password
 from tenant_service.users.service import AuthService, owner_hook
 from tenant_service.users.throttle import SignupLimit
-from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError
+from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError, ProblemError
 from tenantry_common.slugs import slug_problem
 from tenantry_common.users_api import SignupRequest, SignupResult, SignupTenant
 
@@ -63,7 +63,7 @@ async def sign_up(ctx: AppContext, request: SignupRequest) -> SignupResult:
     if not ctx.settings.users.signup_enabled:
         raise NotFoundError("No such gateway endpoint.", code="not_found")
     _check(request)
-    limit = SignupLimit(ctx.redis, ctx.settings.users.signup_per_hour)
+    limit = SignupLimit(ctx.redis, ctx.settings.users.signup_per_hour, str(await ctx.installation_id()))
     taken = await limit.take(request.client_address)
     auth = AuthService(ctx)
     tenants = TenantService(ctx)
@@ -74,6 +74,8 @@ async def sign_up(ctx: AppContext, request: SignupRequest) -> SignupResult:
         created_user: list[TenantUser] = []
 
         async def add_owner(unit: Unit, tenant: Tenant) -> None:
+            nonlocal tenant_id
+            tenant_id = str(tenant.id)  # undone from here on if anything fails (a rolled-back one is no row)
             created_user.append(await owner(unit, tenant))
 
         try:
@@ -96,7 +98,16 @@ async def sign_up(ctx: AppContext, request: SignupRequest) -> SignupResult:
             if user is None:
                 raise ProvisioningFailedError("the new tenant's admin is gone")
             grant = await auth.start_session(session, user)
-    except BaseException:  # a problem answered, a failure, or a cancelled request: nothing is left behind
+    except ProblemError:  # answered as it is; nothing is left behind
+        await _undo(ctx, tenant_id)
+        await limit.give_back(taken)
+        raise
+    except Exception as exc:  # an unexpected failure while provisioning: undone, and a clean 503
+        _log.error("signup_failed", error=type(exc).__name__, slug=request.slug)  # noqa: TRY400 - no SQL in logs
+        await _undo(ctx, tenant_id)
+        await limit.give_back(taken)
+        raise ProvisioningFailedError("the new tenant could not be provisioned and was rolled back") from None
+    except BaseException:  # a cancelled request: nothing is left behind either
         await _undo(ctx, tenant_id)
         await limit.give_back(taken)
         raise

@@ -130,13 +130,16 @@ class Throttle:
 class SignupLimit:
     """Sign-ups per client address and hour."""
 
-    def __init__(self, client: redis.Redis | None, per_hour: int) -> None:
+    def __init__(self, client: redis.Redis | None, per_hour: int, installation: str) -> None:
+        """``installation``: the registry's id (one registry's sign-ups; several may share a Redis)."""
         self._redis = client
         self._per_hour = per_hour
+        self._installation = installation
 
     def _key(self, address: str) -> tuple[str, int]:
         hour = int(time.time()) // 3600
-        return platform_key("signup", _digest(address), str(hour)), (hour + 1) * 3600 - int(time.time())
+        key = platform_key("signup", self._installation, _digest(address), str(hour))
+        return key, (hour + 1) * 3600 - int(time.time())
 
     async def take(self, address: str) -> str | None:
         """Take one sign-up of the address's hour; the key to give back when the sign-up fails.

@@ -102,8 +102,8 @@ async def sign_up(ctx: AppContext, request: SignupRequest) -> SignupResult:
         await _undo(ctx, tenant_id)
         await limit.give_back(taken)
         raise
-    except Exception as exc:  # an unexpected failure while provisioning: undone, and a clean 503
-        _log.error("signup_failed", error=type(exc).__name__, slug=request.slug)  # noqa: TRY400 - no SQL in logs
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure while provisioning: undone, and a clean 503
+        _log.error("signup_failed", error=type(exc).__name__, slug=request.slug)
         await _undo(ctx, tenant_id)
         await limit.give_back(taken)
         raise ProvisioningFailedError("the new tenant could not be provisioned and was rolled back") from None

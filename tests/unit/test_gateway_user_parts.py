@@ -16,6 +16,8 @@ from typing import Any, cast
 import jwt as pyjwt
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from gateway.accounts import LoginBody, decode_body, on_behalf_of
 from gateway.auth_client import AuthClient, RelayedProblem
@@ -24,6 +26,7 @@ from gateway.config import parse_networks
 from gateway.directory import Directory
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
+from gateway.jwks import JwksCache
 from gateway.resolve import Resolver
 from gateway.tokens import TokenIssuer
 from tenantry_app import TenantIdentity, require_role
@@ -371,3 +374,65 @@ def test_require_role_refuses_other_roles_and_lets_roleless_credentials_through(
         require_role(viewer, "admin", "user")
     assert (excinfo.value.status, excinfo.value.code) == (403, "forbidden")
     require_role(TenantIdentity(TENANT, "acme", "key-1", "notes", "free"), "admin")  # an API key: no role
+
+
+# an external issuer's role, end to end through the authenticator ------------------------------------------
+def test_an_external_tokens_role_follows_the_issuers_role_map_and_its_changes() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": "k1", "alg": "RS256"}
+    jwks_body = json.dumps({"keys": [jwk]}).encode()
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(jwks_body)))
+            self.end_headers()
+            self.wfile.write(jwks_body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    jwks_url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+
+    def tenant(revision: int, role_map: dict[str, str]) -> DirectoryTenant:
+        issuer = DirectoryIssuer(
+            id="idp-1", issuer="https://idp/", audience="api", jwks_url=jwks_url, algorithms=["RS256"],
+            role_claim="realm_access.roles", role_map=role_map,
+        )  # fmt: skip
+        return msgspec.structs.replace(_tenant(TENANT, revision), jwt_issuers=[issuer])
+
+    now = int(time.time())
+    claims = {"iss": "https://idp/", "aud": "api", "sub": "alice", "exp": now + 300,
+              "realm_access": {"roles": ["offline", "boss"]}}  # fmt: skip
+    token = pyjwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+
+    async def scenario() -> list[str]:
+        directory = Directory()
+        directory.apply(tenant(1, {"boss": "admin"}))
+        keys = KeyRing.from_config("k1:" + generate_signing_key("EdDSA"), "EdDSA")
+        jwks = JwksCache(timeout=2, min_refetch=1, max_age=600)
+        authenticator = Authenticator(
+            directory, b"s", keys, issuer="tenantry-gateway", audience="tenantry", leeway=5, jwks=jwks
+        )
+        roles = []
+        try:
+            assert authenticator.jwt(token) is None  # not verified yet
+            roles.append((await authenticator.external(token)).role)
+            cached = authenticator.jwt(token)
+            assert cached is not None
+            roles.append(cached.role)
+            directory.apply(tenant(2, {"boss": "viewer"}))
+            assert authenticator.jwt(token) is None  # the mapping changed: verified (and mapped) again
+            roles.append((await authenticator.external(token)).role)
+        finally:
+            await jwks.close()
+        return roles
+
+    try:
+        assert asyncio.run(scenario()) == ["admin", "admin", "viewer"]
+    finally:
+        server.shutdown()
+        server.server_close()

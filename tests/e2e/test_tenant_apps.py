@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 
 from support.platform import Installation, Tenant, wait_until
 from support.stacks import gw, make_tenant, running_platform
+from tenantry_common.jwt_keys import KeyRing
+from tenantry_common.users_api import ROLES
 from tenantry_devtools.platform import Platform
 
 BUDGET = 5
@@ -80,6 +83,32 @@ def test_whoami_reports_the_tenants_own_database(platform: Platform) -> None:
         assert body == {"tenant_id": tenant.id, "slug": tenant.slug, "database": tenant.database}
         admin_view = platform.admin.get(f"/admin/tenants/{tenant.id}").json()
         assert body["database"] == admin_view["database"]["name"]
+
+
+def _user_token(installation: Installation, tenant: Tenant, role: str) -> str:
+    """A tenant user's access token, as the gateway signs one at login (contract §12)."""
+    now = int(time.time())
+    claims = {"iss": "tenantry-gateway", "aud": "tenantry", "sub": f"user-{role}", "tid": tenant.id, "role": role,
+              "sid": uuid.uuid4().hex, "scope": "", "iat": now, "exp": now + 300}  # fmt: skip
+    return KeyRing.from_config(installation.jwt_signing_keys, "EdDSA").sign(claims)
+
+
+def test_viewers_read_notes_but_get_403_writing_them_while_users_and_api_keys_write(
+    platform: Platform, installation: Installation
+) -> None:
+    tenant = make_tenant(platform, "app-roles")
+    as_role = {role: {"Authorization": f"Bearer {_user_token(installation, tenant, role)}"} for role in ROLES}
+    for role in ("admin", "user"):
+        created = httpx.post(platform.gateway.url + "/notes", headers=as_role[role], json={"body": f"by {role}"})
+        assert created.status_code == 201, (role, created.text)
+    assert gw(platform, "POST", "/notes", tenant, json={"body": "by key"}).status_code == 201
+    refused = httpx.post(platform.gateway.url + "/notes", headers=as_role["viewer"], json={"body": "by viewer"})
+    assert refused.status_code == 403, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["code"] == "forbidden"
+    listed = httpx.get(platform.gateway.url + "/notes", headers=as_role["viewer"])
+    assert listed.status_code == 200
+    assert sorted(n["body"] for n in listed.json()["items"]) == ["by admin", "by key", "by user"]
 
 
 def test_the_app_cannot_be_reached_around_the_gateway(platform: Platform) -> None:

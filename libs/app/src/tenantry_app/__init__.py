@@ -16,7 +16,7 @@ from tenantry_app.databases import (
     track_commits,
     worth_running_again,
 )
-from tenantry_app.identity import InvalidTenantTokenError, TenantIdentity, TokenVerifier
+from tenantry_app.identity import InvalidTenantTokenError, TenantIdentity, TokenVerifier, require_role
 from tenantry_app.litestar import TenantryPlugin
 from tenantry_app.runtime import AppSettings, TenantRuntime
 from tenantry_app.tenant_redis import TenantRedis
@@ -39,6 +39,7 @@ __all__ = [
     "TokenVerifier",
     "connection_lost",
     "database_unavailable",
+    "require_role",
     "track_commits",
     "worth_running_again",
 ]

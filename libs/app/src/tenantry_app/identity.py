@@ -16,18 +16,42 @@ import httpx
 import jwt
 import structlog
 
+from tenantry_common.problems import ForbiddenError
+
 _log = structlog.get_logger("tenantry.app.identity")
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True, slots=True)
 class TenantIdentity:
-    """The tenant (and API key) a request was authenticated for by the gateway."""
+    """The tenant (and API key, user or external subject) a request was authenticated for by the gateway."""
 
     tenant_id: str
     slug: str
     subject: str
     scope: str
     plan: str
+    #: ``admin``, ``user`` or ``viewer`` for a tenant's user (or an external issuer's token that maps one); None for
+    #: API keys and tokens without a role.
+    role: str | None = None
+    #: The tenant user's id when a user signed in with the platform's login; None otherwise.
+    user_id: str | None = None
+
+
+def require_role(identity: TenantIdentity, *roles: str) -> None:
+    """Let the request through only when its role is one of ``roles``.
+
+    A credential without a role (an API key, an external token whose issuer maps none) is governed by its scopes,
+    not by roles, and passes.
+
+    Raises:
+        ForbiddenError: 403 ``forbidden`` (problem+json through the apps' problem handlers).
+    """
+    if identity.role is not None and identity.role not in roles:
+        raise ForbiddenError(f"The role {identity.role!r} may not do this.")
 
 
 class InvalidTenantTokenError(Exception):
@@ -109,6 +133,8 @@ class TokenVerifier:
             subject=str(claims["sub"]),
             scope=str(claims.get("scope", "")),
             plan=str(claims.get("plan", "")),
+            role=_optional_str(claims.get("role")),
+            user_id=_optional_str(claims.get("uid")),
         )
 
     async def close(self) -> None:

@@ -18,6 +18,8 @@ import redis.asyncio as redis
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from gateway.accounts import AccountEndpoints
+from gateway.auth_client import AuthClient
 from gateway.authenticate import Authenticator, read_credential
 from gateway.config import GatewaySettings, read_keys_file
 from gateway.directory import Directory, DirectorySync
@@ -28,7 +30,7 @@ from gateway.hold import Holds
 from gateway.http import CONTENT_LENGTH, REQUEST_ID, HttpConnection, Request
 from gateway.jwks import JwksCache
 from gateway.limit import Limiter
-from gateway.reserved import RESERVED_PREFIX, ReservedEndpoints
+from gateway.reserved import RESERVED_PREFIX, ReservedEndpoints, reserved_below_slug
 from gateway.resolve import Resolver, named_tenant
 from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
@@ -167,12 +169,23 @@ class Gateway:
             max_staleness=settings.directory_max_staleness,
             on_sync=self.holds.observe,
         )
+        self.auth_client = AuthClient(
+            settings.tenant_service_url, settings.directory_token, timeout=settings.auth_timeout
+        )
         self.reserved = ReservedEndpoints(
             directory=self.directory,
             sync=self.sync,
             redis_client=self.redis,
             authenticator=self.authenticator,
             tokens=self.tokens,
+            accounts=AccountEndpoints(
+                directory=self.directory,
+                resolver=self.resolver,
+                authenticator=self.authenticator,
+                tokens=self.tokens,
+                client=self.auth_client,
+                body_timeout=settings.header_timeout,
+            ),
         )
         self._passthrough = settings.mode == "passthrough"
         self._max_header_bytes = settings.max_header_bytes
@@ -219,6 +232,7 @@ class Gateway:
         self.pool.close()
         self.quota_redis.close()
         await self.jwks.close()
+        await self.auth_client.close()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
@@ -231,7 +245,8 @@ class Gateway:
         status = 500
         try:
             _check_head(request, self._max_header_bytes)
-            if request.raw_path.startswith(RESERVED_PREFIX):
+            raw_path = request.raw_path
+            if raw_path.startswith(RESERVED_PREFIX) or (raw_path.startswith(b"/t/") and reserved_below_slug(raw_path)):
                 outcome = "gateway"
                 status = await self.reserved.answer(exchange)
                 return

@@ -12,14 +12,21 @@ External JWTs (a tenant's own identity provider): a token whose ``iss`` is not t
 its ``iss`` and ``aud`` among the issuers tenants configured; no match is a 401 without any network call. A
 match is verified with a key from that issuer's JWKS (see :mod:`gateway.jwks`) and the algorithms configured
 for it; ``exp``, ``iss``, ``aud`` and ``sub`` are required. The principal is the token's tenant, its ``sub`` and
-its ``scope`` (or ``scp``). Removing the issuer from the tenant revokes its cached tokens with the next sync.
+its ``scope`` (or ``scp``), and its role when the issuer names a ``role_claim`` (:func:`claimed_role`).
+Removing the issuer from the tenant revokes its cached tokens with the next sync.
+
+Users' access tokens (contract §12) are the gateway's own JWTs with ``sub`` = the user's id, a ``role`` and a
+``sid`` (the session, a refresh-token family): their tenant must exist and the session must not be among the
+tenant's revoked sessions, which the directory feed carries, so a logout or a password change ends the session at
+every gateway within seconds. API keys' tokens carry no ``role`` and are checked as before.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any, Final, NamedTuple
 
 import jwt
 
@@ -30,6 +37,7 @@ from gateway.jwks import JwksCache
 from gateway.resolve import Location, served
 from tenantry_common.apikeys import hash_api_key, is_well_formed, looks_like_api_key
 from tenantry_common.jwt_keys import InvalidTokenError, KeyRing
+from tenantry_common.users_api import ROLES
 
 _MAX_CACHED_TOKENS = 100_000
 #: External tokens are minted by tenants' identity providers, not by the platform: fewer are cached, and their
@@ -38,17 +46,31 @@ _MAX_CACHED_EXTERNAL = 20_000
 _MAX_EXTERNAL_SUB = 256
 _MAX_EXTERNAL_SCOPE = 1024
 _MAX_CACHED_DIGESTS = 100_000
+#: Roles by rank: a principal several values map to gets the highest.
+_ROLE_RANK: Final = {role: len(ROLES) - rank for rank, role in enumerate(ROLES)}
+#: At most this many values of an external token's role claim are looked at, each at most this long.
+_MAX_ROLE_VALUES: Final = 64
+_MAX_ROLE_VALUE = 256
+_MAX_SESSION_ID = 64
 
 
 class Principal(NamedTuple):
-    """Who is calling: a tenant, and the API key the credential stands for (built per request: a NamedTuple)."""
+    """Who is calling: a tenant, and the API key, user or external subject the credential stands for (built per
+    request: a NamedTuple)."""
 
     tenant_id: str
+    #: The API key's id; for a user, the user's id; for an external issuer's token, its ``sub``.
     key_id: str
     scope: str
     #: The external issuer's id for a token of a tenant's own identity provider ("" for API keys and the
     #: gateway's own tokens); ``key_id`` is then the token's ``sub``.
     issuer: str = ""
+    #: ``admin``, ``user`` or ``viewer`` for a user, or an external token whose issuer maps one; "" otherwise.
+    role: str = ""
+    #: The user's id for a tenant user's access token ("" for every other credential).
+    user_id: str = ""
+    #: The user's session (refresh-token family) the access token belongs to.
+    session_id: str = ""
 
 
 class Credential(NamedTuple):
@@ -197,10 +219,36 @@ class Authenticator:
         if claims["exp"] + self._leeway <= now:
             self._verified.pop(token, None)
             raise unauthorized()
+        if "role" in claims:  # a tenant user's token (API keys' tokens carry no role)
+            return self._user(claims)
         key = self._usable_key(self._directory.keys_by_id.get(str(claims.get("sub"))), now)
         if key.tenant_id != claims["tid"]:
             raise unauthorized()
         return Principal(tenant_id=key.tenant_id, key_id=key.id, scope=str(claims.get("scope", "")))
+
+    def _user(self, claims: dict[str, Any]) -> Principal:
+        """The principal of a tenant user's access token: a known role, a tenant that exists, a live session.
+
+        Raises:
+            GatewayError: 401 otherwise (a revoked session is refused like any other defect).
+        """
+        role, user_id, session_id = claims["role"], claims.get("sub"), claims.get("sid")
+        if role not in _ROLE_RANK or not isinstance(user_id, str) or not user_id:
+            raise unauthorized()
+        if not isinstance(session_id, str) or not 0 < len(session_id) <= _MAX_SESSION_ID:
+            raise unauthorized()
+        tenant = self._directory.by_id.get(claims["tid"])
+        if tenant is None or session_id in tenant.revoked_sessions:
+            raise unauthorized()
+        scope = claims.get("scope", "")
+        return Principal(
+            tenant_id=tenant.id,
+            key_id=user_id,
+            scope=scope if isinstance(scope, str) else "",
+            role=role,
+            user_id=user_id,
+            session_id=session_id,
+        )
 
     # external issuers ---------------------------------------------------------------------------------
     def _external_issuer(self, token: str) -> str | None:
@@ -216,12 +264,18 @@ class Authenticator:
             return None
         return issuer
 
-    def _external_principal(self, token: str, cached: tuple[Principal, IssuerEntry, float], now: float) -> Principal:
+    def _external_principal(
+        self, token: str, cached: tuple[Principal, IssuerEntry, float], now: float
+    ) -> Principal | None:
+        """The cached principal; None when the issuer's role mapping changed since (verify the token again)."""
         principal, issuer, expires = cached
         current = self._directory.issuers.get(issuer.issuer, {}).get(issuer.audience)
         if expires + self._leeway <= now or current is None or current.id != issuer.id:
             self._external.pop(token, None)  # expired, or the tenant no longer trusts this issuer
             raise unauthorized()
+        if current is not issuer and (current.role_claim != issuer.role_claim or current.role_map != issuer.role_map):
+            self._external.pop(token, None)
+            return None
         return principal
 
     def _match(self, claims: dict[str, Any]) -> IssuerEntry:
@@ -284,8 +338,34 @@ class Authenticator:
             scope = " ".join(scope)
         if not isinstance(scope, str) or len(scope) > _MAX_EXTERNAL_SCOPE:
             raise unauthorized()  # neither a string nor a list of strings, or beyond reason
-        principal = Principal(tenant_id=issuer.tenant_id, key_id=subject, scope=scope, issuer=issuer.id)
+        role = claimed_role(claims, issuer.role_claim, issuer.role_map) if issuer.role_claim else ""
+        principal = Principal(tenant_id=issuer.tenant_id, key_id=subject, scope=scope, issuer=issuer.id, role=role)
         self._external[token] = (principal, issuer, float(expires))
         if len(self._external) > _MAX_CACHED_EXTERNAL:
             self._external.popitem(last=False)
         return principal
+
+
+def claimed_role(claims: Mapping[str, Any], role_claim: str, role_map: Mapping[str, str]) -> str:
+    """The role an external token's claims give: ``admin``, ``user``, ``viewer`` or "" (none).
+
+    ``role_claim`` names a claim, or a dotted path into nested claims (``realm_access.roles``); a claim whose name
+    itself holds dots (``https://example.com/roles``) is found too. Its value is a string or a list of strings.
+    With a ``role_map`` each value is mapped (values it does not name give nothing), else values that are roles
+    count as such. Several roles: the highest (admin > user > viewer).
+    """
+    value: Any = claims.get(role_claim)
+    if value is None and "." in role_claim:
+        value = claims
+        for part in role_claim.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+    values = [value] if isinstance(value, str) else value[:_MAX_ROLE_VALUES] if isinstance(value, list) else []
+    best, best_rank = "", 0
+    for candidate in values:
+        if not isinstance(candidate, str) or len(candidate) > _MAX_ROLE_VALUE:
+            continue
+        role = role_map.get(candidate, "") if role_map else candidate
+        rank = _ROLE_RANK.get(role, 0)
+        if rank > best_rank:
+            best, best_rank = role, rank
+    return best

@@ -64,6 +64,9 @@ class GatewaySettings:
     """Where the tenant directory is read (TENANT_SERVICE_URL)."""
     directory_token: str
     """Service token for the tenant-service's internal API (GATEWAY_SERVICE_TOKEN)."""
+    auth_timeout: float
+    """Seconds a call of the tenant-service for a login, a refresh, ``/_gateway/me`` and the other endpoints of
+    tenant users may take; then 503 ``auth_unavailable`` (AUTH_TIMEOUT_SECONDS)."""
     directory_refresh_seconds: float
     """Period of the incremental directory sync."""
     directory_full_sync_seconds: float
@@ -163,6 +166,7 @@ class GatewaySettings:
             base_domain=env_str("BASE_DOMAIN", "localhost").lower().rstrip("."),
             tenant_service_url=env_str("TENANT_SERVICE_URL", "http://127.0.0.1:8001").rstrip("/"),
             directory_token=env_opt("GATEWAY_SERVICE_TOKEN") or env_str("SERVICE_TOKEN", required=True),
+            auth_timeout=env_float("AUTH_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             directory_refresh_seconds=refresh,
             directory_full_sync_seconds=env_float("DIRECTORY_FULL_SYNC_SECONDS", 60.0, minimum=1.0),
             directory_max_staleness=max_staleness,

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -59,6 +59,11 @@ class IssuerEntry:
     audience: str
     jwks_url: str
     algorithms: tuple[str, ...]
+    #: Where the token's role is (``realm_access.roles``: a claim name, or a dotted path into the claims); ""
+    #: when the issuer's tokens carry no role.
+    role_claim: str = ""
+    #: The claim's values mapped to ``admin``/``user``/``viewer``; empty: the values are the roles themselves.
+    role_map: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,8 @@ class TenantEntry:
     issuers: tuple[tuple[str, str], ...] = ()
     #: The cutover hold in force (its id): the tenant's new requests wait (gateway.hold). None on the hot path.
     hold: str | None = None
+    #: Sessions of the tenant's users revoked lately: their access tokens are refused before they expire.
+    revoked_sessions: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -140,6 +147,7 @@ class Directory:
             key_hashes=tuple(bytes.fromhex(k.hash) for k in tenant.keys),
             issuers=tuple((i.issuer, i.audience) for i in tenant.jwt_issuers),
             hold=tenant.hold,
+            revoked_sessions=frozenset(tenant.revoked_sessions),
         )
         self.by_id[entry.id] = entry
         if entry.hold is not None:
@@ -165,6 +173,8 @@ class Directory:
                 audience=issuer.audience,
                 jwks_url=issuer.jwks_url,
                 algorithms=tuple(issuer.algorithms),
+                role_claim=issuer.role_claim or "",
+                role_map=dict(issuer.role_map),
             )
 
     def apply_page(self, page: DirectoryPage) -> None:

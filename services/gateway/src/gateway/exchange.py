@@ -52,7 +52,7 @@ class Exchange:
 
     def refuse(self, problem: GatewayError, extra: Sequence[Header] = ()) -> None:
         """Answer with ``problem`` as problem+json (with the request id, the problem's headers, then ``extra``)."""
-        body = problem_bytes(problem.status, problem.code, detail=problem.detail)
+        body = problem_bytes(problem.status, problem.code, detail=problem.detail, errors=problem.errors)
         headers = [(k.encode(), v.encode()) for k, v in problem.headers.items()]
         self.conn.respond(
             self.request, problem.status, body, _PROBLEM, [(b"x-request-id", self.request_id), *headers, *extra]

@@ -1,5 +1,7 @@
-"""The gateway's own endpoints under ``/_gateway/``, never proxied: health, readiness, metrics, the token
-exchange and the JWKS of the keys that sign access tokens and ``X-Tenant-Token``."""
+"""The gateway's own endpoints under ``/_gateway/``, never proxied and never counted against a quota: health,
+readiness, metrics, the token exchange, the JWKS of the keys that sign access tokens and ``X-Tenant-Token``, and
+those of tenant users (:mod:`gateway.accounts`). Under a ``/t/{slug}/`` path prefix they are the same endpoints,
+the slug naming the tenant."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import msgspec
 import redis.asyncio as redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.accounts import AccountEndpoints
+from gateway.auth_client import RelayedProblem
 from gateway.authenticate import Authenticator, read_credential
 from gateway.directory import Directory, DirectorySync
 from gateway.errors import GatewayError, unauthorized
@@ -16,8 +20,27 @@ from gateway.exchange import Exchange
 from gateway.tokens import TokenIssuer
 from tenantry_common.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 
-#: Requests whose path starts with this are the gateway's own.
+#: Requests whose path starts with this (or with ``/t/{slug}`` and then this) are the gateway's own.
 RESERVED_PREFIX: Final = b"/_gateway/"
+_USERS: Final = b"/_gateway/users"
+_USER: Final = b"/_gateway/users/"
+
+
+def reserved_below_slug(raw_path: bytes) -> bool:
+    """Whether a ``/t/{slug}/…`` path is one of the gateway's own: ``/t/{slug}/_gateway/…``."""
+    parts = raw_path.split(b"/", 3)
+    return len(parts) > 3 and (b"/" + parts[3]).startswith(RESERVED_PREFIX)
+
+
+def _own_path(raw_path: bytes) -> bytes:
+    """The path without its ``/t/{slug}`` prefix."""
+    return b"/" + raw_path.split(b"/", 3)[3] if raw_path.startswith(b"/t/") else raw_path
+
+
+def _method_not_allowed(allowed: str) -> GatewayError:
+    return GatewayError("Method not allowed.", code="method_not_allowed", status=405, headers={"allow": allowed})
+
+
 _JSON: Final = b"application/json"
 _PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
 
@@ -33,6 +56,7 @@ class ReservedEndpoints:
         redis_client: redis.Redis,
         authenticator: Authenticator,
         tokens: TokenIssuer,
+        accounts: AccountEndpoints,
     ) -> None:
         """``redis_client``: pinged for readiness (the quota client is not: it connects on its first call)."""
         self._directory = directory
@@ -40,6 +64,16 @@ class ReservedEndpoints:
         self._redis = redis_client
         self._authenticator = authenticator
         self._tokens = tokens
+        self._accounts = accounts
+        self._posts = {
+            b"/_gateway/auth/login": accounts.login,
+            b"/_gateway/auth/accept-invitation": accounts.accept_invitation,
+            b"/_gateway/auth/refresh": accounts.refresh,
+            b"/_gateway/auth/logout": accounts.logout,
+            b"/_gateway/auth/password": accounts.password,
+            b"/_gateway/signup": accounts.signup,
+        }
+        self._gets = {b"/_gateway/me": accounts.me, b"/_gateway/tenant": accounts.tenant}
 
     async def answer(self, exchange: Exchange) -> int:
         """Answer a ``/_gateway/*`` request; return the status.
@@ -47,8 +81,16 @@ class ReservedEndpoints:
         Raises:
             GatewayError: 404 ``not_found`` for any other path; the token exchange's refusals.
         """
+        try:
+            return await self._answer(exchange)
+        except RelayedProblem as answer:  # the tenant-service's refusal, as it is
+            headers = [(b"x-request-id", exchange.request_id), (b"cache-control", b"no-store"), *answer.headers]
+            exchange.conn.respond(exchange.request, answer.status, answer.body, answer.content_type, headers)
+            return answer.status
+
+    async def _answer(self, exchange: Exchange) -> int:
         request, conn = exchange.request, exchange.conn
-        path, method = request.raw_path, request.method
+        path, method = _own_path(request.raw_path), request.method
         json_id = [(b"x-request-id", exchange.request_id)]
         if path == b"/_gateway/healthz" and method in ("GET", "HEAD"):
             conn.respond(request, 200, b'{"status":"ok"}', _JSON, json_id)
@@ -70,6 +112,18 @@ class ReservedEndpoints:
                 exchange.refuse(problem, ((b"allow", b"POST"),))
                 return 405
             return self._token(exchange)
+        if (post := self._posts.get(path)) is not None:
+            if method != "POST":
+                raise _method_not_allowed("POST")
+            return await post(exchange)
+        if (get := self._gets.get(path)) is not None:
+            if method != "GET":
+                raise _method_not_allowed("GET")
+            return await get(exchange)
+        if path == _USERS:
+            return await self._accounts.users(exchange, None)
+        if path.startswith(_USER) and b"/" not in path[len(_USER) :]:
+            return await self._accounts.users(exchange, path[len(_USER) :])
         raise GatewayError("No such gateway endpoint.", code="not_found", status=404)
 
     async def _readyz(self, exchange: Exchange) -> int:

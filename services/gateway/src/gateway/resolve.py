@@ -27,6 +27,9 @@ _HOSTNAME: Final = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _SERVED: Final = TenantStatus.ACTIVE.value
 #: Bounds of the per-process caches of host names and peers seen.
 _MAX_CACHED: Final = 10_000
+#: X-Forwarded-For hops looked at (from the right), and the longest client address passed on.
+_MAX_FORWARDED_HOPS: Final = 16
+_MAX_ADDRESS: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,23 @@ class Resolver:
             if len(self._trusted_cache) < _MAX_CACHED:
                 self._trusted_cache[peer] = known
         return known
+
+    def client_address(self, exchange: Exchange) -> str:
+        """The client's address, for the brute-force counters of logins and sign-ups: the peer, or, when the peer is
+        a trusted proxy, the nearest address in ``X-Forwarded-For`` that is not one (what the trusted proxies saw;
+        entries further left are the client's own say). At most 64 characters.
+        """
+        address = exchange.conn.peer
+        x_for = exchange.request.x_for
+        if x_for and self._is_trusted(address):
+            for entry in reversed(x_for.decode("latin-1").split(",")[-_MAX_FORWARDED_HOPS:]):
+                hop = entry.strip()
+                if not hop:
+                    continue
+                address = hop
+                if not self._is_trusted(hop):
+                    break
+        return address[:_MAX_ADDRESS]
 
     def _host_name(self, raw: bytes) -> str:
         """The normalised host name (cached; an invalid host raises every time)."""

@@ -1,9 +1,11 @@
-"""Tokens the gateway signs: access tokens (``POST /_gateway/token``) and the per-request ``X-Tenant-Token``.
+"""Tokens the gateway signs: access tokens (``POST /_gateway/token``, and users' logins) and the per-request
+``X-Tenant-Token``.
 
-X-Tenant-Tokens are cached per (tenant, key or external subject, scope, plan, issuer) and re-signed when less
-than half their lifetime is left, so signing costs nothing on most requests while every token an upstream sees
-is at most 60 s old. For a token of a tenant's own identity provider, ``sub`` is that provider's subject and the
-``idp`` claim names the tenant's issuer (its id in the admin API).
+X-Tenant-Tokens are cached per (tenant, key or user or external subject, scope, plan, issuer, role) and re-signed
+when less than half their lifetime is left, so signing costs nothing on most requests while every token an
+upstream sees is at most 60 s old. For a token of a tenant's own identity provider, ``sub`` is that provider's
+subject and the ``idp`` claim names the tenant's issuer (its id in the admin API). For a tenant's user, ``sub``
+and ``uid`` are the user's id; ``role`` is there for users, and for external tokens whose issuer maps one.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class TokenIssuer:
         self._upstream_audience = upstream_audience
         self.access_ttl = access_ttl
         self._tenant_ttl = tenant_ttl
-        self._tenant_tokens: dict[tuple[str, str, str, str, str, str], tuple[bytes, float]] = {}
+        self._tenant_tokens: dict[tuple[str, str, str, str, str, str, str], tuple[bytes, float]] = {}
         self.jwks_body = msgspec.json.encode(keys.jwks())
 
     def use_keys(self, keys: KeyRing) -> None:
@@ -63,13 +65,20 @@ class TokenIssuer:
         return self._keys.sign(claims)
 
     def access_token(self, principal: Principal) -> str:
-        """A new access token for the principal."""
-        return self._sign(self._audience, self.access_ttl, int(time.time()), principal, {"tid": principal.tenant_id})
+        """A new access token for the principal (for a user: with its ``role`` and session, ``sid``)."""
+        extra: dict[str, Any] = {"tid": principal.tenant_id}
+        if principal.user_id:
+            extra["role"] = principal.role
+            extra["sid"] = principal.session_id
+        return self._sign(self._audience, self.access_ttl, int(time.time()), principal, extra)
 
     def tenant_token(self, tenant: TenantEntry, principal: Principal) -> bytes:
         """The X-Tenant-Token for a forwarded request (cached while more than half its life is left)."""
         now = time.time()
-        cache_key = (tenant.id, tenant.slug, principal.key_id, principal.scope, tenant.plan, principal.issuer)
+        # A user's id is its key_id: the role tells a user from an API key of the same id (ids are UUIDs anyway).
+        cache_key = (
+            tenant.id, tenant.slug, principal.key_id, principal.scope, tenant.plan, principal.issuer, principal.role
+        )  # fmt: skip
         cached = self._tenant_tokens.get(cache_key)
         if cached is not None and cached[1] - now > self._tenant_ttl / 2:
             return cached[0]
@@ -77,6 +86,10 @@ class TokenIssuer:
         extra: dict[str, Any] = {"tid": tenant.id, "slug": tenant.slug, "plan": tenant.plan}
         if principal.issuer:
             extra["idp"] = principal.issuer  # sub is then a user of the tenant's identity provider, not a key id
+        if principal.user_id:
+            extra["uid"] = principal.user_id
+        if principal.role:
+            extra["role"] = principal.role
         token = self._sign(self._upstream_audience, self._tenant_ttl, issued, principal, extra).encode()
         if len(self._tenant_tokens) > 100_000:
             self._tenant_tokens.clear()

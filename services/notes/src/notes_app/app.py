@@ -1,4 +1,5 @@
-"""Notes: ``GET /whoami``, ``POST /notes``, ``GET /notes`` — each tenant sees only its own database."""
+"""Notes: ``GET /whoami``, ``POST /notes``, ``GET /notes`` — each tenant sees only its own database. A tenant's
+viewers read notes but may not write them (403 ``forbidden``); API keys, which carry no role, do both."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from litestar.params import JSONBody, Parameter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenantry_app import TenantIdentity, TenantryPlugin
+from tenantry_app import TenantIdentity, TenantryPlugin, require_role
 from tenantry_common.litestar_problems import problem_exception_handlers
 from tenantry_common.logging import configure_logging
 from tenantry_common.settings import env_str
@@ -54,8 +55,9 @@ async def whoami(tenant: TenantIdentity, db_session: AsyncSession) -> WhoAmI:
 
 
 @post("/notes", status_code=201)
-async def create_note(db_session: AsyncSession, data: JSONBody[NoteCreate]) -> Note:
-    """Store a note in the tenant's database."""
+async def create_note(tenant: TenantIdentity, db_session: AsyncSession, data: JSONBody[NoteCreate]) -> Note:
+    """Store a note in the tenant's database (not for viewers)."""
+    require_role(tenant, "admin", "user")
     if "\x00" in data.body:
         from tenantry_common.problems import FieldError, InvalidInputError  # noqa: PLC0415
 

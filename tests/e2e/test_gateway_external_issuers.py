@@ -469,3 +469,31 @@ def test_hostile_tokens_naming_a_configured_issuer_get_401_never_an_error(
         assert response.json()["code"] == "unauthorized"
     assert idp.fetches - fetches <= 1  # an unknown kid may cause one (rate-limited) refetch, nothing more
     assert "unhandled_error" not in stack.gateway.log()
+
+
+def test_an_issuers_role_claim_maps_its_tokens_to_roles(stack: GatewayStack, idp: IdentityProvider) -> None:
+    """Contract §12: an external issuer may name a ``role_claim`` (a dotted path) and a ``role_map``; the role
+    reaches the upstream in ``X-Tenant-Token`` and ``/_gateway/me``; unmapped values give no role."""
+    tenant = _tenant(stack, "ext-roles")
+    trusted = _trust(stack, idp, tenant, "ext-roles-api", role_claim="realm_access.roles",
+                     role_map={"acme-admins": "admin", "acme-readers": "viewer"})  # fmt: skip
+    assert trusted["role_claim"] == "realm_access.roles"
+    assert trusted["role_map"] == {"acme-admins": "admin", "acme-readers": "viewer"}
+    cases = {
+        "admin": ["acme-readers", "acme-admins"],  # several: the highest
+        "viewer": ["acme-readers", "other"],
+        None: ["somebody-else"],
+    }
+    for expected, roles in cases.items():
+        token = _token(idp, "ext-roles-api", sub=f"u-{expected}", realm_access={"roles": roles})
+        _accepted(stack, token)
+        identity = pyjwt.decode(_seen(_get(stack, token))["x-tenant-token"], options={"verify_signature": False})
+        assert identity.get("role") == expected, roles
+        me = httpx.get(stack.gateway.url + "/_gateway/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert me.status_code == 200, me.text
+        assert me.json()["role"] == expected
+    bad = stack.admin.post(
+        f"/admin/tenants/{tenant['id']}/jwt-issuers",
+        json={"issuer": idp.issuer, "audience": "ext-roles-2", "jwks_url": idp.jwks_url, "role_map": {"x": "root"}},
+    )
+    assert bad.status_code == 422, bad.text

@@ -123,6 +123,15 @@ def test_invite_accept_login_refresh_replay_and_logout(platform: Platform) -> No
     wait_until(lambda: notes(platform, acme, third["access_token"]).status_code == 401, timeout=10,
                what="the logged-out session's access token refused")  # fmt: skip
 
+    # No password, token or hash in any log line of the three processes.
+    secrets = [PASSWORD, first["refresh_token"], second["refresh_token"], third["refresh_token"],
+               first["access_token"], "$argon2id$"]  # fmt: skip
+    for process in (platform.service, platform.gateway, platform.notes):
+        log = process.log_path.read_text(errors="replace")
+        assert log, process.name
+        for secret in secrets:
+            assert secret not in log, (process.name, secret[:12])
+
 
 def test_a_password_change_ends_the_other_sessions(platform: Platform) -> None:
     tenant = user_tenant(platform, "passwd")

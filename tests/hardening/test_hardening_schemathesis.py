@@ -143,7 +143,11 @@ def authorize(case: Any, inst: Installation) -> None:
     headers = case.meta.components.get(ParameterLocation.HEADER) if case.meta else None
     if headers is not None and headers.mode == GenerationMode.NEGATIVE:
         return
-    service = {"directory:read": inst.gateway_token, "credentials:vend": inst.service_token}
+    service = {
+        "directory:read": inst.gateway_token,
+        "credentials:vend": inst.service_token,
+        "users:authenticate": inst.gateway_token,
+    }
     for requirement in case.operation.definition.raw.get("security", []):
         for scheme, scopes in requirement.items():
             token = inst.admin_token if scheme == "adminToken" else service[scopes[0]]

@@ -80,7 +80,7 @@ async def test_create_returns_201_with_the_issuer_and_lists_it(api) -> None:
     response = await api.post(f"/admin/tenants/{tenant['id']}/jwt-issuers", json=payload)
     assert response.status_code == 201, response.text
     made = response.json()
-    assert set(made) == {"id", "issuer", "audience", "jwks_url", "algorithms", "created_at"}
+    assert set(made) == {"id", "issuer", "audience", "jwks_url", "algorithms", "created_at", "role_claim", "role_map"}
     assert uuid.UUID(made["id"])
     assert {k: made[k] for k in payload} == payload
     created = datetime.fromisoformat(made["created_at"].replace("Z", "+00:00"))
@@ -409,7 +409,7 @@ async def test_add_and_remove_are_audited_and_failures_are_not(api) -> None:
     assert response.status_code == 200, response.text
     entries = [e for e in response.json()["items"] if e["action"].startswith("jwt_issuer.")]
     assert [e["action"] for e in entries] == ["jwt_issuer.remove", "jwt_issuer.add"]  # newest first
-    fields = {k: made[k] for k in ("id", "issuer", "audience", "jwks_url", "algorithms")}
+    fields = {k: made[k] for k in ("id", "issuer", "audience", "jwks_url", "algorithms", "role_claim", "role_map")}
     removed, added = entries
     assert (added["actor"], added["target"], added["tenant_id"]) == (ACTOR, made["id"], tenant["id"])
     assert (added["before"], added["after"]) == (None, fields)
@@ -456,7 +456,9 @@ async def test_the_directory_carries_the_issuers_and_every_change_raises_the_rev
     assert changed["revision"] > since
     entry = entry_of(changed, tenant["id"])
     assert entry["revision"] > revision
-    assert entry["jwt_issuers"] == [{k: made[k] for k in ("id", "issuer", "audience", "jwks_url", "algorithms")}]
+    assert entry["jwt_issuers"] == [
+        {k: made[k] for k in ("id", "issuer", "audience", "jwks_url", "algorithms", "role_claim", "role_map")}
+    ]
     one = await api.get(
         f"/internal/v1/directory/tenants/{tenant['id']}",
         headers={"Authorization": f"Bearer {installation.gateway_token}"},

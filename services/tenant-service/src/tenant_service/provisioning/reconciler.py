@@ -201,6 +201,12 @@ class Reconciler:
                 and row.db_name not in kept_here
             )
 
+        candidates = {tid for name, tid in [*marked.databases.items(), *marked.roles.items()] if orphan(name, tid)}
+        if candidates:
+            # ``known`` was read before the server's objects were listed: a tenant registered in between (its row
+            # commits before its objects are made) would look like an orphan. Read the candidates' rows again.
+            known = {**known, **await self._rows(candidates)}
+            every_name = {row.db_name for row in known.values()} | {row.db_role for row in known.values()}
         orphan_dbs = {name for name, tid in marked.databases.items() if orphan(name, tid)}
         orphan_roles = {name for name, tid in marked.roles.items() if orphan(name, tid)}
         # Each kind by its own name: a marked orphan role says nothing about a database of the same name.
@@ -227,6 +233,19 @@ class Reconciler:
             if wanted is not None and current is not None and current != wanted:
                 await cluster.set_login(row.db_role, enabled=wanted)
                 report.logins_fixed.append(row.db_role)
+
+    async def _rows(self, tenant_ids: set[Any]) -> dict[Any, Any]:
+        """The registry rows of these tenants now (the ones that exist)."""
+        ids = [tid for tid in tenant_ids if tid is not None]
+        if not ids:
+            return {}
+        async with self._ctx.sessions() as session:
+            rows = await session.execute(
+                select(Tenant.id, Tenant.status, Tenant.db_name, Tenant.db_role, Tenant.server).where(
+                    Tenant.id.in_(ids)
+                )
+            )
+            return {row.id: row for row in rows}
 
     async def _role_logins(self, cluster: TenantCluster, roles: list[str]) -> dict[str, bool]:
         async with cluster.connect() as conn:

@@ -144,6 +144,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=defaults.users_baseline,
         help="git revision of the gateway compared on the proxied path (users; the commit before tenant users)",
     )
+    parser.add_argument(
+        "--users-proxied-runs",
+        type=int,
+        default=defaults.users_proxied_runs,
+        help="runs of the proxied rows, whose ratios are a few percent apart (users)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json", help="results file")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md", help="report page")
     parser.add_argument("--fresh", action="store_true", help="do not keep other sections of the results file")
@@ -162,8 +168,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--scale-tenants must be ≥ 3 and --scale-idle-seconds > 0")
     if min(args.move_mb, args.move_pause_mb, args.move_pauses, args.move_writers) < 1:
         parser.error("--move-mb, --move-pause-mb, --move-pauses and --move-writers must be ≥ 1")
-    if args.login_samples < 1 or not args.login_clients or min(args.login_clients) < 1 or args.login_seconds <= 0:
-        parser.error("--login-samples and --login-clients must be ≥ 1 and --login-seconds > 0")
+    counts = (args.login_samples, args.users_proxied_runs, *args.login_clients)
+    if not args.login_clients or min(counts) < 1 or args.login_seconds <= 0:
+        parser.error("--login-samples, --login-clients and --users-proxied-runs must be ≥ 1, --login-seconds > 0")
     return args
 
 
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         login_clients=args.login_clients,
         login_seconds=args.login_seconds,
         users_baseline=args.users_baseline,
+        users_proxied_runs=args.users_proxied_runs,
     )
     # Also SIGINT: a shell that starts the harness in the background ignores it otherwise.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -42,8 +42,9 @@ class Settings:
     move_writers: int = 2
     login_samples: int = 70
     login_clients: tuple[int, ...] = (4, 8, 16)
-    login_seconds: float = 8.0
+    login_seconds: float = 6.0
     users_baseline: str = "2cab184"
+    users_proxied_runs: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

@@ -103,6 +103,8 @@ class Row:
     label: str
     gateway: ServerProcess
     headers: dict[str, str]
+    versus: str | None = None
+    """The row this one's rate is compared with, run by run."""
 
 
 def argon2_parameters(encoded: str) -> dict[str, int | str]:
@@ -451,8 +453,9 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
         "packages; both gateways read the same tenant-service's directory. The baseline is checked to be the old "
         "code (it answers 404 to `/_gateway/me`) and to read this commit's directory feed (its "
         "`tenantry_common.directory` decodes a page carrying `revoked_sessions`). Credentials: the tenant's API "
-        "key (`X-API-Key`), the API key's access token (`POST /_gateway/token`) and a user's access token from a "
-        "sign-in (`Authorization: Bearer`). Rows interleave, forward in odd runs and reversed in even ones, after a "
+        "key (`X-API-Key`) and the API key's access token (`POST /_gateway/token`; the same token) on both "
+        "gateways, and a user's access token from a sign-in (`Authorization: Bearer`) on this "
+        "commit's. Rows interleave, forward in odd runs and reversed in even ones, after a "
         f"{WARMUP_SECONDS:g} s warm-up of each, {settings.users_proxied_runs} runs of {settings.duration:g} s "
         "(more than the other parts: the ratios are a few percent apart, which three runs do not settle); the "
         "tables show medians over runs.",
@@ -606,12 +609,26 @@ def _rows(
                 f"session ({read.split()[-1]} tenant(s) read by "
                 f"`{read.split()[0].replace(str(ctx.root), '<run dir>')}`)."
             )
-        rows.append(Row("old", f"(a) gateway of {ctx.settings.users_baseline}, API key", gw_old, api))
+        base = ctx.settings.users_baseline
+        rows += [
+            Row("old", f"(a) gateway of {base}, API key", gw_old, api),
+            Row("old_token", f"(a') gateway of {base}, the API key's access token", gw_old, key_token),
+        ]
+    compared = gw_old is not None and baseline is not None
     rows += [
-        Row("new", "(b) this commit's gateway, API key", gw_new, api),
-        Row("key_token", "(c) this commit's gateway, the API key's access token", gw_new, key_token),
-        Row("user", "(d) this commit's gateway, a user's access token", gw_new, user),
+        Row("new", "(b) this commit's gateway, API key", gw_new, api, "old" if compared else None),
+        Row(
+            "key_token",
+            "(b') this commit's gateway, the API key's access token",
+            gw_new,
+            key_token,
+            "old_token" if compared else None,
+        ),
+        Row("user", "(c) this commit's gateway, a user's access token", gw_new, user, "key_token"),
     ]
+    # Pairs compared run by run are neighbours in the order (forward in odd runs, reversed in even ones).
+    order = ["old", "new", "key_token", "old_token", "user"]
+    rows.sort(key=lambda r: order.index(r.key))
     return rows
 
 
@@ -700,13 +717,19 @@ def _report(
                 f"{c['logins']:,}",
             ]
         )
-    base_key = "old" if "old" in proxied else "new"
+    letters = {row.key: row.label.split(")", 1)[0] + ")" for row in rows}
     proxy_table = report.table(
         f"Proxied requests, 1 gateway worker pinned to core {ctx.cpu_test} (medians over runs)",
-        ["Row", "req/s", "p50 ms", "p99 ms", "CPU µs/req", f"req/s ÷ ({'a' if base_key == 'old' else 'b'})"],
+        ["Row", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "req/s ÷ the row named (median of runs' ratios)"],
     )
-    for row in rows:
+    table_order = ["old", "old_token", "new", "key_token", "user"]
+    for row in sorted(rows, key=lambda r: table_order.index(r.key)):
         p = proxied[row.key]
+        versus = (
+            f"{format_number(paired_rps(p, proxied[row.versus])[0])} ÷ {letters[row.versus]}"
+            if row.versus is not None
+            else ""
+        )
         proxy_table.rows.append(
             [
                 row.label,
@@ -714,11 +737,14 @@ def _report(
                 format_number(p["p50_ms"]),
                 format_number(p["p99_ms"]),
                 format_number(p["cpu_us_per_request"]),
-                format_number(paired_rps(p, proxied[base_key])[0]),
+                versus,
             ]
         )
     best = max(concurrent.items(), key=lambda item: item[1]["logins_per_s"])
     new_vs_old, new_vs_old_runs = paired_rps(proxied["new"], proxied["old"]) if "old" in proxied else (None, "")
+    token_vs_old, token_vs_old_runs = (
+        paired_rps(proxied["key_token"], proxied["old_token"]) if "old_token" in proxied else (None, "")
+    )
     user_vs_token, user_vs_token_runs = paired_rps(proxied["user"], proxied["key_token"])
     user_vs_key, _ = paired_rps(proxied["user"], proxied["new"])
     cpu_new, cpu_old = proxied["new"]["cpu_us_per_request"], proxied.get("old", {}).get("cpu_us_per_request")
@@ -731,6 +757,7 @@ def _report(
         "concurrent": {str(k): v for k, v in concurrent.items()},
         "proxied": {row.key: {"label": row.label, **proxied[row.key]} for row in rows},
         "new_vs_old": new_vs_old,
+        "new_vs_old_key_token": token_vs_old,
         "user_vs_key_token": user_vs_token,
         "user_vs_api_key": user_vs_key,
         "redis_calls_user_token": monitored.to_dict(),
@@ -760,7 +787,10 @@ def _report(
         (
             f"On the proxied path this commit's gateway did {format_number(new_vs_old)} times the baseline's "
             f"requests/s ({format_number(proxied['new']['rps'])} vs {format_number(proxied['old']['rps'])} req/s; "
-            f"{format_number(cpu_new)} vs {format_number(cpu_old)} CPU µs/request). "
+            f"{format_number(cpu_new)} vs {format_number(cpu_old)} CPU µs/request) with the API key, and "
+            f"{format_number(token_vs_old)} times with the API key's access token "
+            f"({format_number(proxied['key_token']['cpu_us_per_request'])} vs "
+            f"{format_number(proxied.get('old_token', {}).get('cpu_us_per_request'))} CPU µs/request). "
             if new_vs_old is not None
             else "The baseline gateway was not measured. "
         )
@@ -798,6 +828,16 @@ def _report(
             ratio=new_vs_old,
             detail=f"{new_vs_old_runs}; medians {format_number(proxied['new']['rps'])} ÷ "
             f"{format_number(proxied.get('old', {}).get('rps'))} req/s",
+        ),
+        Target(
+            "users.proxied_new_vs_old_token",
+            f"Proxied req/s, this commit's gateway ÷ {ctx.settings.users_baseline}'s (the API key's access token)",
+            token_vs_old,
+            ">=",
+            0.95,
+            ratio=token_vs_old,
+            detail=f"{token_vs_old_runs}; medians {format_number(proxied['key_token']['rps'])} ÷ "
+            f"{format_number(proxied.get('old_token', {}).get('rps'))} req/s",
         ),
         Target(
             "users.user_token_vs_key_token",

@@ -18,7 +18,7 @@ from bench.platform import PYCACHE, ROOT, Backends, ensure_tools, machine_info
 from bench.procs import Registry
 from bench.report import SECTION_ORDER, render
 from bench.results import PASS, load_results, merge_results, save_results
-from bench.sections import apps, backups, fleet, gateway, moves, provisioning, scale, tenants
+from bench.sections import apps, backups, fleet, gateway, moves, provisioning, scale, tenants, users
 from tenantry_devtools.processes import use_bytecode_cache
 
 SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
@@ -30,6 +30,7 @@ SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
     "backups": backups.run,
     "scale": scale.run,
     "moves": moves.run,
+    "users": users.run,
 }
 
 
@@ -123,6 +124,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=defaults.move_writers,
         help="clients writing notes through the gateway during those moves (moves)",
     )
+    parser.add_argument(
+        "--login-samples",
+        type=int,
+        default=defaults.login_samples,
+        help="sequential sign-ins per run, and as many of each failure kind (users)",
+    )
+    parser.add_argument(
+        "--login-clients",
+        type=_int_list,
+        default=defaults.login_clients,
+        help="concurrent sign-in clients, e.g. 4,8,16 (users)",
+    )
+    parser.add_argument(
+        "--login-seconds", type=float, default=defaults.login_seconds, help="seconds per concurrent sign-in run (users)"
+    )
+    parser.add_argument(
+        "--users-baseline",
+        default=defaults.users_baseline,
+        help="git revision of the gateway compared on the proxied path (users; the commit before tenant users)",
+    )
+    parser.add_argument(
+        "--users-proxied-runs",
+        type=int,
+        default=defaults.users_proxied_runs,
+        help="runs of the proxied rows, whose ratios are a few percent apart (users)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json", help="results file")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md", help="report page")
     parser.add_argument("--fresh", action="store_true", help="do not keep other sections of the results file")
@@ -141,6 +168,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--scale-tenants must be ≥ 3 and --scale-idle-seconds > 0")
     if min(args.move_mb, args.move_pause_mb, args.move_pauses, args.move_writers) < 1:
         parser.error("--move-mb, --move-pause-mb, --move-pauses and --move-writers must be ≥ 1")
+    counts = (args.login_samples, args.users_proxied_runs, *args.login_clients)
+    if not args.login_clients or min(counts) < 1 or args.login_seconds <= 0:
+        parser.error("--login-samples, --login-clients and --users-proxied-runs must be ≥ 1, --login-seconds > 0")
     return args
 
 
@@ -172,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         move_pause_mb=args.move_pause_mb,
         move_pauses=args.move_pauses,
         move_writers=args.move_writers,
+        login_samples=args.login_samples,
+        login_clients=args.login_clients,
+        login_seconds=args.login_seconds,
+        users_baseline=args.users_baseline,
+        users_proxied_runs=args.users_proxied_runs,
     )
     # Also SIGINT: a shell that starts the harness in the background ignores it otherwise.
     signal.signal(signal.SIGTERM, _interrupt)

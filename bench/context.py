@@ -40,6 +40,11 @@ class Settings:
     move_pause_mb: int = 20
     move_pauses: int = 5
     move_writers: int = 2
+    login_samples: int = 70
+    login_clients: tuple[int, ...] = (4, 8, 16)
+    login_seconds: float = 6.0
+    users_baseline: str = "2cab184"
+    users_proxied_runs: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

@@ -133,10 +133,11 @@ def gateway(
     cpus: str | None,
     workers: int = 1,
     mode: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> GatewayProcess:
-    """A gateway with the bench's settings (access log off, log level WARNING, ``workers`` workers, ``mode``) on a
-    free port, logging to ``logs/<name>.log`` (not started)."""
-    settings = {**BENCH_GATEWAY_SETTINGS, "GATEWAY_WORKERS": str(workers)}
+    """A gateway with the bench's settings (access log off, log level WARNING, ``workers`` workers, ``mode``, then
+    ``env``) on a free port, logging to ``logs/<name>.log`` (not started)."""
+    settings = {**BENCH_GATEWAY_SETTINGS, "GATEWAY_WORKERS": str(workers), **(env or {})}
     if mode is not None:
         settings["GATEWAY_MODE"] = mode
     return GatewayProcess(

@@ -594,3 +594,30 @@ def test_autovacuum_worker_rate_follows_naptime_and_the_launchers_floor() -> Non
     # 1,000 databases would be 60 ms apart: below the launcher's 100 ms floor, so 110 ms apart.
     assert expected_worker_rate(1000, 60.0) == pytest.approx(1 / 0.11)
     assert expected_worker_rate(600, 60.0) == pytest.approx(1 / 0.11)  # exactly 100 ms: also spaced out
+
+
+def test_the_stored_hashs_argon2_parameters_are_read() -> None:
+    from bench.sections.users import argon2_parameters
+
+    encoded = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA"
+    assert argon2_parameters(encoded) == {"type": "argon2id", "m": 65536, "t": 3, "p": 4}
+    assert argon2_parameters("$argon2i$v=19$m=8192,t=1,p=1$s$h")["type"] == "argon2i"
+    for bad in ("", "$2b$12$bcrypt", "$argon2id$v=19$m=65536,t=3$s$h", "$argon2id$v=19$m=x,t=3,p=4$s$h"):
+        with pytest.raises(ValueError, match="argon2"):
+            argon2_parameters(bad)
+
+
+def test_the_sign_in_script_posts_each_users_json_in_turn() -> None:
+    from bench.sections.users import login_script, spread
+
+    script = login_script([{"email": "a@example.com", "password": "it's \\ secret"}, {"email": "b@example.com"}])
+    assert 'wrk.method = "POST"' in script
+    assert 'wrk.headers["Content-Type"] = "application/json"' in script
+    # JSON inside single-quoted Lua strings: quotes and backslashes escaped for Lua, JSON's own escapes kept.
+    assert """  '{"email":"a@example.com","password":"it\\'s \\\\\\\\ secret"}',""" in script
+    assert """  '{"email":"b@example.com"}',""" in script
+    assert "n = n % #bodies + 1" in script
+    assert spread(2.0, 1.0) == spread(1.0, 2.0) == 2.0
+    assert spread(1.0, 1.0) == 1.0
+    assert spread(None, 1.0) is None
+    assert spread(0.0, 1.0) is None

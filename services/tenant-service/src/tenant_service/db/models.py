@@ -368,3 +368,18 @@ class Export(_StoredArchive, Base):
     """One stored export of a tenant's data (``.tar.gz`` of CSV files, encrypted)."""
 
     __tablename__ = "exports"
+
+
+class OutboxEvent(Base):
+    """One event waiting in (or done with) the outbox."""
+
+    __tablename__ = "event_outbox"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, unique=True, server_default=text("nextval('event_outbox_seq_seq')")
+    )
+    type: Mapped[str] = mapped_column(Text, nullable=False)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    fanned_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

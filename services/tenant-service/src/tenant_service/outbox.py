@@ -1,0 +1,68 @@
+"""Platform events (contract §13), written to the outbox in the same transaction as the change that causes them.
+
+:func:`emit` adds an event to the caller's session: it commits with the change or not at all, so no committed
+change goes unannounced and no event announces a change that rolled back. The webhook dispatcher
+(:mod:`tenant_service.webhooks`) delivers what the outbox holds, at least once.
+
+An event's body is what receivers get: ``{"type", "timestamp", "data"}``; ``data`` of an event about a tenant carries
+``tenant_id`` and ``slug``, plus what the event is about.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Any, Final, Literal
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tenant_service.db.models import OutboxEvent
+from tenantry_common.timeutil import utcnow
+
+EventType = Literal[
+    "tenant.created",
+    "tenant.updated",
+    "tenant.suspended",
+    "tenant.resumed",
+    "tenant.deleted",
+    "tenant.restored",
+    "tenant.purged",
+    "quota.threshold",
+    "backup.completed",
+    "backup.failed",
+    "restore.completed",
+    "move.completed",
+    "operation.failed",
+]
+#: Every event type, in the contract's order.
+EVENT_TYPES: Final[tuple[str, ...]] = EventType.__args__  # type: ignore[attr-defined]
+
+
+def new_event_id() -> str:
+    """An event id, as Standard Webhooks examples spell them (``msg_`` and 32 random hex digits)."""
+    return "msg_" + secrets.token_hex(16)
+
+
+def emit(
+    session: AsyncSession,
+    type_: EventType,
+    data: dict[str, Any] | msgspec.Struct,
+    *,
+    tenant_id: uuid.UUID | str | None = None,
+    slug: str | None = None,
+) -> OutboxEvent:
+    """Add an event to the session's transaction; ``tenant_id`` and ``slug`` go into its data when given."""
+    payload = msgspec.to_builtins(data) if isinstance(data, msgspec.Struct) else dict(data)
+    if tenant_id is not None:
+        payload = {"tenant_id": str(tenant_id), "slug": slug, **payload}
+    now = utcnow()
+    event = OutboxEvent(
+        id=new_event_id(),
+        type=type_,
+        tenant_id=uuid.UUID(str(tenant_id)) if tenant_id is not None else None,
+        body={"type": type_, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": payload},
+        created_at=now,
+    )
+    session.add(event)
+    return event

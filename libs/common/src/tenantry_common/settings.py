@@ -120,8 +120,8 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
     return value
 
 
-def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
-    """A non-negative float variable (a timeout, an interval)."""
+def env_float(name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None) -> float:
+    """A non-negative float variable (a timeout, an interval), at most ``maximum`` when given."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -131,6 +131,8 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 

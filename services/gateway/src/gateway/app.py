@@ -35,6 +35,7 @@ from gateway.resolve import Resolver, named_tenant
 from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
 from gateway.upstream import UpstreamPool
+from gateway.usage import UsageCounter, UsageFlusher
 from tenantry_common.jwt_keys import KeyRing
 from tenantry_common.request_ids import REQUEST_ID_PATTERN
 from tenantry_common.settings import ConfigError
@@ -140,7 +141,14 @@ class Gateway:
             max_connections=16,
         )
         self.quota_redis = RespClient(settings.redis_url, timeout=settings.redis_timeout)
-        self.limiter = Limiter(self.quota_redis, failure_mode=settings.quota_failure_mode)
+        self.usage = UsageCounter()
+        self.usage_flusher = UsageFlusher(
+            self.usage,
+            base_url=settings.tenant_service_url,
+            token=settings.directory_token,
+            interval=settings.usage_flush_seconds,
+        )
+        self.limiter = Limiter(self.quota_redis, failure_mode=settings.quota_failure_mode, usage=self.usage)
         self.pool = UpstreamPool(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
@@ -213,20 +221,24 @@ class Gateway:
             _log.info("signing_keys_reloaded", kids=list(keys.private_keys), signing_kid=keys.primary_kid)
 
     async def start(self) -> None:
-        """Start the directory sync, the heartbeat of the cutover hold (and the key file's watch)."""
+        """Start the directory sync, the heartbeat of the cutover hold, the usage flushes (and the key file's
+        watch)."""
         sync = self.sync
         DIRECTORY_AGE.set_function(lambda: -1.0 if (age := sync.age()) is None else age)
         await self.sync.start()
         self.holds.start()
+        if not self._passthrough:
+            self.usage_flusher.start()
         if self.settings.jwt_signing_keys_file:
             self._key_watch = asyncio.get_running_loop().create_task(
                 self._watch_keys(self.settings.jwt_signing_keys_file)
             )
 
     async def stop(self) -> None:
-        """Stop the sync and close every pool."""
+        """Flush the usage counted (requests in flight are done), stop the sync and close every pool."""
         if self._key_watch is not None:
             self._key_watch.cancel()
+        await self.usage_flusher.stop()
         await self.sync.stop()  # first: a sync would see new holds
         await self.holds.stop()
         self.pool.close()

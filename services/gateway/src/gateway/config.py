@@ -79,6 +79,9 @@ class GatewaySettings:
     """Seconds a Redis call may take before the quota failure mode applies (GATEWAY_REDIS_TIMEOUT)."""
     quota_failure_mode: str
     """``open`` (pass without quota headers) or ``closed`` (503) when Redis is unavailable."""
+    usage_flush_seconds: float
+    """Seconds between two flushes of a worker's usage counters to the tenant-service, at most 60
+    (USAGE_FLUSH_SECONDS)."""
     cutover_hold_seconds: float
     """Longest a request of a tenant under a cutover hold waits, from when this worker first saw the hold; then 503
     ``tenant_unavailable`` (CUTOVER_HOLD_SECONDS, the tenant-service's variable too)."""
@@ -173,6 +176,7 @@ class GatewaySettings:
             redis_url=env_str("REDIS_URL", required=True),
             redis_timeout=env_float(env_name("GATEWAY_REDIS_TIMEOUT", deprecated="REDIS_TIMEOUT"), 0.25, minimum=0.001),
             quota_failure_mode=mode,
+            usage_flush_seconds=env_float("USAGE_FLUSH_SECONDS", 30.0, minimum=0.1, maximum=60.0),
             cutover_hold_seconds=checked_hold_seconds(
                 env_float("CUTOVER_HOLD_SECONDS", DEFAULT_HOLD_SECONDS, minimum=MIN_HOLD_SECONDS)
             ),

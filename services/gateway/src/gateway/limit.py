@@ -6,6 +6,9 @@ script creates it. The keys are tenantry_common.redis_keys' counters, under the 
 so the two share a cluster slot. When Redis is slow or down the configured failure mode applies at once (``open``:
 pass without RateLimit-* headers; ``closed``: 503 ``quota_unavailable``): a short circuit breaker stops every
 request from waiting out the timeout.
+
+Each verdict is also counted in memory for the usage history (usage.py): served (allowed, or let through
+unmetered in failure mode ``open``) or rejected (429); no further I/O on the request's path.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from gateway.directory import TenantEntry
 from gateway.errors import GatewayError
 from gateway.http import Header
 from gateway.resp import RespClient, RespConnectionError, RespError, RespValue, encode_arguments, encode_command
+from gateway.usage import UsageCounter
 from tenantry_common.redis_keys import counter_key_prefixes
 
 _log = structlog.get_logger("tenantry.gateway.limit")
@@ -78,8 +82,10 @@ def _three_ints(reply: RespValue) -> tuple[int, int, int]:
 class Limiter:
     """Applies a tenant's limits with one Redis call."""
 
-    def __init__(self, client: RespClient, *, failure_mode: str) -> None:
+    def __init__(self, client: RespClient, *, failure_mode: str, usage: UsageCounter | None = None) -> None:
+        """``usage``: where each request's verdict is counted for the usage history (in memory, no I/O)."""
         self._client = client
+        self._usage = usage
         self._closed = failure_mode == "closed"
         self._script = QUOTA_SCRIPT.encode()
         self._sha = hashlib.sha1(QUOTA_SCRIPT.encode()).hexdigest().encode()  # noqa: S324 - Redis's name
@@ -108,6 +114,13 @@ class Limiter:
                 headers={"retry-after": "1"},
             )
         return _UNMETERED
+
+    def _unavailable_counted(self, tenant_id: str, now: float) -> tuple[Header, ...]:
+        """:meth:`_unavailable`, and a request let through unmetered (failure mode ``open``) counted as served."""
+        headers = self._unavailable()
+        if self._usage is not None:
+            self._usage.served(tenant_id, now)
+        return headers
 
     def _arguments(self, tenant_id: str, per_minute: int | None, per_day: int | None, second: int) -> _Arguments:
         """The script's keys and arguments for this tenant in this second (built once per tenant and second)."""
@@ -151,7 +164,7 @@ class Limiter:
         """
         now = time.time()
         if now < self._down_until:
-            return self._unavailable()
+            return self._unavailable_counted(tenant.id, now)
         per_minute, per_day = tenant.requests_per_minute, tenant.requests_per_day
         args = self._arguments(tenant.id, per_minute, per_day, int(now))
         try:
@@ -166,7 +179,13 @@ class Limiter:
         except (RespError, RespConnectionError) as exc:
             self._down_until = time.time() + _BREAKER_SECONDS
             _log.warning("quota_backend_unavailable", error=str(exc)[:200], mode="closed" if self._closed else "open")
-            return self._unavailable()
+            return self._unavailable_counted(tenant.id, now)
+        usage = self._usage
+        if usage is not None:
+            if code == _ALLOWED:
+                usage.served(tenant.id, now)
+            else:
+                usage.rejected(tenant.id, now)
         if code == 2 and per_day is not None:
             limit, used, reset, reset_bytes = per_day, d_count, args.day_reset, args.day_reset_bytes
         elif per_minute is not None:

@@ -37,6 +37,7 @@ from tenant_service.servers.controllers import MoveController, ServerController
 from tenant_service.servers.service import ensure_configured_servers
 from tenant_service.strict_requests import strict_request
 from tenant_service.tenants.controllers import JwtIssuerController, TenantController
+from tenant_service.usage.controllers import UsageIngestController
 from tenant_service.users.controllers import AuthController, TenantFacingController, UserController
 from tenantry_common.litestar_problems import problem_exception_handlers, problem_response
 from tenantry_common.logging import configure_logging
@@ -142,6 +143,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
             await _register_servers(app_ctx)
             background.start_reconciler()
             background.start_operations()
+            background.start_usage()
         try:
             yield
         finally:
@@ -166,6 +168,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
             AuthController,
             TenantFacingController,
             DirectoryController,
+            UsageIngestController,
             healthz,
             readyz,
             _Metrics,

@@ -1,5 +1,5 @@
-"""Background work of one process: the periodic reconciler, async provisioning jobs, the operation runner and the
-backup schedule."""
+"""Background work of one process: the periodic reconciler, async provisioning jobs, the operation runner, the
+backup schedule and the usage history's upkeep (database sizes, retention)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tenant_service.operations.kinds import handlers
 from tenant_service.operations.runner import OperationRunner
 from tenant_service.provisioning.provisioner import Provisioner
 from tenant_service.provisioning.reconciler import Reconciler
+from tenant_service.usage.upkeep import run_forever as run_usage_upkeep
 
 _log = structlog.get_logger("tenantry.background")
 
@@ -45,6 +46,10 @@ class BackgroundWork:
         self._keep(asyncio.create_task(self.operations.run_forever(), name="operations"))
         schedule = run_schedule(self._ctx, settings.schedule_interval_seconds, on_scheduled=self.wake_operations)
         self._keep(asyncio.create_task(schedule, name="backup-schedule"))
+
+    def start_usage(self) -> None:
+        """Sample database sizes and apply the usage retention every ``USAGE_SIZE_SAMPLE_SECONDS``."""
+        self._keep(asyncio.create_task(run_usage_upkeep(self._ctx), name="usage-upkeep"))
 
     def wake_operations(self) -> None:
         """An operation was just enqueued here: start it now rather than at the next poll."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from tenant_service.backups.store import StoreSettings
-from tenant_service.internal.scopes import DIRECTORY_READ, SERVICE_SCOPES, USERS_AUTHENTICATE
+from tenant_service.internal.scopes import DIRECTORY_READ, SERVICE_SCOPES, USAGE_WRITE, USERS_AUTHENTICATE
 from tenantry_common.holds import DEFAULT_HOLD_SECONDS, MIN_HOLD_SECONDS, checked_hold_seconds
 from tenantry_common.settings import (
     ConfigError,
@@ -24,7 +24,7 @@ from tenantry_common.settings import (
 )
 
 #: What GATEWAY_SERVICE_TOKEN holds when SERVICE_TOKEN_SCOPES does not name ``gateway``.
-GATEWAY_SCOPES = frozenset({DIRECTORY_READ, USERS_AUTHENTICATE})
+GATEWAY_SCOPES = frozenset({DIRECTORY_READ, USERS_AUTHENTICATE, USAGE_WRITE})
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -204,6 +204,18 @@ class UserSettings:
 
 
 @dataclass(frozen=True)
+class UsageSettings:
+    """Usage history (contract §13): database size samples and retention (docs/usage.md)."""
+
+    size_sample_seconds: float = 3600.0
+    """How often each tenant's database size is sampled into its daily usage (USAGE_SIZE_SAMPLE_SECONDS)."""
+    hourly_retention_days: int = 90
+    """Hourly usage rows older than this are deleted (USAGE_HOURLY_RETENTION_DAYS)."""
+    daily_retention_days: int = 800
+    """Daily usage rows (and quota alerts) older than this are deleted (USAGE_DAILY_RETENTION_DAYS)."""
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     """The HTTP server."""
 
@@ -228,6 +240,7 @@ class Settings:
     servers: ServerSettings = field(default_factory=ServerSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     users: UserSettings = field(default_factory=UserSettings)
+    usage: UsageSettings = field(default_factory=UsageSettings)
     redis_url: str | None = None
     """Redis, for change events and quota counters; optional for the registry itself."""
     redis_timeout: float = 0.5
@@ -326,6 +339,11 @@ class Settings:
                 hash_memory_kib=env_int("PASSWORD_HASH_MEMORY_KIB", 65536, minimum=8192, maximum=4 * 1024 * 1024),
                 hash_parallelism=env_int("PASSWORD_HASH_PARALLELISM", 4, minimum=1, maximum=64),
                 hash_concurrency=env_int("PASSWORD_HASH_CONCURRENCY", 4, minimum=1, maximum=256),
+            ),
+            usage=UsageSettings(
+                size_sample_seconds=env_float("USAGE_SIZE_SAMPLE_SECONDS", 3600.0, minimum=1.0),
+                hourly_retention_days=env_int("USAGE_HOURLY_RETENTION_DAYS", 90, minimum=1, maximum=3660),
+                daily_retention_days=env_int("USAGE_DAILY_RETENTION_DAYS", 800, minimum=1, maximum=36600),
             ),
             redis_url=env_opt("REDIS_URL"),
             redis_timeout=env_float(

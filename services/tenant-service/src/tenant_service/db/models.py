@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -62,6 +64,10 @@ class Plan(Base):
     limits: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
     #: Tenants on the plan are placed on servers carrying these labels.
     placement_labels: Mapped[dict[str, str]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    #: Fractions of ``requests_per_day`` at which a ``quota.threshold`` event is emitted (sorted, unique).
+    alert_thresholds: Mapped[list[float]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[0.8, 1.0]'::jsonb")
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -383,3 +389,42 @@ class OutboxEvent(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     fanned_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class UsageHourly(Base):
+    """Requests of one tenant in one hour, as the gateways counted them (docs/usage.md)."""
+
+    __tablename__ = "usage_hourly"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    rejected: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+
+
+class UsageDaily(Base):
+    """Requests of one tenant in one UTC day, and its database's size when last sampled that day."""
+
+    __tablename__ = "usage_daily"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    rejected: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    database_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class UsageBatchSeen(Base):
+    """The id of a usage batch already counted (a retried batch counts nothing)."""
+
+    __tablename__ = "usage_batches"
+    batch_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class QuotaAlert(Base):
+    """A ``quota.threshold`` event emitted: one per tenant, day and threshold."""
+
+    __tablename__ = "quota_alerts"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    threshold: Mapped[float] = mapped_column(Double, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

@@ -18,7 +18,10 @@ USERS_AUTHENTICATE: Final = "users:authenticate"
 """Sign a tenant's users in, refresh and end their sessions, sign-ups, and the tenant-facing ``/me``, ``/tenant`` and
 ``/users`` (``/internal/v1/auth/*``, ``/internal/v1/tenants/{id}/users|info``): what gateways do (contract §12)."""
 
-SERVICE_SCOPES: Final = frozenset({DIRECTORY_READ, CREDENTIALS_VEND, USERS_AUTHENTICATE})
+USAGE_WRITE: Final = "usage:write"
+"""Report the requests counted for the usage history (``POST /internal/v1/usage``): what gateways do (contract §13)."""
+
+SERVICE_SCOPES: Final = frozenset({DIRECTORY_READ, CREDENTIALS_VEND, USERS_AUTHENTICATE, USAGE_WRITE})
 """Every scope a service token can hold."""
 
 SCOPE_OPT: Final = "service_scope"

@@ -37,10 +37,20 @@ class PlanLimits(msgspec.Struct, forbid_unknown_fields=True):
     """Backups (and exports) are deleted this long after they complete (kept until deleted when unset)."""
 
 
+#: Most alert thresholds a plan may have, and the largest one (10 = ten times the daily quota).
+MAX_ALERT_THRESHOLDS = 10
+MAX_ALERT_THRESHOLD = 10.0
+DEFAULT_ALERT_THRESHOLDS = (0.8, 1.0)
+AlertThreshold = Annotated[float, msgspec.Meta(gt=0, le=MAX_ALERT_THRESHOLD)]
+
+
 class PlanPut(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``PUT /admin/plans/{name}``."""
 
     limits: PlanLimits
+    alert_thresholds: Annotated[list[AlertThreshold], msgspec.Meta(max_length=MAX_ALERT_THRESHOLDS)] | None = None
+    """Fractions of ``requests_per_day`` at which a ``quota.threshold`` event is emitted, once per tenant and day
+    (default ``[0.8, 1.0]``; contract §13)."""
     placement_labels: Labels = msgspec.field(default_factory=dict)
     """New tenants on the plan go to servers carrying these labels (unless their create body says otherwise)."""
 
@@ -50,6 +60,7 @@ class PlanView(msgspec.Struct):
 
     name: str
     limits: dict[str, int]
+    alert_thresholds: list[float]
     placement_labels: dict[str, str]
     created_at: datetime
     updated_at: datetime
@@ -66,10 +77,27 @@ def _view(plan: Plan) -> PlanView:
     return PlanView(
         name=plan.name,
         limits=dict(plan.limits),
+        alert_thresholds=[float(t) for t in (plan.alert_thresholds or [])],
         placement_labels=dict(plan.placement_labels or {}),
         created_at=plan.created_at,
         updated_at=plan.updated_at,
     )
+
+
+def _thresholds(given: list[float] | None) -> list[float]:
+    """The plan's thresholds, sorted; the default when none are given.
+
+    Raises:
+        InvalidInputError: 422 ``validation_error`` when one is given twice.
+    """
+    if given is None:
+        return list(DEFAULT_ALERT_THRESHOLDS)
+    if len(set(given)) != len(given):
+        raise InvalidInputError(
+            "invalid alert thresholds",
+            errors=[FieldError(field="alert_thresholds", message="each threshold at most once")],
+        )
+    return sorted(float(t) for t in given)
 
 
 class PlanService:
@@ -92,6 +120,7 @@ class PlanService:
                 errors=[FieldError(field="name", message="2-32 characters: lowercase letters, digits, '-', '_'")],
             )
         limits = {k: v for k, v in msgspec.to_builtins(data.limits).items() if v is not None}
+        thresholds = _thresholds(data.alert_thresholds)
         ctx = self._ctx
         async with unit_of_work(ctx) as work:
             session = work.session
@@ -101,6 +130,7 @@ class PlanService:
                 plan = Plan(
                     name=name,
                     limits=limits,
+                    alert_thresholds=thresholds,
                     placement_labels=dict(data.placement_labels),
                     created_at=utcnow(),
                     updated_at=utcnow(),
@@ -108,6 +138,7 @@ class PlanService:
                 session.add(plan)
             else:
                 plan.limits = limits
+                plan.alert_thresholds = thresholds
                 plan.placement_labels = dict(data.placement_labels)
                 plan.updated_at = utcnow()
             await session.flush()

@@ -744,6 +744,15 @@ class TenantCluster:
             )
         return int(value) if value is not None else None
 
+    async def database_sizes(self, databases: list[str]) -> dict[str, int]:
+        """The sizes in bytes of those of ``databases`` that exist (one query for all of them)."""
+        async with self.connect() as conn:
+            rows = await conn.fetch(
+                "SELECT datname, pg_database_size(datname) AS size FROM pg_database WHERE datname = ANY($1::text[])",
+                databases,
+            )
+        return {row["datname"]: int(row["size"]) for row in rows}
+
     async def ping(self) -> None:
         """Check that the tenant cluster answers (for readiness); a pooled connection that died with a restart is
         dropped by the pool, and the next check gets a new one."""

@@ -27,11 +27,12 @@ from tenant_service.tenants.schemas import (
     TenantCreated,
     TenantPage,
     TenantUpdate,
-    TenantUsage,
+    TenantUsageHistory,
     TenantView,
 )
 from tenant_service.tenants.service import TenantService
-from tenant_service.tenants.usage import tenant_usage
+from tenant_service.tenants.usage import tenant_usage_history
+from tenant_service.usage.history import history_window
 
 #: Errors of a lifecycle transition.
 _TRANSITION = problems(401, 404, 409, 422, 503)
@@ -173,10 +174,35 @@ class TenantController(Controller):
             return accepted(op)
         return Response(await TenantService(ctx).transition(ref, "restore", actor=actor(request)))
 
-    @get("/{ref:str}/usage", summary="Quota counters and database size", responses=problems(401, 404, 422, 503))
-    async def usage(self, ctx: Ctx, ref: Ref) -> TenantUsage:
-        """Current request counters (from the gateways' Redis) and the database size."""
-        return await tenant_usage(ctx, await TenantService(ctx).get(ref))
+    @get(
+        "/{ref:str}/usage",
+        summary="Quota counters, database size and usage history",
+        responses=problems(401, 404, 422, 503),
+    )
+    async def usage(
+        self,
+        ctx: Ctx,
+        ref: Ref,
+        start: Annotated[
+            str | None,
+            QueryParameter(
+                query="from",
+                required=False,
+                max_length=64,
+                description="ISO 8601; default: 24 buckets back (hours) or 30 (days)",
+            ),
+        ] = None,
+        end: Annotated[
+            str | None, QueryParameter(query="to", required=False, max_length=64, description="ISO 8601; default: now")
+        ] = None,
+        granularity: Annotated[
+            str | None, QueryParameter(required=False, max_length=8, description="hour (default) or day")
+        ] = None,
+    ) -> TenantUsageHistory:
+        """Current request counters (from the gateways' Redis), the database size, and the history: every hour or
+        day bucket of the window, zeros included (docs/usage.md)."""
+        window = history_window(granularity, start, end)
+        return await tenant_usage_history(ctx, await TenantService(ctx).get(ref), window)
 
     @post(
         "/{ref:str}/domains",

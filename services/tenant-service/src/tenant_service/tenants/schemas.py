@@ -10,6 +10,7 @@ import msgspec
 from tenant_service.backups.schemas import CloneSource
 from tenant_service.operations.schemas import OperationView
 from tenant_service.servers.schemas import Placement, ServerName
+from tenant_service.usage.schemas import UsageBucket
 from tenantry_common.jwt_keys import EXTERNAL_ALGORITHMS
 from tenantry_common.slugs import SLUG_MAX_LENGTH, SLUG_MIN_LENGTH, SLUG_PATTERN
 from tenantry_common.users_api import Role
@@ -162,6 +163,21 @@ class TenantUsage(msgspec.Struct):
     requests_minute: RequestUsage | None
     requests_day: RequestUsage | None
     quota_counters_available: bool
+
+
+class TenantUsageHistory(msgspec.Struct):
+    """Body of ``GET /admin/tenants/{ref}/usage``: the current counters (as :class:`TenantUsage`) and the history
+    (contract §13; docs/usage.md)."""
+
+    tenant_id: str
+    database: DatabaseUsage
+    requests_minute: RequestUsage | None
+    requests_day: RequestUsage | None
+    quota_counters_available: bool
+    granularity: str
+    """``hour`` or ``day``."""
+    history: list[UsageBucket]
+    """Every bucket of the window, oldest first; buckets without traffic hold zeros."""
 
 
 class JwtIssuerCreate(msgspec.Struct, forbid_unknown_fields=True):

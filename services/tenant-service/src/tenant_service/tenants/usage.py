@@ -1,4 +1,4 @@
-"""Usage of one tenant: database size, and the gateway's quota counters from Redis."""
+"""Usage of one tenant: database size, the gateway's quota counters from Redis, and the history from the registry."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import time
 from datetime import UTC, datetime
 
 from tenant_service.context import AppContext
-from tenant_service.tenants.schemas import DatabaseUsage, RequestUsage, TenantUsage, TenantView
+from tenant_service.tenants.schemas import DatabaseUsage, RequestUsage, TenantUsage, TenantUsageHistory, TenantView
+from tenant_service.usage.history import usage_history
+from tenant_service.usage.schemas import HistoryWindow
 from tenantry_common.lifecycle import HAS_DATABASE
 from tenantry_common.redis_keys import day_counter_key, minute_counter_key
 
@@ -44,4 +46,18 @@ async def tenant_usage(ctx: AppContext, tenant: TenantView) -> TenantUsage:
         requests_minute=minute_usage,
         requests_day=day_usage,
         quota_counters_available=available,
+    )
+
+
+async def tenant_usage_history(ctx: AppContext, tenant: TenantView, window: HistoryWindow) -> TenantUsageHistory:
+    """:func:`tenant_usage` and the tenant's usage history over ``window``."""
+    current = await tenant_usage(ctx, tenant)
+    return TenantUsageHistory(
+        tenant_id=current.tenant_id,
+        database=current.database,
+        requests_minute=current.requests_minute,
+        requests_day=current.requests_day,
+        quota_counters_available=current.quota_counters_available,
+        granularity=window.granularity,
+        history=await usage_history(ctx, tenant.id, window),
     )

@@ -1,0 +1,1 @@
+"""Usage history and quota alerts (contract §13): ingest of the gateways' counts, history, sampling, retention."""

@@ -186,14 +186,14 @@ class TenantController(Controller):
         start: Annotated[
             str | None,
             QueryParameter(
-                query="from",
+                name="from",
                 required=False,
                 max_length=64,
                 description="ISO 8601; default: 24 buckets back (hours) or 30 (days)",
             ),
         ] = None,
         end: Annotated[
-            str | None, QueryParameter(query="to", required=False, max_length=64, description="ISO 8601; default: now")
+            str | None, QueryParameter(name="to", required=False, max_length=64, description="ISO 8601; default: now")
         ] = None,
         granularity: Annotated[
             str | None, QueryParameter(required=False, max_length=8, description="hour (default) or day")

@@ -147,6 +147,7 @@ def authorize(case: Any, inst: Installation) -> None:
         "directory:read": inst.gateway_token,
         "credentials:vend": inst.service_token,
         "users:authenticate": inst.gateway_token,
+        "usage:write": inst.gateway_token,
     }
     for requirement in case.operation.definition.raw.get("security", []):
         for scheme, scopes in requirement.items():

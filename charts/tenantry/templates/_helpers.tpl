@@ -282,6 +282,9 @@ DEFAULT_SERVER_CAPACITY: {{ $c.defaultServerCapacity | int64 | toString | quote 
 MOVE_KEEP_SECONDS: {{ $c.moveKeepSeconds | int64 | toString | quote }}
 DRAIN_CONCURRENCY: {{ $c.drainConcurrency | int64 | toString | quote }}
 MOVE_CATCH_UP_SECONDS: {{ $c.moveCatchUpSeconds | toString | quote }}
+USAGE_SIZE_SAMPLE_SECONDS: {{ $c.usageSizeSampleSeconds | toString | quote }}
+USAGE_HOURLY_RETENTION_DAYS: {{ $c.usageHourlyRetentionDays | int64 | toString | quote }}
+USAGE_DAILY_RETENTION_DAYS: {{ $c.usageDailyRetentionDays | int64 | toString | quote }}
 SIGNUP_ENABLED: {{ $c.signupEnabled | toString | quote }}
 SIGNUP_PER_HOUR: {{ $c.signupPerHour | int64 | toString | quote }}
 LOGIN_MAX_FAILURES: {{ $c.loginMaxFailures | int64 | toString | quote }}

@@ -302,7 +302,7 @@ def test_every_internal_endpoint_names_a_known_scope(api) -> None:
 
     app = api._transport.app
     internal = [route for route in app.routes if route.path.startswith("/internal")]
-    assert len(internal) == 12
+    assert len(internal) == 13
     for route in internal:
         for handler in route.route_handlers:
             if handler.http_methods != {"OPTIONS"}:  # Litestar's own OPTIONS answer carries no data

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from tenant_service.config import GATEWAY_SCOPES, ServiceToken, service_tokens_from_env
-from tenant_service.internal.scopes import CREDENTIALS_VEND, DIRECTORY_READ, SERVICE_SCOPES, USERS_AUTHENTICATE
+from tenant_service.internal.scopes import (
+    CREDENTIALS_VEND,
+    DIRECTORY_READ,
+    SERVICE_SCOPES,
+    USAGE_WRITE,
+    USERS_AUTHENTICATE,
+)
 from tenantry_common.settings import ConfigError
 
 VARIABLES = ("SERVICE_TOKENS", "SERVICE_TOKEN", "GATEWAY_SERVICE_TOKEN", "SERVICE_TOKEN_SCOPES")
@@ -24,7 +30,9 @@ def test_the_deployed_shape_gives_each_app_only_its_scope(env: pytest.MonkeyPatc
     env.setenv("SERVICE_TOKEN_SCOPES", "app=credentials:vend")
     assert service_tokens_from_env()[0] == {
         "app": ServiceToken("notes-token-0123456789", frozenset({CREDENTIALS_VEND})),
-        "gateway": ServiceToken("gateway-token-0123456789", frozenset({DIRECTORY_READ, USERS_AUTHENTICATE})),
+        "gateway": ServiceToken(
+            "gateway-token-0123456789", frozenset({DIRECTORY_READ, USERS_AUTHENTICATE, USAGE_WRITE})
+        ),
     }
 
 

@@ -18,7 +18,7 @@ from bench.platform import PYCACHE, ROOT, Backends, ensure_tools, machine_info
 from bench.procs import Registry
 from bench.report import SECTION_ORDER, render
 from bench.results import PASS, load_results, merge_results, save_results
-from bench.sections import apps, backups, fleet, gateway, moves, provisioning, scale, tenants, users
+from bench.sections import apps, backups, fleet, gateway, moves, provisioning, scale, tenants, usage, users
 from tenantry_devtools.processes import use_bytecode_cache
 
 SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
@@ -31,6 +31,7 @@ SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
     "scale": scale.run,
     "moves": moves.run,
     "users": users.run,
+    "usage": usage.run,
 }
 
 
@@ -150,6 +151,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=defaults.users_proxied_runs,
         help="runs of the proxied rows, whose ratios are a few percent apart (users)",
     )
+    parser.add_argument(
+        "--usage-baseline",
+        default=defaults.usage_baseline,
+        help="git revision of the gateway compared with usage counting on (usage; the commit before it)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json", help="results file")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md", help="report page")
     parser.add_argument("--fresh", action="store_true", help="do not keep other sections of the results file")
@@ -207,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         login_seconds=args.login_seconds,
         users_baseline=args.users_baseline,
         users_proxied_runs=args.users_proxied_runs,
+        usage_baseline=args.usage_baseline,
     )
     # Also SIGINT: a shell that starts the harness in the background ignores it otherwise.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -45,6 +45,7 @@ class Settings:
     login_seconds: float = 6.0
     users_baseline: str = "2cab184"
     users_proxied_runs: int = 5
+    usage_baseline: str = "98cd7ea"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

@@ -20,7 +20,7 @@ MAX_BATCH_COUNTS: Final = 250
 #: Seconds in an hour bucket; ``hour`` is the Unix time of the bucket's start, a multiple of it.
 HOUR_SECONDS: Final = 3600
 
-_Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 
 
 class UsageCount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -116,6 +116,15 @@ async def test_only_the_gateway_token_may_report_usage(
         assert_problem(nobody, 401)
 
 
+async def test_the_openapi_document_names_the_usage_scope_and_the_history_parameters(api: httpx.AsyncClient) -> None:
+    paths = (await api.get("/schema/openapi.json")).json()["paths"]
+    ingest = paths["/internal/v1/usage"]["post"]
+    assert ingest["security"] == [{"serviceToken": ["usage:write"]}]
+    assert {"403", "422"} <= set(ingest["responses"])
+    history = paths["/admin/tenants/{ref}/usage"]["get"]
+    assert {"from", "to", "granularity"} <= {p["name"] for p in history["parameters"]}
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -96,6 +96,9 @@ async def test_a_batch_counts_once_however_often_it_is_sent(
     assert all(b["requests"] == 0 and b["rejected"] == 0 for b in usage["history"][:-2])
     for key in ("tenant_id", "database", "requests_minute", "requests_day", "quota_counters_available"):
         assert key in usage  # §3's usage is still there
+    metrics = (await api.get("/metrics")).text
+    assert 'tenantry_usage_batches_total{outcome="duplicate"}' in metrics
+    assert 'tenantry_usage_batches_total{outcome="ingested"}' in metrics
 
 
 async def test_only_the_gateway_token_may_report_usage(

@@ -1,5 +1,5 @@
-"""Background work of one process: the periodic reconciler, async provisioning jobs, the operation runner and the
-backup schedule."""
+"""Background work of one process: the periodic reconciler, async provisioning jobs, the operation runner, the
+backup schedule and the webhook dispatcher."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tenant_service.operations.kinds import handlers
 from tenant_service.operations.runner import OperationRunner
 from tenant_service.provisioning.provisioner import Provisioner
 from tenant_service.provisioning.reconciler import Reconciler
+from tenant_service.webhooks.dispatcher import Dispatcher
 
 _log = structlog.get_logger("tenantry.background")
 
@@ -26,6 +27,7 @@ class BackgroundWork:
         self._ctx = ctx
         self._tasks: set[asyncio.Task[object]] = set()
         self.operations: OperationRunner | None = None
+        self.webhooks: Dispatcher | None = None
 
     def _keep(self, task: asyncio.Task[object]) -> None:
         self._tasks.add(task)
@@ -45,6 +47,16 @@ class BackgroundWork:
         self._keep(asyncio.create_task(self.operations.run_forever(), name="operations"))
         schedule = run_schedule(self._ctx, settings.schedule_interval_seconds, on_scheduled=self.wake_operations)
         self._keep(asyncio.create_task(schedule, name="backup-schedule"))
+
+    def start_webhooks(self) -> None:
+        """Deliver the outbox's events to webhook subscriptions."""
+        self.webhooks = Dispatcher(self._ctx)
+        self._keep(asyncio.create_task(self.webhooks.run_forever(), name="webhooks"))
+
+    def wake_webhooks(self) -> None:
+        """A delivery was just queued here: look for it now rather than at the next poll."""
+        if self.webhooks is not None:
+            self.webhooks.wake()
 
     def wake_operations(self) -> None:
         """An operation was just enqueued here: start it now rather than at the next poll."""

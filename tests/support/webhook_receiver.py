@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +53,8 @@ class Receiver:
             if remaining <= 0:
                 raise AssertionError(f"timed out; received {[(r.path, r.json.get('type')) for r in self.received]}")
             self.arrived.clear()
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), min(remaining, 0.5))
-            except TimeoutError:
-                pass
         return self.received
 
     async def _handle(self, request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from standardwebhooks import Webhook as StandardWebhook
 from support.platform import Installation, in_process
 from support.webhook_receiver import webhook_receiver
 from tenant_service.context import AppContext
+from tenant_service.secretbox import generate_key
 from tenant_service.webhooks.connect import ForbiddenAddressError, SafeResolver, StaticResolver, check_literal
 from tenant_service.webhooks.dispatcher import Dispatcher, backoff_seconds
 
@@ -327,3 +328,31 @@ async def test_the_safe_resolver_and_literal_check_with_the_system_resolver() ->
             check_literal(host)
     check_literal("127.0.0.1")
     check_literal("example.com")
+
+
+# --- secrets at rest and key rotation ------------------------------------------------------------------
+
+
+async def test_rotate_encryption_reseals_webhook_secrets_and_deliveries_still_verify(
+    fresh_installation: Installation,
+) -> None:
+    inst = fresh_installation
+    old = inst.encryption_keys
+    new = f"k2:{generate_key()}"
+    async with webhook_receiver() as receiver:
+        async with in_process(inst) as (client, _):
+            hook = await subscribe(client, receiver.url("/rotated"), ["tenant.created"])
+        rows = await registry_rows(inst, "SELECT secret_enc FROM webhooks")
+        assert rows[0]["secret_enc"].startswith("v1.k1.")
+
+        result = inst.tenantctl("rotate-encryption", env={"ENCRYPTION_KEYS": f"{new},{old}"})
+        assert "re-encrypted 1 secret(s) with key k2" in result.stdout
+        assert hook["secret"] not in result.stdout + result.stderr
+        rows = await registry_rows(inst, "SELECT secret_enc FROM webhooks")
+        assert rows[0]["secret_enc"].startswith("v1.k2.")
+
+        # The old key is gone: the secret still signs, and the receiver's check passes.
+        async with in_process(inst, ENCRYPTION_KEYS=new, **FAST) as (client, ctx), dispatching(ctx):
+            await client.post("/admin/tenants", json={"slug": "wh-rotated", "name": "Rotated"})
+            await receiver.wait_for(lambda got: any(r.path == "/rotated" for r in got))
+        assert verify(hook["secret"], receiver.at("/rotated")[0])["type"] == "tenant.created"

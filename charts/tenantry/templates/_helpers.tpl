@@ -282,6 +282,12 @@ DEFAULT_SERVER_CAPACITY: {{ $c.defaultServerCapacity | int64 | toString | quote 
 MOVE_KEEP_SECONDS: {{ $c.moveKeepSeconds | int64 | toString | quote }}
 DRAIN_CONCURRENCY: {{ $c.drainConcurrency | int64 | toString | quote }}
 MOVE_CATCH_UP_SECONDS: {{ $c.moveCatchUpSeconds | toString | quote }}
+WEBHOOK_CONCURRENCY: {{ $c.webhookConcurrency | int64 | toString | quote }}
+WEBHOOK_TIMEOUT_SECONDS: {{ $c.webhookTimeoutSeconds | toString | quote }}
+WEBHOOK_POLL_SECONDS: {{ $c.webhookPollSeconds | toString | quote }}
+WEBHOOK_BACKOFF_BASE_SECONDS: {{ $c.webhookBackoffBaseSeconds | toString | quote }}
+WEBHOOK_BACKOFF_MAX_SECONDS: {{ $c.webhookBackoffMaxSeconds | toString | quote }}
+WEBHOOK_RETRY_HOURS: {{ $c.webhookRetryHours | toString | quote }}
 SIGNUP_ENABLED: {{ $c.signupEnabled | toString | quote }}
 SIGNUP_PER_HOUR: {{ $c.signupPerHour | int64 | toString | quote }}
 LOGIN_MAX_FAILURES: {{ $c.loginMaxFailures | int64 | toString | quote }}

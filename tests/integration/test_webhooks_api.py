@@ -219,6 +219,10 @@ async def test_signed_deliveries_log_redelivery_and_delete_stops_them(inst: Inst
             assert len(receiver.at("/life")) == count
             audit = (await client.get("/admin/audit", params={"limit": 200})).text
             assert "webhook.redeliver" in audit
+            metrics = (await client.get("/metrics")).text
+            assert 'tenantry_webhook_deliveries_total{outcome="delivered"}' in metrics
+            for gauge in ("outbox_depth", "pending_deliveries", "oldest_pending_seconds"):
+                assert f"tenantry_webhook_{gauge} " in metrics
 
 
 async def test_a_receiver_failing_three_times_gets_the_event_once_successfully_with_growing_delays(

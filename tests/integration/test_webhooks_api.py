@@ -360,3 +360,23 @@ async def test_rotate_encryption_reseals_webhook_secrets_and_deliveries_still_ve
             await client.post("/admin/tenants", json={"slug": "wh-rotated", "name": "Rotated"})
             await receiver.wait_for(lambda got: any(r.path == "/rotated" for r in got))
         assert verify(hook["secret"], receiver.at("/rotated")[0])["type"] == "tenant.created"
+
+
+async def test_a_url_the_allow_list_no_longer_admits_is_not_called(inst: Installation) -> None:
+    async with webhook_receiver() as receiver:
+        wide = "127.0.0.1,localhost,::1,*.test"
+        async with in_process(inst, UPSTREAM_ALLOWLIST=wide) as (client, _):
+            hook = await subscribe(client, receiver.url("/shrunk", host="shrunk.test"), ["tenant.created"])
+        resolver = StaticResolver({"shrunk.test": ["127.0.0.1"]})
+        async with (
+            in_process(inst, **FAST) as (client, ctx),
+            dispatching(ctx, Dispatcher(ctx, resolver=resolver)),
+        ):
+            await client.post("/admin/tenants", json={"slug": "wh-shrunk", "name": "Shrunk"})
+            async with asyncio.timeout(20):
+                while not (items := (await client.get(f"/admin/webhooks/{hook['id']}/deliveries")).json()["items"]) or (
+                    not items[0]["last_error"]
+                ):
+                    await asyncio.sleep(0.1)
+        assert items[0]["last_error"] == "address refused: the URL is no longer allowed by UPSTREAM_ALLOWLIST"
+        assert not receiver.at("/shrunk")

@@ -33,6 +33,7 @@ from yarl import URL
 from tenant_service.context import AppContext
 from tenant_service.outbox import on_committed
 from tenant_service.secretbox import DecryptionError
+from tenant_service.tenants.validation import UpstreamNotAllowedError, check_upstream_url
 from tenant_service.webhooks.connect import ForbiddenAddressError, SafeResolver, check_literal, refused
 from tenant_service.webhooks.signing import secret_context, signature
 from tenantry_common.timeutil import utcnow
@@ -198,8 +199,9 @@ class Dispatcher:
         settings = self.ctx.settings.webhooks
         stop_listening = on_committed(self.wake)
         timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
+        resolver = SafeResolver(self.resolver)
         connector = aiohttp.TCPConnector(
-            resolver=SafeResolver(self.resolver), limit=settings.concurrency, ttl_dns_cache=None, use_dns_cache=False
+            resolver=resolver, limit=settings.concurrency, ttl_dns_cache=None, use_dns_cache=False
         )
         recorder = asyncio.create_task(self._record_forever(), name="webhook-recorder")
         try:
@@ -239,6 +241,8 @@ class Dispatcher:
                 await recorder
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._flush(), timeout=5)
+            with contextlib.suppress(Exception):
+                await resolver.close()
 
     async def pass_once(self, http: aiohttp.ClientSession) -> bool:
         """Fan out new events and start due deliveries in free slots; True when every slot is taken."""
@@ -292,6 +296,9 @@ class Dispatcher:
                 "webhook-timestamp": str(timestamp),
                 "webhook-signature": signature(secret, item.event_id, timestamp, body),
             }
+            # The rules of the URL's creation still hold (UPSTREAM_ALLOWLIST may have shrunk since), and an IP
+            # address host is checked here: aiohttp does not ask the resolver about those.
+            check_upstream_url(item.url, self.ctx.settings.lifecycle.upstream_allowlist, field="url")
             check_literal(URL(item.url).host or "")
             async with http.post(item.url, data=body, headers=headers, allow_redirects=False) as response:
                 code = response.status
@@ -299,6 +306,8 @@ class Dispatcher:
                     await response.content.readany()
             if not 200 <= code < 300:
                 error = f"HTTP {code}"
+        except UpstreamNotAllowedError:
+            error = "address refused: the URL is no longer allowed by UPSTREAM_ALLOWLIST"
         except DecryptionError:
             error = "the signing secret does not decrypt (ENCRYPTION_KEYS is missing its key)"
         except TimeoutError:

@@ -380,3 +380,24 @@ async def test_a_url_the_allow_list_no_longer_admits_is_not_called(inst: Install
                     await asyncio.sleep(0.1)
         assert items[0]["last_error"] == "address refused: the URL is no longer allowed by UPSTREAM_ALLOWLIST"
         assert not receiver.at("/shrunk")
+
+
+async def test_retention_forgets_finished_events_and_keeps_pending_ones(fresh_installation: Installation) -> None:
+    inst = fresh_installation
+    async with webhook_receiver() as receiver, in_process(inst, **FAST, WEBHOOK_RETENTION_DAYS="0") as (client, ctx):
+        good = await subscribe(client, receiver.url("/kept"), ["tenant.created"])
+        receiver.script["/stuck"] = [500] * 1000
+        stuck = await subscribe(client, receiver.url("/stuck"), ["tenant.suspended"])
+        dispatcher = Dispatcher(ctx)
+        async with dispatching(ctx, dispatcher):
+            await client.post("/admin/tenants", json={"slug": "wh-prune", "name": "Prune"})
+            await client.post("/admin/tenants/wh-prune/suspend")
+            await wait_delivery(client, good["id"], "delivered")
+            await receiver.wait_for(lambda got: any(r.path == "/stuck" for r in got))
+        deleted = await dispatcher.prune()
+        assert deleted == 1  # tenant.created, delivered; tenant.suspended is still pending
+        assert (await client.get(f"/admin/webhooks/{good['id']}/deliveries")).json()["items"] == []
+        (pending,) = (await client.get(f"/admin/webhooks/{stuck['id']}/deliveries")).json()["items"]
+        assert pending["status"] == "pending"
+        left = await registry_rows(inst, "SELECT type FROM event_outbox")
+        assert [r["type"] for r in left] == ["tenant.suspended"]

@@ -148,6 +148,8 @@ class WebhookSettings:
     """Longest delay between two attempts (WEBHOOK_BACKOFF_MAX_SECONDS)."""
     retry_hours: float = 24.0
     """How long a delivery is retried before it is marked failed (WEBHOOK_RETRY_HOURS)."""
+    retention_days: float = 30.0
+    """How long delivered events (and their delivery log) are kept after their fan-out (WEBHOOK_RETENTION_DAYS)."""
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,7 @@ class Settings:
                 backoff_base_seconds=env_float("WEBHOOK_BACKOFF_BASE_SECONDS", 5.0, minimum=0.01),
                 backoff_max_seconds=env_float("WEBHOOK_BACKOFF_MAX_SECONDS", 3600.0, minimum=0.01),
                 retry_hours=env_float("WEBHOOK_RETRY_HOURS", 24.0, minimum=0.0),
+                retention_days=env_float("WEBHOOK_RETENTION_DAYS", 30.0, minimum=0.0),
             ),
             redis_url=env_opt("REDIS_URL"),
             redis_timeout=env_float(

@@ -44,6 +44,10 @@ USER_AGENT: Final = "Tenantry-Webhooks/1"
 FAN_OUT_BATCH: Final = 500
 #: Seconds between refreshes of the backlog gauges.
 STATS_SECONDS: Final = 5.0
+#: Seconds between two retention passes of one replica.
+PRUNE_SECONDS: Final = 3600.0
+#: Events one retention statement deletes at most.
+PRUNE_BATCH: Final = 5000
 #: Longest error text kept on a delivery and its webhook.
 _ERROR_CHARS: Final = 300
 
@@ -122,6 +126,17 @@ _ENDPOINTS = text(
     """
 )
 
+_PRUNE = text(
+    """
+    DELETE FROM event_outbox WHERE id IN (
+        SELECT e.id FROM event_outbox e
+        WHERE e.fanned_out_at IS NOT NULL AND e.fanned_out_at < now() - make_interval(secs => :keep)
+          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.status = 'pending')
+        ORDER BY e.fanned_out_at LIMIT :batch
+    )
+    """
+)
+
 _STATS = text(
     """
     SELECT (SELECT count(*) FROM event_outbox WHERE fanned_out_at IS NULL) AS depth,
@@ -187,6 +202,7 @@ class Dispatcher:
     _outcome_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _inflight: set[asyncio.Task[None]] = field(default_factory=set)
     _stats_at: float = 0.0
+    _pruned_at: float = 0.0
     #: When (``time.monotonic``) the earliest retry this process scheduled is due: it sleeps no longer than that.
     _next_due: float | None = None
 
@@ -215,6 +231,7 @@ class Dispatcher:
                     except Exception as exc:  # noqa: BLE001 - the registry may be briefly unreachable; retry
                         _log.warning("webhook_dispatch_pass_failed", error=type(exc).__name__)
                     await self._refresh_stats()
+                    await self._prune_now_and_then()
                     self._wake.clear()
                     self._slot_freed.clear()
                     waits = [asyncio.ensure_future(self._wake.wait())]
@@ -395,6 +412,32 @@ class Dispatcher:
             due = time.monotonic() + max(0.0, (min(retries) - utcnow()).total_seconds()) + 0.005
             self._next_due = due if self._next_due is None else min(self._next_due, due)
             self._wake.set()
+
+    async def prune(self) -> int:
+        """Forget events fanned out more than ``WEBHOOK_RETENTION_DAYS`` ago with no pending delivery (their
+        deliveries go with them); the number of events deleted."""
+        keep = self.ctx.settings.webhooks.retention_days * 86400
+        deleted = 0
+        while True:
+            async with self.ctx.sessions() as session, session.begin():
+                result = await session.execute(_PRUNE, {"keep": keep, "batch": PRUNE_BATCH})
+            count = int(getattr(result, "rowcount", 0) or 0)
+            deleted += count
+            if count < PRUNE_BATCH:
+                return deleted
+
+    async def _prune_now_and_then(self) -> None:
+        now = time.monotonic()
+        if self._pruned_at and now - self._pruned_at < PRUNE_SECONDS:
+            return
+        self._pruned_at = now
+        try:
+            deleted = await self.prune()
+        except Exception as exc:  # noqa: BLE001 - the next pass retries
+            _log.warning("webhook_prune_failed", error=type(exc).__name__)
+            return
+        if deleted:
+            _log.info("webhook_events_pruned", events=deleted)
 
     async def _refresh_stats(self) -> None:
         now = time.monotonic()

@@ -61,8 +61,13 @@ def upgrade() -> None:
     )
     op.execute("CREATE INDEX ix_webhook_deliveries_list ON webhook_deliveries (webhook_id, created_at DESC, id DESC)")
     op.execute("CREATE INDEX ix_webhook_deliveries_event ON webhook_deliveries (event_id)")
+    # The dispatcher's retention: fanned-out events, oldest first.
+    op.execute(
+        "CREATE INDEX ix_event_outbox_fanned_out ON event_outbox (fanned_out_at) WHERE fanned_out_at IS NOT NULL"
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP INDEX IF EXISTS ix_event_outbox_fanned_out")
     op.execute("DROP TABLE IF EXISTS webhook_deliveries")
     op.execute("DROP TABLE IF EXISTS webhooks")

@@ -401,3 +401,16 @@ async def test_retention_forgets_finished_events_and_keeps_pending_ones(fresh_in
         assert pending["status"] == "pending"
         left = await registry_rows(inst, "SELECT type FROM event_outbox")
         assert [r["type"] for r in left] == ["tenant.suspended"]
+
+
+async def test_a_redirect_is_not_followed_but_counted_as_a_failed_attempt(inst: Installation) -> None:
+    async with webhook_receiver() as receiver, in_process(inst, **FAST) as (client, ctx):
+        hook = await subscribe(client, receiver.url("/moved"), ["tenant.created"])
+        receiver.script["/moved"] = [307]
+        receiver.redirect_to = receiver.url("/elsewhere")
+        async with dispatching(ctx):
+            await client.post("/admin/tenants", json={"slug": "wh-redirect", "name": "Redirect"})
+            await receiver.wait_for(lambda got: [r.status for r in got if r.path == "/moved"] == [307, 200])
+        assert not receiver.at("/elsewhere")
+        delivered = await wait_delivery(client, hook["id"], "delivered")
+        assert delivered["attempts"] == 2

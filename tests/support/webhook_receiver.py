@@ -38,6 +38,8 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     script: dict[str, list[int]] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    redirect_to: str | None = None
+    """The ``Location`` of scripted 3xx answers."""
 
     def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -63,7 +65,8 @@ class Receiver:
         status = statuses.pop(0) if statuses else 200
         self.received.append(Received(request.path, dict(request.headers), body, time.monotonic(), status))
         self.arrived.set()
-        return web.Response(status=status, text="ok")
+        headers = {"Location": self.redirect_to} if 300 <= status < 400 and self.redirect_to else None
+        return web.Response(status=status, text="ok", headers=headers)
 
 
 @asynccontextmanager

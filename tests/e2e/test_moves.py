@@ -11,6 +11,7 @@ import itertools
 import signal
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,16 @@ def test_a_dump_move_and_a_move_back_keep_the_data(
     same = admin.post(f"/admin/tenants/{tenant.slug}/move", json={"server": "default"})
     assert same.status_code == 409
     assert same.json()["code"] == "already_on_server"
+    # Each finished move was announced (contract §13), in the transaction that recorded its end.
+    events = asyncio.run(
+        registry(
+            platform.installation,
+            "SELECT body->'data'->>'id' AS op, body->'data'->>'slug' AS slug FROM event_outbox"
+            " WHERE type = 'move.completed' AND tenant_id = $1 ORDER BY seq",
+            uuid.UUID(tenant.id),
+        )
+    )
+    assert [(e["op"], e["slug"]) for e in events] == [(there["id"], tenant.slug), (back["id"], tenant.slug)]
 
 
 def test_tables_without_a_primary_key_move_correctly_online(

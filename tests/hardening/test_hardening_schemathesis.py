@@ -104,12 +104,13 @@ class Target:
     tenant_id: str
     key_id: str
     issuer_id: str
+    webhook_id: str
 
 
 @pytest.fixture
 def fuzz_target(fuzz_service: TenantServiceProcess) -> Target:
-    """The tenant ``fuzz-target``, active, with an active API key, its domain and an external JWT issuer, whatever
-    the last operation did."""
+    """The tenant ``fuzz-target``, active, with an active API key, its domain and an external JWT issuer, and a
+    webhook, whatever the last operation did."""
     with fuzz_service.client() as admin:
         got = admin.get(f"/admin/tenants/{TARGET}")
         if got.status_code == 404:
@@ -134,7 +135,14 @@ def fuzz_target(fuzz_service: TenantServiceProcess) -> Target:
             )
             assert made.status_code == 201, made.text
             issuers = [made.json()]
-        return Target(tenant_id=tenant["id"], key_id=active[0], issuer_id=issuers[0]["id"])
+        webhooks = admin.get("/admin/webhooks").json()["items"]
+        if not webhooks:
+            made = admin.post("/admin/webhooks", json={"url": "http://127.0.0.1:9/fuzz", "events": ["tenant.created"]})
+            assert made.status_code == 201, made.text
+            webhooks = [made.json()]
+        return Target(
+            tenant_id=tenant["id"], key_id=active[0], issuer_id=issuers[0]["id"], webhook_id=webhooks[0]["id"]
+        )
 
 
 def authorize(case: Any, inst: Installation) -> None:
@@ -165,6 +173,7 @@ def point_at_target(case: Any, target: Target) -> None:
         "tenant_id": target.tenant_id,
         "key_id": target.key_id,
         "issuer_id": target.issuer_id,
+        "webhook_id": target.webhook_id,
         "domain": TARGET_DOMAIN,
     }
     for name in case.path_parameters:

@@ -51,6 +51,9 @@ def internal_paths(tenant_id: str) -> list[str]:
 # --- admin authentication -------------------------------------------------------------------------------------
 
 
+_SOME_ID = "5b0a3c1e-8f7d-4c1a-9a4e-2f6b7d8c9e01"
+
+
 def admin_calls(ref: str, key_id: str) -> list[tuple[str, str, dict | None]]:
     return [
         ("GET", "/admin/tenants", None),
@@ -72,6 +75,12 @@ def admin_calls(ref: str, key_id: str) -> list[tuple[str, str, dict | None]]:
         ("GET", "/admin/plans", None),
         ("PUT", "/admin/plans/free", {"limits": {"requests_per_minute": 1, "requests_per_day": 1}}),
         ("GET", "/admin/audit", None),
+        ("POST", "/admin/webhooks", {"url": "http://127.0.0.1:9/intruder", "events": ["tenant.created"]}),
+        ("GET", "/admin/webhooks", None),
+        ("GET", f"/admin/webhooks/{_SOME_ID}", None),
+        ("DELETE", f"/admin/webhooks/{_SOME_ID}", None),
+        ("GET", f"/admin/webhooks/{_SOME_ID}/deliveries", None),
+        ("POST", f"/admin/webhooks/{_SOME_ID}/deliveries/{_SOME_ID}/redeliver", None),
     ]
 
 

@@ -285,6 +285,13 @@ MOVE_CATCH_UP_SECONDS: {{ $c.moveCatchUpSeconds | toString | quote }}
 USAGE_SIZE_SAMPLE_SECONDS: {{ $c.usageSizeSampleSeconds | toString | quote }}
 USAGE_HOURLY_RETENTION_DAYS: {{ $c.usageHourlyRetentionDays | int64 | toString | quote }}
 USAGE_DAILY_RETENTION_DAYS: {{ $c.usageDailyRetentionDays | int64 | toString | quote }}
+WEBHOOK_CONCURRENCY: {{ $c.webhookConcurrency | int64 | toString | quote }}
+WEBHOOK_TIMEOUT_SECONDS: {{ $c.webhookTimeoutSeconds | toString | quote }}
+WEBHOOK_POLL_SECONDS: {{ $c.webhookPollSeconds | toString | quote }}
+WEBHOOK_BACKOFF_BASE_SECONDS: {{ $c.webhookBackoffBaseSeconds | toString | quote }}
+WEBHOOK_BACKOFF_MAX_SECONDS: {{ $c.webhookBackoffMaxSeconds | toString | quote }}
+WEBHOOK_RETRY_HOURS: {{ $c.webhookRetryHours | toString | quote }}
+WEBHOOK_RETENTION_DAYS: {{ $c.webhookRetentionDays | toString | quote }}
 SIGNUP_ENABLED: {{ $c.signupEnabled | toString | quote }}
 SIGNUP_PER_HOUR: {{ $c.signupPerHour | int64 | toString | quote }}
 LOGIN_MAX_FAILURES: {{ $c.loginMaxFailures | int64 | toString | quote }}

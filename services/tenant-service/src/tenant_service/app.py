@@ -39,6 +39,7 @@ from tenant_service.strict_requests import strict_request
 from tenant_service.tenants.controllers import JwtIssuerController, TenantController
 from tenant_service.usage.controllers import UsageIngestController
 from tenant_service.users.controllers import AuthController, TenantFacingController, UserController
+from tenant_service.webhooks.controllers import WebhookController
 from tenantry_common.litestar_problems import problem_exception_handlers, problem_response
 from tenantry_common.logging import configure_logging
 from tenantry_common.request_ids import new_request_id, safe_request_id
@@ -144,6 +145,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
             background.start_reconciler()
             background.start_operations()
             background.start_usage()
+            background.start_webhooks()
         try:
             yield
         finally:
@@ -169,6 +171,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
             TenantFacingController,
             DirectoryController,
             UsageIngestController,
+            WebhookController,
             healthz,
             readyz,
             _Metrics,

@@ -1,5 +1,5 @@
 """Background work of one process: the periodic reconciler, async provisioning jobs, the operation runner, the
-backup schedule and the usage history's upkeep (database sizes, retention)."""
+backup schedule, the usage history's upkeep (database sizes, retention) and the webhook dispatcher."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tenant_service.operations.runner import OperationRunner
 from tenant_service.provisioning.provisioner import Provisioner
 from tenant_service.provisioning.reconciler import Reconciler
 from tenant_service.usage.upkeep import run_forever as run_usage_upkeep
+from tenant_service.webhooks.dispatcher import Dispatcher
 
 _log = structlog.get_logger("tenantry.background")
 
@@ -27,6 +28,7 @@ class BackgroundWork:
         self._ctx = ctx
         self._tasks: set[asyncio.Task[object]] = set()
         self.operations: OperationRunner | None = None
+        self.webhooks: Dispatcher | None = None
 
     def _keep(self, task: asyncio.Task[object]) -> None:
         self._tasks.add(task)
@@ -50,6 +52,16 @@ class BackgroundWork:
     def start_usage(self) -> None:
         """Sample database sizes and apply the usage retention every ``USAGE_SIZE_SAMPLE_SECONDS``."""
         self._keep(asyncio.create_task(run_usage_upkeep(self._ctx), name="usage-upkeep"))
+
+    def start_webhooks(self) -> None:
+        """Deliver the outbox's events to webhook subscriptions."""
+        self.webhooks = Dispatcher(self._ctx)
+        self._keep(asyncio.create_task(self.webhooks.run_forever(), name="webhooks"))
+
+    def wake_webhooks(self) -> None:
+        """A delivery was just queued here: look for it now rather than at the next poll."""
+        if self.webhooks is not None:
+            self.webhooks.wake()
 
     def wake_operations(self) -> None:
         """An operation was just enqueued here: start it now rather than at the next poll."""

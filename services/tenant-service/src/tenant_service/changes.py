@@ -14,20 +14,36 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_service.audit.service import record
 from tenant_service.db.models import Tenant
+from tenant_service.outbox import EventType, emit
 from tenant_service.tenants.lookup import find_tenant, touch
+from tenant_service.tenants.schemas import TenantView
+from tenant_service.tenants.views import tenant_view
 from tenantry_common.events import EventKind
 from tenantry_common.lifecycle import TenantStatus
 from tenantry_common.problems import ConflictError
 
 if TYPE_CHECKING:
     from tenant_service.context import AppContext
+
+
+#: The platform event (contract §13) each audited tenant change announces, in the transaction of the change.
+#: ``tenant.provisioned`` is the end of provisioning (the synchronous and asynchronous creates, the reconciler's
+#: retries and a clone's activation); ``tenant.purged`` is emitted by the purge itself, which forgets the row.
+TENANT_EVENTS: Final[dict[str, EventType]] = {
+    "tenant.provisioned": "tenant.created",
+    "tenant.update": "tenant.updated",
+    "tenant.suspend": "tenant.suspended",
+    "tenant.resume": "tenant.resumed",
+    "tenant.delete": "tenant.deleted",
+    "tenant.restore": "tenant.restored",
+}
 
 
 class InvalidStateError(ConflictError):
@@ -102,6 +118,10 @@ class Unit:
             before=before,
             after=audited,
         )
+        event = TENANT_EVENTS.get(action)
+        if event is not None and (event != "tenant.created" or tenant.status == TenantStatus.ACTIVE):
+            data = after if isinstance(after, TenantView) else await tenant_view(self.session, tenant)
+            emit(self.session, event, data, tenant_id=tenant.id, slug=tenant.slug)
         if tenant.status != TenantStatus.PROVISIONING:
             # A tenant being provisioned is announced when it becomes active (the provisioner's change); until then
             # gateways see it, as `provisioning`, only on their periodic sync, as before this unit existed.

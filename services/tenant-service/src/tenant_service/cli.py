@@ -172,8 +172,9 @@ async def rotate_encryption(ctx: AppContext) -> None:
     """Re-encrypt every stored secret with the primary key of ENCRYPTION_KEYS (old keys can then be removed)."""
     from sqlalchemy import select  # noqa: PLC0415
 
-    from tenant_service.db.models import Server, Tenant  # noqa: PLC0415
+    from tenant_service.db.models import Server, Tenant, Webhook  # noqa: PLC0415
     from tenant_service.servers.pool import password_context as server_password_context  # noqa: PLC0415
+    from tenant_service.webhooks.signing import secret_context  # noqa: PLC0415
 
     count = 0
     unreadable: list[str] = []
@@ -197,6 +198,16 @@ async def rotate_encryption(ctx: AppContext) -> None:
                     unreadable.append(f"server {server.name}")
                     continue
                 server.password_enc = ctx.box.encrypt(password, context)
+                count += 1
+        for webhook in (await session.execute(select(Webhook).with_for_update())).scalars():
+            if ctx.box.needs_rotation(webhook.secret_enc):
+                context = secret_context(webhook.id)
+                try:
+                    secret = ctx.box.decrypt(webhook.secret_enc, context)
+                except DecryptionError:
+                    unreadable.append(f"webhook {webhook.id}")
+                    continue
+                webhook.secret_enc = ctx.box.encrypt(secret, context)
                 count += 1
     click.echo(f"re-encrypted {count} secret(s) with key {ctx.box.primary_kid}")
     click.echo(f"re-wrapped {await rewrap_data_keys(ctx)} data key(s); stored backups and exports are unchanged")

@@ -133,6 +133,26 @@ class OperationSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """Webhook deliveries (contract §13): the dispatcher's concurrency, timeouts and retry schedule."""
+
+    concurrency: int = 16
+    """Deliveries one replica sends at once (WEBHOOK_CONCURRENCY)."""
+    timeout_seconds: float = 10.0
+    """Longest one delivery request may take, connecting included (WEBHOOK_TIMEOUT_SECONDS)."""
+    poll_seconds: float = 1.0
+    """How often the dispatcher looks for due deliveries it was not woken for (WEBHOOK_POLL_SECONDS)."""
+    backoff_base_seconds: float = 5.0
+    """Delay before the first retry; it doubles with each attempt, with half jitter (WEBHOOK_BACKOFF_BASE_SECONDS)."""
+    backoff_max_seconds: float = 3600.0
+    """Longest delay between two attempts (WEBHOOK_BACKOFF_MAX_SECONDS)."""
+    retry_hours: float = 24.0
+    """How long a delivery is retried before it is marked failed (WEBHOOK_RETRY_HOURS)."""
+    retention_days: float = 30.0
+    """How long delivered events (and their delivery log) are kept after their fan-out (WEBHOOK_RETENTION_DAYS)."""
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """Several PostgreSQL servers: extra ones from configuration, placement and moves."""
 
@@ -241,6 +261,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     users: UserSettings = field(default_factory=UserSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     redis_url: str | None = None
     """Redis, for change events and quota counters; optional for the registry itself."""
     redis_timeout: float = 0.5
@@ -344,6 +365,15 @@ class Settings:
                 size_sample_seconds=env_float("USAGE_SIZE_SAMPLE_SECONDS", 3600.0, minimum=1.0),
                 hourly_retention_days=env_int("USAGE_HOURLY_RETENTION_DAYS", 90, minimum=1, maximum=3660),
                 daily_retention_days=env_int("USAGE_DAILY_RETENTION_DAYS", 800, minimum=1, maximum=36600),
+            ),
+            webhooks=WebhookSettings(
+                concurrency=env_int("WEBHOOK_CONCURRENCY", 16, minimum=1, maximum=1024),
+                timeout_seconds=env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+                poll_seconds=env_float("WEBHOOK_POLL_SECONDS", 1.0, minimum=0.05),
+                backoff_base_seconds=env_float("WEBHOOK_BACKOFF_BASE_SECONDS", 5.0, minimum=0.01),
+                backoff_max_seconds=env_float("WEBHOOK_BACKOFF_MAX_SECONDS", 3600.0, minimum=0.01),
+                retry_hours=env_float("WEBHOOK_RETRY_HOURS", 24.0, minimum=0.0),
+                retention_days=env_float("WEBHOOK_RETENTION_DAYS", 30.0, minimum=0.0),
             ),
             redis_url=env_opt("REDIS_URL"),
             redis_timeout=env_float(

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import msgspec
+from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from tenant_service.db.models import OutboxEvent
 from tenantry_common.timeutil import utcnow
@@ -65,4 +68,30 @@ def emit(
         created_at=now,
     )
     session.add(event)
+    session.info[_EMITTED] = True
     return event
+
+
+_EMITTED: Final = "tenantry_outbox_emitted"
+_listeners: list[Callable[[], None]] = []
+
+
+def on_committed(listener: Callable[[], None]) -> Callable[[], None]:
+    """Call ``listener`` after each commit (in this process) that emitted events; returns the function that stops it.
+
+    The dispatcher is woken this way, so a delivery starts at once rather than at its next poll.
+    """
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener) if listener in _listeners else None
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_EMITTED, False):
+        for listener in list(_listeners):
+            listener()
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_EMITTED, None)

@@ -30,6 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenant_service.context import AppContext
 from tenant_service.db.models import Operation
+from tenant_service.operations.events import emit_finished
+from tenant_service.operations.schemas import FINISHED
 from tenant_service.operations.service import COMMITTED
 from tenantry_common.timeutil import utcnow
 
@@ -381,18 +383,19 @@ class OperationRunner:
     ) -> None:
         await handler.finished(job, outcome, result, error)
         async with self._ctx.sessions() as session, session.begin():
-            await session.execute(
-                update(Operation)
-                .where(Operation.id == job.id)
-                .values(
-                    state=outcome,
-                    result=result,
-                    error=error,
-                    finished_at=utcnow(),
-                    updated_at=utcnow(),
-                    progress={"step": outcome},
-                )
-            )
+            op = (
+                await session.execute(select(Operation).where(Operation.id == job.id).with_for_update())
+            ).scalar_one_or_none()
+            if op is not None:
+                announce = op.state not in FINISHED  # a finish repeated after a crash announces nothing twice
+                op.state = outcome
+                op.result = result
+                op.error = error
+                op.finished_at = op.updated_at = utcnow()
+                op.progress = {"step": outcome}
+                await session.flush()
+                if announce:
+                    await emit_finished(session, op)
         OPERATIONS.labels(job.kind, outcome).inc()
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 
 import asyncpg
+import msgspec
 import structlog
 from sqlalchemy import delete, func, select
 
@@ -21,10 +22,12 @@ from tenant_service.changes import unit_of_work
 from tenant_service.context import AppContext
 from tenant_service.db.models import Plan, Tenant, TenantTombstone, revision_seq
 from tenant_service.failpoints import failpoint
+from tenant_service.outbox import emit
 from tenant_service.provisioning.cluster import TemplateBusyError
 from tenant_service.provisioning.names import object_marker
 from tenant_service.secretbox import DecryptionError
 from tenant_service.servers.retired import drop_retired
+from tenant_service.tenants.views import tenant_view
 from tenantry_common.lifecycle import TenantStatus
 from tenantry_common.limits import merged_limits
 from tenantry_common.timeutil import utcnow
@@ -163,6 +166,11 @@ class Provisioner:
         await delete_tenant_objects(ctx, tenant_id)
         await failpoint("purge.before_forget")
         async with ctx.sessions() as session, session.begin():
+            row = await session.get(Tenant, tenant_id, with_for_update=True)
+            if row is not None:  # announced in the transaction that forgets it (not twice after a crash)
+                view = await tenant_view(session, row)
+                gone = msgspec.structs.replace(view, status=TenantStatus.DELETED.value, updated_at=utcnow())
+                emit(session, "tenant.purged", gone, tenant_id=tenant_id, slug=row.slug)
             await session.execute(delete(Tenant).where(Tenant.id == tenant_id))
             await session.merge(
                 TenantTombstone(tenant_id=tenant_id, revision=await session.scalar(revision_seq.next_value()))

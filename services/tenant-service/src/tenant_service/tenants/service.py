@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any
 
 import msgspec
 import structlog
@@ -31,7 +30,6 @@ from tenant_service.provisioning.provisioner import Outcome, Provisioner, connec
 from tenant_service.servers.service import place
 from tenant_service.tenants.lookup import TenantNotFoundError, find_tenant
 from tenant_service.tenants.schemas import (
-    DatabaseInfo,
     Limits,
     NewApiKey,
     TenantCreate,
@@ -40,8 +38,8 @@ from tenant_service.tenants.schemas import (
     TenantView,
 )
 from tenant_service.tenants.validation import check_json_text, check_upstream_url, normalize_domain
+from tenant_service.tenants.views import tenant_views
 from tenantry_common.lifecycle import EDITABLE, HAS_DATABASE, RESTORABLE_TO, TRANSITIONS, TenantAction, TenantStatus
-from tenantry_common.limits import merged_limits
 from tenantry_common.problems import ConflictError, FieldError, InvalidInputError, NotFoundError, ProblemError
 from tenantry_common.slugs import slug_problem
 from tenantry_common.timeutil import utcnow
@@ -93,44 +91,7 @@ class TenantService:
     # --- reading --------------------------------------------------------------------------------------
 
     async def _views(self, session: AsyncSession, tenants: list[Tenant]) -> list[TenantView]:
-        ids = [t.id for t in tenants]
-        domains: dict[uuid.UUID, list[str]] = {i: [] for i in ids}
-        if ids:
-            rows = await session.execute(
-                select(TenantDomain.tenant_id, TenantDomain.domain)
-                .where(TenantDomain.tenant_id.in_(ids))
-                .order_by(TenantDomain.domain)
-            )
-            for tid, domain in rows:
-                domains[tid].append(domain)
-        plans = {p.name: p.limits for p in (await session.execute(select(Plan))).scalars()}
-        return [self._view(t, domains[t.id], plans.get(t.plan, {})) for t in tenants]
-
-    def _view(self, t: Tenant, domains: list[str], plan_limits: dict[str, Any]) -> TenantView:
-        return TenantView(
-            id=str(t.id),
-            slug=t.slug,
-            name=t.name,
-            status=t.status,
-            plan=t.plan,
-            domains=domains,
-            database=DatabaseInfo(
-                name=t.db_name,
-                host=t.db_host,
-                port=t.db_port,
-                server=t.server,
-                template_version=t.template_version,
-                schema_version=t.schema_version,
-            ),
-            limits=merged_limits(plan_limits, t.limits),
-            settings=t.settings,
-            upstream_url=t.upstream_url,
-            created_at=t.created_at,
-            updated_at=t.updated_at,
-            deleted_at=t.deleted_at,
-            purge_after=t.purge_after,
-            failure_reason=t.failure_reason,
-        )
+        return await tenant_views(session, tenants)
 
     async def view(self, session: AsyncSession, tenant: Tenant) -> TenantView:
         """The admin view of one tenant."""

@@ -151,7 +151,7 @@ def _allowlisted(host: str, ip: IPAddress | None, allowlist: tuple[str, ...]) ->
     return False
 
 
-def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
+def check_upstream_url(url: str, allowlist: tuple[str, ...], *, field: str = "upstream_url") -> str:
     """Accept an upstream URL only when its host is inside the allow-list; return it unchanged.
 
     The URL follows the shared rules of :func:`_http_url` (printable ASCII, no space or control character, raw or
@@ -159,17 +159,17 @@ def check_upstream_url(url: str, allowlist: tuple[str, ...]) -> str:
     multicast and unspecified addresses and known metadata hosts are refused even if allow-listed; so is a host
     that resolvers read as an IPv4 address but that is not a canonical dotted quad (``2852039166``,
     ``0xa9fea9fe``, ``169.254.43518``, ``0``), which no allow-list entry could judge. One trailing dot is ignored:
-    ``metadata.google.internal.`` is the same host.
+    ``metadata.google.internal.`` is the same host. A webhook's ``url`` follows the same rules (``field`` names it in
+    errors).
 
     Raises:
         InvalidInputError: the URL is malformed.
         UpstreamNotAllowedError: the host is not allowed.
     """
-    field = "upstream_url"
     parsed = _http_url(url, field, "must be an http(s) URL with a host and no userinfo")
     if _never_allowed(parsed.host, parsed.ip) or not _allowlisted(parsed.host, parsed.ip, allowlist):
         raise UpstreamNotAllowedError(
-            f"upstream host {parsed.host!r} is not in UPSTREAM_ALLOWLIST",
+            f"host {parsed.host!r} is not in UPSTREAM_ALLOWLIST",
             errors=[FieldError(field=field, message="the host must be in UPSTREAM_ALLOWLIST")],
         )
     return url

@@ -1,0 +1,67 @@
+"""Request and response bodies of ``/admin/webhooks`` (contract §13)."""
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=r"^[^\x00]*$")]
+EventName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
+
+
+class WebhookCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /admin/webhooks``: where to deliver, and which events (contract §13's names)."""
+
+    url: Url
+    events: Annotated[list[EventName], msgspec.Meta(min_length=1, max_length=32)]
+
+
+class WebhookView(msgspec.Struct, kw_only=True):
+    """A webhook subscription as the admin API shows it (never its secret), with how its deliveries go."""
+
+    id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+    created_by: str
+    consecutive_failures: int
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    last_error: str | None
+
+
+class WebhookCreatedView(WebhookView, kw_only=True):
+    """The created webhook with its signing secret: the only response that ever shows it."""
+
+    secret: str
+
+
+class WebhookPage(msgspec.Struct):
+    """A page of webhooks, oldest first."""
+
+    items: list[WebhookView]
+    next_cursor: str | None
+
+
+class DeliveryView(msgspec.Struct, kw_only=True):
+    """One event's delivery to one webhook: its state, attempts and the last answer."""
+
+    id: str
+    webhook_id: str
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+class DeliveryPage(msgspec.Struct):
+    """A page of deliveries, newest first."""
+
+    items: list[DeliveryView]
+    next_cursor: str | None

@@ -204,6 +204,21 @@ class UserSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The admin console's pages under ``/console`` (docs/console.md)."""
+
+    enabled: bool = True
+    """Serve the console (CONSOLE_ENABLED; off: its paths answer 404)."""
+    session_idle_seconds: int = 1800
+    """A session ends after this long without a request (CONSOLE_SESSION_IDLE_SECONDS)."""
+    session_max_seconds: int = 43200
+    """A session ends this long after its sign-in, however active (CONSOLE_SESSION_MAX_SECONDS)."""
+    secure_cookies: bool = False
+    """Mark the session cookie ``Secure`` on plain-HTTP requests too: behind a TLS-terminating proxy
+    (CONSOLE_SECURE_COOKIES). Requests that arrive over https always get it."""
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     """The HTTP server."""
 
@@ -228,6 +243,7 @@ class Settings:
     servers: ServerSettings = field(default_factory=ServerSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     users: UserSettings = field(default_factory=UserSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     redis_url: str | None = None
     """Redis, for change events and quota counters; optional for the registry itself."""
     redis_timeout: float = 0.5
@@ -326,6 +342,12 @@ class Settings:
                 hash_memory_kib=env_int("PASSWORD_HASH_MEMORY_KIB", 65536, minimum=8192, maximum=4 * 1024 * 1024),
                 hash_parallelism=env_int("PASSWORD_HASH_PARALLELISM", 4, minimum=1, maximum=64),
                 hash_concurrency=env_int("PASSWORD_HASH_CONCURRENCY", 4, minimum=1, maximum=256),
+            ),
+            console=ConsoleSettings(
+                enabled=env_bool("CONSOLE_ENABLED", True),
+                session_idle_seconds=env_int("CONSOLE_SESSION_IDLE_SECONDS", 1800, minimum=60),
+                session_max_seconds=env_int("CONSOLE_SESSION_MAX_SECONDS", 43200, minimum=60),
+                secure_cookies=env_bool("CONSOLE_SECURE_COOKIES", False),
             ),
             redis_url=env_opt("REDIS_URL"),
             redis_timeout=env_float(

@@ -18,7 +18,7 @@ from bench.platform import PYCACHE, ROOT, Backends, ensure_tools, machine_info
 from bench.procs import Registry
 from bench.report import SECTION_ORDER, render
 from bench.results import PASS, load_results, merge_results, save_results
-from bench.sections import apps, backups, fleet, gateway, moves, provisioning, scale, tenants, users
+from bench.sections import apps, backups, console, fleet, gateway, moves, provisioning, scale, tenants, users
 from tenantry_devtools.processes import use_bytecode_cache
 
 SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
@@ -31,6 +31,7 @@ SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
     "scale": scale.run,
     "moves": moves.run,
     "users": users.run,
+    "console": console.run,
 }
 
 

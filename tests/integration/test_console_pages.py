@@ -420,3 +420,73 @@ async def test_audit_page_pages_with_its_cursor(app_client, api, ctx) -> None:
         assert older.status_code == 200
     bad = await app_client.get("/console/audit", params={"cursor": "x"})
     assert bad.status_code == 422
+
+
+async def test_sign_in_failures_from_one_address_are_throttled(app_client, ctx) -> None:
+    from tenant_service.console import pages
+
+    pages._throttle._failures.clear()  # other tests' failures (same address, same process) do not count here
+    try:
+        for _ in range(10):
+            response = await app_client.post("/console/sign-in", data={"token": "wrong-token-" + "y" * 20})
+            assert response.status_code == 401
+        blocked = await app_client.post("/console/sign-in", data={"token": admin_token(ctx)[1]})
+        assert blocked.status_code == 429
+        assert "tenantry_console" not in blocked.headers.get("set-cookie", "")
+    finally:
+        pages._throttle._failures.clear()  # the counter is per process: other tests sign in from the same address
+
+
+async def test_the_operations_panel_polls_only_while_something_runs(app_client, api, ctx) -> None:
+    tenant = await new_tenant(api)
+    csrf = await sign_in(app_client, ctx)
+    idle = await app_client.get(f"/console/tenants/{tenant['slug']}/operations")
+    assert idle.status_code == 200
+    assert 'id="operations"' in idle.text
+    assert "hx-trigger" not in idle.text
+    started = await app_client.post(f"/console/tenants/{tenant['slug']}/backups", data={"csrf_token": csrf})
+    assert started.status_code == 303
+    running = await app_client.get(f"/console/tenants/{tenant['slug']}/operations")
+    assert 'hx-trigger="every 1s"' in running.text  # nobody runs operations in this in-process app: still pending
+    assert "backup" in running.text
+    actions = await audit_actions(api, tenant["id"])
+    assert (f"admin:{admin_token(ctx)[0]}", "backup.requested") in actions, actions
+
+
+async def test_a_disabled_console_is_not_there(ctx) -> None:
+    import dataclasses
+
+    from tenant_service.config import ConsoleSettings
+
+    off = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, console=ConsoleSettings(enabled=False)))
+    app = create_app(off, run_background=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
+        for path in ("/console", "/console/sign-in", "/console/static/htmx.min.js"):
+            assert (await client.get(path)).status_code == 404
+
+
+async def test_invite_shows_the_token_once_and_disable_enable_are_audited(app_client, api, ctx) -> None:
+    tenant = await new_tenant(api)
+    slug = tenant["slug"]
+    csrf = await sign_in(app_client, ctx)
+    invited = await app_client.post(
+        f"/console/tenants/{slug}/users", data={"csrf_token": csrf, "email": "Ann@Example.com", "role": "admin"}
+    )
+    assert invited.status_code == 201, invited.text
+    assert_clean_page(invited)
+    token = re.search(r'id="new-invitation-value">([^<]+)<', invited.text).group(1)
+    later = await app_client.get(f"/console/tenants/{slug}")
+    assert token not in later.text
+    users = (await api.get(f"/admin/tenants/{slug}/users")).json()["items"]
+    user_id = users[0]["id"]
+    assert (
+        await app_client.post(f"/console/tenants/{slug}/users/{user_id}/disable", data={"csrf_token": csrf})
+    ).status_code == 303
+    assert (await api.get(f"/admin/tenants/{slug}/users")).json()["items"][0]["status"] == "disabled"
+    assert (
+        await app_client.post(f"/console/tenants/{slug}/users/{user_id}/enable", data={"csrf_token": csrf})
+    ).status_code == 303
+    actions = await audit_actions(api, tenant["id"])
+    who = f"admin:{admin_token(ctx)[0]}"
+    assert (who, "user.create") in actions
+    assert (who, "user.update") in actions

@@ -40,7 +40,8 @@ from tenant_service.tenants.issuers import JwtIssuerService
 from tenant_service.tenants.lookup import find_tenant
 from tenant_service.tenants.schemas import TenantCreate
 from tenant_service.tenants.service import TenantService
-from tenant_service.users.service import UserService
+from tenant_service.users.schemas import UserCreate, UserUpdate
+from tenant_service.users.service import Actor, UserService
 from tenantry_common.lifecycle import TenantStatus
 from tenantry_common.problems import FieldError, InvalidInputError, ProblemError
 
@@ -63,6 +64,8 @@ NOTICES: Final = {
     "move-started": "A move was started; its progress shows under Operations.",
     "purged": "The tenant was purged: its database, role, backups and keys are gone.",
     "plan-saved": "The plan was saved.",
+    "user-disabled": "The user is disabled: their sessions ended.",
+    "user-enabled": "The user is enabled again.",
     "signed-out": "You are signed out.",
 }
 _throttle = SignInThrottle()
@@ -351,6 +354,29 @@ class ConsoleController(Controller):
         """Revoke a key now."""
         await ApiKeyService(context(request)).revoke(ref, key_id, actor=actor(request))
         return Redirect(_tenant_url(ref, "key-revoked"), status_code=303)
+
+    @post("/tenants/{ref:str}/users", status_code=201)
+    async def invite_user(self, request: AnyRequest, ref: Ref) -> Template:
+        """Invite a user: the invitation token is shown on this response only."""
+        form = await _form(request)
+        body: dict[str, Any] = {"email": form.get("email", ""), "role": form.get("role") or "user"}
+        if form.get("name"):
+            body["name"] = form["name"]
+        created = await UserService(context(request)).create(
+            ref, _convert(body, UserCreate), actor=Actor(name=actor(request))
+        )
+        return await self._tenant_page(
+            request, ref, status_code=201, invitation=created.invitation.token, invited=created.user.email
+        )
+
+    @post("/tenants/{ref:str}/users/{user_id:str}/{change:str}", status_code=303)
+    async def change_user(self, request: AnyRequest, ref: Ref, user_id: PathName, change: PathName) -> Redirect:
+        """Disable (the user's sessions end) or enable a user."""
+        if change not in ("disable", "enable"):
+            raise _invalid("change", "unknown change")
+        patch = UserUpdate(disabled=change == "disable")
+        await UserService(context(request)).update(ref, user_id, patch, actor=Actor(name=actor(request)))
+        return Redirect(_tenant_url(ref, f"user-{change}d"), status_code=303)
 
     @post("/tenants/{ref:str}/backups", status_code=303)
     async def backup(self, request: AnyRequest, ref: Ref) -> Redirect:

@@ -3,6 +3,7 @@ security headers, escaping, audited actions."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -454,7 +455,6 @@ async def test_the_operations_panel_polls_only_while_something_runs(app_client, 
 
 
 async def test_a_disabled_console_is_not_there(ctx) -> None:
-    import dataclasses
 
     from tenant_service.config import ConsoleSettings
 
@@ -490,3 +490,38 @@ async def test_invite_shows_the_token_once_and_disable_enable_are_audited(app_cl
     who = f"admin:{admin_token(ctx)[0]}"
     assert (who, "user.create") in actions
     assert (who, "user.update") in actions
+
+
+async def test_a_session_ends_when_its_admin_token_is_revoked(app_client, ctx) -> None:
+
+    await sign_in(app_client, ctx)
+    name, _ = admin_token(ctx)
+    changed = {**ctx.settings.security.admin_tokens, name: "a-new-token-for-the-same-name-0123456789"}
+    rotated = dataclasses.replace(
+        ctx,
+        settings=dataclasses.replace(
+            ctx.settings, security=dataclasses.replace(ctx.settings.security, admin_tokens=changed)
+        ),
+    )
+    app = create_app(rotated, run_background=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
+        client.cookies.set(
+            "tenantry_console", app_client.cookies["tenantry_console"], domain="testserver.local", path="/console"
+        )
+        response = await client.get("/console/tenants")
+        assert response.status_code == 303
+        assert response.headers["location"].startswith("/console/sign-in")
+    assert (await app_client.get("/console/tenants")).status_code == 303  # the row is gone for every replica
+
+
+@pytest.mark.parametrize(("base", "setting", "secure"), [("https://testserver.local", False, True), (BASE, True, True)])
+async def test_the_cookie_is_secure_over_https_or_when_configured(ctx, base, setting, secure) -> None:
+
+    from tenant_service.config import ConsoleSettings
+
+    settings = dataclasses.replace(ctx.settings, console=ConsoleSettings(secure_cookies=setting))
+    app = create_app(dataclasses.replace(ctx, settings=settings), run_background=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base) as client:
+        response = await client.post("/console/sign-in", data={"token": admin_token(ctx)[1]})
+        assert response.status_code == 303
+        assert ("Secure" in response.headers["set-cookie"]) is secure

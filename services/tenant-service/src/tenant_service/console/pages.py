@@ -157,7 +157,7 @@ class ConsoleController(Controller):
             )
         who = f"admin:{name}"
         await sweep_sessions(ctx, ctx.settings.console)
-        session_id = await create_session(ctx, who)
+        session_id = await create_session(ctx, name, form.get("token", ""))
         async with ctx.sessions() as session, session.begin():
             record(session, actor=who, action="console.sign_in", target=address)
         secure = request.url.scheme == "https" or ctx.settings.console.secure_cookies

@@ -31,6 +31,11 @@ def id_hash(session_id: str) -> bytes:
     return hashlib.sha256(session_id.encode()).digest()
 
 
+def token_mac(secret: bytes, token: str) -> bytes:
+    """What a session keeps of the admin token that opened it: enough to notice the token is gone, not to use it."""
+    return hmac.new(secret, b"tenantry-console-token\x00" + token.encode(), hashlib.sha256).digest()
+
+
 def csrf_token(secret: bytes) -> str:
     """The CSRF token of a session's forms (derived from its secret; the secret itself never leaves the server)."""
     return hmac.new(secret, b"tenantry-console-csrf", hashlib.sha256).hexdigest()
@@ -49,16 +54,31 @@ class SignedIn:
     csrf: str
 
 
-async def create_session(ctx: AppContext, actor: str) -> str:
-    """A new session for ``actor``; returns the id for the cookie (the registry keeps only its hash)."""
+async def create_session(ctx: AppContext, token_name: str, token: str) -> str:
+    """A new session opened with the admin token ``token_name``; returns the id for the cookie (the registry keeps
+    only its hash)."""
     session_id = secrets.token_urlsafe(32)  # 256 bits
+    secret = secrets.token_bytes(32)
+    row = ConsoleSession(
+        id_hash=id_hash(session_id),
+        actor=f"admin:{token_name}",
+        csrf_secret=secret,
+        token_mac=token_mac(secret, token),
+    )
     async with ctx.sessions() as session, session.begin():
-        session.add(ConsoleSession(id_hash=id_hash(session_id), actor=actor, csrf_secret=secrets.token_bytes(32)))
+        session.add(row)
     return session_id
 
 
+def _token_still_configured(ctx: AppContext, row: ConsoleSession) -> bool:
+    name = row.actor.removeprefix("admin:")
+    token = ctx.settings.security.admin_tokens.get(name)
+    return token is not None and hmac.compare_digest(token_mac(row.csrf_secret, token), bytes(row.token_mac))
+
+
 async def load_session(ctx: AppContext, session_id: str | None, settings: ConsoleSettings) -> SignedIn | None:
-    """The live session of a cookie, touched; None (and the row deleted) when it is unknown or expired."""
+    """The live session of a cookie, touched; None (and the row deleted) when it is unknown, expired, or its admin
+    token is no longer configured (removed or changed)."""
     if not session_id or len(session_id) > 128:
         return None
     key = id_hash(session_id)
@@ -69,21 +89,12 @@ async def load_session(ctx: AppContext, session_id: str | None, settings: Consol
             return None
         idle = now - row.last_seen_at > timedelta(seconds=settings.session_idle_seconds)
         too_old = now - row.created_at > timedelta(seconds=settings.session_max_seconds)
-        if idle or too_old:
+        if idle or too_old or not _token_still_configured(ctx, row):
             await session.execute(delete(ConsoleSession).where(ConsoleSession.id_hash == key))
             return None
         if now - row.last_seen_at > _TOUCH_EVERY:
             await session.execute(update(ConsoleSession).where(ConsoleSession.id_hash == key).values(last_seen_at=now))
         return SignedIn(actor=row.actor, csrf=csrf_token(row.csrf_secret))
-
-
-async def session_secret(ctx: AppContext, session_id: str) -> bytes | None:
-    """The CSRF secret of a session (for checking a form)."""
-    async with ctx.sessions() as session:
-        row = await session.scalar(
-            select(ConsoleSession.csrf_secret).where(ConsoleSession.id_hash == id_hash(session_id))
-        )
-    return bytes(row) if row is not None else None
 
 
 async def end_session(ctx: AppContext, session_id: str) -> None:

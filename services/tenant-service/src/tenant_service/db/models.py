@@ -392,6 +392,9 @@ class ConsoleSession(Base):
     id_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
     actor: Mapped[str] = mapped_column(Text, nullable=False)
     csrf_secret: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    #: HMAC-SHA256 of the admin token, keyed by ``csrf_secret``: the session ends when its token is no longer
+    #: configured.
+    token_mac: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), index=True
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from typing import Annotated, Any, Final
+from urllib.parse import quote
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -96,8 +97,8 @@ def _client(request: AnyRequest) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _tenant_url(ref: Ref, done: str) -> str:
-    return f"/console/tenants/{ref}?done={done}"
+def _tenant_url(ref: str, done: str) -> str:
+    return f"/console/tenants/{quote(ref, safe='')}?done={done}"
 
 
 class ConsoleController(Controller):
@@ -467,6 +468,4 @@ def _bar_width(tenants: int, capacity: int) -> int:
 
 
 def _quote(value: str) -> str:
-    from urllib.parse import quote  # noqa: PLC0415
-
     return quote(value, safe="")

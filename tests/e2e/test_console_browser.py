@@ -158,6 +158,12 @@ def test_an_admin_runs_a_tenant_from_the_console(platform: Platform, browser: Br
     no_inline_script(page)
     shot(page, "tenant")
 
+    # Restore that backup: a restore operation (after a pre-restore backup), followed live until it has succeeded.
+    page.get_by_role("button", name="Restore this backup").click()
+    expect(page.locator("p.notice")).to_contain_text("restore was started")
+    expect(page.locator("#operations tr.op-succeeded", has_text="restore")).to_have_count(1, timeout=90_000)
+    wait_until(lambda: gw(platform, "GET", "/notes", acme).status_code == 200, timeout=15, what="served after restore")
+
     # A forged form (no CSRF token) is refused and changes nothing.
     page.evaluate(
         """slug => { const f = document.createElement('form'); f.method = 'post';

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import re
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 
@@ -525,3 +526,19 @@ async def test_the_cookie_is_secure_over_https_or_when_configured(ctx, base, set
         response = await client.post("/console/sign-in", data={"token": admin_token(ctx)[1]})
         assert response.status_code == 303
         assert ("Secure" in response.headers["set-cookie"]) is secure
+
+
+async def test_restore_and_move_refusals_show_an_error_and_change_nothing(app_client, api, ctx) -> None:
+    tenant = await new_tenant(api)
+    slug = tenant["slug"]
+    csrf = await sign_in(app_client, ctx)
+    restore = await app_client.post(
+        f"/console/tenants/{slug}/restore-backup", data={"csrf_token": csrf, "backup_id": str(uuid.uuid4())}
+    )
+    assert restore.status_code == 404
+    assert_clean_page(restore)
+    move = await app_client.post(f"/console/tenants/{slug}/move", data={"csrf_token": csrf, "server": "nowhere"})
+    assert move.status_code in (404, 409, 422)
+    assert_clean_page(move)
+    ops = (await api.get("/admin/operations", params={"tenant": slug})).json()["items"]
+    assert ops == []

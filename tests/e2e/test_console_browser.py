@@ -90,6 +90,8 @@ def test_an_admin_runs_a_tenant_from_the_console(platform: Platform, browser: Br
     for slug in ("globex", "initech", "umbrella-labs", "hooli"):
         platform.admin.post("/admin/tenants", json={"slug": slug, "name": slug.replace("-", " ").title()})
     doomed = make_tenant(platform, "doomed-co")
+    capacity = platform.admin.patch("/admin/servers/default", json={"capacity": 20})  # a bar worth a screenshot
+    assert capacity.status_code == 200, capacity.text
 
     context = browser.new_context(viewport=VIEWPORT, base_url=base)
     recorder = Recorder(context)

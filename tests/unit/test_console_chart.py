@@ -1,4 +1,4 @@
-"""The console's server-side SVG bar chart of daily requests (a pure function)."""
+"""The console's pure renderers: the SVG bar chart of daily requests, and the audit log's change summaries."""
 
 from __future__ import annotations
 
@@ -53,3 +53,19 @@ def test_no_points_and_odd_values() -> None:
     root = ET.fromstring(odd)
     heights = [float(r.get("height")) for r in root.iter(f"{SVG}rect")]
     assert all(h >= 0 for h in heights)
+
+
+def test_audit_changes_are_summarised_field_by_field() -> None:
+    from tenant_service.console.web import audit_change
+
+    before = {"status": "active", "name": "A", "updated_at": "x", "limits": {"rpm": 1}}
+    after = {"status": "suspended", "name": "A", "updated_at": "y", "limits": {"rpm": 2}, "note": "n" * 200}
+    lines = audit_change(before, after)
+    assert lines[0] == 'limits: {"rpm": 1} → {"rpm": 2}'
+    assert lines[1].startswith("note: nnn")
+    assert lines[1].endswith("…")
+    assert len(lines[1]) < 100
+    assert lines[2] == "status: active → suspended"
+    assert len(lines) == 3
+    assert audit_change(None, None) == []
+    assert audit_change({"gone": 1}, None) == ["gone: 1 → (none)"]

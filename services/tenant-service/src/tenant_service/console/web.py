@@ -4,6 +4,7 @@ HTML error pages, the template engine and the static files."""
 from __future__ import annotations
 
 import hmac
+import json
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
@@ -54,7 +55,29 @@ def template_config() -> TemplateConfig[Any]:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.globals["audit_change"] = audit_change
     return TemplateConfig(engine=JinjaTemplateEngine.from_environment(environment))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def audit_change(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[str]:
+    """An audit entry's change in a few lines: each top-level field that differs, ``field: old → new``."""
+    before, after = before or {}, after or {}
+    lines = []
+    for key in sorted(set(before) | set(after)):
+        if key in ("updated_at",) or before.get(key) == after.get(key):
+            continue
+        if key in before and key in after:
+            lines.append(f"{key}: {_short(before[key], 40)} → {_short(after[key], 40)}")
+        elif key in after:
+            lines.append(f"{key}: {_short(after[key])}")
+        else:
+            lines.append(f"{key}: {_short(before[key])} → (none)")
+    return lines[:12]
 
 
 def security_headers_middleware(app: ASGIApp) -> ASGIApp:

@@ -404,6 +404,17 @@ async def test_plans_edit_keeps_placement_labels(app_client, api, ctx) -> None:
     assert bad.status_code == 422
 
 
+async def test_the_tenant_page_shows_its_usage_now(app_client, api, ctx) -> None:
+    tenant = await new_tenant(api)
+    await sign_in(app_client, ctx)
+    response = await app_client.get(f"/console/tenants/{tenant['slug']}")
+    assert response.status_code == 200
+    usage = response.text.split('id="usage"', 1)[1].split("</section>", 1)[0]
+    assert "0 of 50,000 requests" in usage  # the free plan's daily limit, nothing used yet
+    assert "Database size" in usage
+    assert "unknown" not in usage
+
+
 async def test_servers_page_shows_capacity_bars_as_svg(app_client, ctx) -> None:
     await sign_in(app_client, ctx)
     response = await app_client.get("/console/servers")

@@ -41,6 +41,7 @@ from tenant_service.tenants.issuers import JwtIssuerService
 from tenant_service.tenants.lookup import find_tenant
 from tenant_service.tenants.schemas import TenantCreate
 from tenant_service.tenants.service import TenantService
+from tenant_service.tenants.usage import tenant_usage
 from tenant_service.users.schemas import UserCreate, UserUpdate
 from tenant_service.users.service import Actor, UserService
 from tenantry_common.lifecycle import TenantStatus
@@ -259,6 +260,7 @@ class ConsoleController(Controller):
         ctx = context(request)
         tenant = await TenantService(ctx).get(ref)
         tid = tenant.id
+        usage = await tenant_usage(ctx, tenant)
         keys = (await ApiKeyService(ctx).list(tid)).items
         issuers = await JwtIssuerService(ctx).list(tid)
         users = (await UserService(ctx).list(tid, limit=50)).items
@@ -277,6 +279,13 @@ class ConsoleController(Controller):
             "tenant.html",
             status_code=status_code,
             tenant=tenant,
+            usage=usage,
+            usage_bars={
+                name: _bar_width(u.used, u.limit or 0)
+                for name, u in (("minute", usage.requests_minute), ("day", usage.requests_day))
+                if u is not None
+            },
+            bar_width=_BAR,
             keys=keys,
             issuers=issuers,
             users=users,

@@ -553,3 +553,8 @@ async def test_restore_and_move_refusals_show_an_error_and_change_nothing(app_cl
     assert_clean_page(move)
     ops = (await api.get("/admin/operations", params={"tenant": slug})).json()["items"]
     assert ops == []
+
+
+async def test_the_console_is_not_in_the_openapi_document(api) -> None:
+    paths = (await api.get("/schema/openapi.json")).json()["paths"]
+    assert not [p for p in paths if p.startswith("/console")]

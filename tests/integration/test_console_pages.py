@@ -150,6 +150,9 @@ async def test_without_a_session_every_page_redirects_to_sign_in_with_a_local_ne
         location = response.headers["location"]
         assert location.startswith("/console/sign-in?next=/console/")
         assert response.headers["content-security-policy"] == CSP
+    action = await app_client.post("/console/tenants/x/lifecycle/suspend", data={"csrf_token": "0" * 64})
+    assert action.status_code == 303
+    assert action.headers["location"] == "/console/sign-in?next=/console"
     sign_in_page = await app_client.get("/console/sign-in", params={"next": "/console/servers"})
     assert sign_in_page.status_code == 200
     assert 'name="next" value="/console/servers"' in sign_in_page.text

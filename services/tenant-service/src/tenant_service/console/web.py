@@ -161,7 +161,8 @@ async def console_before_request(request: Request[Any, Any, Any]) -> Response[An
     ctx = context(request)
     session = await load_session(ctx, request.cookies.get(COOKIE), ctx.settings.console)
     if session is None:
-        target = path + (f"?{request.url.query}" if request.url.query else "")
+        # Back to the page after signing in; an action (a POST) is not replayed: back to its tenant list instead.
+        target = path + (f"?{request.url.query}" if request.url.query else "") if request.method == "GET" else PREFIX
         return Redirect(f"{SIGN_IN}?next={quote(target, safe='/')}", status_code=303)
     state["console"] = session
     state["actor"] = session.actor  # the audit log's actor, exactly as an admin token's request sets it

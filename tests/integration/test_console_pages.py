@@ -153,6 +153,8 @@ async def test_without_a_session_every_page_redirects_to_sign_in_with_a_local_ne
     action = await app_client.post("/console/tenants/x/lifecycle/suspend", data={"csrf_token": "0" * 64})
     assert action.status_code == 303
     assert action.headers["location"] == "/console/sign-in?next=/console"
+    searched = await app_client.get("/console/sign-in", params={"next": "/console/tenants?q=a b&status=active"})
+    assert 'name="next" value="/console/tenants?q=a%20b&amp;status=active"' in searched.text
     sign_in_page = await app_client.get("/console/sign-in", params={"next": "/console/servers"})
     assert sign_in_page.status_code == 200
     assert 'name="next" value="/console/servers"' in sign_in_page.text

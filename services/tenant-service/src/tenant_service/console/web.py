@@ -111,12 +111,6 @@ def context(request: Request[Any, Any, Any]) -> AppContext:
     return ctx
 
 
-def signed_in(request: Request[Any, Any, Any]) -> SignedIn:
-    """The session the before-request check found."""
-    found: SignedIn = request.scope["state"]["console"]
-    return found
-
-
 def safe_next(raw: str | None) -> str:
     """Where to go after signing in: a local console path only (never another site, never a scheme-relative URL)."""
     if not raw or len(raw) > 1000 or "\\" in raw or any(ord(c) < 0x20 for c in raw):
@@ -126,7 +120,7 @@ def safe_next(raw: str | None) -> str:
         return "/console/tenants"
     if not (parts.path == PREFIX or parts.path.startswith(PREFIX + "/")) or parts.path.startswith(SIGN_IN):
         return "/console/tenants"
-    return raw
+    return quote(raw, safe="/?&=%+-._~")  # a valid Location: spaces and non-ASCII characters percent-encoded
 
 
 def page(request: Request[Any, Any, Any], name: str, *, status_code: int = 200, **values: Any) -> Template:
@@ -147,7 +141,7 @@ def page(request: Request[Any, Any, Any], name: str, *, status_code: int = 200, 
 
 
 def forbidden_page(request: Request[Any, Any, Any], message: str) -> Template:
-    """403: a form without a valid CSRF token, or from another origin."""
+    """403: a form without a valid CSRF token."""
     return page(request, "error.html", status_code=403, title="Refused", message=message)
 
 

@@ -27,8 +27,8 @@ format: install ## Apply ruff's fixes and formatting
 	$(UV) run ruff check --fix .
 	$(UV) run ruff format .
 
-test: install ## All tests, against real PostgreSQL and Redis (installs postgresql, redis-server and wrk when missing)
-	@$(UV) run python -c "from tenantry_devtools import ensure_binaries; ensure_binaries(install=True, wrk=True)" \
+test: install ## All tests, against real PostgreSQL and Redis (installs postgresql, redis-server, wrk and chromium when missing)
+	@$(UV) run python -c "from tenantry_devtools import ensure_binaries; ensure_binaries(install=True, wrk=True, chromium=True)" \
 		|| [ -n "$$TEST_DATABASE_URL" ]
 	$(UV) run pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 

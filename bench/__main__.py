@@ -18,7 +18,20 @@ from bench.platform import PYCACHE, ROOT, Backends, ensure_tools, machine_info
 from bench.procs import Registry
 from bench.report import SECTION_ORDER, render
 from bench.results import PASS, load_results, merge_results, save_results
-from bench.sections import apps, backups, fleet, gateway, moves, provisioning, scale, tenants, usage, users, webhooks
+from bench.sections import (
+    apps,
+    backups,
+    console,
+    fleet,
+    gateway,
+    moves,
+    provisioning,
+    scale,
+    tenants,
+    usage,
+    users,
+    webhooks,
+)
 from tenantry_devtools.processes import use_bytecode_cache
 
 SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
@@ -33,6 +46,7 @@ SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
     "users": users.run,
     "usage": usage.run,
     "webhooks": webhooks.run,
+    "console": console.run,
 }
 
 

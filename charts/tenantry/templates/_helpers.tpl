@@ -304,6 +304,10 @@ PASSWORD_HASH_TIME_COST: {{ $c.passwordHashTimeCost | int64 | toString | quote }
 PASSWORD_HASH_MEMORY_KIB: {{ $c.passwordHashMemoryKib | int64 | toString | quote }}
 PASSWORD_HASH_PARALLELISM: {{ $c.passwordHashParallelism | int64 | toString | quote }}
 PASSWORD_HASH_CONCURRENCY: {{ $c.passwordHashConcurrency | int64 | toString | quote }}
+CONSOLE_ENABLED: {{ $c.consoleEnabled | toString | quote }}
+CONSOLE_SESSION_IDLE_SECONDS: {{ $c.consoleSessionIdleSeconds | int64 | toString | quote }}
+CONSOLE_SESSION_MAX_SECONDS: {{ $c.consoleSessionMaxSeconds | int64 | toString | quote }}
+CONSOLE_SECURE_COOKIES: {{ $c.consoleSecureCookies | toString | quote }}
 BACKUP_STORE_URL: {{ .Values.backups.storeUrl | quote }}
 BACKUP_SCHEDULE_INTERVAL_SECONDS: {{ .Values.backups.scheduleIntervalSeconds | toString | quote }}
 {{- with .Values.backups.pgBinDir }}

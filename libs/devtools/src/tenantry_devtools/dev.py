@@ -304,6 +304,7 @@ def _run_platform() -> None:
 Tenantry is running (logs in {LOGS}, stop with Ctrl-C or `make stop`)
 
   tenant-service   {base}          (OpenAPI: {base}/schema)
+  admin console    {base}/console          (sign in with the admin token)
   gateway          {gateway_url}          (tenants: http://<slug>.{base_domain}:{gateway_port}/...)
   notes app        http://127.0.0.1:{app_port}          (the default upstream, reached through the gateway)
   database servers {databases}          (GET {base}/admin/servers)

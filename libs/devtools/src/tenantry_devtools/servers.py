@@ -277,7 +277,20 @@ def find_redis_server() -> Path | None:
     return None
 
 
-def _missing_binaries(postgres: bool, redis: bool, wrk: bool = False) -> list[str]:
+#: Where Debian's ``chromium`` package puts the browser that the console's browser tests drive.
+CHROMIUM_PATHS = (Path("/usr/bin/chromium"), Path("/usr/bin/chromium-browser"))
+
+
+def find_chromium() -> Path | None:
+    """Debian's headless-capable Chromium (``apt-get install chromium``), or None."""
+    for candidate in CHROMIUM_PATHS:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("chromium")
+    return Path(found) if found else None
+
+
+def _missing_binaries(postgres: bool, redis: bool, wrk: bool = False, chromium: bool = False) -> list[str]:
     missing: list[str] = []
     if postgres and find_pg_bindir() is None:
         missing.append("postgresql")
@@ -285,6 +298,8 @@ def _missing_binaries(postgres: bool, redis: bool, wrk: bool = False) -> list[st
         missing.append("redis-server")
     if wrk and shutil.which("wrk") is None:
         missing.append("wrk")
+    if chromium and find_chromium() is None:
+        missing.append("chromium")
     return missing
 
 
@@ -293,8 +308,9 @@ def _install_hint(missing: list[str]) -> str:
         "postgresql": "PostgreSQL server binaries (initdb, pg_ctl, postgres)",
         "redis-server": "redis-server",
         "wrk": "wrk (the HTTP load generator of the load tests)",
+        "chromium": "chromium (the headless browser of the console's browser tests)",
     }
-    brew = {"postgresql": "postgresql@16", "redis-server": "redis", "wrk": "wrk"}
+    brew = {"postgresql": "postgresql@16", "redis-server": "redis", "wrk": "wrk", "chromium": "--cask chromium"}
     lines = [
         "Missing " + " and ".join(what[name] for name in missing) + ".",
         f"Install with: apt-get install -y {' '.join(missing)}   (Debian/Ubuntu, as root)",
@@ -309,7 +325,9 @@ def _install_hint(missing: list[str]) -> str:
     return "\n".join(lines)
 
 
-def ensure_binaries(install: bool = False, *, postgres: bool = True, redis: bool = True, wrk: bool = False) -> None:
+def ensure_binaries(
+    install: bool = False, *, postgres: bool = True, redis: bool = True, wrk: bool = False, chromium: bool = False
+) -> None:
     """Make sure the PostgreSQL server binaries and ``redis-server`` (and ``wrk``) are available.
 
     Args:
@@ -318,11 +336,12 @@ def ensure_binaries(install: bool = False, *, postgres: bool = True, redis: bool
         postgres: Check for the PostgreSQL server binaries.
         redis: Check for ``redis-server``.
         wrk: Check for ``wrk`` (``make test``'s load tests need it).
+        chromium: Check for Debian's ``chromium`` (the console's browser tests drive it with Playwright).
 
     Raises:
         RuntimeError: Something is still missing; the message says what to install.
     """
-    missing = _missing_binaries(postgres, redis, wrk)
+    missing = _missing_binaries(postgres, redis, wrk, chromium)
     if not missing:
         return
     if not install:
@@ -330,7 +349,7 @@ def ensure_binaries(install: bool = False, *, postgres: bool = True, redis: bool
 
     apt_install(missing, hint=_install_hint(missing))
 
-    still_missing = _missing_binaries(postgres, redis, wrk)
+    still_missing = _missing_binaries(postgres, redis, wrk, chromium)
     if still_missing:
         raise RuntimeError(_install_hint(still_missing) + "\n(apt-get install did not provide them.)")
 

@@ -12,12 +12,13 @@ import asyncpg
 import sqlalchemy.exc
 import structlog
 from litestar import Litestar, Request, Response
-from litestar.datastructures import MutableScopeHeaders, State
+from litestar.datastructures import CacheControlHeader, MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scope, Send
 
 from tenant_service.apikeys.controllers import ApiKeyController
@@ -26,6 +27,8 @@ from tenant_service.auth import warn_about_service_token_scopes
 from tenant_service.background import BackgroundWork
 from tenant_service.backups.controllers import BackupController, ExportController
 from tenant_service.config import Settings
+from tenant_service.console.pages import ConsoleController
+from tenant_service.console.web import STATIC, STATIC_DIR, security_headers_middleware, template_config
 from tenant_service.context import AppContext
 from tenant_service.health import healthz, readyz
 from tenant_service.internal.controllers import InternalController
@@ -47,6 +50,7 @@ from tenantry_common.request_ids import new_request_id, safe_request_id
 _access = structlog.get_logger("tenantry.access")
 #: Probes and gateway directory polls succeed every second or so; they are logged at debug level only.
 _ROUTINE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_STATIC_CACHE = CacheControlHeader(max_age=3600, private=True)
 
 
 def request_context_middleware(app: ASGIApp) -> ASGIApp:
@@ -153,8 +157,17 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
             await app_ctx.close()
 
     prometheus = PrometheusConfig(app_name="tenant_service", prefix="tenantry", group_path=True)
+    console: list[Any] = []
+    if app_ctx.settings.console.enabled:
+        console = [
+            ConsoleController,
+            create_static_files_router(
+                path=STATIC, directories=[STATIC_DIR], include_in_schema=False, cache_control=_STATIC_CACHE
+            ),
+        ]
     return Litestar(
         route_handlers=[
+            *console,
             TenantController,
             JwtIssuerController,
             ApiKeyController,
@@ -179,7 +192,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
         dependencies={"ctx": Provide(_provide_ctx, sync_to_thread=False)},
         state=State({"ctx": app_ctx, "background": background}),
         exception_handlers=_exception_handlers(),
-        middleware=[request_context_middleware, prometheus.middleware],
+        middleware=[request_context_middleware, security_headers_middleware, prometheus.middleware],
         lifespan=[lifespan],
         before_request=strict_request,
         request_max_body_size=app_ctx.settings.http.max_body_bytes,
@@ -191,6 +204,7 @@ def create_app(ctx: AppContext | None = None, *, run_background: bool = True) ->
             render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin()],
         ),
         logging_config=None,
+        template_config=template_config() if app_ctx.settings.console.enabled else None,
     )
 
 

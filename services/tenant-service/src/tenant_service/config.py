@@ -236,6 +236,21 @@ class UsageSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The admin console's pages under ``/console`` (docs/console.md)."""
+
+    enabled: bool = True
+    """Serve the console (CONSOLE_ENABLED; off: its paths answer 404)."""
+    session_idle_seconds: int = 1800
+    """A session ends after this long without a request (CONSOLE_SESSION_IDLE_SECONDS)."""
+    session_max_seconds: int = 43200
+    """A session ends this long after its sign-in, however active (CONSOLE_SESSION_MAX_SECONDS)."""
+    secure_cookies: bool = False
+    """Mark the session cookie ``Secure`` on plain-HTTP requests too: behind a TLS-terminating proxy
+    (CONSOLE_SECURE_COOKIES). Requests that arrive over https always get it."""
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     """The HTTP server."""
 
@@ -262,6 +277,7 @@ class Settings:
     users: UserSettings = field(default_factory=UserSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     redis_url: str | None = None
     """Redis, for change events and quota counters; optional for the registry itself."""
     redis_timeout: float = 0.5
@@ -374,6 +390,12 @@ class Settings:
                 backoff_max_seconds=env_float("WEBHOOK_BACKOFF_MAX_SECONDS", 3600.0, minimum=0.01),
                 retry_hours=env_float("WEBHOOK_RETRY_HOURS", 24.0, minimum=0.0),
                 retention_days=env_float("WEBHOOK_RETENTION_DAYS", 30.0, minimum=0.0),
+            ),
+            console=ConsoleSettings(
+                enabled=env_bool("CONSOLE_ENABLED", True),
+                session_idle_seconds=env_int("CONSOLE_SESSION_IDLE_SECONDS", 1800, minimum=60),
+                session_max_seconds=env_int("CONSOLE_SESSION_MAX_SECONDS", 43200, minimum=60),
+                secure_cookies=env_bool("CONSOLE_SECURE_COOKIES", False),
             ),
             redis_url=env_opt("REDIS_URL"),
             redis_timeout=env_float(

@@ -469,3 +469,19 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleSession(Base):
+    """A signed-in admin console session: the SHA-256 of its cookie's id, never the id or the admin token."""
+
+    __tablename__ = "console_sessions"
+    id_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    actor: Mapped[str] = mapped_column(Text, nullable=False)
+    csrf_secret: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    #: HMAC-SHA256 of the admin token, keyed by ``csrf_secret``: the session ends when its token is no longer
+    #: configured.
+    token_mac: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), index=True
+    )
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

@@ -110,8 +110,9 @@ class TenantService:
         q: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        server: str | None = None,
     ) -> TenantPage:
-        """A page of tenants in creation order, filtered."""
+        """A page of tenants in creation order, filtered (``server``: the console's filter by database server)."""
         if status is not None and status not in set(TenantStatus):
             raise InvalidInputError(
                 "invalid status filter",
@@ -122,6 +123,8 @@ class TenantService:
             query = query.where(Tenant.status == status)
         if plan:
             query = query.where(Tenant.plan == plan)
+        if server:
+            query = query.where(Tenant.server == server)
         if q:
             query = query.where(Tenant.slug.icontains(q, autoescape=True) | Tenant.name.icontains(q, autoescape=True))
         if cursor:

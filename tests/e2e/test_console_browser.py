@@ -1,0 +1,224 @@
+"""The admin console in a real browser (headless Debian Chromium driven by Playwright) against real processes: the
+tenant-service, a gateway and the notes app. Saves the screenshots of docs/console.md (1280 x 800)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from support.stacks import gw, make_tenant, running_platform
+from tenantry_devtools import ensure_binaries, find_chromium
+from tenantry_devtools.platform import Installation, Platform
+from tenantry_devtools.processes import wait_until
+
+pytestmark = pytest.mark.e2e
+
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "images" / "console"
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+@pytest.fixture(scope="module")
+async def inst(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
+    installation = Installation.isolated(pg_url, redis_url, label="console")
+    await installation.create()
+    yield installation
+    await installation.drop()
+
+
+@pytest.fixture(scope="module")
+def platform(inst: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    with running_platform(inst, tmp_path_factory.mktemp("console")) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    ensure_binaries(install=True, postgres=False, redis=False, chromium=True)  # Debian's chromium, no download
+    chromium = find_chromium()
+    assert chromium is not None
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+class Recorder:
+    """Every request a page makes, and every CSP violation or script error it reports."""
+
+    def __init__(self, context: BrowserContext) -> None:
+        self.urls: list[str] = []
+        self.problems: list[str] = []
+        context.on("request", lambda request: self.urls.append(request.url))
+        context.on("weberror", lambda error: self.problems.append(str(error.error)))
+
+    def watch(self, page: Page) -> Page:
+        page.on(
+            "console",
+            lambda msg: (
+                self.problems.append(msg.text)
+                if msg.type == "error" and "Content Security Policy" in msg.text
+                else None
+            ),
+        )
+        return page
+
+
+def no_inline_script(page: Page) -> None:
+    assert page.locator("script:not([src])").count() == 0
+    assert page.locator("[style]").count() == 0
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def sign_in(page: Page, platform: Platform) -> None:
+    page.fill("#token", platform.installation.admin_token)
+    page.click("button[type=submit]")
+
+
+def test_an_admin_runs_a_tenant_from_the_console(platform: Platform, browser: Browser) -> None:
+    base = platform.service.url
+    acme = make_tenant(platform, "acme-shop", limits={"requests_per_minute": 1_000_000, "requests_per_day": 10**8})
+    for slug in ("globex", "initech", "umbrella-labs", "hooli"):
+        platform.admin.post("/admin/tenants", json={"slug": slug, "name": slug.replace("-", " ").title()})
+    doomed = make_tenant(platform, "doomed-co")
+    capacity = platform.admin.patch("/admin/servers/default", json={"capacity": 20})  # a bar worth a screenshot
+    assert capacity.status_code == 200, capacity.text
+
+    context = browser.new_context(viewport=VIEWPORT, base_url=base)
+    recorder = Recorder(context)
+    page = recorder.watch(context.new_page())
+
+    # Without a session: the sign-in page, which brings the admin back where they were going.
+    page.goto("/console/servers")
+    expect(page).to_have_url(re.compile(r"/console/sign-in\?next=/console/servers$"))
+    no_inline_script(page)
+    shot(page, "sign-in")
+    page.fill("#token", "not-the-token-" + "x" * 20)
+    page.click("button[type=submit]")
+    expect(page.locator("p.error")).to_have_text("That token is not valid.")
+    sign_in(page, platform)
+    expect(page).to_have_url(f"{base}/console/servers")
+    expect(page.locator("svg.capacity").first).to_be_visible()
+    no_inline_script(page)
+    shot(page, "servers")
+
+    # Find the tenant by searching (htmx replaces the table as one types).
+    page.goto("/console/tenants")
+    expect(page.locator("#tenant-table")).to_contain_text("globex")
+    page.fill("#q", "acme")
+    expect(page.locator("#tenant-table")).not_to_contain_text("globex")
+    expect(page).to_have_url(re.compile(r"q=acme"))
+    page.fill("#q", "")
+    expect(page.locator("#tenant-table")).to_contain_text("globex")
+    no_inline_script(page)
+    shot(page, "tenants")
+    page.fill("#q", "acme")
+    page.get_by_role("link", name="acme-shop").click()
+    expect(page.locator("h1")).to_contain_text("acme-shop")
+    no_inline_script(page)
+
+    # Suspend: the gateway refuses the tenant; resume: it serves again.
+    assert gw(platform, "GET", "/notes", acme).status_code == 200
+    page.get_by_role("button", name="Suspend").click()
+    expect(page.locator("#tenant-status")).to_have_text("suspended")
+    wait_until(lambda: gw(platform, "GET", "/notes", acme).status_code == 403, timeout=15, what="refused")
+    assert gw(platform, "GET", "/notes", acme).json()["code"] == "tenant_suspended"
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator("#tenant-status")).to_have_text("active")
+    wait_until(lambda: gw(platform, "GET", "/notes", acme).status_code == 200, timeout=15, what="served again")
+
+    # Rotate the key: the new one shows once, and works; a later visit does not show it.
+    page.get_by_role("button", name="Rotate").first.click()
+    new_key = page.locator("#new-key-value").inner_text()
+    assert new_key.startswith("tk_")
+    assert new_key != acme.key
+    page.goto(f"/console/tenants/{acme.slug}")
+    expect(page.locator("#new-key")).to_have_count(0)
+    assert new_key not in page.content()
+    wait_until(
+        lambda: httpx.get(f"{platform.gateway.url}/notes", headers={"X-API-Key": new_key}).status_code == 200,
+        timeout=15,
+        what="the rotated key served",
+    )
+
+    # A backup: its operation's progress updates by itself until it has succeeded.
+    page.fill("#note", "from the console")
+    page.get_by_role("button", name="Start a backup").click()
+    expect(page.locator("p.notice")).to_contain_text("backup was started")
+    expect(page.locator("#operations")).to_contain_text("succeeded", timeout=60_000)
+    page.goto(f"/console/tenants/{acme.slug}")
+    expect(page.get_by_role("button", name="Restore this backup")).to_have_count(1)
+    no_inline_script(page)
+    shot(page, "tenant")
+
+    # Restore that backup: a restore operation (after a pre-restore backup), followed live until it has succeeded.
+    page.get_by_role("button", name="Restore this backup").click()
+    expect(page.locator("p.notice")).to_contain_text("restore was started")
+    expect(page.locator("#operations tr.op-succeeded", has_text="restore")).to_have_count(1, timeout=90_000)
+    wait_until(lambda: gw(platform, "GET", "/notes", acme).status_code == 200, timeout=15, what="served after restore")
+
+    # A forged form (no CSRF token) is refused and changes nothing.
+    page.evaluate(
+        """slug => { const f = document.createElement('form'); f.method = 'post';
+        f.action = '/console/tenants/' + slug + '/lifecycle/suspend'; document.body.append(f); f.submit(); }""",
+        acme.slug,
+    )
+    expect(page.locator("h1")).to_have_text("Refused")
+    assert platform.admin.get(f"/admin/tenants/{acme.slug}").json()["status"] == "active"
+
+    # Plans and the audit log, where the console's actions carry the admin as actor.
+    page.goto("/console/plans")
+    expect(page.locator("h2", has_text="free")).to_be_visible()
+    no_inline_script(page)
+    shot(page, "plans")
+    page.goto("/console/audit")
+    expect(page.locator("table.audit")).to_contain_text("tenant.suspend")
+    expect(page.locator("table.audit")).to_contain_text("admin:")
+    no_inline_script(page)
+    shot(page, "audit")
+
+    # Purge asks for the slug: a wrong one changes nothing, the right one purges.
+    page.goto(f"/console/tenants/{doomed.slug}")
+    page.locator("details.purge summary").click()
+    page.fill("#confirm_slug", "doomed")
+    page.get_by_role("button", name=f"Purge {doomed.slug}").click()
+    expect(page.locator("p.error")).to_contain_text("Type the tenant's slug exactly")
+    assert platform.admin.get(f"/admin/tenants/{doomed.slug}").status_code == 200
+    page.goto(f"/console/tenants/{doomed.slug}")
+    page.locator("details.purge summary").click()
+    page.fill("#confirm_slug", doomed.slug)
+    page.get_by_role("button", name=f"Purge {doomed.slug}").click()
+    expect(page.locator("p.notice")).to_contain_text("purged")
+    assert platform.admin.get(f"/admin/tenants/{doomed.slug}").status_code == 404
+
+    # Sign out: the old cookie no longer opens a page.
+    cookies = context.cookies()
+    session_cookie = next(c for c in cookies if c["name"] == "tenantry_console")
+    assert session_cookie["httpOnly"] is True
+    assert session_cookie["sameSite"] == "Strict"
+    assert session_cookie["path"] == "/console"
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/console/sign-in"))
+    replay = browser.new_context(viewport=VIEWPORT, base_url=base)
+    replay.add_cookies([session_cookie])
+    old = replay.new_page()
+    old.goto("/console/tenants")
+    expect(old).to_have_url(re.compile(r"/console/sign-in\?next="))
+    replay.close()
+
+    # Nothing came from another site, and nothing broke the CSP.
+    origin = urlsplit(base).netloc
+    foreign = [u for u in recorder.urls if urlsplit(u).netloc != origin]
+    assert foreign == []
+    assert any(u.endswith("/console/static/htmx.min.js") for u in recorder.urls)
+    assert recorder.problems == []
+    context.close()

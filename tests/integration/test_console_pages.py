@@ -9,6 +9,7 @@ import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import asyncpg
@@ -418,6 +419,36 @@ async def test_the_tenant_page_shows_its_usage_now(app_client, api, ctx) -> None
     assert "0 of 50,000 requests" in usage  # the free plan's daily limit, nothing used yet
     assert "Database size" in usage
     assert "unknown" not in usage
+
+
+async def test_the_tenant_page_charts_its_last_30_days_of_requests_from_the_usage_history(app_client, api, ctx) -> None:
+    tenant = await new_tenant(api)
+    other = await new_tenant(api)
+    today = datetime.now(UTC).date()
+    conn = await registry(ctx)
+    try:
+        await conn.executemany(
+            "INSERT INTO usage_daily (tenant_id, day, requests, rejected) VALUES ($1, $2, $3, $4)",
+            [
+                (uuid.UUID(tenant["id"]), today, 1200, 34),
+                (uuid.UUID(tenant["id"]), today - timedelta(days=29), 7, 0),
+                (uuid.UUID(tenant["id"]), today - timedelta(days=30), 999_999, 0),  # outside the 30 days
+                (uuid.UUID(other["id"]), today, 555_555, 0),  # another tenant's
+            ],
+        )
+    finally:
+        await conn.close()
+    await sign_in(app_client, ctx)
+    response = await app_client.get(f"/console/tenants/{tenant['slug']}")
+    assert response.status_code == 200
+    assert_clean_page(response)
+    panel = response.text.split('id="usage-history"', 1)[1].split("</section>", 1)[0]
+    assert '<svg xmlns="http://www.w3.org/2000/svg" class="chart"' in panel
+    assert panel.count('class="chart-bar"') == 30
+    assert f"{today.isoformat()}: 1234 requests, 34 rejected" in panel
+    assert f"{(today - timedelta(days=29)).isoformat()}: 7 requests, 0 rejected" in panel
+    assert "999999" not in panel
+    assert "555555" not in panel
 
 
 async def test_servers_page_shows_capacity_bars_as_svg(app_client, ctx) -> None:

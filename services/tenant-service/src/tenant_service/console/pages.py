@@ -14,6 +14,7 @@ from litestar.datastructures import Cookie
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import PathParameter, QueryParameter
 from litestar.response import Redirect, Template
+from markupsafe import Markup
 from sqlalchemy import select
 
 from tenant_service.apikeys.schemas import ApiKeyCreate
@@ -21,6 +22,7 @@ from tenant_service.apikeys.service import ApiKeyService
 from tenant_service.audit.service import list_entries, record
 from tenant_service.auth import actor, match_token
 from tenant_service.backups.service import BackupService
+from tenant_service.console.chart import usage_chart_svg
 from tenant_service.console.sessions import COOKIE, SignInThrottle, create_session, end_session, sweep_sessions
 from tenant_service.console.web import (
     SIGN_IN,
@@ -42,6 +44,7 @@ from tenant_service.tenants.lookup import find_tenant
 from tenant_service.tenants.schemas import TenantCreate
 from tenant_service.tenants.service import TenantService
 from tenant_service.tenants.usage import tenant_usage
+from tenant_service.usage.history import history_window, usage_history
 from tenant_service.users.schemas import UserCreate, UserUpdate
 from tenant_service.users.service import Actor, UserService
 from tenantry_common.lifecycle import TenantStatus
@@ -261,6 +264,14 @@ class ConsoleController(Controller):
         tenant = await TenantService(ctx).get(ref)
         tid = tenant.id
         usage = await tenant_usage(ctx, tenant)
+        history = await usage_history(ctx, tid, history_window("day", None, None))
+        # The SVG is built by usage_chart_svg, which escapes everything it writes: safe to mark as markup.
+        chart = Markup(  # noqa: S704
+            usage_chart_svg(
+                [(b.start.date(), b.requests + b.rejected, b.rejected) for b in history],
+                title="Requests per day, last 30 days",
+            )
+        )
         keys = (await ApiKeyService(ctx).list(tid)).items
         issuers = await JwtIssuerService(ctx).list(tid)
         users = (await UserService(ctx).list(tid, limit=50)).items
@@ -280,6 +291,7 @@ class ConsoleController(Controller):
             status_code=status_code,
             tenant=tenant,
             usage=usage,
+            usage_chart=chart,
             usage_bars={
                 name: _bar_width(u.used, u.limit or 0)
                 for name, u in (("minute", usage.requests_minute), ("day", usage.requests_day))

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from support.stacks import gw, make_tenant, running_platform
+from support.stacks import gw, make_tenant
 from tenantry_devtools import ensure_binaries, find_chromium
 from tenantry_devtools.platform import Installation, Platform
 from tenantry_devtools.processes import wait_until
@@ -33,8 +33,16 @@ async def inst(pg_url: str, redis_url: str) -> AsyncIterator[Installation]:
 
 @pytest.fixture(scope="module")
 def platform(inst: Installation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    with running_platform(inst, tmp_path_factory.mktemp("console")) as started:
+    # Gateways flush their usage counts every second, so the tenant page's chart shows this test's requests.
+    started = Platform.launch(
+        inst,
+        tmp_path_factory.mktemp("console"),
+        gateway_env={"DIRECTORY_REFRESH_SECONDS": "0.5", "USAGE_FLUSH_SECONDS": "1"},
+    )
+    try:
         yield started
+    finally:
+        started.stop()
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +90,14 @@ def shot(page: Page, name: str) -> None:
 def sign_in(page: Page, platform: Platform) -> None:
     page.fill("#token", platform.installation.admin_token)
     page.click("button[type=submit]")
+
+
+def usage_today(platform: Platform, slug: str) -> int:
+    """The tenant's requests today in its daily usage history (admin API)."""
+    answer = platform.admin.get(f"/admin/tenants/{slug}/usage", params={"granularity": "day"})
+    assert answer.status_code == 200, answer.text
+    today = answer.json()["history"][-1]
+    return int(today["requests"]) + int(today["rejected"])
 
 
 def test_an_admin_runs_a_tenant_from_the_console(platform: Platform, browser: Browser) -> None:
@@ -155,8 +171,16 @@ def test_an_admin_runs_a_tenant_from_the_console(platform: Platform, browser: Br
     page.get_by_role("button", name="Start a backup").click()
     expect(page.locator("p.notice")).to_contain_text("backup was started")
     expect(page.locator("#operations")).to_contain_text("succeeded", timeout=60_000)
+    # The chart of the last 30 days: today's bar is the requests this test sent through the gateway, counted by the
+    # gateway and flushed into the usage history (the bar appears once the flush has landed).
+    for _ in range(40):
+        assert gw(platform, "GET", "/notes", acme).status_code == 200
+    wait_until(
+        lambda: usage_today(platform, acme.slug) >= 40, timeout=30, what="the gateway's counts in the usage history"
+    )
     page.goto(f"/console/tenants/{acme.slug}")
     expect(page.get_by_role("button", name="Restore this backup")).to_have_count(1)
+    expect(page.locator("#usage-history svg.chart rect.chart-bar")).to_have_count(30)
     no_inline_script(page)
     shot(page, "tenant")
 

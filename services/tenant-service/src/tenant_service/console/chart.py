@@ -27,10 +27,11 @@ def _compact(count: int) -> str:
 
 
 def _nice_max(peak: int) -> int:
-    """The axis top: a round number at or above ``peak`` (1, 2 or 5 times a power of ten)."""
-    if peak <= 0:
-        return 1
-    scale = 1
+    """The axis top: a round number at or above ``peak`` (1, 2 or 5 times a power of ten), at least 10 so that
+    the middle label is a whole number."""
+    scale = 10
+    if peak <= scale:
+        return scale
     while True:
         for step in (1, 2, 5):
             if step * scale >= peak:
@@ -86,10 +87,16 @@ def usage_chart_svg(points: Sequence[tuple[date, int, int]], *, title: str = "Re
                 f'<rect class="chart-bar-rejected" x="{_num(x)}" y="{_num(base - h_all)}" width="{_num(bar)}" '
                 f'height="{_num(h_rej)}"/></g>'
             )
-        for i in sorted({0, len(points) // 2, len(points) - 1}):
-            x = _LEFT + i * slot + slot / 2
+        last = len(points) - 1
+        for i in sorted({0, len(points) // 2, last}):
+            # The first and last labels align with the plot's edges, so that neither is cut off by the frame.
+            anchor, x = "middle", _LEFT + i * slot + slot / 2
+            if i == last and last:
+                anchor, x = "end", _LEFT + plot_w
+            elif i == 0 and last:
+                anchor, x = "start", _LEFT
             parts.append(
-                f'<text class="chart-label" x="{_num(x)}" y="{HEIGHT - _BOTTOM + 18}" text-anchor="middle">'
+                f'<text class="chart-label" x="{_num(x)}" y="{HEIGHT - _BOTTOM + 18}" text-anchor="{anchor}">'
                 f"{escape(points[i][0].isoformat())}</text>"
             )
     else:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from tenant_service.db.models import OutboxEvent
+from tenantry_common.logging import redact_value
 from tenantry_common.timeutil import utcnow
 
 EventType = Literal[
@@ -47,6 +48,18 @@ def new_event_id() -> str:
     return "msg_" + secrets.token_hex(16)
 
 
+def _scrubbed(value: Any) -> Any:
+    """``value`` with anything that looks like a secret (an API key, a bearer token, a password in a URL) masked:
+    event bodies are stored and sent to other systems, and a tenant's free text may hold one."""
+    if isinstance(value, str):
+        return redact_value(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
 def emit(
     session: AsyncSession,
     type_: EventType,
@@ -59,6 +72,7 @@ def emit(
     payload = msgspec.to_builtins(data) if isinstance(data, msgspec.Struct) else dict(data)
     if tenant_id is not None:
         payload = {"tenant_id": str(tenant_id), "slug": slug, **payload}
+    payload = _scrubbed(payload)
     now = utcnow()
     event = OutboxEvent(
         id=new_event_id(),

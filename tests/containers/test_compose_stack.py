@@ -208,6 +208,14 @@ def _gateway(deployment: Deployment, slug: str, key: str) -> httpx.Client:
     )
 
 
+def _until_known(gateway: httpx.Client) -> None:
+    """Wait until the gateway knows a just-created tenant's key (changes reach every gateway within seconds)."""
+    deadline = time.monotonic() + PROPAGATION_DEADLINE
+    while (answer := gateway.get("/whoami")).status_code in (401, 404, 503) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert answer.status_code == 200, answer.text
+
+
 def _create_tenant(deployment: Deployment, slug: str) -> dict[str, object]:
     with _admin(deployment) as admin:
         created = admin.post("/admin/tenants", json={"slug": slug, "name": slug.title()})
@@ -241,6 +249,7 @@ def test_a_tenant_gets_notes_in_its_own_database_through_the_gateway(deployment:
     tenant = _create_tenant(deployment, "acme")
     key = tenant["api_key"]["key"]  # type: ignore[index]
     with _gateway(deployment, "acme", key) as gateway:
+        _until_known(gateway)
         created = gateway.post("/notes", json={"body": "hello from a container"})
         assert created.status_code == 201, created.text
         listed = gateway.get("/notes")
@@ -259,7 +268,7 @@ def test_a_suspended_tenant_is_refused_at_the_gateway(deployment: Deployment) ->
     tenant = _create_tenant(deployment, "globex")
     key = tenant["api_key"]["key"]  # type: ignore[index]
     with _gateway(deployment, "globex", key) as gateway:
-        assert gateway.get("/whoami").status_code == 200
+        _until_known(gateway)
         with _admin(deployment) as admin:
             suspended = admin.post("/admin/tenants/globex/suspend")
         assert suspended.status_code == 200, suspended.text

@@ -36,3 +36,26 @@ async def test_an_event_commits_with_its_change_or_not_at_all(ctx: AppContext) -
     assert kept.id.startswith("msg_")
     assert "quota.threshold" in EVENT_TYPES
     assert len(EVENT_TYPES) == 13
+
+
+async def test_secrets_in_event_data_are_masked_before_they_are_stored(ctx: AppContext) -> None:
+    # A tenant's free text (its name, its settings) may hold a secret someone pasted; event bodies are kept in the
+    # registry and sent to other systems, so anything shaped like one is masked (docs/webhooks.md).
+    tenant_id = uuid.uuid4()
+    key = "tk_" + "A1b2C3d4" * 5
+    data = {
+        "name": f"ours {key}",
+        "settings": {"notes": ["Bearer abc.def-ghi", "postgresql://app:hunter2@db/x"], "size": 3},
+    }
+    async with ctx.sessions() as session, session.begin():
+        emit(session, "tenant.updated", data, tenant_id=tenant_id, slug="acme")
+    async with ctx.sessions() as session:
+        row = (await session.execute(select(OutboxEvent).where(OutboxEvent.tenant_id == tenant_id))).scalar_one()
+    stored = row.body["data"]
+    text = repr(stored)
+    assert key[3:] not in text
+    assert "hunter2" not in text
+    assert "abc.def-ghi" not in text
+    assert stored["name"].startswith("ours tk_")
+    assert stored["settings"]["size"] == 3
+    assert stored["slug"] == "acme"

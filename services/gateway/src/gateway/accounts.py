@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, Final, TypeVar
 from urllib.parse import parse_qsl, quote
 
@@ -241,11 +242,10 @@ class AccountEndpoints:
         """
         location = self._resolver.locate(exchange)
         credential = read_credential(exchange.request.tracked)
-        principal = self._authenticator.principal(credential)
-        if principal is None:
-            principal = await self._authenticator.external(credential.value)
+        principal, exchange.tenant = await self._authenticator.identify(
+            credential, location, partial(self._resolver.locate, exchange)
+        )
         exchange.principal = principal
-        exchange.tenant = self._authenticator.tenant_of(principal, location)
         return principal
 
     def _respond(self, exchange: Exchange, status: int, body: dict[str, Any] | bytes) -> int:

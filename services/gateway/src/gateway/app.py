@@ -12,6 +12,7 @@ import itertools
 import os
 import re
 import time
+from functools import partial
 from typing import Final
 
 import redis.asyncio as redis
@@ -177,6 +178,7 @@ class Gateway:
             max_staleness=settings.directory_max_staleness,
             on_sync=self.holds.observe,
         )
+        self.authenticator.catch_up = self.sync.catch_up
         self.auth_client = AuthClient(
             settings.tenant_service_url, settings.directory_token, timeout=settings.auth_timeout
         )
@@ -270,11 +272,10 @@ class Gateway:
             else:
                 credential = read_credential(request.tracked)
                 exchange.credential_header = credential.header
-                principal = self.authenticator.principal(credential)
-                if principal is None:  # a token from the tenant's own identity provider, not verified yet
-                    principal = await self.authenticator.external(credential.value)
-                exchange.principal = principal
-                tenant = exchange.tenant = self.authenticator.tenant_of(principal, location)
+                exchange.principal, tenant = await self.authenticator.identify(
+                    credential, location, partial(self.resolver.locate, exchange)
+                )
+                exchange.tenant = tenant
             if tenant.hold is not None:  # its database is being switched: wait until it is done (hold.py)
                 tenant = exchange.tenant = await self.holds.wait(tenant)
             # Counted in flight in the same step as the tenant's entry was read (nothing awaited in between): a worker

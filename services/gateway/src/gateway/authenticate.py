@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, NamedTuple
 
 import jwt
@@ -71,6 +71,10 @@ class Principal(NamedTuple):
     user_id: str = ""
     #: The user's session (refresh-token family) the access token belongs to.
     session_id: str = ""
+
+
+#: Refusals a directory a moment behind the registry may give for a tenant or key made just now (see identify).
+_MAYBE_STALE: Final = frozenset({"unauthorized", "tenant_not_found", "tenant_conflict", "tenant_unavailable"})
 
 
 class Credential(NamedTuple):
@@ -127,6 +131,35 @@ class Authenticator:
         self._verified: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self._external: OrderedDict[str, tuple[Principal, IssuerEntry, float]] = OrderedDict()
         self.jwks = jwks
+        #: Waits for a pending change event's fetch (DirectorySync.catch_up); True when one was applied and the
+        #: request may be decided again. None: refusals stand as the directory has them.
+        self.catch_up: Callable[[], Awaitable[bool]] | None = None
+
+    async def identify(
+        self, credential: Credential, location: Location | None, locate: Callable[[], Location | None]
+    ) -> tuple[Principal, TenantEntry]:
+        """The credential's principal and its tenant, which must be the one ``location`` names, if it names one.
+
+        A refusal that may come from a directory a moment behind the registry (an unknown key, an unknown or
+        conflicting tenant, one not ready yet: a tenant or key made just before this request) is decided once more,
+        with the location ``locate()`` finds then, when the fetch of a change event that arrived before it was
+        still under way (``catch_up``, DirectorySync.catch_up; no fetch pending: the refusal stands at once).
+
+        Raises:
+            GatewayError: :meth:`principal`'s, :meth:`external`'s and :meth:`tenant_of`'s refusals.
+        """
+        try:
+            return await self._identify(credential, location)
+        except GatewayError as problem:
+            if problem.code not in _MAYBE_STALE or self.catch_up is None or not await self.catch_up():
+                raise
+        return await self._identify(credential, locate())
+
+    async def _identify(self, credential: Credential, location: Location | None) -> tuple[Principal, TenantEntry]:
+        principal = self.principal(credential)
+        if principal is None:
+            principal = await self.external(credential.value)
+        return principal, self.tenant_of(principal, location)
 
     def use_keys(self, keys: KeyRing) -> None:
         """Verify with a new key ring from now on; tokens verified with the old one are checked again."""

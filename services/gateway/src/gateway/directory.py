@@ -2,7 +2,9 @@
 
 A warm request never leaves the process to learn about its tenant: slugs, domains, API key hashes and limits
 live here. Changes arrive three ways: a Redis event makes the gateway fetch at once; an incremental poll by
-revision runs every second; a full resync catches anything both missed. When the tenant-service is down the
+revision runs every second; a full resync catches anything both missed. A request refused while a change event's
+fetch is still under way (a tenant or key made a moment ago, whose event arrived just before the request) waits for
+that fetch and is decided again (``DirectorySync.catch_up``). When the tenant-service is down the
 gateway keeps serving what it knows, and says so: once no sync has succeeded for ``max_staleness`` seconds the
 directory is stale (readiness fails, a warning is logged) until one succeeds again. After each sync the cutover
 holds in force (``Directory.held``) are compared with those seen before (gateway.hold).
@@ -22,6 +24,7 @@ import httpx
 import msgspec
 import redis.asyncio as redis
 import structlog
+from prometheus_client import Counter
 
 from tenantry_common.directory import DirectoryPage, DirectoryTenant
 from tenantry_common.redis_keys import EVENTS_CHANNEL
@@ -32,6 +35,14 @@ _log = structlog.get_logger("tenantry.gateway.directory")
 #: long ago, so any change whose transaction is shorter than this is picked up by the first poll after its commit.
 SYNC_OVERLAP_SECONDS: Final = 5.0
 _decode_page: Final = msgspec.json.Decoder(DirectoryPage).decode
+#: A refused request waits at most this long for the fetch of a change event that arrived before it.
+CATCH_UP_BUDGET_SECONDS: Final = 1.0
+CATCH_UPS: Final = Counter(
+    "tenantry_gateway_directory_catch_ups_total",
+    "Refused requests that waited for the fetch of a pending change event, by outcome (synced: decided again; "
+    "timeout: the fetch did not end in time, the refusal stood)",
+    ["outcome"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +246,12 @@ class DirectorySync:
         self.last_success = 0.0
         self._max_staleness = max_staleness
         self._reported_stale = False
+        #: When the latest change event arrived, and when the latest successful sync began (its answer holds
+        #: everything committed before then): an event newer than that sync is pending.
+        self._last_event = 0.0
+        self._began_ok = 0.0
+        #: Resolved (and replaced) at the end of each sync, for the requests waiting in catch_up().
+        self._synced: asyncio.Future[None] | None = None
 
     def age(self) -> float | None:
         """Seconds since the last successful sync; None before the first."""
@@ -269,12 +286,46 @@ class DirectorySync:
 
     async def sync_once(self, *, full: bool = False) -> None:
         """One incremental (or full) sync."""
-        page = await self._fetch(0 if full or not self.directory.loaded else self._since())
-        self.directory.apply_page(page)
-        if self._on_sync is not None:
-            self._on_sync()
-        self.last_success = time.monotonic()
-        self._seen.append((self.last_success, page.revision))
+        began = time.monotonic()
+        try:
+            page = await self._fetch(0 if full or not self.directory.loaded else self._since())
+            self.directory.apply_page(page)
+            if self._on_sync is not None:
+                self._on_sync()
+            self.last_success = time.monotonic()
+            self._began_ok = max(self._began_ok, began)
+            self._seen.append((self.last_success, page.revision))
+        finally:
+            if self._synced is not None and not self._synced.done():
+                self._synced.set_result(None)
+            self._synced = None
+
+    async def catch_up(self) -> bool:
+        """Wait for the fetch of a change event that arrived before this call and is not applied yet, if any.
+
+        The tenant-service publishes the event before it answers the change, so a client that sends a request
+        right after, with a key or for a tenant it just made, usually finds that fetch under way: the request waits
+        for it (the poller fetches at once after an event), never starts one, and never waits when nothing is
+        pending. Every refusal that may be stale waits alike, so they all keep one timing class.
+
+        Returns:
+            True when a sync began after the event and succeeded: decide the request again. False when no event
+            was pending, or its fetch did not succeed within ``CATCH_UP_BUDGET_SECONDS``: the refusal stands.
+        """
+        pending = self._last_event
+        if pending <= self._began_ok:
+            return False
+        try:
+            async with asyncio.timeout(CATCH_UP_BUDGET_SECONDS):
+                while self._began_ok < pending:
+                    if self._synced is None:
+                        self._synced = asyncio.get_running_loop().create_future()
+                    await asyncio.shield(self._synced)
+        except TimeoutError:
+            CATCH_UPS.labels("timeout").inc()
+            return False
+        CATCH_UPS.labels("synced").inc()
+        return True
 
     async def _poll(self) -> None:
         last_full = time.monotonic()
@@ -301,6 +352,7 @@ class DirectorySync:
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     if message is not None:
+                        self._last_event = time.monotonic()
                         self._wake.set()
             except (redis.RedisError, OSError, TimeoutError) as exc:
                 _log.debug("directory_events_unavailable", error=type(exc).__name__)

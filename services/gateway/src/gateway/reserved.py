@@ -45,6 +45,10 @@ _JSON: Final = b"application/json"
 _PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
 
 
+def _nowhere() -> None:
+    """The location of a request that names no tenant (its key does)."""
+
+
 class ReservedEndpoints:
     """Answers ``/_gateway/*``."""
 
@@ -111,7 +115,7 @@ class ReservedEndpoints:
                 problem = GatewayError("Use POST.", code="method_not_allowed", status=405)
                 exchange.refuse(problem, ((b"allow", b"POST"),))
                 return 405
-            return self._token(exchange)
+            return await self._token(exchange)
         if (post := self._posts.get(path)) is not None:
             if method != "POST":
                 raise _method_not_allowed("POST")
@@ -153,13 +157,12 @@ class ReservedEndpoints:
         conn.respond(request, 503, body, _PROBLEM, [*headers, (b"cache-control", b"no-store")])
         return 503
 
-    def _token(self, exchange: Exchange) -> int:
+    async def _token(self, exchange: Exchange) -> int:
         """``POST /_gateway/token``: an access token for the request's API key (a JWT is refused: 401)."""
         credential = read_credential(exchange.request.tracked)
         if not credential.is_api_key:
             raise unauthorized()
-        principal = self._authenticator.api_key(credential.value)
-        self._authenticator.tenant_of(principal)
+        principal, _ = await self._authenticator.identify(credential, None, _nowhere)
         body = msgspec.json.encode(
             {
                 "access_token": self._tokens.access_token(principal),

@@ -24,6 +24,7 @@ from tenant_service.db.models import (
     UserSession,
 )
 from tenant_service.deps import Ctx
+from tenant_service.failpoints import failpoint
 from tenant_service.internal.scopes import DIRECTORY_READ, SCOPE_OPT
 from tenant_service.openapi import problems, service_security
 from tenant_service.users.service import REVOKED_SESSION_HORIZON
@@ -141,7 +142,9 @@ class DirectoryController(Controller):
     @get("/", summary="Tenants changed since a revision", responses=problems(401, 403, 422, 503))
     async def changes(self, ctx: Ctx, since: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0) -> DirectoryPage:
         """Everything when ``since`` is 0; otherwise only tenants (and removals) after that revision."""
-        return await directory_since(ctx, since)
+        page = await directory_since(ctx, since)
+        await failpoint("directory.before_answer")  # a slow answer, for the gateway's catch-up test
+        return page
 
     @get("/tenants/{tenant_id:uuid}", summary="One tenant's directory entry", responses=problems(401, 403, 404, 503))
     async def one(self, ctx: Ctx, tenant_id: Annotated[uuid.UUID, PathParameter()]) -> DirectoryPage:

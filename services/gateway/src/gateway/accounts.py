@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Annotated, Any, Final, TypeVar
 from urllib.parse import parse_qsl, quote
 
@@ -243,7 +242,7 @@ class AccountEndpoints:
         location = self._resolver.locate(exchange)
         credential = read_credential(exchange.request.tracked)
         principal, exchange.tenant = await self._authenticator.identify(
-            credential, location, partial(self._resolver.locate, exchange)
+            credential, location, self._resolver.locate, exchange
         )
         exchange.principal = principal
         return principal

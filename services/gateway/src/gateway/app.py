@@ -12,7 +12,6 @@ import itertools
 import os
 import re
 import time
-from functools import partial
 from typing import Final
 
 import redis.asyncio as redis
@@ -178,7 +177,7 @@ class Gateway:
             max_staleness=settings.directory_max_staleness,
             on_sync=self.holds.observe,
         )
-        self.authenticator.catch_up = self.sync.catch_up
+        self.authenticator.sync = self.sync
         self.auth_client = AuthClient(
             settings.tenant_service_url, settings.directory_token, timeout=settings.auth_timeout
         )
@@ -197,6 +196,7 @@ class Gateway:
                 body_timeout=settings.header_timeout,
             ),
         )
+        self._locate = self.resolver.locate
         self._passthrough = settings.mode == "passthrough"
         self._max_header_bytes = settings.max_header_bytes
         self._access_log = settings.access_log
@@ -272,9 +272,18 @@ class Gateway:
             else:
                 credential = read_credential(request.tracked)
                 exchange.credential_header = credential.header
-                exchange.principal, tenant = await self.authenticator.identify(
-                    credential, location, partial(self.resolver.locate, exchange)
-                )
+                authenticator = self.authenticator
+                try:
+                    principal = authenticator.principal(credential)
+                    if principal is None:  # a token from the tenant's own identity provider, not verified yet
+                        principal = await authenticator.external(credential.value)
+                    tenant = authenticator.tenant_of(principal, location)
+                except GatewayError as problem:
+                    if not self.sync.pending:  # no change event's fetch under way: the refusal stands
+                        raise
+                    # The directory is about to learn something new (a tenant or key made just now): decide again.
+                    principal, tenant = await authenticator.again(problem, credential, self._locate, exchange)
+                exchange.principal = principal
                 exchange.tenant = tenant
             if tenant.hold is not None:  # its database is being switched: wait until it is done (hold.py)
                 tenant = exchange.tenant = await self.holds.wait(tenant)

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import jwt
 
-from gateway.directory import Directory, IssuerEntry, KeyEntry, TenantEntry
+from gateway.directory import Directory, DirectorySync, IssuerEntry, KeyEntry, TenantEntry
 from gateway.errors import GatewayError, unauthorized
 from gateway.http import API_KEY, AUTHORIZATION
 from gateway.jwks import JwksCache
@@ -38,6 +38,9 @@ from gateway.resolve import Location, served
 from tenantry_common.apikeys import hash_api_key, is_well_formed, looks_like_api_key
 from tenantry_common.jwt_keys import InvalidTokenError, KeyRing
 from tenantry_common.users_api import ROLES
+
+if TYPE_CHECKING:
+    from gateway.exchange import Exchange
 
 _MAX_CACHED_TOKENS = 100_000
 #: External tokens are minted by tenants' identity providers, not by the platform: fewer are cached, and their
@@ -131,19 +134,23 @@ class Authenticator:
         self._verified: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self._external: OrderedDict[str, tuple[Principal, IssuerEntry, float]] = OrderedDict()
         self.jwks = jwks
-        #: Waits for a pending change event's fetch (DirectorySync.catch_up); True when one was applied and the
-        #: request may be decided again. None: refusals stand as the directory has them.
-        self.catch_up: Callable[[], Awaitable[bool]] | None = None
+        #: Its catch_up() waits for a pending change event's fetch; True when one was applied and the request may
+        #: be decided again. None: refusals stand as the directory has them.
+        self.sync: DirectorySync | None = None
 
     async def identify(
-        self, credential: Credential, location: Location | None, locate: Callable[[], Location | None]
+        self,
+        credential: Credential,
+        location: Location | None,
+        locate: Callable[[Exchange], Location | None],
+        exchange: Exchange,
     ) -> tuple[Principal, TenantEntry]:
         """The credential's principal and its tenant, which must be the one ``location`` names, if it names one.
 
         A refusal that may come from a directory a moment behind the registry (an unknown key, an unknown or
         conflicting tenant, one not ready yet: a tenant or key made just before this request) is decided once more,
-        with the location ``locate()`` finds then, when the fetch of a change event that arrived before it was
-        still under way (``catch_up``, DirectorySync.catch_up; no fetch pending: the refusal stands at once).
+        with the location ``locate(exchange)`` finds then, when the fetch of a change event that arrived before it was
+        still under way (DirectorySync.catch_up; no fetch pending: the refusal stands at once).
 
         Raises:
             GatewayError: :meth:`principal`'s, :meth:`external`'s and :meth:`tenant_of`'s refusals.
@@ -151,9 +158,25 @@ class Authenticator:
         try:
             return await self._identify(credential, location)
         except GatewayError as problem:
-            if problem.code not in _MAYBE_STALE or self.catch_up is None or not await self.catch_up():
-                raise
-        return await self._identify(credential, locate())
+            return await self.again(problem, credential, locate, exchange)
+
+    async def again(
+        self,
+        problem: GatewayError,
+        credential: Credential,
+        locate: Callable[[Exchange], Location | None],
+        exchange: Exchange,
+    ) -> tuple[Principal, TenantEntry]:
+        """:meth:`identify`'s second decision, for a caller that made the first itself (the proxy's hot path).
+
+        Raises:
+            GatewayError: ``problem`` when no change event's fetch was pending (or it did not end in time); else
+                the second decision's refusal.
+        """
+        sync = self.sync
+        if sync is None or not sync.pending or problem.code not in _MAYBE_STALE or not await sync.catch_up():
+            raise problem
+        return await self._identify(credential, locate(exchange))
 
     async def _identify(self, credential: Credential, location: Location | None) -> tuple[Principal, TenantEntry]:
         principal = self.principal(credential)

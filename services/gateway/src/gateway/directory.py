@@ -300,6 +300,11 @@ class DirectorySync:
                 self._synced.set_result(None)
             self._synced = None
 
+    @property
+    def pending(self) -> bool:
+        """A change event arrived that no successful sync begun after it has applied yet."""
+        return self._last_event > self._began_ok
+
     async def catch_up(self) -> bool:
         """Wait for the fetch of a change event that arrived before this call and is not applied yet, if any.
 
@@ -314,7 +319,7 @@ class DirectorySync:
         """
         pending = self._last_event
         if pending <= self._began_ok:
-            return False
+            return False  # (the caller checks `pending` first; here for a caller that does not)
         try:
             async with asyncio.timeout(CATCH_UP_BUDGET_SECONDS):
                 while self._began_ok < pending:

@@ -45,7 +45,7 @@ _JSON: Final = b"application/json"
 _PROBLEM: Final = PROBLEM_MEDIA_TYPE.encode()
 
 
-def _nowhere() -> None:
+def _nowhere(_exchange: Exchange) -> None:
     """The location of a request that names no tenant (its key does)."""
 
 
@@ -162,7 +162,7 @@ class ReservedEndpoints:
         credential = read_credential(exchange.request.tracked)
         if not credential.is_api_key:
             raise unauthorized()
-        principal, _ = await self._authenticator.identify(credential, None, _nowhere)
+        principal, _ = await self._authenticator.identify(credential, None, _nowhere, exchange)
         body = msgspec.json.encode(
             {
                 "access_token": self._tokens.access_token(principal),

@@ -21,6 +21,7 @@ from bench.results import PASS, load_results, merge_results, save_results
 from bench.sections import (
     apps,
     backups,
+    catchup,
     console,
     fleet,
     gateway,
@@ -47,6 +48,7 @@ SECTIONS: Final[dict[str, Callable[[BenchContext], dict[str, Any]]]] = {
     "usage": usage.run,
     "webhooks": webhooks.run,
     "console": console.run,
+    "catchup": catchup.run,
 }
 
 
@@ -171,6 +173,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=defaults.usage_baseline,
         help="git revision of the gateway compared with usage counting on (usage; the commit before it)",
     )
+    parser.add_argument(
+        "--catchup-baseline",
+        default=defaults.catchup_baseline,
+        help="git revision of the gateway compared with catch-up syncs (catchup; the commit before them)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json", help="results file")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md", help="report page")
     parser.add_argument("--fresh", action="store_true", help="do not keep other sections of the results file")
@@ -229,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         users_baseline=args.users_baseline,
         users_proxied_runs=args.users_proxied_runs,
         usage_baseline=args.usage_baseline,
+        catchup_baseline=args.catchup_baseline,
     )
     # Also SIGINT: a shell that starts the harness in the background ignores it otherwise.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -46,6 +46,7 @@ class Settings:
     users_baseline: str = "2cab184"
     users_proxied_runs: int = 5
     usage_baseline: str = "98cd7ea"
+    catchup_baseline: str = "c93588a"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

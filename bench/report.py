@@ -8,7 +8,7 @@ from bench.results import MISS, PASS, all_targets, format_number, requirement_te
 
 SECTION_ORDER: Final = (
     "gateway", "tenants", "provisioning", "fleet", "apps", "backups", "scale", "moves", "users", "usage", "webhooks",
-    "console",
+    "console", "catchup",
 )  # fmt: skip
 #: The hand-written, dated analyses of targets missed in past runs: linked from the page, never pasted into it
 #: (prose about one day's runs would otherwise stand under another run's numbers).

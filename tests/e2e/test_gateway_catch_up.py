@@ -40,6 +40,19 @@ def slow(stack: GatewayStack) -> Iterator[GatewayProcess]:
     gateway.stop()
 
 
+@pytest.fixture(scope="module")
+def slow_passthrough(stack: GatewayStack) -> Iterator[GatewayProcess]:
+    gateway = stack.start_gateway(
+        "slow-passthrough",
+        GATEWAY_MODE="passthrough",
+        DIRECTORY_REFRESH_SECONDS="60",
+        DIRECTORY_FULL_SYNC_SECONDS="600",
+        DIRECTORY_MAX_STALENESS_SECONDS="0",
+    )
+    yield gateway
+    gateway.stop()
+
+
 def created(stack: GatewayStack, stem: str) -> Tenant:
     """A tenant made through the admin API, with no wait for any gateway to learn it."""
     slug = f"h-{stem}-{time.monotonic_ns() % 10**9}"
@@ -60,6 +73,18 @@ def test_a_tenant_made_just_now_is_served_on_its_first_request(stack: GatewaySta
         tenant = created(stack, stem)
         answer = httpx.get(
             slow.url + "/hello", headers={"Host": f"{tenant.slug}.localhost", "X-API-Key": tenant.key}, timeout=TIMEOUT
+        )
+        assert answer.status_code == 200, answer.text
+        assert ["x-tenant-id", tenant.id] in answer.json()["headers"]
+
+
+def test_pass_through_mode_serves_a_tenant_made_just_now_on_its_first_request(
+    stack: GatewayStack, slow_passthrough: GatewayProcess
+) -> None:
+    for stem in ("pt-one", "pt-two"):
+        tenant = created(stack, stem)
+        answer = httpx.get(
+            slow_passthrough.url + "/hello", headers={"Host": f"{tenant.slug}.localhost"}, timeout=TIMEOUT
         )
         assert answer.status_code == 200, answer.text
         assert ["x-tenant-id", tenant.id] in answer.json()["headers"]

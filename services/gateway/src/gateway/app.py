@@ -20,7 +20,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.accounts import AccountEndpoints
 from gateway.auth_client import AuthClient
-from gateway.authenticate import Authenticator, read_credential
+from gateway.authenticate import MAYBE_STALE, Authenticator, read_credential
 from gateway.config import GatewaySettings, read_keys_file
 from gateway.directory import Directory, DirectorySync
 from gateway.errors import GatewayError, bad_request
@@ -268,7 +268,13 @@ class Gateway:
                 raise bad_request("invalid_path", "The path must not hold '.' or '..' segments, in any encoding.")
             location = self.resolver.locate(exchange)
             if self._passthrough:
-                tenant = exchange.tenant = named_tenant(location)
+                try:
+                    tenant = named_tenant(location)
+                except GatewayError as problem:  # as below: decided again once a pending change is applied
+                    if not (self.sync.pending and problem.code in MAYBE_STALE and await self.sync.catch_up()):
+                        raise
+                    tenant = named_tenant(self._locate(exchange))
+                exchange.tenant = tenant
             else:
                 credential = read_credential(request.tracked)
                 exchange.credential_header = credential.header

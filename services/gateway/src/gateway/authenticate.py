@@ -77,7 +77,7 @@ class Principal(NamedTuple):
 
 
 #: Refusals a directory a moment behind the registry may give for a tenant or key made just now (see identify).
-_MAYBE_STALE: Final = frozenset({"unauthorized", "tenant_not_found", "tenant_conflict", "tenant_unavailable"})
+MAYBE_STALE: Final = frozenset({"unauthorized", "tenant_not_found", "tenant_conflict", "tenant_unavailable"})
 
 
 class Credential(NamedTuple):
@@ -174,7 +174,7 @@ class Authenticator:
                 the second decision's refusal.
         """
         sync = self.sync
-        if sync is None or not sync.pending or problem.code not in _MAYBE_STALE or not await sync.catch_up():
+        if sync is None or not sync.pending or problem.code not in MAYBE_STALE or not await sync.catch_up():
             raise problem
         return await self._identify(credential, locate(exchange))
 

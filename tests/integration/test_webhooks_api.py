@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 from standardwebhooks import Webhook as StandardWebhook
+from standardwebhooks import WebhookVerificationError
 
 from support.platform import Installation, in_process
 from support.webhook_receiver import webhook_receiver
@@ -346,20 +348,27 @@ async def test_rotate_encryption_reseals_webhook_secrets_and_deliveries_still_ve
     async with webhook_receiver() as receiver:
         async with in_process(inst) as (client, _):
             hook = await subscribe(client, receiver.url("/rotated"), ["tenant.created"])
-        rows = await registry_rows(inst, "SELECT secret_enc FROM webhooks")
+            # A rotated signing secret, the replaced one still in its grace period: both are sealed, both re-sealed.
+            replaced = hook["secret"]
+            rotated = await client.post(f"/admin/webhooks/{hook['id']}/rotate-secret", json={"grace_seconds": 3600})
+            hook = rotated.json()
+        rows = await registry_rows(inst, "SELECT secret_enc, previous_secret_enc FROM webhooks")
         assert rows[0]["secret_enc"].startswith("v1.k1.")
+        assert rows[0]["previous_secret_enc"].startswith("v1.k1.")
 
         result = inst.tenantctl("rotate-encryption", env={"ENCRYPTION_KEYS": f"{new},{old}"})
-        assert "re-encrypted 1 secret(s) with key k2" in result.stdout
+        assert "re-encrypted 2 secret(s) with key k2" in result.stdout
         assert hook["secret"] not in result.stdout + result.stderr
-        rows = await registry_rows(inst, "SELECT secret_enc FROM webhooks")
+        rows = await registry_rows(inst, "SELECT secret_enc, previous_secret_enc FROM webhooks")
         assert rows[0]["secret_enc"].startswith("v1.k2.")
+        assert rows[0]["previous_secret_enc"].startswith("v1.k2.")
 
         # The old key is gone: the secret still signs, and the receiver's check passes.
         async with in_process(inst, ENCRYPTION_KEYS=new, **FAST) as (client, ctx), dispatching(ctx):
             await client.post("/admin/tenants", json={"slug": "wh-rotated", "name": "Rotated"})
             await receiver.wait_for(lambda got: any(r.path == "/rotated" for r in got))
         assert verify(hook["secret"], receiver.at("/rotated")[0])["type"] == "tenant.created"
+        assert verify(replaced, receiver.at("/rotated")[0])["type"] == "tenant.created"
 
 
 async def test_a_url_the_allow_list_no_longer_admits_is_not_called(inst: Installation) -> None:
@@ -414,3 +423,124 @@ async def test_a_redirect_is_not_followed_but_counted_as_a_failed_attempt(inst: 
         assert not receiver.at("/elsewhere")
         delivered = await wait_delivery(client, hook["id"], "delivered")
         assert delivered["attempts"] == 2
+
+
+# --- changing a webhook, rotating its secret ------------------------------------------------------------
+
+
+async def test_a_webhook_s_url_and_events_change_with_the_rules_of_creation(inst: Installation) -> None:
+    async with in_process(inst) as (client, _):
+        hook = await subscribe(client, "http://127.0.0.1:9/before", ["tenant.created"])
+        changed = await client.patch(
+            f"/admin/webhooks/{hook['id']}",
+            json={"url": "http://127.0.0.1:9/after", "events": ["tenant.purged", "tenant.created", "tenant.purged"]},
+        )
+        assert changed.status_code == 200, changed.text
+        body = changed.json()
+        assert (body["url"], body["events"]) == ("http://127.0.0.1:9/after", ["tenant.created", "tenant.purged"])
+        assert body["updated_at"]
+        assert "secret" not in body
+        only_events = await client.patch(f"/admin/webhooks/{hook['id']}", json={"events": ["backup.failed"]})
+        assert (only_events.json()["url"], only_events.json()["events"]) == (
+            "http://127.0.0.1:9/after",
+            ["backup.failed"],
+        )
+        refused = {
+            "upstream": ({"url": "http://169.254.169.254/"}, 422, "url"),
+            "event": ({"events": ["tenant.nope"]}, 422, "events[0]"),
+            "empty events": ({"events": []}, 422, "events"),
+            "nothing": ({}, 422, "body"),
+            "unknown field": ({"secret": "whsec_x"}, 422, "secret"),
+        }
+        for name, (payload, status, field) in refused.items():
+            answer = await client.patch(f"/admin/webhooks/{hook['id']}", json=payload)
+            assert answer.status_code == status, (name, answer.text)
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert field in str(answer.json().get("errors")), (name, answer.text)
+        missing = await client.patch(f"/admin/webhooks/{uuid.uuid4()}", json={"events": ["tenant.created"]})
+        assert (missing.status_code, missing.json()["code"]) == (404, "webhook_not_found")
+        view = (await client.get(f"/admin/webhooks/{hook['id']}")).json()
+        assert (view["url"], view["events"]) == ("http://127.0.0.1:9/after", ["backup.failed"])
+        audit = (await client.get("/admin/audit", params={"limit": 200})).text
+        assert "webhook.update" in audit
+
+
+async def test_a_rotated_secret_signs_next_to_the_old_one_for_the_grace_period_then_alone(
+    inst: Installation,
+) -> None:
+    async with webhook_receiver() as receiver, in_process(inst, **FAST) as (client, ctx):
+        hook = await subscribe(client, receiver.url("/rotate"), ["tenant.updated"])
+        old_secret = hook["secret"]
+        tenant = (await client.post("/admin/tenants", json={"slug": "wh-rotate", "name": "Rotate"})).json()
+        rotated = await client.post(f"/admin/webhooks/{hook['id']}/rotate-secret", json={"grace_seconds": 3600})
+        assert rotated.status_code == 200, rotated.text
+        new_secret = rotated.json()["secret"]
+        assert new_secret.startswith("whsec_")
+        assert new_secret != old_secret
+        assert rotated.json()["rotation_ends_at"]
+        listed = (await client.get(f"/admin/webhooks/{hook['id']}")).text
+        assert new_secret not in listed
+        assert old_secret not in listed
+        audit = (await client.get("/admin/audit", params={"limit": 200})).text
+        assert "webhook.rotate_secret" in audit
+        assert new_secret not in audit
+
+        async with dispatching(ctx):
+            assert (await client.patch("/admin/tenants/wh-rotate", json={"name": "One"})).status_code == 200
+            await receiver.wait_for(lambda got: len([r for r in got if r.path == "/rotate"]) >= 1)
+            during = receiver.at("/rotate")[-1]
+            assert len(during.headers["webhook-signature"].split(" ")) == 2
+            # A receiver still on the old secret, and one already on the new: both verify.
+            assert verify(old_secret, during)["data"]["tenant_id"] == tenant["id"]
+            assert verify(new_secret, during)["data"]["tenant_id"] == tenant["id"]
+
+            # A second rotation with no grace: only the newest secret signs from now on.
+            again = await client.post(f"/admin/webhooks/{hook['id']}/rotate-secret", json={"grace_seconds": 0})
+            assert again.status_code == 200, again.text
+            newest = again.json()["secret"]
+            assert again.json()["rotation_ends_at"] is None
+            assert (await client.patch("/admin/tenants/wh-rotate", json={"name": "Two"})).status_code == 200
+            await receiver.wait_for(lambda got: len([r for r in got if r.path == "/rotate"]) >= 2)
+            after = receiver.at("/rotate")[-1]
+            assert len(after.headers["webhook-signature"].split(" ")) == 1
+            assert verify(newest, after)["data"]["name"] == "Two"
+            for stale in (old_secret, new_secret):
+                with pytest.raises(WebhookVerificationError):
+                    verify(stale, after)
+
+        no_body = await client.post(f"/admin/webhooks/{hook['id']}/rotate-secret")
+        assert no_body.status_code == 200, no_body.text
+        assert no_body.json()["rotation_ends_at"]
+        too_long = await client.post(f"/admin/webhooks/{hook['id']}/rotate-secret", json={"grace_seconds": 10**9})
+        assert too_long.status_code == 422
+        missing = await client.post(f"/admin/webhooks/{uuid.uuid4()}/rotate-secret")
+        assert missing.status_code == 404
+
+
+async def test_tenantctl_manages_webhooks_like_the_api(inst: Installation) -> None:
+    made = json.loads(
+        inst.tenantctl("webhooks", "create", "http://127.0.0.1:9/cli", "--event", "tenant.created").stdout
+    )
+    assert made["secret"].startswith("whsec_")
+    listed = inst.tenantctl("webhooks", "list", "--limit", "200").stdout
+    assert made["id"] in listed
+    assert made["secret"] not in listed
+    changed = json.loads(
+        inst.tenantctl("webhooks", "update", made["id"], "--event", "backup.failed", "--event", "tenant.purged").stdout
+    )
+    assert changed["events"] == ["tenant.purged", "backup.failed"]
+    rotated = json.loads(inst.tenantctl("webhooks", "rotate-secret", made["id"], "--grace-seconds", "0").stdout)
+    assert rotated["secret"] != made["secret"]
+    assert rotated["rotation_ends_at"] is None
+    refused = inst.tenantctl("webhooks", "update", made["id"], "--url", "http://169.254.169.254/", check=False)
+    assert refused.returncode == 1
+    assert "upstream_not_allowed" in refused.stderr
+    assert inst.tenantctl("webhooks", "delete", made["id"]).returncode == 0
+    gone = inst.tenantctl("webhooks", "delete", made["id"], check=False)
+    assert gone.returncode == 1
+    assert "webhook_not_found" in gone.stderr
+    async with in_process(inst) as (client, _):
+        audit = (await client.get("/admin/audit", params={"limit": 200})).text
+    for action in ("webhook.create", "webhook.update", "webhook.rotate_secret", "webhook.delete"):
+        assert action in audit
+    assert made["secret"] not in audit

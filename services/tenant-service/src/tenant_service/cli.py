@@ -38,8 +38,12 @@ from tenant_service.servers.schemas import MoveRequest, ServerCreate
 from tenant_service.servers.service import ServerService
 from tenant_service.tenants.schemas import TenantCreate
 from tenant_service.tenants.service import TenantService
+from tenant_service.tenants.usage import tenant_usage_history
+from tenant_service.usage.history import history_window
 from tenant_service.users.schemas import UserCreate, UserUpdate
 from tenant_service.users.service import Actor, UserService
+from tenant_service.webhooks.schemas import WebhookCreate, WebhookRotate, WebhookUpdate
+from tenant_service.webhooks.service import WebhookService
 from tenantry_common.logging import configure_logging, redact_value
 from tenantry_common.problems import ProblemError
 from tenantry_common.settings import ConfigError
@@ -200,14 +204,17 @@ async def rotate_encryption(ctx: AppContext) -> None:
                 server.password_enc = ctx.box.encrypt(password, context)
                 count += 1
         for webhook in (await session.execute(select(Webhook).with_for_update())).scalars():
-            if ctx.box.needs_rotation(webhook.secret_enc):
-                context = secret_context(webhook.id)
+            context = secret_context(webhook.id)
+            for column in ("secret_enc", "previous_secret_enc"):
+                sealed = getattr(webhook, column)
+                if sealed is None or not ctx.box.needs_rotation(sealed):
+                    continue
                 try:
-                    secret = ctx.box.decrypt(webhook.secret_enc, context)
+                    secret = ctx.box.decrypt(sealed, context)
                 except DecryptionError:
                     unreadable.append(f"webhook {webhook.id}")
                     continue
-                webhook.secret_enc = ctx.box.encrypt(secret, context)
+                setattr(webhook, column, ctx.box.encrypt(secret, context))
                 count += 1
     click.echo(f"re-encrypted {count} secret(s) with key {ctx.box.primary_kid}")
     click.echo(f"re-wrapped {await rewrap_data_keys(ctx)} data key(s); stored backups and exports are unchanged")
@@ -278,6 +285,29 @@ _transition_command("resume", "Resume a suspended tenant.")
 _transition_command("restore", "Restore a soft-deleted tenant.")
 
 
+@tenants.command("usage")
+@click.argument("ref")
+@click.option("--granularity", type=click.Choice(["hour", "day"]), default="hour", show_default=True)
+@click.option("--from", "start", default=None, help="ISO 8601; default: 24 hours or 30 days back")
+@click.option("--to", "end", default=None, help="ISO 8601; default: now")
+@click.option("--json", "as_json", is_flag=True, help="The admin API's answer, as JSON.")
+@_run
+async def tenants_usage(
+    ctx: AppContext, ref: str, granularity: str, start: str | None, end: str | None, as_json: bool
+) -> None:
+    """A tenant's usage history (docs/usage.md): requests served and rejected per hour or day."""
+    window = history_window(granularity, start, end)
+    usage = await tenant_usage_history(ctx, await TenantService(ctx).get(ref), window)
+    if as_json:
+        _echo_json(usage)
+        return
+    size = "database_bytes" if granularity == "day" else ""
+    click.echo(f"{'start':<26} {'requests':>12} {'rejected':>10} {size:>16}".rstrip())
+    for bucket in usage.history:
+        extra = f" {bucket.database_bytes:>16}" if granularity == "day" and bucket.database_bytes is not None else ""
+        click.echo(f"{bucket.start:%Y-%m-%dT%H:%M:%SZ}{'':<6} {bucket.requests:>12} {bucket.rejected:>10}{extra}")
+
+
 @tenants.command("delete")
 @click.argument("ref")
 @click.option("--purge", is_flag=True, help="Drop the database and role now.")
@@ -287,6 +317,61 @@ async def tenants_delete(ctx: AppContext, ref: str, purge: bool) -> None:
     service = TenantService(ctx)
     view = await (service.purge(ref, actor=_ACTOR) if purge else service.transition(ref, "delete", actor=_ACTOR))
     _echo_json(view)
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook subscriptions (docs/webhooks.md)."""
+
+
+@webhooks.command("create")
+@click.argument("url")
+@click.option("--event", "events", multiple=True, required=True, help="An event name; repeat for more.")
+@_run
+async def webhooks_create(ctx: AppContext, url: str, events: tuple[str, ...]) -> None:
+    """Subscribe URL to events; prints the webhook with its signing secret (shown once)."""
+    _echo_json(await WebhookService(ctx).create(WebhookCreate(url=url, events=list(events)), actor=_ACTOR))
+
+
+@webhooks.command("list")
+@click.option("--limit", type=click.IntRange(1, 200), default=50)
+@_run
+async def webhooks_list(ctx: AppContext, limit: int) -> None:
+    """Webhooks, oldest first (never their secrets)."""
+    page = await WebhookService(ctx).list(limit=limit)
+    for w in page.items:
+        state = f"{w.consecutive_failures} failing" if w.consecutive_failures else "ok"
+        click.echo(f"{w.id}  {w.url:<48} {state:<12} {','.join(w.events)}")
+
+
+@webhooks.command("update")
+@click.argument("webhook_id")
+@click.option("--url", default=None)
+@click.option("--event", "events", multiple=True, help="The new event list; repeat for more.")
+@_run
+async def webhooks_update(ctx: AppContext, webhook_id: str, url: str | None, events: tuple[str, ...]) -> None:
+    """Change a webhook's URL and/or events."""
+    data = WebhookUpdate(url=url, events=list(events) if events else None)
+    _echo_json(await WebhookService(ctx).update(webhook_id, data, actor=_ACTOR))
+
+
+@webhooks.command("rotate-secret")
+@click.argument("webhook_id")
+@click.option("--grace-seconds", type=click.IntRange(0, 7 * 24 * 3600), default=24 * 3600, show_default=True)
+@_run
+async def webhooks_rotate_secret(ctx: AppContext, webhook_id: str, grace_seconds: int) -> None:
+    """A new signing secret (shown once); the old one signs next to it for the grace period."""
+    rotated = await WebhookService(ctx).rotate_secret(webhook_id, WebhookRotate(grace_seconds), actor=_ACTOR)
+    _echo_json(rotated)
+
+
+@webhooks.command("delete")
+@click.argument("webhook_id")
+@_run
+async def webhooks_delete(ctx: AppContext, webhook_id: str) -> None:
+    """Remove a webhook; nothing more is delivered to it."""
+    await WebhookService(ctx).delete(webhook_id, actor=_ACTOR)
+    click.echo(f"deleted {webhook_id}")
 
 
 @main.group("api-keys")

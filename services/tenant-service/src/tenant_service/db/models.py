@@ -439,8 +439,13 @@ class Webhook(Base):
     events: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
     #: The signing secret (``whsec_...``), sealed with the platform's secret box.
     secret_enc: Mapped[str] = mapped_column(Text, nullable=False)
+    #: The secret the last rotation replaced (sealed), which still signs next to the new one until
+    #: ``previous_secret_until``.
+    previous_secret_enc: Mapped[str | None] = mapped_column(Text)
+    previous_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

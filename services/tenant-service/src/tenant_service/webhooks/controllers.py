@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from tenant_service.auth import actor, admin_guard
 from tenant_service.deps import Ctx
-from tenant_service.openapi import ADMIN_SECURITY, problems
+from tenant_service.openapi import ADMIN_SECURITY, OptionalBodyOperation, problems
 from tenant_service.webhooks.schemas import (
     DeliveryPage,
     DeliveryView,
     WebhookCreate,
     WebhookCreatedView,
     WebhookPage,
+    WebhookRotate,
+    WebhookUpdate,
     WebhookView,
 )
 from tenant_service.webhooks.service import WebhookService
@@ -57,6 +59,35 @@ class WebhookController(Controller):
     async def get_webhook(self, request: Request[Any, Any, Any], ctx: Ctx, webhook_id: WebhookId) -> WebhookView:
         """One webhook, with its delivery failure state."""
         return await _service(request, ctx).get(webhook_id)
+
+    @patch(
+        "/{webhook_id:str}",
+        summary="Change a webhook's URL or events",
+        responses=problems(401, 404, 413, 415, 422, 503),
+    )
+    async def update_webhook(
+        self, request: Request[Any, Any, Any], ctx: Ctx, webhook_id: WebhookId, data: JSONBody[WebhookUpdate]
+    ) -> WebhookView:
+        """``url``, ``events`` or both (the rules of creation); queued deliveries go to the new URL."""
+        return await _service(request, ctx).update(webhook_id, data, actor=actor(request))
+
+    @post(
+        "/{webhook_id:str}/rotate-secret",
+        status_code=200,
+        summary="Rotate a webhook's signing secret",
+        operation_class=OptionalBodyOperation,
+        responses=problems(401, 404, 413, 415, 422, 503),
+    )
+    async def rotate_secret(
+        self,
+        request: Request[Any, Any, Any],
+        ctx: Ctx,
+        webhook_id: WebhookId,
+        data: JSONBody[WebhookRotate | None] = None,
+    ) -> WebhookCreatedView:
+        """A new ``secret``, shown this once; the replaced one keeps signing next to it for ``grace_seconds``
+        (default 86400; 0: it stops at once)."""
+        return await _service(request, ctx).rotate_secret(webhook_id, data or WebhookRotate(), actor=actor(request))
 
     @delete("/{webhook_id:str}", status_code=204, summary="Delete a webhook", responses=problems(401, 404, 422, 503))
     async def delete_webhook(self, request: Request[Any, Any, Any], ctx: Ctx, webhook_id: WebhookId) -> None:

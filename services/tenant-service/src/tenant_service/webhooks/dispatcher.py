@@ -94,7 +94,9 @@ _CLAIM = text(
         FROM due WHERE d.id = due.id
         RETURNING d.id, d.webhook_id, d.event_id, d.attempts, d.retry_until
     )
-    SELECT c.id, c.webhook_id, c.event_id, c.attempts, c.retry_until, w.url, w.secret_enc, e.body::text AS body
+    SELECT c.id, c.webhook_id, c.event_id, c.attempts, c.retry_until, w.url, w.secret_enc,
+           CASE WHEN w.previous_secret_until > now() THEN w.previous_secret_enc END AS previous_secret_enc,
+           e.body::text AS body
     FROM claimed c JOIN webhooks w ON w.id = c.webhook_id JOIN event_outbox e ON e.id = c.event_id
     """
 )
@@ -156,6 +158,8 @@ class _Claimed:
     retry_until: datetime
     url: str
     secret_enc: str
+    #: The secret a rotation replaced, while it still signs (its grace period).
+    previous_secret_enc: str | None
     body: str
 
 
@@ -296,7 +300,17 @@ class Dispatcher:
         async with self.ctx.sessions() as session, session.begin():
             rows = (await session.execute(_CLAIM, {"limit": limit, "lease": lease})).all()
         return [
-            _Claimed(r.id, r.webhook_id, r.event_id, r.attempts, r.retry_until, r.url, r.secret_enc, r.body)
+            _Claimed(
+                id=r.id,
+                webhook_id=r.webhook_id,
+                event_id=r.event_id,
+                attempt=r.attempts,
+                retry_until=r.retry_until,
+                url=r.url,
+                secret_enc=r.secret_enc,
+                previous_secret_enc=r.previous_secret_enc,
+                body=r.body,
+            )
             for r in rows
         ]
 
@@ -304,14 +318,17 @@ class Dispatcher:
         code: int | None = None
         error: str | None = None
         try:
-            secret = self.ctx.box.decrypt(item.secret_enc, secret_context(item.webhook_id))
+            context = secret_context(item.webhook_id)
+            keys = [self.ctx.box.decrypt(item.secret_enc, context)]
+            if item.previous_secret_enc is not None:  # a rotation's grace period: both sign (space-separated)
+                keys.append(self.ctx.box.decrypt(item.previous_secret_enc, context))
             body = compact_body(item.body)
             timestamp = int(time.time())
             headers = {
                 "content-type": "application/json",
                 "webhook-id": item.event_id,
                 "webhook-timestamp": str(timestamp),
-                "webhook-signature": signature(secret, item.event_id, timestamp, body),
+                "webhook-signature": " ".join(signature(k, item.event_id, timestamp, body) for k in keys),
             }
             # The rules of the URL's creation still hold (UPSTREAM_ALLOWLIST may have shrunk since), and an IP
             # address host is checked here: aiohttp does not ask the resolver about those.

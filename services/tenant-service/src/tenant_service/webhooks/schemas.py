@@ -16,6 +16,24 @@ class WebhookCreate(msgspec.Struct, forbid_unknown_fields=True):
     events: Annotated[list[EventName], msgspec.Meta(min_length=1, max_length=32)]
 
 
+class WebhookUpdate(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Body of ``PATCH /admin/webhooks/{id}``: a new URL, new events, or both (what is left out stays)."""
+
+    url: Url | None = None
+    events: Annotated[list[EventName], msgspec.Meta(min_length=1, max_length=32)] | None = None
+
+
+#: The longest a replaced secret may keep signing after a rotation: a week.
+MAX_GRACE_SECONDS = 7 * 24 * 3600
+
+
+class WebhookRotate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /admin/webhooks/{id}/rotate-secret``: how long the replaced secret keeps signing, next to the
+    new one (0: it stops at once)."""
+
+    grace_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_GRACE_SECONDS)] = 24 * 3600
+
+
 class WebhookView(msgspec.Struct, kw_only=True):
     """A webhook subscription as the admin API shows it (never its secret), with how its deliveries go."""
 
@@ -24,6 +42,10 @@ class WebhookView(msgspec.Struct, kw_only=True):
     events: list[str]
     created_at: datetime
     created_by: str
+    updated_at: datetime | None
+    #: Until when the signing key the last rotation replaced still signs next to the current one (None: it does not).
+    #: (Named so that no listing ever holds the word "secret".)
+    rotation_ends_at: datetime | None
     consecutive_failures: int
     last_success_at: datetime | None
     last_failure_at: datetime | None
@@ -31,7 +53,8 @@ class WebhookView(msgspec.Struct, kw_only=True):
 
 
 class WebhookCreatedView(WebhookView, kw_only=True):
-    """The created webhook with its signing secret: the only response that ever shows it."""
+    """The created webhook (or the one whose secret was rotated) with its signing secret: the only responses that
+    ever show it."""
 
     secret: str
 

@@ -20,6 +20,8 @@ from tenant_service.webhooks.schemas import (
     WebhookCreate,
     WebhookCreatedView,
     WebhookPage,
+    WebhookRotate,
+    WebhookUpdate,
     WebhookView,
 )
 from tenant_service.webhooks.signing import new_secret, secret_context
@@ -56,12 +58,15 @@ def _uuid(raw: str, error: NotFoundError) -> uuid.UUID:
 
 
 def _fields(row: Webhook) -> dict[str, Any]:
+    until = row.previous_secret_until
     return {
         "id": str(row.id),
         "url": row.url,
         "events": list(row.events),
         "created_at": row.created_at,
         "created_by": row.created_by,
+        "updated_at": row.updated_at,
+        "rotation_ends_at": until if until is not None and until > utcnow() else None,
         "consecutive_failures": row.consecutive_failures,
         "last_success_at": row.last_success_at,
         "last_failure_at": row.last_failure_at,
@@ -161,12 +166,63 @@ class WebhookService:
         async with self._ctx.sessions() as session:
             return webhook_view(await self._find(session, raw_id))
 
-    async def _find(self, session: Any, raw_id: str) -> Webhook:
+    async def _find(self, session: Any, raw_id: str, *, lock: bool = False) -> Webhook:
         error = WebhookNotFoundError(f"no webhook {raw_id!r}")
-        row = await session.get(Webhook, _uuid(raw_id, error))
+        row = await session.get(Webhook, _uuid(raw_id, error), with_for_update=lock)
         if row is None:
             raise error
         return row  # type: ignore[no-any-return]
+
+    async def update(self, raw_id: str, data: WebhookUpdate, *, actor: str) -> WebhookView:
+        """A new URL and/or new events; the deliveries already queued go to the new URL, events emitted from now on
+        are matched against the new list.
+
+        Raises:
+            InvalidInputError: nothing to change, a malformed URL, or an unknown event (``unknown_event``).
+            UpstreamNotAllowedError: the URL's host is outside ``UPSTREAM_ALLOWLIST`` or never allowed.
+        """
+        ctx = self._ctx
+        if data.url is None and data.events is None:
+            raise InvalidInputError(
+                "nothing to change", errors=[FieldError(field="body", message="give url, events or both")]
+            )
+        url = check_upstream_url(data.url, ctx.settings.lifecycle.upstream_allowlist, field="url") if data.url else None
+        events = check_events(data.events) if data.events is not None else None
+        async with ctx.sessions() as session, session.begin():
+            row = await self._find(session, raw_id, lock=True)
+            before = {"url": row.url, "events": list(row.events)}
+            if url is not None:
+                row.url = url
+            if events is not None:
+                row.events = events
+            row.updated_at = utcnow()
+            await session.flush()
+            record(session, actor=actor, action="webhook.update", target=str(row.id), before=before,
+                   after={"url": row.url, "events": list(row.events)})  # fmt: skip
+            return webhook_view(row)
+
+    async def rotate_secret(self, raw_id: str, data: WebhookRotate, *, actor: str) -> WebhookCreatedView:
+        """A fresh signing secret, returned this once. The replaced one keeps signing, next to it, for
+        ``grace_seconds`` (every delivery then carries both signatures), so a receiver can switch without losing a
+        delivery; a secret replaced earlier and still in its grace period stops at once."""
+        ctx = self._ctx
+        secret = new_secret()
+        async with ctx.sessions() as session, session.begin():
+            row = await self._find(session, raw_id, lock=True)
+            now = utcnow()
+            context = secret_context(row.id)
+            if data.grace_seconds > 0:
+                row.previous_secret_enc = row.secret_enc
+                row.previous_secret_until = now + timedelta(seconds=data.grace_seconds)
+            else:
+                row.previous_secret_enc = row.previous_secret_until = None
+            row.secret_enc = ctx.box.encrypt(secret, context)
+            row.updated_at = now
+            await session.flush()
+            record(session, actor=actor, action="webhook.rotate_secret", target=str(row.id),
+                   after={"grace_seconds": data.grace_seconds})  # fmt: skip
+            fields = _fields(row)
+        return WebhookCreatedView(**fields, secret=secret)
 
     async def delete(self, raw_id: str, *, actor: str) -> None:
         """Remove a subscription and its pending deliveries: nothing more is sent to it."""

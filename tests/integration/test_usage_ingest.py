@@ -263,3 +263,26 @@ async def test_upkeep_samples_sizes_and_applies_retention(
     days = (await api.get(f"/admin/tenants/{tid}/usage", params={"granularity": "day"})).json()["history"]
     assert days[-1]["database_bytes"] > 1_000_000
     assert "database_bytes" not in days[0]
+
+
+async def test_tenantctl_prints_the_usage_history_as_the_api_has_it(
+    api: httpx.AsyncClient, internal: httpx.AsyncClient, installation: Installation
+) -> None:
+    tenant = await create_tenant(api, uniq("usage-cli"))
+    hour = this_hour()
+    await send(internal, batch((tenant["id"], hour, 12, 4), (tenant["id"], hour - 2 * HOUR, 3, 0)))
+    table = installation.tenantctl("tenants", "usage", tenant["slug"]).stdout.splitlines()
+    assert table[0].split() == ["start", "requests", "rejected"]
+    assert len(table) == 1 + 24
+    assert table[-1].split()[1:] == ["12", "4"]
+    assert table[-3].split()[1:] == ["3", "0"]
+    assert table[-1].split()[0] == datetime.fromtimestamp(hour, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    as_json = json.loads(
+        installation.tenantctl("tenants", "usage", tenant["id"], "--granularity", "day", "--json").stdout
+    )
+    api_view = (await api.get(f"/admin/tenants/{tenant['id']}/usage", params={"granularity": "day"})).json()
+    assert as_json["history"][-1]["requests"] == api_view["history"][-1]["requests"] >= 12
+    assert len(as_json["history"]) == len(api_view["history"]) == 30
+    bad = installation.tenantctl("tenants", "usage", tenant["id"], "--from", "yesterday", check=False)
+    assert bad.returncode == 1
+    assert "invalid_usage_window" in bad.stderr

@@ -28,27 +28,24 @@ pytestmark = [
 TIMEOUT = 10.0
 
 
+#: Gateways that poll once a minute: only change events teach them anything during a test.
+SLOW_POLL = {
+    "DIRECTORY_REFRESH_SECONDS": "60",
+    "DIRECTORY_FULL_SYNC_SECONDS": "600",
+    "DIRECTORY_MAX_STALENESS_SECONDS": "0",
+}
+
+
 @pytest.fixture(scope="module")
 def slow(stack: GatewayStack) -> Iterator[GatewayProcess]:
-    gateway = stack.start_gateway(
-        "slow-poll",
-        DIRECTORY_REFRESH_SECONDS="60",
-        DIRECTORY_FULL_SYNC_SECONDS="600",
-        DIRECTORY_MAX_STALENESS_SECONDS="0",
-    )
+    gateway = stack.start_gateway("slow-poll", **SLOW_POLL)
     yield gateway
     gateway.stop()
 
 
 @pytest.fixture(scope="module")
 def slow_passthrough(stack: GatewayStack) -> Iterator[GatewayProcess]:
-    gateway = stack.start_gateway(
-        "slow-passthrough",
-        GATEWAY_MODE="passthrough",
-        DIRECTORY_REFRESH_SECONDS="60",
-        DIRECTORY_FULL_SYNC_SECONDS="600",
-        DIRECTORY_MAX_STALENESS_SECONDS="0",
-    )
+    gateway = stack.start_gateway("slow-passthrough", GATEWAY_MODE="passthrough", **SLOW_POLL)
     yield gateway
     gateway.stop()
 

@@ -13,6 +13,7 @@ import structlog
 from tenantry_app.credentials import CredentialClient
 from tenantry_app.databases import TenantDatabases
 from tenantry_app.identity import TokenVerifier
+from tenantry_common.closing import close_quietly
 from tenantry_common.events import EVENTS_CHANNEL, decode_event
 from tenantry_common.settings import env_float, env_int, env_opt, env_str
 
@@ -92,8 +93,7 @@ class TenantRuntime:
                 _log.debug("events_unavailable", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await close_quietly(pubsub.aclose)
 
     async def start(self) -> None:
         """Fetch the gateway's keys and start background work."""
@@ -112,4 +112,4 @@ class TenantRuntime:
         await self.verifier.close()
         await self.credentials.close()
         if self.redis is not None:
-            await self.redis.aclose()
+            await close_quietly(self.redis.aclose)

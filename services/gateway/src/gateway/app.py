@@ -7,7 +7,6 @@ connection, and one write of the response when the upstream's answer is complete
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import re
@@ -36,6 +35,7 @@ from gateway.resp import RespClient
 from gateway.tokens import TokenIssuer
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageCounter, UsageFlusher
+from tenantry_common.closing import close_quietly
 from tenantry_common.jwt_keys import KeyRing
 from tenantry_common.request_ids import REQUEST_ID_PATTERN
 from tenantry_common.settings import ConfigError
@@ -247,8 +247,7 @@ class Gateway:
         self.quota_redis.close()
         await self.jwks.close()
         await self.auth_client.close()
-        with contextlib.suppress(Exception):
-            await self.redis.aclose()
+        await close_quietly(self.redis.aclose)
 
     # the pipeline -------------------------------------------------------------------------------------
     async def handle(self, request: Request, conn: HttpConnection) -> None:

@@ -26,6 +26,7 @@ import redis.asyncio as redis
 import structlog
 from prometheus_client import Counter
 
+from tenantry_common.closing import close_quietly
 from tenantry_common.directory import DirectoryPage, DirectoryTenant
 from tenantry_common.redis_keys import EVENTS_CHANNEL
 
@@ -363,8 +364,7 @@ class DirectorySync:
                 _log.debug("directory_events_unavailable", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await close_quietly(pubsub.aclose)
 
     async def start(self, first_load_timeout: float = 10.0) -> None:
         """Load the directory (bounded wait; the poller keeps trying) and start syncing in the background."""

@@ -26,6 +26,9 @@ from tenantry_common.logging import configure_logging
 
 _log = structlog.get_logger("tenantry.gateway.server")
 _GRACE_SECONDS: Final = 10.0
+#: After the grace period, the longest the worker's own cleanup may take (the usage flush is the longest step, at most
+#: usage.STOP_FLUSH_SECONDS); then it exits anyway: a stop never hangs.
+_CLEANUP_SECONDS: Final = 15.0
 _STOP_SIGNALS: Final = {signal.SIGTERM, signal.SIGINT}
 
 
@@ -59,7 +62,11 @@ async def _serve(settings: GatewaySettings, sock: socket.socket) -> None:
     await stop.wait()
     _log.info("gateway_stopping", pid=os.getpid())
     await server.shutdown(_GRACE_SECONDS)
-    await gateway.stop()
+    try:
+        async with asyncio.timeout(_CLEANUP_SECONDS):
+            await gateway.stop()
+    except TimeoutError:
+        _log.error("gateway_cleanup_timed_out", seconds=_CLEANUP_SECONDS)
 
 
 def _worker(settings: GatewaySettings, sock: socket.socket) -> None:

@@ -22,6 +22,7 @@ from tenant_service.provisioning.schema import DEFAULT_MIGRATIONS_DIR, SchemaMig
 from tenant_service.secretbox import SecretBox
 from tenant_service.servers.pool import ServerPool
 from tenant_service.users.passwords import PasswordHasher
+from tenantry_common.closing import close_quietly
 
 
 @dataclass
@@ -102,8 +103,7 @@ class AppContext:
             with contextlib.suppress(Exception):
                 await self._store.close()
         if self.redis is not None:
-            with contextlib.suppress(Exception):
-                await self.redis.aclose()
+            await close_quietly(self.redis.aclose)
         await self.engine.dispose()
 
 

@@ -10,8 +10,10 @@ from tenantry_common.problems import PROBLEM_MEDIA_TYPE
 
 #: A full tenant API key.
 API_KEY = re.compile(r"^tk_[0-9A-Za-z]{38}$")
-#: Anything that looks like more of an API key than its 11-character display prefix.
-KEYLIKE = re.compile(r"tk_[0-9A-Za-z]{30,}")
+#: Anything that looks like more of an API key than its 11-character display prefix. A key starts a token: ``tk_``
+#: inside a longer run of URL-safe base64 (a sealed secret, a random id) is chance, not a key — 1 in ~680,000
+#: positions of such text matches, and a registry dump holds hundreds of thousands of them.
+KEYLIKE = re.compile(r"(?<![0-9A-Za-z_-])tk_[0-9A-Za-z]{30,}")
 
 
 def unique_slug(prefix: str, stem: str) -> str:

@@ -4,7 +4,9 @@ tenant-service, a gateway and the notes app. Saves the screenshots of docs/conso
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -87,6 +89,32 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
+class _Accepting(BaseHTTPRequestHandler):
+    """A webhook receiver that takes every delivery (204) and keeps the event types it got."""
+
+    received: list[str]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.server.received.append(body.decode())  # type: ignore[attr-defined]
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Accepting)
+    server.received = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 def sign_in(page: Page, platform: Platform) -> None:
     page.fill("#token", platform.installation.admin_token)
     page.click("button[type=submit]")
@@ -100,7 +128,9 @@ def usage_today(platform: Platform, slug: str) -> int:
     return int(today["requests"]) + int(today["rejected"])
 
 
-def test_an_admin_runs_a_tenant_from_the_console(platform: Platform, browser: Browser) -> None:
+def test_an_admin_runs_a_tenant_from_the_console(
+    platform: Platform, browser: Browser, receiver: ThreadingHTTPServer
+) -> None:
     base = platform.service.url
     acme = make_tenant(platform, "acme-shop", limits={"requests_per_minute": 1_000_000, "requests_per_day": 10**8})
     for slug in ("globex", "initech", "umbrella-labs", "hooli"):
@@ -126,6 +156,16 @@ def test_an_admin_runs_a_tenant_from_the_console(platform: Platform, browser: Br
     expect(page.locator("svg.capacity").first).to_be_visible()
     no_inline_script(page)
     shot(page, "servers")
+
+    # A webhook for what happens next: its signing secret shows once.
+    page.goto("/console/webhooks")
+    page.fill("#webhook-url", f"http://127.0.0.1:{receiver.server_address[1]}/tenantry")
+    for event in ("tenant.suspended", "tenant.resumed", "backup.completed", "tenant.purged"):
+        page.check(f"input[name=events][value='{event}']")
+    page.get_by_role("button", name="Create webhook").click()
+    expect(page.locator("#new-secret-value")).to_contain_text("whsec_")
+    webhook_page = urlsplit(page.locator("form[action$='/rotate-secret']").get_attribute("action") or "").path
+    webhook_page = webhook_page.removesuffix("/rotate-secret")
 
     # Find the tenant by searching (htmx replaces the table as one types).
     page.goto("/console/tenants")
@@ -223,6 +263,15 @@ def test_an_admin_runs_a_tenant_from_the_console(platform: Platform, browser: Br
     page.get_by_role("button", name=f"Purge {doomed.slug}").click()
     expect(page.locator("p.notice")).to_contain_text("purged")
     assert platform.admin.get(f"/admin/tenants/{doomed.slug}").status_code == 404
+
+    # The webhook's delivery log: every event since it was created, delivered to the receiver.
+    wait_until(lambda: any("tenant.purged" in body for body in receiver.received), timeout=30, what="tenant.purged")
+    page.goto(webhook_page)
+    expect(page.locator("#deliveries")).to_contain_text("tenant.purged")
+    expect(page.locator("#deliveries")).to_contain_text("tenant.suspended")
+    expect(page.locator("#new-secret")).to_have_count(0)
+    no_inline_script(page)
+    shot(page, "webhook")
 
     # Sign out: the old cookie no longer opens a page.
     cookies = context.cookies()

@@ -278,8 +278,10 @@ async def test_every_page_has_the_security_headers_and_no_inline_script_or_style
         f"/console/tenants/{tenant['slug']}/operations",
         "/console/servers",
         "/console/plans",
+        "/console/webhooks",
         "/console/audit",
         "/console/tenants/no-such-tenant",
+        f"/console/webhooks/{uuid.uuid4()}",
     ):
         response = await app_client.get(path)
         assert response.status_code in (200, 404), path
@@ -408,6 +410,37 @@ async def test_plans_edit_keeps_placement_labels(app_client, api, ctx) -> None:
     assert plan["placement_labels"] == {"tier": "a"}
     bad = await app_client.post(f"/console/plans/{name}", data={"csrf_token": csrf, "requests_per_minute": "x"})
     assert bad.status_code == 422
+
+
+async def test_plans_edit_shows_and_sets_alert_thresholds_and_keeps_them_when_the_form_has_none(
+    app_client, api, ctx
+) -> None:
+    name = f"cplan-{secrets.token_hex(3)}"
+    limits = {"requests_per_minute": 5, "requests_per_day": 50}
+    put = await api.put(f"/admin/plans/{name}", json={"limits": limits, "alert_thresholds": [0.5, 0.9]})
+    assert put.status_code == 200, put.text
+    csrf = await sign_in(app_client, ctx)
+
+    async def thresholds() -> list[float]:
+        plans = (await api.get("/admin/plans")).json()["items"]
+        return next(p["alert_thresholds"] for p in plans if p["name"] == name)  # type: ignore[no-any-return]
+
+    listing = await app_client.get("/console/plans")
+    assert re.search(rf'id="{name}-alert_thresholds" name="alert_thresholds" value="50, 90"', listing.text)
+    form = {"csrf_token": csrf, "requests_per_minute": "5", "requests_per_day": "50"}
+    # A form without the field (an older page) keeps them: saving limits never resets a plan's alerts.
+    assert (await app_client.post(f"/console/plans/{name}", data=form)).status_code == 303
+    assert await thresholds() == [0.5, 0.9]
+    saved = await app_client.post(f"/console/plans/{name}", data={**form, "alert_thresholds": "100, 12.5%, 80"})
+    assert saved.status_code == 303
+    assert await thresholds() == [0.125, 0.8, 1.0]
+    for bad in ("eighty", "0", "-5", "2000", "80, 80", "nan"):
+        refused = await app_client.post(f"/console/plans/{name}", data={**form, "alert_thresholds": bad})
+        assert refused.status_code == 422, bad
+        assert_clean_page(refused)
+    assert await thresholds() == [0.125, 0.8, 1.0]
+    assert (await app_client.post(f"/console/plans/{name}", data={**form, "alert_thresholds": ""})).status_code == 303
+    assert await thresholds() == []
 
 
 async def test_the_tenant_page_shows_its_usage_now(app_client, api, ctx) -> None:
@@ -594,3 +627,96 @@ async def test_restore_and_move_refusals_show_an_error_and_change_nothing(app_cl
 async def test_the_console_is_not_in_the_openapi_document(api) -> None:
     paths = (await api.get("/schema/openapi.json")).json()["paths"]
     assert not [p for p in paths if p.startswith("/console")]
+
+
+# --- webhooks -------------------------------------------------------------------------------------------------------
+
+
+async def test_webhooks_secret_once_edit_rotate_redeliver_delete_all_audited_with_the_admin_as_actor(
+    app_client, api, ctx
+) -> None:
+    from tenant_service.webhooks.dispatcher import Dispatcher
+
+    name, _ = admin_token(ctx)
+    csrf = await sign_in(app_client, ctx)
+    url = f"http://127.0.0.1:9/console-{secrets.token_hex(4)}"
+
+    async def post(path: str, **data: str | list[str]) -> httpx.Response:
+        return await app_client.post(path, data={"csrf_token": csrf, **data})
+
+    created = await post("/console/webhooks", url=url, events=["tenant.created", "tenant.purged"])
+    assert created.status_code == 201, created.text
+    assert_clean_page(created)
+    secret = re.search(r'id="new-secret-value">(whsec_[A-Za-z0-9+/=]+)<', created.text).group(1)
+    webhook_id = re.search(r'action="/console/webhooks/([0-9a-f-]{36})/rotate-secret"', created.text).group(1)
+    hook = (await api.get(f"/admin/webhooks/{webhook_id}")).json()
+    assert (hook["url"], hook["events"]) == (url, ["tenant.created", "tenant.purged"])
+    for path in (f"/console/webhooks/{webhook_id}", "/console/webhooks"):
+        later = await app_client.get(path)
+        assert later.status_code == 200
+        assert_clean_page(later)
+        assert url in later.text
+        assert secret[6:] not in later.text  # shown once
+
+    # Refusals: the service's rules, nothing created.
+    for data, code in (
+        ({"url": url}, "validation_error"),
+        ({"url": url, "events": ["tenant.nope"]}, "unknown_event"),
+        ({"url": "http://169.254.169.254/latest", "events": ["tenant.created"]}, "upstream_not_allowed"),
+    ):
+        refused = await post("/console/webhooks", **data)
+        assert refused.status_code == 422, data
+        assert f'<code id="error-code">{code}</code>' in refused.text, refused.text
+        assert_clean_page(refused)
+
+    saved = await post(f"/console/webhooks/{webhook_id}", url=url + "/v2", events=["tenant.created"])
+    assert saved.status_code == 303
+    assert saved.headers["location"] == f"/console/webhooks/{webhook_id}?done=webhook-saved"
+    hook = (await api.get(f"/admin/webhooks/{webhook_id}")).json()
+    assert (hook["url"], hook["events"]) == (url + "/v2", ["tenant.created"])
+
+    assert (await post(f"/console/webhooks/{webhook_id}/rotate-secret", grace_hours="999")).status_code == 422
+    rotated = await post(f"/console/webhooks/{webhook_id}/rotate-secret", grace_hours="2")
+    assert rotated.status_code == 201
+    assert_clean_page(rotated)
+    new_secret = re.search(r'id="new-secret-value">(whsec_[A-Za-z0-9+/=]+)<', rotated.text).group(1)
+    assert new_secret != secret
+    assert (await api.get(f"/admin/webhooks/{webhook_id}")).json()["rotation_ends_at"] is not None
+
+    # A delivery to redeliver: an event it subscribes to, fanned out.
+    await new_tenant(api)
+    await Dispatcher(ctx).fan_out()
+    detail = await app_client.get(f"/console/webhooks/{webhook_id}", params={"status": "pending"})
+    assert_clean_page(detail)
+    delivery_id = re.search(
+        rf'action="/console/webhooks/{webhook_id}/deliveries/([0-9a-f-]{{36}})/redeliver"', detail.text
+    )
+    assert delivery_id, detail.text
+    assert "tenant.created" in detail.text
+    again = await post(f"/console/webhooks/{webhook_id}/deliveries/{delivery_id.group(1)}/redeliver")
+    assert again.status_code == 303, again.text
+    assert again.headers["location"].endswith("?done=redelivery-queued")
+
+    deleted = await post(f"/console/webhooks/{webhook_id}/delete")
+    assert deleted.status_code == 303
+    assert (await api.get(f"/admin/webhooks/{webhook_id}")).status_code == 404
+    assert (await app_client.get(f"/console/webhooks/{webhook_id}")).status_code == 404
+
+    conn = await registry(ctx)
+    try:
+        rows = await conn.fetch(
+            "SELECT actor, action FROM audit_log WHERE target = ANY($1::text[]) ORDER BY id",
+            [webhook_id, delivery_id.group(1)],
+        )
+    finally:
+        await conn.close()
+    assert [(r["actor"], r["action"]) for r in rows] == [
+        (f"admin:{name}", action)
+        for action in (
+            "webhook.create",
+            "webhook.update",
+            "webhook.rotate_secret",
+            "webhook.redeliver",
+            "webhook.delete",
+        )
+    ]

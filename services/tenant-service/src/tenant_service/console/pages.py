@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Final
 from urllib.parse import quote
 
@@ -35,6 +36,7 @@ from tenant_service.console.web import (
 from tenant_service.db.models import Server, Tenant
 from tenant_service.operations.schemas import FINISHED
 from tenant_service.operations.service import OperationService
+from tenant_service.outbox import EVENT_TYPES
 from tenant_service.plans.service import PlanLimits, PlanPut, PlanService
 from tenant_service.servers.moves import request_move
 from tenant_service.servers.schemas import MoveRequest
@@ -47,6 +49,8 @@ from tenant_service.tenants.usage import tenant_usage
 from tenant_service.usage.history import history_window, usage_history
 from tenant_service.users.schemas import UserCreate, UserUpdate
 from tenant_service.users.service import Actor, UserService
+from tenant_service.webhooks.schemas import MAX_GRACE_SECONDS, WebhookCreate, WebhookRotate, WebhookUpdate
+from tenant_service.webhooks.service import WebhookService
 from tenantry_common.lifecycle import TenantStatus
 from tenantry_common.problems import FieldError, InvalidInputError, ProblemError
 
@@ -72,6 +76,9 @@ NOTICES: Final = {
     "user-disabled": "The user is disabled: their sessions ended.",
     "user-enabled": "The user is enabled again.",
     "signed-out": "You are signed out.",
+    "webhook-saved": "The webhook was saved: events from now on are matched against its new list.",
+    "webhook-deleted": "The webhook was deleted: nothing more is sent to it.",
+    "redelivery-queued": "The delivery was queued again: it is attempted now, with a fresh retry period.",
 }
 _throttle = SignInThrottle()
 
@@ -438,11 +445,13 @@ class ConsoleController(Controller):
     async def plans(self, request: AnyRequest, done: Query = None) -> Template:
         """Plans and their limits, each with an edit form."""
         items = (await PlanService(context(request)).list()).items
-        return page(request, "plans.html", plans=items, notice=_notice(done))
+        thresholds = {p.name: ", ".join(_percent(t) for t in p.alert_thresholds) for p in items}
+        return page(request, "plans.html", plans=items, thresholds=thresholds, notice=_notice(done))
 
     @post("/plans/{name:str}", status_code=303)
     async def save_plan(self, request: AnyRequest, name: PathName) -> Redirect:
-        """Replace a plan's limits (its placement labels are kept)."""
+        """Replace a plan's limits and alert thresholds (its placement labels are kept; so are its thresholds when the
+        form has no such field)."""
         ctx = context(request)
         form = await _form(request)
         limits: dict[str, Any] = {}
@@ -452,10 +461,106 @@ class ConsoleController(Controller):
                 if not raw.isdigit() or len(raw) > 12:
                     raise _invalid(field, "must be a whole number")
                 limits[field] = int(raw)
-        labels = next((p.placement_labels for p in (await PlanService(ctx).list()).items if p.name == name), {})
-        data = _convert({"limits": limits, "placement_labels": labels}, PlanPut)
+        current = next((p for p in (await PlanService(ctx).list()).items if p.name == name), None)
+        body: dict[str, Any] = {"limits": limits, "placement_labels": current.placement_labels if current else {}}
+        if "alert_thresholds" in form:
+            body["alert_thresholds"] = _thresholds(form["alert_thresholds"])
+        elif current is not None:
+            body["alert_thresholds"] = current.alert_thresholds
+        data = _convert(body, PlanPut)
         await PlanService(ctx).put(name, data, actor=actor(request))
         return Redirect("/console/plans?done=plan-saved", status_code=303)
+
+    # --- webhooks -----------------------------------------------------------------------------------
+
+    @get("/webhooks")
+    async def webhooks(self, request: AnyRequest, done: Query = None, cursor: Query = None) -> Template:
+        """Every webhook with how its deliveries go, and the create form."""
+        result = await WebhookService(context(request)).list(limit=PAGE_SIZE, cursor=cursor or None)
+        return page(
+            request,
+            "webhooks.html",
+            webhooks=result.items,
+            next_cursor=result.next_cursor,
+            paged=bool(cursor),
+            event_types=EVENT_TYPES,
+            notice=_notice(done),
+        )
+
+    @post("/webhooks", status_code=201)
+    async def create_webhook(self, request: AnyRequest) -> Template:
+        """Subscribe a URL to events: its signing secret is in this response only."""
+        url, events = await _webhook_form(request)
+        data = _convert({"url": url, "events": events}, WebhookCreate)
+        created = await _webhook_service(request).create(data, actor=actor(request))
+        return await self._webhook_page(request, created.id, status_code=201, new_secret=created.secret)
+
+    @get("/webhooks/{webhook_id:str}")
+    async def webhook(
+        self, request: AnyRequest, webhook_id: Ref, done: Query = None, status: Query = None, cursor: Query = None
+    ) -> Template:
+        """One webhook: its subscription (editable), its secret's rotation, its deliveries (newest first) with
+        redelivery, and deletion."""
+        return await self._webhook_page(
+            request, webhook_id, status=status or None, cursor=cursor or None, notice=_notice(done)
+        )
+
+    async def _webhook_page(
+        self,
+        request: AnyRequest,
+        webhook_id: str,
+        *,
+        status_code: int = 200,
+        status: str | None = None,
+        cursor: str | None = None,
+        **extra: Any,
+    ) -> Template:
+        service = WebhookService(context(request))
+        webhook = await service.get(webhook_id)
+        deliveries = await service.deliveries(webhook.id, status=status, limit=PAGE_SIZE, cursor=cursor)
+        extra.setdefault("notice", None)
+        return page(
+            request,
+            "webhook.html",
+            status_code=status_code,
+            webhook=webhook,
+            deliveries=deliveries.items,
+            next_cursor=deliveries.next_cursor,
+            paged=bool(cursor),
+            status=status or "",
+            event_types=EVENT_TYPES,
+            **extra,
+        )
+
+    @post("/webhooks/{webhook_id:str}", status_code=303)
+    async def save_webhook(self, request: AnyRequest, webhook_id: Ref) -> Redirect:
+        """A new URL and events."""
+        url, events = await _webhook_form(request)
+        data = _convert({"url": url, "events": events}, WebhookUpdate)
+        view = await _webhook_service(request).update(webhook_id, data, actor=actor(request))
+        return Redirect(f"/console/webhooks/{view.id}?done=webhook-saved", status_code=303)
+
+    @post("/webhooks/{webhook_id:str}/rotate-secret", status_code=201)
+    async def rotate_webhook_secret(self, request: AnyRequest, webhook_id: Ref) -> Template:
+        """A new signing secret, shown in this response only; the old one keeps signing for the hours asked."""
+        raw = (await _form(request)).get("grace_hours", "")
+        if not (raw.isascii() and raw.isdigit()) or int(raw) * 3600 > MAX_GRACE_SECONDS:
+            raise _invalid("grace_hours", f"a whole number of hours from 0 to {MAX_GRACE_SECONDS // 3600}")
+        data = WebhookRotate(grace_seconds=int(raw) * 3600)
+        rotated = await _webhook_service(request).rotate_secret(webhook_id, data, actor=actor(request))
+        return await self._webhook_page(request, rotated.id, status_code=201, new_secret=rotated.secret)
+
+    @post("/webhooks/{webhook_id:str}/delete", status_code=303)
+    async def delete_webhook(self, request: AnyRequest, webhook_id: Ref) -> Redirect:
+        """Delete a webhook and its pending deliveries."""
+        await _webhook_service(request).delete(webhook_id, actor=actor(request))
+        return Redirect("/console/webhooks?done=webhook-deleted", status_code=303)
+
+    @post("/webhooks/{webhook_id:str}/deliveries/{delivery_id:str}/redeliver", status_code=303)
+    async def redeliver(self, request: AnyRequest, webhook_id: Ref, delivery_id: Ref) -> Redirect:
+        """Queue one delivery again, now."""
+        view = await _webhook_service(request).redeliver(webhook_id, delivery_id, actor=actor(request))
+        return Redirect(f"/console/webhooks/{view.webhook_id}?done=redelivery-queued", status_code=303)
 
     @get("/audit")
     async def audit(self, request: AnyRequest, tenant: Query = None, cursor: Query = None) -> Template:
@@ -486,6 +591,41 @@ def _bar_width(tenants: int, capacity: int) -> int:
     if capacity <= 0:
         return _BAR if tenants else 0
     return min(_BAR, round(_BAR * tenants / capacity))
+
+
+def _percent(fraction: float) -> str:
+    """``0.8`` → ``80``, ``0.125`` → ``12.5``."""
+    return f"{fraction * 100:.6g}"
+
+
+def _thresholds(raw: str) -> list[float]:
+    """The plans form's ``80, 100`` (percentages of ``requests_per_day``) as the API's fractions; empty: none."""
+    parts = raw.replace(",", " ").replace("%", " ").split()
+    if len(parts) > 20:
+        raise _invalid("alert_thresholds", "at most 20 thresholds")
+    try:
+        percents = [Decimal(p) for p in parts]
+    except InvalidOperation:
+        raise _invalid("alert_thresholds", "percentages separated by commas, e.g. 80, 100") from None
+    if any(not p.is_finite() or p <= 0 or p > 1000 for p in percents):
+        raise _invalid("alert_thresholds", "each percentage above 0 and at most 1000")
+    return [float(p / 100) for p in percents]
+
+
+def _webhook_service(request: AnyRequest) -> WebhookService:
+    """The service, waking this process's dispatcher when a delivery is queued again."""
+    background = getattr(request.app.state, "background", None)
+    return WebhookService(context(request), wake=getattr(background, "wake_webhooks", None))
+
+
+async def _webhook_form(request: AnyRequest) -> tuple[str, list[str]]:
+    """The webhook form's URL and its checked events (at least one)."""
+    form = await request.form()
+    url = form.get("url")
+    events = [e for e in form.getall("events", []) if isinstance(e, str)]
+    if not events:
+        raise _invalid("events", "choose at least one event")
+    return (url.strip() if isinstance(url, str) else ""), events
 
 
 def _quote(value: str) -> str:

@@ -2,8 +2,10 @@
 
 All tenants but one are registry rows inserted straight into the master database (as in section 2: complete
 tenant rows with a domain and an API key each, and one audit entry each); the one whose page is measured is a real
-tenant created through the admin API. A signed-in console session fetches each page in turn, sequentially, as an
-admin's browser would: the time from request to the last byte of the HTML, measured by the client.
+tenant created through the admin API. Twenty webhooks are created through the admin API, and one of them gets a
+delivery log of 10,000 delivered events (rows inserted into the registry). A signed-in console session fetches
+each page in turn, sequentially, as an admin's browser would: the time from request to the last byte of the HTML,
+measured by the client.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ TENANTS: Final = 10_000
 REQUESTS: Final = 200
 WARMUP: Final = 20
 TARGET_P50_MS: Final = 200.0
+WEBHOOKS: Final = 20
+DELIVERIES: Final = 10_000
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -56,10 +60,12 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
     admin.put_plan()
     real = admin.create_tenant("console-bench")
     admin.close()
+    webhook_ids = _create_webhooks(service.url, inst.admin_token)
     say(f"console: inserting {TENANTS - 1} registry rows")
     started = time.monotonic()
     run_async(_insert_fake_tenants(inst, TENANTS - 1))
     run_async(_insert_audit(inst))
+    run_async(_insert_deliveries(inst, webhook_ids[0]))
     insert_seconds = time.monotonic() - started
 
     with httpx.Client(base_url=service.url, timeout=30, follow_redirects=False) as client:
@@ -78,6 +84,9 @@ def _run(ctx: BenchContext, report: SectionReport, inst: Installation) -> None:
             "servers": "/console/servers",
             "plans": "/console/plans",
             "audit log": "/console/audit",
+            f"webhooks ({WEBHOOKS})": "/console/webhooks",
+            f"webhook, {DELIVERIES:,} deliveries": f"/console/webhooks/{webhook_ids[0]}",
+            "webhook, deliveries filtered (none failed)": f"/console/webhooks/{webhook_ids[0]}?status=failed",
         }
         table = report.table(
             f"Console pages, {TENANTS:,} tenants, one signed-in session, {REQUESTS} sequential requests each",
@@ -140,6 +149,43 @@ def _measure(client: httpx.Client, path: str) -> tuple[list[float], int]:
             raise RuntimeError(f"GET {path}: {response.status_code}")
         size = len(response.content)
     return timings, size
+
+
+def _create_webhooks(url: str, token: str) -> list[str]:
+    """Webhooks through the admin API, subscribed to an event the bench never causes (nothing is delivered)."""
+    ids = []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+        for i in range(WEBHOOKS):
+            body = {"url": f"http://127.0.0.1:9/bench-{i}", "events": ["quota.threshold"]}
+            created = client.post("/admin/webhooks", json=body)
+            if created.status_code != 201:
+                raise RuntimeError(f"POST /admin/webhooks: {created.status_code} {created.text[:200]}")
+            ids.append(created.json()["id"])
+    return ids
+
+
+async def _insert_deliveries(inst: Installation, webhook_id: str) -> None:
+    """A delivery log of realistic size: events in the outbox (fanned out), each delivered once to the webhook."""
+    conn = await asyncpg.connect(inst.database_url, timeout=10)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO event_outbox (id, type, body, created_at, fanned_out_at) "
+                "SELECT 'msg_bench' || lpad(g::text, 8, '0'), 'quota.threshold', "
+                "jsonb_build_object('type', 'quota.threshold', 'data', '{}'::jsonb), "
+                "now() - make_interval(secs => g), now() FROM generate_series(1, $1) g",
+                DELIVERIES,
+            )
+            await conn.execute(
+                "INSERT INTO webhook_deliveries (id, webhook_id, event_id, status, attempts, next_attempt_at, "
+                "retry_until, last_status_code, created_at, last_attempt_at, delivered_at) "
+                "SELECT gen_random_uuid(), $2::uuid, 'msg_bench' || lpad(g::text, 8, '0'), 'delivered', 1, now(), "
+                "now(), 204, now() - make_interval(secs => g), now(), now() FROM generate_series(1, $1) g",
+                DELIVERIES,
+                webhook_id,
+            )
+    finally:
+        await conn.close(timeout=5)
 
 
 async def _insert_audit(inst: Installation) -> None:

@@ -22,6 +22,7 @@ from standardwebhooks import WebhookVerificationError
 from support.platform import Installation, in_process
 from support.webhook_receiver import webhook_receiver
 from tenant_service.context import AppContext
+from tenant_service.outbox import emit
 from tenant_service.secretbox import generate_key
 from tenant_service.webhooks.connect import ForbiddenAddressError, SafeResolver, StaticResolver, check_literal
 from tenant_service.webhooks.dispatcher import Dispatcher, backoff_seconds
@@ -279,6 +280,31 @@ def test_backoff_doubles_with_half_jitter_and_is_capped() -> None:
         for _ in range(50):
             delay = backoff_seconds(attempt, 5, 3600)
             assert full / 2 <= delay <= full
+
+
+async def test_a_slow_endpoint_holds_only_its_share_and_the_others_are_delivered_meanwhile(
+    fresh_installation: Installation,
+) -> None:
+    """Four slots, two per endpoint: a slow endpoint with a backlog of older events (each answer takes 0.8 s) gets
+    two at a time, and a quick endpoint's newer events are delivered while the slow one's first two still wait."""
+    settings = {**FAST, "WEBHOOK_CONCURRENCY": "4", "WEBHOOK_ENDPOINT_CONCURRENCY": "2"}
+    async with webhook_receiver() as receiver, in_process(fresh_installation, **settings) as (client, ctx):
+        receiver.delays["/slow"] = 0.8
+        await subscribe(client, receiver.url("/slow"), ["tenant.updated"])
+        await subscribe(client, receiver.url("/quick"), ["tenant.resumed"])
+        async with ctx.sessions() as session, session.begin():
+            for i in range(12):
+                emit(session, "tenant.updated", {"n": i}, tenant_id=uuid.uuid4(), slug=f"slow-{i}")
+        await asyncio.sleep(0.05)  # the quick endpoint's events are newer than every one of the backlog
+        async with ctx.sessions() as session, session.begin():
+            for i in range(3):
+                emit(session, "tenant.resumed", {"n": i}, tenant_id=uuid.uuid4(), slug=f"quick-{i}")
+        async with dispatching(ctx):
+            await receiver.wait_for(lambda got: len([r for r in got if r.path == "/slow"]) >= 3, timeout=20)
+        slow, quick = receiver.at("/slow"), receiver.at("/quick")
+        assert len(quick) == 3
+        assert max(r.at for r in quick) < slow[2].at  # the quick ones did not wait for the slow ones
+        assert receiver.peak["/slow"] == 2
 
 
 # --- the connect-time address check ---------------------------------------------------------------------

@@ -40,6 +40,11 @@ class Receiver:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     redirect_to: str | None = None
     """The ``Location`` of scripted 3xx answers."""
+    delays: dict[str, float] = field(default_factory=dict)
+    """Seconds a path takes to answer (a slow endpoint)."""
+    peak: dict[str, int] = field(default_factory=dict)
+    """The most requests a path was answering at once."""
+    _busy: dict[str, int] = field(default_factory=dict)
 
     def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -65,6 +70,13 @@ class Receiver:
         status = statuses.pop(0) if statuses else 200
         self.received.append(Received(request.path, dict(request.headers), body, time.monotonic(), status))
         self.arrived.set()
+        if delay := self.delays.get(request.path):
+            self._busy[request.path] = busy = self._busy.get(request.path, 0) + 1
+            self.peak[request.path] = max(self.peak.get(request.path, 0), busy)
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._busy[request.path] -= 1
         headers = {"Location": self.redirect_to} if 300 <= status < 400 and self.redirect_to else None
         return web.Response(status=status, text="ok", headers=headers)
 

@@ -286,6 +286,7 @@ USAGE_SIZE_SAMPLE_SECONDS: {{ $c.usageSizeSampleSeconds | toString | quote }}
 USAGE_HOURLY_RETENTION_DAYS: {{ $c.usageHourlyRetentionDays | int64 | toString | quote }}
 USAGE_DAILY_RETENTION_DAYS: {{ $c.usageDailyRetentionDays | int64 | toString | quote }}
 WEBHOOK_CONCURRENCY: {{ $c.webhookConcurrency | int64 | toString | quote }}
+WEBHOOK_ENDPOINT_CONCURRENCY: {{ $c.webhookEndpointConcurrency | int64 | toString | quote }}
 WEBHOOK_TIMEOUT_SECONDS: {{ $c.webhookTimeoutSeconds | toString | quote }}
 WEBHOOK_POLL_SECONDS: {{ $c.webhookPollSeconds | toString | quote }}
 WEBHOOK_BACKOFF_BASE_SECONDS: {{ $c.webhookBackoffBaseSeconds | toString | quote }}

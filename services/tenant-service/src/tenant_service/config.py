@@ -138,6 +138,9 @@ class WebhookSettings:
 
     concurrency: int = 16
     """Deliveries one replica sends at once (WEBHOOK_CONCURRENCY)."""
+    endpoint_concurrency: int = 8
+    """Deliveries of one webhook in flight at once, across replicas, so a slow endpoint cannot take every slot
+    (WEBHOOK_ENDPOINT_CONCURRENCY)."""
     timeout_seconds: float = 10.0
     """Longest one delivery request may take, connecting included (WEBHOOK_TIMEOUT_SECONDS)."""
     poll_seconds: float = 1.0
@@ -384,6 +387,7 @@ class Settings:
             ),
             webhooks=WebhookSettings(
                 concurrency=env_int("WEBHOOK_CONCURRENCY", 16, minimum=1, maximum=1024),
+                endpoint_concurrency=env_int("WEBHOOK_ENDPOINT_CONCURRENCY", 8, minimum=1, maximum=1024),
                 timeout_seconds=env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
                 poll_seconds=env_float("WEBHOOK_POLL_SECONDS", 1.0, minimum=0.05),
                 backoff_base_seconds=env_float("WEBHOOK_BACKOFF_BASE_SECONDS", 5.0, minimum=0.01),

@@ -81,12 +81,26 @@ _FAN_OUT = text(
     """
 )
 
+# Each webhook offers its oldest due deliveries, no more than its free share of WEBHOOK_ENDPOINT_CONCURRENCY (its
+# deliveries in flight, leased by any replica, count against it); the oldest of all those offers are claimed.
 _CLAIM = text(
     """
-    WITH due AS (
-        SELECT id FROM webhook_deliveries
-        WHERE status = 'pending' AND next_attempt_at <= now()
-        ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED
+    WITH offered AS (
+        SELECT c.id FROM webhooks w
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n FROM webhook_deliveries b
+            WHERE b.webhook_id = w.id AND b.status = 'pending' AND b.lease_until > now()
+        ) busy
+        CROSS JOIN LATERAL (
+            SELECT d.id, row_number() OVER (ORDER BY d.next_attempt_at) AS rank FROM webhook_deliveries d
+            WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at LIMIT :per_endpoint
+        ) c
+        WHERE c.rank <= :per_endpoint - busy.n
+    ), due AS (
+        SELECT d.id FROM webhook_deliveries d
+        WHERE d.id IN (SELECT id FROM offered) AND d.status = 'pending' AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED
     ), claimed AS (
         UPDATE webhook_deliveries d
         SET attempts = d.attempts + 1, last_attempt_at = now(),
@@ -295,10 +309,13 @@ class Dispatcher:
                 return total
 
     async def claim(self, limit: int) -> list[_Claimed]:
-        """Lease up to ``limit`` due deliveries (their attempt counted)."""
+        """Lease up to ``limit`` due deliveries (their attempt counted), at most ``WEBHOOK_ENDPOINT_CONCURRENCY`` in
+        flight per webhook across replicas (two replicas claiming at the same instant may each fill a webhook's
+        share)."""
         lease = self.ctx.settings.webhooks.timeout_seconds + 5
         async with self.ctx.sessions() as session, session.begin():
-            rows = (await session.execute(_CLAIM, {"limit": limit, "lease": lease})).all()
+            per_endpoint = self.ctx.settings.webhooks.endpoint_concurrency
+            rows = (await session.execute(_CLAIM, {"limit": limit, "lease": lease, "per_endpoint": per_endpoint})).all()
         return [
             _Claimed(
                 id=r.id,

@@ -82,7 +82,8 @@ _FAN_OUT = text(
 )
 
 # Each webhook offers its oldest due deliveries, no more than its free share of WEBHOOK_ENDPOINT_CONCURRENCY (its
-# deliveries in flight, leased by any replica, count against it); the oldest of all those offers are claimed.
+# deliveries in flight, leased by any replica, count against it — but not the ones this replica has finished and not
+# yet recorded, ``:finished``); the oldest of all those offers are claimed.
 _CLAIM = text(
     """
     WITH offered AS (
@@ -90,6 +91,7 @@ _CLAIM = text(
         CROSS JOIN LATERAL (
             SELECT count(*) AS n FROM webhook_deliveries b
             WHERE b.webhook_id = w.id AND b.status = 'pending' AND b.lease_until > now()
+              AND b.id <> ALL (CAST(:finished AS uuid[]))
         ) busy
         CROSS JOIN LATERAL (
             SELECT d.id, row_number() OVER (ORDER BY d.next_attempt_at) AS rank FROM webhook_deliveries d
@@ -223,6 +225,8 @@ class Dispatcher:
     _pruned_at: float = 0.0
     #: When (``time.monotonic``) the earliest retry this process scheduled is due: it sleeps no longer than that.
     _next_due: float | None = None
+    #: Deliveries this replica has finished whose outcome is not written yet (still leased in the registry).
+    _unrecorded: set[uuid.UUID] = field(default_factory=set)
 
     def wake(self) -> None:
         """Look for work now (events were just committed in this process)."""
@@ -242,16 +246,19 @@ class Dispatcher:
             async with aiohttp.ClientSession(
                 connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}, auto_decompress=False
             ) as http:
+                fan_out = True
                 while True:
                     full = False
+                    # Cleared before the pass: a wake or a freed slot during it (or during the upkeep after it)
+                    # is not lost, so the loop goes round again at once.
+                    self._wake.clear()
+                    self._slot_freed.clear()
                     try:
-                        full = await self.pass_once(http)
+                        full = await self.pass_once(http, fan_out=fan_out)
                     except Exception as exc:  # noqa: BLE001 - the registry may be briefly unreachable; retry
                         _log.warning("webhook_dispatch_pass_failed", error=type(exc).__name__)
                     await self._refresh_stats()
                     await self._prune_now_and_then()
-                    self._wake.clear()
-                    self._slot_freed.clear()
                     waits = [asyncio.ensure_future(self._wake.wait())]
                     if full:
                         waits.append(asyncio.ensure_future(self._slot_freed.wait()))
@@ -264,6 +271,9 @@ class Dispatcher:
                     finally:
                         for w in waits:
                             w.cancel()
+                    # Only a freed slot: claim again at once, without looking for new events (a commit here wakes,
+                    # and the poll looks for other replicas' events).
+                    fan_out = self._wake.is_set() or not self._slot_freed.is_set()
         finally:
             stop_listening()
             for task in list(self._inflight):
@@ -279,9 +289,12 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await resolver.close()
 
-    async def pass_once(self, http: aiohttp.ClientSession) -> bool:
-        """Fan out new events and start due deliveries in free slots; True when every slot is taken."""
-        await self.fan_out()
+    async def pass_once(self, http: aiohttp.ClientSession, *, fan_out: bool = True) -> bool:
+        """Fan out new events and start due deliveries in free slots; True when there may be more to claim as soon as
+        a slot frees (every slot is taken, or some deliveries were claimed and an endpoint's share may be what held
+        the others back)."""
+        if fan_out:
+            await self.fan_out()
         settings = self.ctx.settings.webhooks
         free = settings.concurrency - len(self._inflight)
         if free <= 0:
@@ -291,7 +304,7 @@ class Dispatcher:
             task = asyncio.create_task(self._deliver(http, item), name=f"webhook-{item.id}")
             self._inflight.add(task)
             task.add_done_callback(self._done)
-        return len(claimed) >= free
+        return bool(claimed)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -314,8 +327,13 @@ class Dispatcher:
         share)."""
         lease = self.ctx.settings.webhooks.timeout_seconds + 5
         async with self.ctx.sessions() as session, session.begin():
-            per_endpoint = self.ctx.settings.webhooks.endpoint_concurrency
-            rows = (await session.execute(_CLAIM, {"limit": limit, "lease": lease, "per_endpoint": per_endpoint})).all()
+            params = {
+                "limit": limit,
+                "lease": lease,
+                "per_endpoint": self.ctx.settings.webhooks.endpoint_concurrency,
+                "finished": list(self._unrecorded),
+            }
+            rows = (await session.execute(_CLAIM, params)).all()
         return [
             _Claimed(
                 id=r.id,
@@ -370,6 +388,7 @@ class Dispatcher:
                 _log.warning("webhook_address_refused", webhook_id=str(item.webhook_id))
         except Exception as exc:  # noqa: BLE001 - any failure is one failed attempt, never a dead dispatcher
             error = f"delivery failed: {type(exc).__name__}"
+        self._unrecorded.add(item.id)
         self._outcomes.append(self._outcome(item, code, error))
         self._outcome_ready.set()
 
@@ -441,6 +460,7 @@ class Dispatcher:
         except BaseException:
             self._outcomes[:0] = batch
             raise
+        self._unrecorded.difference_update(o.claimed.id for o in batch)
         retries = [o.next_at for o in batch if o.status == "pending"]
         if retries:
             due = time.monotonic() + max(0.0, (min(retries) - utcnow()).total_seconds()) + 0.005

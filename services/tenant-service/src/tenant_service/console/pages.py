@@ -49,8 +49,8 @@ from tenant_service.tenants.usage import tenant_usage
 from tenant_service.usage.history import history_window, usage_history
 from tenant_service.users.schemas import UserCreate, UserUpdate
 from tenant_service.users.service import Actor, UserService
+from tenant_service.webhooks.controllers import webhook_service
 from tenant_service.webhooks.schemas import MAX_GRACE_SECONDS, WebhookCreate, WebhookRotate, WebhookUpdate
-from tenant_service.webhooks.service import WebhookService
 from tenantry_common.lifecycle import TenantStatus
 from tenantry_common.problems import FieldError, InvalidInputError, ProblemError
 
@@ -476,7 +476,7 @@ class ConsoleController(Controller):
     @get("/webhooks")
     async def webhooks(self, request: AnyRequest, done: Query = None, cursor: Query = None) -> Template:
         """Every webhook with how its deliveries go, and the create form."""
-        result = await WebhookService(context(request)).list(limit=PAGE_SIZE, cursor=cursor or None)
+        result = await webhook_service(request, context(request)).list(limit=PAGE_SIZE, cursor=cursor or None)
         return page(
             request,
             "webhooks.html",
@@ -492,7 +492,7 @@ class ConsoleController(Controller):
         """Subscribe a URL to events: its signing secret is in this response only."""
         url, events = await _webhook_form(request)
         data = _convert({"url": url, "events": events}, WebhookCreate)
-        created = await _webhook_service(request).create(data, actor=actor(request))
+        created = await webhook_service(request, context(request)).create(data, actor=actor(request))
         return await self._webhook_page(request, created.id, status_code=201, new_secret=created.secret)
 
     @get("/webhooks/{webhook_id:str}")
@@ -515,7 +515,7 @@ class ConsoleController(Controller):
         cursor: str | None = None,
         **extra: Any,
     ) -> Template:
-        service = WebhookService(context(request))
+        service = webhook_service(request, context(request))
         webhook = await service.get(webhook_id)
         deliveries = await service.deliveries(webhook.id, status=status, limit=PAGE_SIZE, cursor=cursor)
         extra.setdefault("notice", None)
@@ -537,7 +537,7 @@ class ConsoleController(Controller):
         """A new URL and events."""
         url, events = await _webhook_form(request)
         data = _convert({"url": url, "events": events}, WebhookUpdate)
-        view = await _webhook_service(request).update(webhook_id, data, actor=actor(request))
+        view = await webhook_service(request, context(request)).update(webhook_id, data, actor=actor(request))
         return Redirect(f"/console/webhooks/{view.id}?done=webhook-saved", status_code=303)
 
     @post("/webhooks/{webhook_id:str}/rotate-secret", status_code=201)
@@ -547,19 +547,19 @@ class ConsoleController(Controller):
         if not (raw.isascii() and raw.isdigit()) or int(raw) * 3600 > MAX_GRACE_SECONDS:
             raise _invalid("grace_hours", f"a whole number of hours from 0 to {MAX_GRACE_SECONDS // 3600}")
         data = WebhookRotate(grace_seconds=int(raw) * 3600)
-        rotated = await _webhook_service(request).rotate_secret(webhook_id, data, actor=actor(request))
+        rotated = await webhook_service(request, context(request)).rotate_secret(webhook_id, data, actor=actor(request))
         return await self._webhook_page(request, rotated.id, status_code=201, new_secret=rotated.secret)
 
     @post("/webhooks/{webhook_id:str}/delete", status_code=303)
     async def delete_webhook(self, request: AnyRequest, webhook_id: Ref) -> Redirect:
         """Delete a webhook and its pending deliveries."""
-        await _webhook_service(request).delete(webhook_id, actor=actor(request))
+        await webhook_service(request, context(request)).delete(webhook_id, actor=actor(request))
         return Redirect("/console/webhooks?done=webhook-deleted", status_code=303)
 
     @post("/webhooks/{webhook_id:str}/deliveries/{delivery_id:str}/redeliver", status_code=303)
     async def redeliver(self, request: AnyRequest, webhook_id: Ref, delivery_id: Ref) -> Redirect:
         """Queue one delivery again, now."""
-        view = await _webhook_service(request).redeliver(webhook_id, delivery_id, actor=actor(request))
+        view = await webhook_service(request, context(request)).redeliver(webhook_id, delivery_id, actor=actor(request))
         return Redirect(f"/console/webhooks/{view.webhook_id}?done=redelivery-queued", status_code=303)
 
     @get("/audit")
@@ -610,12 +610,6 @@ def _thresholds(raw: str) -> list[float]:
     if any(not p.is_finite() or p <= 0 or p > 1000 for p in percents):
         raise _invalid("alert_thresholds", "each percentage above 0 and at most 1000")
     return [float(p / 100) for p in percents]
-
-
-def _webhook_service(request: AnyRequest) -> WebhookService:
-    """The service, waking this process's dispatcher when a delivery is queued again."""
-    background = getattr(request.app.state, "background", None)
-    return WebhookService(context(request), wake=getattr(background, "wake_webhooks", None))
 
 
 async def _webhook_form(request: AnyRequest) -> tuple[str, list[str]]:

@@ -8,6 +8,7 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from tenant_service.auth import actor, admin_guard
+from tenant_service.context import AppContext
 from tenant_service.deps import Ctx
 from tenant_service.openapi import ADMIN_SECURITY, OptionalBodyOperation, problems
 from tenant_service.webhooks.schemas import (
@@ -28,7 +29,9 @@ Limit = Annotated[int, QueryParameter(ge=1, le=200)]
 Cursor = Annotated[str | None, QueryParameter(required=False, max_length=512)]
 
 
-def _service(request: Request[Any, Any, Any], ctx: Ctx) -> WebhookService:
+def webhook_service(request: Request[Any, Any, Any], ctx: AppContext) -> WebhookService:
+    """The service for a request, waking this process's dispatcher when a delivery is queued again (admin API and
+    console alike)."""
     background = getattr(request.app.state, "background", None)
     return WebhookService(ctx, wake=getattr(background, "wake_webhooks", None))
 
@@ -46,19 +49,19 @@ class WebhookController(Controller):
         self, request: Request[Any, Any, Any], ctx: Ctx, data: JSONBody[WebhookCreate]
     ) -> WebhookCreatedView:
         """The only response that ever contains the webhook's signing ``secret``."""
-        return await _service(request, ctx).create(data, actor=actor(request))
+        return await webhook_service(request, ctx).create(data, actor=actor(request))
 
     @get("/", summary="List webhooks", responses=problems(401, 422, 503))
     async def list_webhooks(
         self, request: Request[Any, Any, Any], ctx: Ctx, limit: Limit = 50, cursor: Cursor = None
     ) -> WebhookPage:
         """A page of webhooks, oldest first, never with secrets; pass ``next_cursor`` back as ``cursor``."""
-        return await _service(request, ctx).list(limit=limit, cursor=cursor)
+        return await webhook_service(request, ctx).list(limit=limit, cursor=cursor)
 
     @get("/{webhook_id:str}", summary="Get a webhook", responses=problems(401, 404, 422, 503))
     async def get_webhook(self, request: Request[Any, Any, Any], ctx: Ctx, webhook_id: WebhookId) -> WebhookView:
         """One webhook, with its delivery failure state."""
-        return await _service(request, ctx).get(webhook_id)
+        return await webhook_service(request, ctx).get(webhook_id)
 
     @patch(
         "/{webhook_id:str}",
@@ -69,7 +72,7 @@ class WebhookController(Controller):
         self, request: Request[Any, Any, Any], ctx: Ctx, webhook_id: WebhookId, data: JSONBody[WebhookUpdate]
     ) -> WebhookView:
         """``url``, ``events`` or both (the rules of creation); queued deliveries go to the new URL."""
-        return await _service(request, ctx).update(webhook_id, data, actor=actor(request))
+        return await webhook_service(request, ctx).update(webhook_id, data, actor=actor(request))
 
     @post(
         "/{webhook_id:str}/rotate-secret",
@@ -87,12 +90,13 @@ class WebhookController(Controller):
     ) -> WebhookCreatedView:
         """A new ``secret``, shown this once; the replaced one keeps signing next to it for ``grace_seconds``
         (default 86400; 0: it stops at once)."""
-        return await _service(request, ctx).rotate_secret(webhook_id, data or WebhookRotate(), actor=actor(request))
+        service = webhook_service(request, ctx)
+        return await service.rotate_secret(webhook_id, data or WebhookRotate(), actor=actor(request))
 
     @delete("/{webhook_id:str}", status_code=204, summary="Delete a webhook", responses=problems(401, 404, 422, 503))
     async def delete_webhook(self, request: Request[Any, Any, Any], ctx: Ctx, webhook_id: WebhookId) -> None:
         """Nothing more is delivered to it; its pending deliveries are dropped."""
-        await _service(request, ctx).delete(webhook_id, actor=actor(request))
+        await webhook_service(request, ctx).delete(webhook_id, actor=actor(request))
 
     @get("/{webhook_id:str}/deliveries", summary="List a webhook's deliveries", responses=problems(401, 404, 422, 503))
     async def deliveries(
@@ -105,7 +109,7 @@ class WebhookController(Controller):
         cursor: Cursor = None,
     ) -> DeliveryPage:
         """Newest first: status, attempts, the last status code and error, and when."""
-        return await _service(request, ctx).deliveries(webhook_id, status=status, limit=limit, cursor=cursor)
+        return await webhook_service(request, ctx).deliveries(webhook_id, status=status, limit=limit, cursor=cursor)
 
     @post(
         "/{webhook_id:str}/deliveries/{delivery_id:str}/redeliver",
@@ -117,4 +121,4 @@ class WebhookController(Controller):
         self, request: Request[Any, Any, Any], ctx: Ctx, webhook_id: WebhookId, delivery_id: DeliveryId
     ) -> DeliveryView:
         """Queue the delivery again, now, with a fresh retry period (the same event id: receivers deduplicate)."""
-        return await _service(request, ctx).redeliver(webhook_id, delivery_id, actor=actor(request))
+        return await webhook_service(request, ctx).redeliver(webhook_id, delivery_id, actor=actor(request))

@@ -697,6 +697,11 @@ async def test_webhooks_secret_once_edit_rotate_redeliver_delete_all_audited_wit
     assert again.status_code == 303, again.text
     assert again.headers["location"].endswith("?done=redelivery-queued")
 
+    for path in ("/console/webhooks?cursor=garbage", f"/console/webhooks/{webhook_id}?status=nope",
+                 f"/console/webhooks/{webhook_id}?cursor=garbage", "/console/webhooks/not-a-uuid"):  # fmt: skip
+        bad = await app_client.get(path)
+        assert 400 <= bad.status_code < 500, (path, bad.status_code)
+        assert_clean_page(bad)
     deleted = await post(f"/console/webhooks/{webhook_id}/delete")
     assert deleted.status_code == 303
     assert (await api.get(f"/admin/webhooks/{webhook_id}")).status_code == 404

@@ -504,19 +504,34 @@ async def test_audit_page_pages_with_its_cursor(app_client, api, ctx) -> None:
     assert bad.status_code == 422
 
 
-async def test_sign_in_failures_from_one_address_are_throttled(app_client, ctx) -> None:
+def client_at(ctx: AppContext, address: str) -> httpx.AsyncClient:
+    """A console client whose requests come from ``address`` (the throttle counts per address)."""
+    transport = httpx.ASGITransport(app=create_app(ctx, run_background=False), client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url=BASE)
+
+
+async def test_sign_in_failures_from_one_address_are_throttled_on_every_replica(ctx) -> None:
     from tenant_service.console import pages
 
-    pages._throttle._failures.clear()  # other tests' failures (same address, same process) do not count here
-    try:
+    address = f"198.51.100.{secrets.randbelow(250) + 1}"
+    wrong = {"token": "wrong-token-" + "y" * 20}
+    async with client_at(ctx, address) as client, client_at(ctx, "203.0.113.9") as elsewhere:
+        # A successful sign-in starts the count again: 9 failures, a success, 9 failures are all answered.
+        for _ in range(2):
+            for _ in range(9):
+                assert (await client.post("/console/sign-in", data=wrong)).status_code == 401
+            right = await client.post("/console/sign-in", data={"token": admin_token(ctx)[1]})
+            assert right.status_code == 303
         for _ in range(10):
-            response = await app_client.post("/console/sign-in", data={"token": "wrong-token-" + "y" * 20})
-            assert response.status_code == 401
-        blocked = await app_client.post("/console/sign-in", data={"token": admin_token(ctx)[1]})
+            assert (await client.post("/console/sign-in", data=wrong)).status_code == 401
+        blocked = await client.post("/console/sign-in", data={"token": admin_token(ctx)[1]})
         assert blocked.status_code == 429
         assert "tenantry_console" not in blocked.headers.get("set-cookie", "")
-    finally:
-        pages._throttle._failures.clear()  # the counter is per process: other tests sign in from the same address
+        # Another replica (or this one restarted) knows nothing in memory: the audit log's count still refuses.
+        pages._throttle._failures.pop(address, None)
+        assert (await client.post("/console/sign-in", data={"token": admin_token(ctx)[1]})).status_code == 429
+        # Another address is not affected.
+        assert (await elsewhere.post("/console/sign-in", data={"token": admin_token(ctx)[1]})).status_code == 303
 
 
 async def test_the_operations_panel_polls_only_while_something_runs(app_client, api, ctx) -> None:

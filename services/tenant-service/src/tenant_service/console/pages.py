@@ -24,7 +24,15 @@ from tenant_service.audit.service import list_entries, record
 from tenant_service.auth import actor, match_token
 from tenant_service.backups.service import BackupService
 from tenant_service.console.chart import usage_chart_svg
-from tenant_service.console.sessions import COOKIE, SignInThrottle, create_session, end_session, sweep_sessions
+from tenant_service.console.sessions import (
+    COOKIE,
+    MAX_FAILURES,
+    SignInThrottle,
+    create_session,
+    end_session,
+    recent_failures,
+    sweep_sessions,
+)
 from tenant_service.console.web import (
     SIGN_IN,
     console_before_request,
@@ -145,7 +153,7 @@ class ConsoleController(Controller):
         form = await _form(request)
         nxt = safe_next(form.get("next"))
         address = _client(request)
-        if _throttle.blocked(address):
+        if _throttle.blocked(address) or await recent_failures(ctx, address) >= MAX_FAILURES:
             return page(
                 request,
                 "sign_in.html",
@@ -168,6 +176,7 @@ class ConsoleController(Controller):
                 error="That token is not valid.",
             )
         who = f"admin:{name}"
+        _throttle.succeeded(address)
         await sweep_sessions(ctx, ctx.settings.console)
         session_id = await create_session(ctx, name, form.get("token", ""))
         async with ctx.sessions() as session, session.begin():

@@ -11,11 +11,11 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 
 from tenant_service.config import ConsoleSettings
 from tenant_service.context import AppContext
-from tenant_service.db.models import ConsoleSession
+from tenant_service.db.models import AuditEntry, ConsoleSession
 from tenantry_common.timeutil import utcnow
 
 COOKIE = "tenantry_console"
@@ -118,8 +118,28 @@ async def sweep_sessions(ctx: AppContext, settings: ConsoleSettings) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def recent_failures(ctx: AppContext, address: str) -> int:
+    """Failed sign-ins from ``address`` within ``FAILURE_WINDOW_SECONDS`` since its last successful one, from the
+    audit log (every replica's, kept across restarts; ``ix_audit_console_sign_in``)."""
+    last_success = (
+        select(func.coalesce(func.max(AuditEntry.id), 0))
+        .where(AuditEntry.action == "console.sign_in", AuditEntry.target == address)
+        .scalar_subquery()
+    )
+    query = select(func.count()).where(
+        AuditEntry.action == "console.sign_in_failed",
+        AuditEntry.target == address,
+        AuditEntry.id > last_success,
+        AuditEntry.at > utcnow() - timedelta(seconds=FAILURE_WINDOW_SECONDS),
+    )
+    async with ctx.sessions() as session:
+        return int((await session.execute(query)).scalar_one())
+
+
 class SignInThrottle:
-    """Failed sign-ins per client address in a sliding window (per process): past ``MAX_FAILURES``, refused."""
+    """Failed sign-ins per client address in a sliding window, in this process: past ``MAX_FAILURES``, refused. It
+    stops a burst of concurrent guesses that the audit log's count (:func:`recent_failures`, which covers every
+    replica) would only see once they are recorded."""
 
     def __init__(self) -> None:
         self._failures: dict[str, deque[float]] = {}
@@ -134,6 +154,10 @@ class SignInThrottle:
     def blocked(self, address: str) -> bool:
         """Whether this address has used up its failures."""
         return len(self._recent(address)) >= MAX_FAILURES
+
+    def succeeded(self, address: str) -> None:
+        """A successful sign-in: the count starts again (as the audit log's does)."""
+        self._failures.pop(address, None)
 
     def failed(self, address: str) -> None:
         """Count a failure."""

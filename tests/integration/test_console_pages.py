@@ -698,6 +698,17 @@ async def test_webhooks_secret_once_edit_rotate_redeliver_delete_all_audited_wit
     assert new_secret != secret
     assert (await api.get(f"/admin/webhooks/{webhook_id}")).json()["rotation_ends_at"] is not None
 
+    # Disable and enable it again.
+    off = await post(f"/console/webhooks/{webhook_id}/disable")
+    assert off.headers["location"] == f"/console/webhooks/{webhook_id}?done=webhook-disabled"
+    page = await app_client.get(off.headers["location"])
+    assert_clean_page(page)
+    assert "disabled by admin:" in page.text
+    assert f'action="/console/webhooks/{webhook_id}/enable"' in page.text
+    assert (await api.get(f"/admin/webhooks/{webhook_id}")).json()["enabled"] is False
+    assert (await post(f"/console/webhooks/{webhook_id}/enable")).status_code == 303
+    assert (await api.get(f"/admin/webhooks/{webhook_id}")).json()["enabled"] is True
+
     # A delivery to redeliver: an event it subscribes to, fanned out.
     await new_tenant(api)
     await Dispatcher(ctx).fan_out()
@@ -736,6 +747,8 @@ async def test_webhooks_secret_once_edit_rotate_redeliver_delete_all_audited_wit
             "webhook.create",
             "webhook.update",
             "webhook.rotate_secret",
+            "webhook.update",
+            "webhook.update",
             "webhook.redeliver",
             "webhook.delete",
         )

@@ -19,6 +19,7 @@ import pytest
 from standardwebhooks import Webhook as StandardWebhook
 from standardwebhooks import WebhookVerificationError
 
+from support.assertions import assert_problem
 from support.platform import Installation, in_process
 from support.webhook_receiver import webhook_receiver
 from tenant_service.context import AppContext
@@ -305,6 +306,56 @@ async def test_a_slow_endpoint_holds_only_its_share_and_the_others_are_delivered
         assert len(quick) == 3
         assert max(r.at for r in quick) < slow[2].at  # the quick ones did not wait for the slow ones
         assert receiver.peak["/slow"] == 2
+
+
+async def test_a_webhook_failing_for_the_disable_period_is_disabled_until_an_admin_enables_it(
+    fresh_installation: Installation,
+) -> None:
+    """WEBHOOK_DISABLE_AFTER_HOURS = 0.0005 (1.8 s): a receiver that only answers 500 gets its webhook disabled; then no
+    event is queued for it and its pending delivery waits (a redelivery is refused); enabled again, that delivery goes
+    out."""
+    settings = {**FAST, "WEBHOOK_DISABLE_AFTER_HOURS": "0.0005"}
+    async with webhook_receiver() as receiver, in_process(fresh_installation, **settings) as (client, ctx):
+        receiver.script["/down"] = [500] * 10_000
+        hook = await subscribe(client, receiver.url("/down"), ["tenant.updated"])
+        path = f"/admin/webhooks/{hook['id']}"
+        async with ctx.sessions() as session, session.begin():
+            emit(session, "tenant.updated", {"n": 1}, tenant_id=uuid.uuid4(), slug="down-1")
+        async with dispatching(ctx):
+            async with asyncio.timeout(30):
+                while (view := (await client.get(path)).json())["enabled"]:
+                    await asyncio.sleep(0.1)
+            assert view["disabled_reason"] == "every attempt failed for 0.0005 hours"
+            assert view["failing_since"] is not None
+            assert view["disabled_at"] is not None
+            assert view["consecutive_failures"] >= 2
+            attempts = len(receiver.at("/down"))
+            async with ctx.sessions() as session, session.begin():
+                emit(session, "tenant.updated", {"n": 2}, tenant_id=uuid.uuid4(), slug="down-2")
+            await asyncio.sleep(1.0)  # several poll intervals of the dispatcher (0.2 s)
+            assert len(receiver.at("/down")) == attempts
+            (pending,) = (await client.get(f"{path}/deliveries")).json()["items"]  # not the second event's
+            assert pending["status"] == "pending"
+            refused = await client.post(f"{path}/deliveries/{pending['id']}/redeliver")
+            assert_problem(refused, 409, "webhook_disabled")
+
+            receiver.script["/down"] = []  # the receiver is back
+            enabled = await client.patch(path, json={"enabled": True})
+            assert enabled.status_code == 200, enabled.text
+            assert enabled.json()["enabled"] is True
+            assert enabled.json()["failing_since"] is None
+            await receiver.wait_for(lambda got: any(r.status == 200 for r in got if r.path == "/down"))
+            assert (await wait_delivery(client, hook["id"], "delivered"))["id"] == pending["id"]
+        # An admin may disable one too; it is audited like any change.
+        disabled = await client.patch(path, json={"enabled": False})
+        assert disabled.json()["enabled"] is False
+        assert disabled.json()["disabled_reason"].startswith("disabled by admin:")
+        assert_problem(await client.patch(path, json={"enabled": "yes"}), 422, "validation_error")
+        audit = await registry_rows(
+            fresh_installation, "SELECT before, after FROM audit_log WHERE action = 'webhook.update' ORDER BY id"
+        )
+        changes = [(json.loads(r["before"])["enabled"], json.loads(r["after"])["enabled"]) for r in audit]
+        assert changes == [(False, True), (True, False)]
 
 
 # --- the connect-time address check ---------------------------------------------------------------------

@@ -293,6 +293,7 @@ WEBHOOK_BACKOFF_BASE_SECONDS: {{ $c.webhookBackoffBaseSeconds | toString | quote
 WEBHOOK_BACKOFF_MAX_SECONDS: {{ $c.webhookBackoffMaxSeconds | toString | quote }}
 WEBHOOK_RETRY_HOURS: {{ $c.webhookRetryHours | toString | quote }}
 WEBHOOK_RETENTION_DAYS: {{ $c.webhookRetentionDays | toString | quote }}
+WEBHOOK_DISABLE_AFTER_HOURS: {{ $c.webhookDisableAfterHours | toString | quote }}
 SIGNUP_ENABLED: {{ $c.signupEnabled | toString | quote }}
 SIGNUP_PER_HOUR: {{ $c.signupPerHour | int64 | toString | quote }}
 LOGIN_MAX_FAILURES: {{ $c.loginMaxFailures | int64 | toString | quote }}

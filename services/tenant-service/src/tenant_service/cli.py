@@ -340,7 +340,7 @@ async def webhooks_list(ctx: AppContext, limit: int) -> None:
     """Webhooks, oldest first (never their secrets)."""
     page = await WebhookService(ctx).list(limit=limit)
     for w in page.items:
-        state = f"{w.consecutive_failures} failing" if w.consecutive_failures else "ok"
+        state = "disabled" if not w.enabled else f"{w.consecutive_failures} failing" if w.consecutive_failures else "ok"
         click.echo(f"{w.id}  {w.url:<48} {state:<12} {','.join(w.events)}")
 
 
@@ -348,10 +348,13 @@ async def webhooks_list(ctx: AppContext, limit: int) -> None:
 @click.argument("webhook_id")
 @click.option("--url", default=None)
 @click.option("--event", "events", multiple=True, help="The new event list; repeat for more.")
+@click.option("--enable/--disable", "enabled", default=None, help="Enable (its pending deliveries go on) or disable.")
 @_run
-async def webhooks_update(ctx: AppContext, webhook_id: str, url: str | None, events: tuple[str, ...]) -> None:
-    """Change a webhook's URL and/or events."""
-    data = WebhookUpdate(url=url, events=list(events) if events else None)
+async def webhooks_update(
+    ctx: AppContext, webhook_id: str, url: str | None, events: tuple[str, ...], enabled: bool | None
+) -> None:
+    """Change a webhook's URL, events, or whether it is enabled."""
+    data = WebhookUpdate(url=url, events=list(events) if events else None, enabled=enabled)
     _echo_json(await WebhookService(ctx).update(webhook_id, data, actor=_ACTOR))
 
 

@@ -153,6 +153,8 @@ class WebhookSettings:
     """How long a delivery is retried before it is marked failed (WEBHOOK_RETRY_HOURS)."""
     retention_days: float = 30.0
     """How long delivered events (and their delivery log) are kept after their fan-out (WEBHOOK_RETENTION_DAYS)."""
+    disable_after_hours: float = 120.0
+    """A webhook whose every attempt has failed for this long is disabled (0: never) (WEBHOOK_DISABLE_AFTER_HOURS)."""
 
 
 @dataclass(frozen=True)
@@ -394,6 +396,7 @@ class Settings:
                 backoff_max_seconds=env_float("WEBHOOK_BACKOFF_MAX_SECONDS", 3600.0, minimum=0.01),
                 retry_hours=env_float("WEBHOOK_RETRY_HOURS", 24.0, minimum=0.0),
                 retention_days=env_float("WEBHOOK_RETENTION_DAYS", 30.0, minimum=0.0),
+                disable_after_hours=env_float("WEBHOOK_DISABLE_AFTER_HOURS", 120.0, minimum=0.0),
             ),
             console=ConsoleSettings(
                 enabled=env_bool("CONSOLE_ENABLED", True),

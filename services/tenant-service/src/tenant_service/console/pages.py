@@ -87,6 +87,8 @@ NOTICES: Final = {
     "webhook-saved": "The webhook was saved: events from now on are matched against its new list.",
     "webhook-deleted": "The webhook was deleted: nothing more is sent to it.",
     "redelivery-queued": "The delivery was queued again: it is attempted now, with a fresh retry period.",
+    "webhook-enabled": "The webhook is enabled: its pending deliveries go on, and new events are queued for it.",
+    "webhook-disabled": "The webhook is disabled: nothing is sent to it until it is enabled again.",
 }
 _throttle = SignInThrottle()
 
@@ -558,6 +560,20 @@ class ConsoleController(Controller):
         data = WebhookRotate(grace_seconds=int(raw) * 3600)
         rotated = await webhook_service(request, context(request)).rotate_secret(webhook_id, data, actor=actor(request))
         return await self._webhook_page(request, rotated.id, status_code=201, new_secret=rotated.secret)
+
+    @post("/webhooks/{webhook_id:str}/enable", status_code=303)
+    async def enable_webhook(self, request: AnyRequest, webhook_id: Ref) -> Redirect:
+        """Enable a disabled webhook: its pending deliveries go on."""
+        data = WebhookUpdate(enabled=True)
+        view = await webhook_service(request, context(request)).update(webhook_id, data, actor=actor(request))
+        return Redirect(f"/console/webhooks/{view.id}?done=webhook-enabled", status_code=303)
+
+    @post("/webhooks/{webhook_id:str}/disable", status_code=303)
+    async def disable_webhook(self, request: AnyRequest, webhook_id: Ref) -> Redirect:
+        """Disable a webhook: nothing is sent to it until it is enabled again."""
+        data = WebhookUpdate(enabled=False)
+        view = await webhook_service(request, context(request)).update(webhook_id, data, actor=actor(request))
+        return Redirect(f"/console/webhooks/{view.id}?done=webhook-disabled", status_code=303)
 
     @post("/webhooks/{webhook_id:str}/delete", status_code=303)
     async def delete_webhook(self, request: AnyRequest, webhook_id: Ref) -> Redirect:

@@ -450,6 +450,11 @@ class Webhook(Base):
     last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    #: When the current run of failed attempts began (None: the last attempt succeeded, or none failed yet).
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Set when nothing is to be sent to the webhook (failing for WEBHOOK_DISABLE_AFTER_HOURS, or an admin's choice).
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class WebhookDelivery(Base):

@@ -56,8 +56,15 @@ DELIVERIES: Final = Counter(
     "Webhook delivery attempts by outcome: delivered (2xx), retrying (will be tried again), failed (gave up)",
     ["outcome"],
 )
+DISABLED: Final = Counter(
+    "tenantry_webhook_endpoints_disabled_total",
+    "Webhooks disabled because every attempt failed for WEBHOOK_DISABLE_AFTER_HOURS",
+)
+DISABLED_NOW: Final = Gauge("tenantry_webhook_disabled_endpoints", "Webhooks disabled now (nothing is sent to them)")
 OUTBOX_DEPTH: Final = Gauge("tenantry_webhook_outbox_depth", "Outbox events not yet fanned out to deliveries")
-PENDING: Final = Gauge("tenantry_webhook_pending_deliveries", "Webhook deliveries waiting to be delivered")
+PENDING: Final = Gauge(
+    "tenantry_webhook_pending_deliveries", "Webhook deliveries waiting to be delivered (not those of disabled webhooks)"
+)
 OLDEST_PENDING: Final = Gauge(
     "tenantry_webhook_oldest_pending_seconds", "Age of the oldest pending webhook delivery or unfanned event"
 )
@@ -71,7 +78,8 @@ _FAN_OUT = text(
         INSERT INTO webhook_deliveries (id, webhook_id, event_id, status, attempts, next_attempt_at, retry_until,
                                         created_at)
         SELECT gen_random_uuid(), w.id, ev.id, 'pending', 0, now(), now() + make_interval(secs => :retry), now()
-        FROM ev JOIN webhooks w ON ev.type = ANY (w.events) AND w.created_at <= ev.created_at
+        FROM ev JOIN webhooks w
+            ON ev.type = ANY (w.events) AND w.created_at <= ev.created_at AND w.disabled_at IS NULL
         ON CONFLICT ON CONSTRAINT uq_webhook_deliveries_webhook_event DO NOTHING
         RETURNING 1
     ), done AS (
@@ -98,7 +106,7 @@ _CLAIM = text(
             WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
             ORDER BY d.next_attempt_at LIMIT :per_endpoint
         ) c
-        WHERE c.rank <= :per_endpoint - busy.n
+        WHERE w.disabled_at IS NULL AND c.rank <= :per_endpoint - busy.n
     ), due AS (
         SELECT d.id FROM webhook_deliveries d
         WHERE d.id IN (SELECT id FROM offered) AND d.status = 'pending' AND d.next_attempt_at <= now()
@@ -129,19 +137,35 @@ _RECORD = text(
     """
 )
 
+# An endpoint's state after a batch of outcomes. ``v.failures`` counts the batch's failures after its last success
+# (all of them when none succeeded). A run of failures that began WEBHOOK_DISABLE_AFTER_HOURS ago (``:disable_after``
+# seconds, 0: never) disables the webhook.
+_FAILING_SINCE = """CASE WHEN v.failures = 0 THEN NULL
+                          WHEN v.succeeded THEN v.failure_at
+                          ELSE COALESCE(w.failing_since, v.failure_at) END"""
 _ENDPOINTS = text(
-    """
+    f"""
     UPDATE webhooks w
     SET consecutive_failures = CASE WHEN v.succeeded THEN v.failures ELSE w.consecutive_failures + v.failures END,
         last_success_at = COALESCE(v.success_at, w.last_success_at),
         last_failure_at = COALESCE(v.failure_at, w.last_failure_at),
         last_error = CASE WHEN v.failure_at IS NOT NULL THEN v.error
-                          WHEN v.succeeded THEN NULL ELSE w.last_error END
+                          WHEN v.succeeded THEN NULL ELSE w.last_error END,
+        failing_since = {_FAILING_SINCE},
+        disabled_at = CASE
+            WHEN w.disabled_at IS NULL AND CAST(:disable_after AS float8) > 0
+                 AND {_FAILING_SINCE} < now() - make_interval(secs => CAST(:disable_after AS float8))
+            THEN now() ELSE w.disabled_at END,
+        disabled_reason = CASE
+            WHEN w.disabled_at IS NULL AND CAST(:disable_after AS float8) > 0
+                 AND {_FAILING_SINCE} < now() - make_interval(secs => CAST(:disable_after AS float8))
+            THEN 'every attempt failed for ' || CAST(:disable_hours AS text) || ' hours' ELSE w.disabled_reason END
     FROM unnest(CAST(:ids AS uuid[]), CAST(:succeeded AS bool[]), CAST(:failures AS int[]),
                 CAST(:success_ats AS timestamptz[]), CAST(:failure_ats AS timestamptz[]), CAST(:errors AS text[]))
         AS v(id, succeeded, failures, success_at, failure_at, error)
     WHERE w.id = v.id
-    """
+    RETURNING w.id, w.disabled_at = now() AS disabled_now
+    """  # noqa: S608 - composed of constants only
 )
 
 _PRUNE = text(
@@ -157,10 +181,15 @@ _PRUNE = text(
 
 _STATS = text(
     """
+    WITH waiting AS (
+        SELECT d.created_at FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
+        WHERE d.status = 'pending' AND w.disabled_at IS NULL
+    )
     SELECT (SELECT count(*) FROM event_outbox WHERE fanned_out_at IS NULL) AS depth,
-           (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending,
-           LEAST((SELECT min(created_at) FROM webhook_deliveries WHERE status = 'pending'),
-                 (SELECT min(created_at) FROM event_outbox WHERE fanned_out_at IS NULL)) AS oldest
+           (SELECT count(*) FROM waiting) AS pending,
+           LEAST((SELECT min(created_at) FROM waiting),
+                 (SELECT min(created_at) FROM event_outbox WHERE fanned_out_at IS NULL)) AS oldest,
+           (SELECT count(*) FROM webhooks WHERE disabled_at IS NOT NULL) AS disabled
     """
 )
 
@@ -446,7 +475,8 @@ class Dispatcher:
                         "ats": [o.at for o in batch],
                     },
                 )
-                await session.execute(
+                hours = self.ctx.settings.webhooks.disable_after_hours
+                changed = await session.execute(
                     _ENDPOINTS,
                     {
                         "ids": list(endpoints),
@@ -455,8 +485,14 @@ class Dispatcher:
                         "success_ats": [e.success_at for e in endpoints.values()],
                         "failure_ats": [e.failure_at for e in endpoints.values()],
                         "errors": [e.error for e in endpoints.values()],
+                        "disable_after": hours * 3600,
+                        "disable_hours": f"{hours:g}",
                     },
                 )
+                for row in changed.all():
+                    if row.disabled_now:
+                        DISABLED.inc()
+                        _log.warning("webhook_disabled", webhook_id=str(row.id), failing_for_hours=hours)
         except BaseException:
             self._outcomes[:0] = batch
             raise
@@ -504,3 +540,4 @@ class Dispatcher:
             OUTBOX_DEPTH.set(row.depth)
             PENDING.set(row.pending)
             OLDEST_PENDING.set(max(0.0, (utcnow() - row.oldest).total_seconds()) if row.oldest else 0.0)
+            DISABLED_NOW.set(row.disabled)

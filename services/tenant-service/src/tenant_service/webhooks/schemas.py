@@ -17,10 +17,12 @@ class WebhookCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class WebhookUpdate(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Body of ``PATCH /admin/webhooks/{id}``: a new URL, new events, or both (what is left out stays)."""
+    """Body of ``PATCH /admin/webhooks/{id}``: a new URL, new events, ``enabled`` (false: nothing is sent to it;
+    true: a disabled webhook's pending deliveries go on), or several (what is left out stays)."""
 
     url: Url | None = None
     events: Annotated[list[EventName], msgspec.Meta(min_length=1, max_length=32)] | None = None
+    enabled: bool | None = None
 
 
 #: The longest a replaced secret may keep signing after a rotation: a week.
@@ -50,6 +52,13 @@ class WebhookView(msgspec.Struct, kw_only=True):
     last_success_at: datetime | None
     last_failure_at: datetime | None
     last_error: str | None
+    #: When the current run of failed attempts began (None: the last attempt succeeded, or none failed yet).
+    failing_since: datetime | None
+    #: False once disabled (every attempt failed for WEBHOOK_DISABLE_AFTER_HOURS, or by an admin): no event is queued
+    #: for it and its pending deliveries wait until it is enabled again.
+    enabled: bool
+    disabled_at: datetime | None
+    disabled_reason: str | None
 
 
 class WebhookCreatedView(WebhookView, kw_only=True):

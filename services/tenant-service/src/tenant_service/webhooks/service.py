@@ -44,6 +44,12 @@ class DeliveryNotFoundError(NotFoundError):
     code = "delivery_not_found"
 
 
+class WebhookDisabledError(ConflictError):
+    """The webhook is disabled: nothing is sent to it."""
+
+    code = "webhook_disabled"
+
+
 class DeliveryInProgressError(ConflictError):
     """The delivery is being attempted right now."""
 
@@ -71,6 +77,10 @@ def _fields(row: Webhook) -> dict[str, Any]:
         "last_success_at": row.last_success_at,
         "last_failure_at": row.last_failure_at,
         "last_error": row.last_error,
+        "failing_since": row.failing_since,
+        "enabled": row.disabled_at is None,
+        "disabled_at": row.disabled_at,
+        "disabled_reason": row.disabled_reason,
     }
 
 
@@ -182,24 +192,33 @@ class WebhookService:
             UpstreamNotAllowedError: the URL's host is outside ``UPSTREAM_ALLOWLIST`` or never allowed.
         """
         ctx = self._ctx
-        if data.url is None and data.events is None:
+        if data.url is None and data.events is None and data.enabled is None:
             raise InvalidInputError(
-                "nothing to change", errors=[FieldError(field="body", message="give url, events or both")]
+                "nothing to change", errors=[FieldError(field="body", message="give url, events or enabled")]
             )
         url = check_upstream_url(data.url, ctx.settings.lifecycle.upstream_allowlist, field="url") if data.url else None
         events = check_events(data.events) if data.events is not None else None
         async with ctx.sessions() as session, session.begin():
             row = await self._find(session, raw_id, lock=True)
-            before = {"url": row.url, "events": list(row.events)}
+            before = {"url": row.url, "events": list(row.events), "enabled": row.disabled_at is None}
             if url is not None:
                 row.url = url
             if events is not None:
                 row.events = events
-            row.updated_at = utcnow()
+            now = utcnow()
+            if data.enabled is True and row.disabled_at is not None:
+                # A new start: the failing run (and its clock towards disabling) begins again with the next failure.
+                row.disabled_at = row.disabled_reason = row.failing_since = None
+            elif data.enabled is False and row.disabled_at is None:
+                row.disabled_at, row.disabled_reason = now, f"disabled by {actor}"
+            row.updated_at = now
             await session.flush()
-            record(session, actor=actor, action="webhook.update", target=str(row.id), before=before,
-                   after={"url": row.url, "events": list(row.events)})  # fmt: skip
-            return webhook_view(row)
+            after = {"url": row.url, "events": list(row.events), "enabled": row.disabled_at is None}
+            record(session, actor=actor, action="webhook.update", target=str(row.id), before=before, after=after)
+            view = webhook_view(row)
+        if data.enabled and self._wake is not None:
+            self._wake()  # its pending deliveries may be due
+        return view
 
     async def rotate_secret(self, raw_id: str, data: WebhookRotate, *, actor: str) -> WebhookCreatedView:
         """A fresh signing secret, returned this once. The replaced one keeps signing, next to it, for
@@ -264,6 +283,7 @@ class WebhookService:
 
         Raises:
             DeliveryInProgressError: it is being attempted right now.
+            WebhookDisabledError: the webhook is disabled (enable it first).
         """
         ctx = self._ctx
         missing = DeliveryNotFoundError(f"no delivery {raw_delivery!r} of this webhook")
@@ -275,6 +295,8 @@ class WebhookService:
             now = utcnow()
             if row.status == "pending" and row.lease_until is not None and row.lease_until > now:
                 raise DeliveryInProgressError("the delivery is being attempted right now; try again shortly")
+            if webhook.disabled_at is not None:
+                raise WebhookDisabledError("the webhook is disabled: enable it first (PATCH with enabled: true)")
             before = {"status": row.status, "attempts": row.attempts}
             await session.execute(
                 update(WebhookDelivery)
